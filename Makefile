@@ -1,0 +1,42 @@
+# tenant-edge: the two commands a newcomer needs are `make run` and `make test`.
+CARGO ?= cargo
+SHELL := /bin/bash
+
+.PHONY: run test lint bench bench-quick certs deps build release
+
+## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl).
+deps:
+	@missing=""; \
+	for t in cmake:cmake cc:build-essential openssl:openssl pkg-config:pkg-config; do \
+	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build
+
+## Starts the whole stack on loopback: catalogue, two TCS regions, the edge and the demo shards.
+run: build
+	$(CARGO) run --quiet -- dev
+
+## Runs every test: unit, property and end-to-end (real processes on loopback).
+test: deps
+	$(CARGO) test --all-targets
+
+## fmt + clippy with warnings denied.
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## Regenerates the self-signed dev wildcard certificate for *.example.test (valid 10 years).
+certs:
+	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+	  -keyout certs/dev.key -out certs/dev.crt \
+	  -subj "/CN=*.example.test" \
+	  -addext "subjectAltName=DNS:*.example.test,DNS:example.test,DNS:localhost" \
+	  -addext "basicConstraints=critical,CA:FALSE" \
+	  -addext "extendedKeyUsage=serverAuth"

@@ -1,0 +1,246 @@
+//! Wire formats of the catalogue's documents and of the two ordered change streams: the
+//! catalogue's change log (read by TCS) and a TCS view's change stream (read by edges).
+//!
+//! Both streams are ordered by the catalogue's global sequence number, so a reader can resume
+//! from any position and detect what it missed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tenant::{Host, IngressRecord, Placement, Product, Realm, Region, ShardId, TenantId};
+
+/// A tenant as the catalogue stores it (`PUT /v1/tenants/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantDoc {
+    /// Tenant id; must equal the id in the URL.
+    pub id: TenantId,
+    /// Hosts naming the tenant; unique across tenants.
+    pub hosts: Vec<Host>,
+    /// Realm the tenant's data must stay in.
+    pub realm: Realm,
+    /// Product -> placement; each shard must serve that product inside the realm.
+    #[serde(default)]
+    pub placements: BTreeMap<Product, Placement>,
+    /// Stored version; ignored on input (use `If-Match`), set on output.
+    #[serde(default)]
+    pub version: u64,
+}
+
+impl TenantDoc {
+    /// The routing facts of this tenant, as the `ingress` view carries them.
+    pub fn ingress(&self) -> IngressRecord {
+        IngressRecord {
+            id: self.id.clone(),
+            version: self.version,
+            realm: self.realm.clone(),
+            hosts: self.hosts.clone(),
+            placements: self.placements.clone(),
+        }
+    }
+}
+
+/// A shard in the registry (`PUT /v1/shards/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardDoc {
+    /// Shard id; must equal the id in the URL.
+    pub id: ShardId,
+    /// The one product this shard serves.
+    pub product: Product,
+    /// Regions holding the shard's data (a "global" shard has several).
+    pub regions: Vec<Region>,
+}
+
+/// A realm: the regions a tenant's data may live in (`PUT /v1/realms/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealmDoc {
+    /// Realm name; must equal the name in the URL.
+    pub name: Realm,
+    /// Regions of the realm.
+    pub regions: Vec<Region>,
+}
+
+/// What one catalogue change touched. `doc: None` means the entity was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChangeBody {
+    /// A tenant was written or deleted; `version` is the version after the change.
+    Tenant {
+        /// Tenant id.
+        id: TenantId,
+        /// Version after the change (a delete bumps it too).
+        version: u64,
+        /// The new document, or `None` when deleted.
+        doc: Option<TenantDoc>,
+    },
+    /// A shard was written or deleted.
+    Shard {
+        /// Shard id.
+        id: ShardId,
+        /// The new document, or `None` when deleted.
+        doc: Option<ShardDoc>,
+    },
+    /// A realm was written or deleted.
+    Realm {
+        /// Realm name.
+        name: Realm,
+        /// The new document, or `None` when deleted.
+        doc: Option<RealmDoc>,
+    },
+}
+
+/// One entry of the catalogue's change log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Global sequence number: dense, strictly increasing, assigned in the write's transaction.
+    pub seq: u64,
+    /// What changed.
+    #[serde(flatten)]
+    pub body: ChangeBody,
+}
+
+/// Answer to `GET /v1/changes?after=SEQ&limit=N&wait_ms=MS`.
+///
+/// `changes` holds entries with `seq > after` in order (at most `limit`); when none exist yet the
+/// catalogue waits up to `wait_ms` for one before answering with an empty list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangesPage {
+    /// The changes, in sequence order.
+    pub changes: Vec<Change>,
+    /// The newest sequence number in the log when the page was read.
+    pub head: u64,
+}
+
+/// Answer to `GET /v1/views/ingress/hosts/{host}` on a TCS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostLookup {
+    /// The sequence the view was current to when it answered.
+    pub seq: u64,
+    /// The tenant naming that host.
+    pub record: IngressRecord,
+}
+
+/// Answer to `GET /v1/views/ingress/snapshot` on a TCS: the whole view at one sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewSnapshot {
+    /// The sequence the view was current to.
+    pub seq: u64,
+    /// Every tenant in the view.
+    pub records: Vec<IngressRecord>,
+}
+
+/// One line of a TCS view's change stream (`GET /v1/views/ingress/changes?after=SEQ`, NDJSON).
+///
+/// `prev` is the sequence of the previous event this view emitted. A subscriber that holds
+/// everything up to `last` has missed nothing when `prev <= last`; otherwise it has a gap and
+/// must resync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ViewEvent {
+    /// A tenant was created or changed. `removed_hosts` no longer name it.
+    Upsert {
+        /// Catalogue sequence of this change.
+        seq: u64,
+        /// Sequence of the previous event of this view.
+        prev: u64,
+        /// The whole new record.
+        record: IngressRecord,
+        /// Hosts the previous version had and this one has not.
+        #[serde(default)]
+        removed_hosts: Vec<Host>,
+    },
+    /// A tenant was deleted; `hosts` were its hosts.
+    Delete {
+        /// Catalogue sequence of this change.
+        seq: u64,
+        /// Sequence of the previous event of this view.
+        prev: u64,
+        /// Tenant id.
+        id: TenantId,
+        /// Version of the delete.
+        version: u64,
+        /// Hosts that named the tenant.
+        hosts: Vec<Host>,
+    },
+    /// Nothing new; the view is current to `seq`. Sent periodically so readers can measure lag.
+    Heartbeat {
+        /// The view's applied sequence.
+        seq: u64,
+        /// The sequence of the view's newest event.
+        last_event: u64,
+    },
+    /// `after` is older than the stream's memory: load the snapshot, then subscribe again.
+    Resync {
+        /// The view's applied sequence.
+        seq: u64,
+    },
+}
+
+impl ViewEvent {
+    /// The sequence this event brings a reader up to.
+    pub fn seq(&self) -> u64 {
+        match self {
+            ViewEvent::Upsert { seq, .. }
+            | ViewEvent::Delete { seq, .. }
+            | ViewEvent::Heartbeat { seq, .. }
+            | ViewEvent::Resync { seq } => *seq,
+        }
+    }
+}
+
+/// The JSON body of every error answer of the catalogue and TCS APIs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong, for a human.
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_round_trips() {
+        let json = r#"{"seq":7,"kind":"tenant","id":"acme","version":2,"doc":null}"#;
+        let change: Change = serde_json::from_str(json).unwrap();
+        assert_eq!(change.seq, 7);
+        assert!(matches!(
+            change.body,
+            ChangeBody::Tenant {
+                version: 2,
+                doc: None,
+                ..
+            }
+        ));
+        let back: Change = serde_json::from_str(&serde_json::to_string(&change).unwrap()).unwrap();
+        assert_eq!(back, change);
+    }
+
+    #[test]
+    fn tenant_doc_rejects_unknown_fields_and_bad_names() {
+        let ok = r#"{"id":"acme","hosts":["ACME.example.test"],"realm":"us","placements":{"jira":{"shard":"jira-us-east-1"}}}"#;
+        let doc: TenantDoc = serde_json::from_str(ok).unwrap();
+        assert_eq!(doc.hosts[0].as_str(), "acme.example.test");
+        assert_eq!(doc.version, 0);
+        let extra = r#"{"id":"acme","hosts":[],"realm":"us","colour":"red"}"#;
+        assert!(serde_json::from_str::<TenantDoc>(extra).is_err());
+        let bad = r#"{"id":"Acme!","hosts":[],"realm":"us"}"#;
+        assert!(serde_json::from_str::<TenantDoc>(bad).is_err());
+    }
+
+    #[test]
+    fn view_event_tags() {
+        let ev = ViewEvent::Heartbeat {
+            seq: 4,
+            last_event: 3,
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert_eq!(json, r#"{"type":"heartbeat","seq":4,"last_event":3}"#);
+        assert_eq!(serde_json::from_str::<ViewEvent>(&json).unwrap().seq(), 4);
+    }
+}

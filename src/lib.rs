@@ -1,0 +1,23 @@
+//! tenant-edge: an edge ingress routing proxy for multi-tenant SaaS.
+//!
+//! Every request is resolved at the edge: Host -> tenant -> product (by path) -> the shard
+//! holding that tenant's data for that product -> a healthy backend of that shard.
+//!
+//! # Layout
+//!
+//! - [`tenant`]: domain types (normalised hosts, ids, placements, the ingress record).
+//! - [`feed`]: wire formats of the catalogue's documents and of the ordered change streams.
+//! - [`routes`]: route snapshots (`routes/*.toml`): schema, validation, path matcher, hot reload.
+//! - [`catalogue`]: the write side: SQLite store, compare-and-set HTTP API, ordered change log.
+//! - [`tcs`]: the Tenant Context Service: tails the catalogue, serves the `ingress` view.
+//! - [`context`]: the edge's embedded tenant-context cache, filled from and pushed by TCS.
+//! - [`edge`]: the pingora proxy, backend pools and health, and the admin listener.
+//! - [`metrics`]: Prometheus metrics of the edge.
+//! - [`demo`]: demo shard backends for the dev stack and tests.
+//! - [`dev`]: the whole stack on loopback in one process (`tenant-edge dev`).
+//! - [`ctl`]: the operator CLI over the catalogue API.
+//! - [`cli`]: command-line parsing and dispatch to the roles.
+
+pub mod cli;
+pub mod feed;
+pub mod tenant;

@@ -1,0 +1,282 @@
+//! Domain types shared by every role: hosts, tenant and shard identifiers, placements, and the
+//! ingress view of a tenant.
+//!
+//! This module imports nothing of the roles. Every type here validates on construction, so code
+//! holding one never re-checks it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The longest DNS name we accept, in bytes, without the trailing dot.
+pub const MAX_HOST_LEN: usize = 253;
+const MAX_LABEL_LEN: usize = 63;
+
+/// Why a `Host` header (or `:authority`) was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Nothing left after stripping the port and trailing dot.
+    #[error("empty host")]
+    Empty,
+    /// Longer than 253 bytes.
+    #[error("host longer than 253 bytes")]
+    TooLong,
+    /// A label was empty or longer than 63 bytes.
+    #[error("bad label length")]
+    BadLabel,
+    /// A byte outside letters, digits, `-` (and `_` inside a label).
+    #[error("invalid character in host")]
+    BadChar,
+    /// A label starts or ends with `-`.
+    #[error("label starts or ends with a hyphen")]
+    Hyphen,
+    /// The port after `:` is not a number in 0..=65535.
+    #[error("bad port")]
+    BadPort,
+    /// An IP literal (`[::1]`, `10.0.0.1`): tenants are named, never addressed.
+    #[error("IP literal")]
+    IpLiteral,
+    /// `user@host` forms.
+    #[error("userinfo in host")]
+    Userinfo,
+}
+
+/// Normalises a raw `Host` value into `buf` and returns the normalised name.
+///
+/// Lowercases ASCII, strips a `:port` and one trailing dot, and checks DNS name rules. This is the
+/// allocation-free form the proxy uses per request; [`Host::parse`] wraps it for everyone else.
+pub fn normalize_host<'a>(raw: &[u8], buf: &'a mut [u8; MAX_HOST_LEN]) -> Result<&'a str, HostError> {
+    let name = strip_port(raw)?;
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if name.len() > MAX_HOST_LEN {
+        return Err(HostError::TooLong);
+    }
+    let out = &mut buf[..name.len()];
+    for (dst, &b) in out.iter_mut().zip(name) {
+        *dst = b.to_ascii_lowercase();
+    }
+    check_labels(out)?;
+    // Every byte was checked to be ASCII by `check_labels`.
+    std::str::from_utf8(out).map_err(|_| HostError::BadChar)
+}
+
+fn strip_port(raw: &[u8]) -> Result<&[u8], HostError> {
+    if raw.first() == Some(&b'[') {
+        return Err(HostError::IpLiteral);
+    }
+    if raw.contains(&b'@') {
+        return Err(HostError::Userinfo);
+    }
+    match raw.iter().position(|&b| b == b':') {
+        None => Ok(raw),
+        Some(i) => {
+            let port = &raw[i + 1..];
+            let valid = !port.is_empty()
+                && port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535;
+            if valid {
+                Ok(&raw[..i])
+            } else {
+                Err(HostError::BadPort)
+            }
+        }
+    }
+}
+
+fn check_labels(name: &[u8]) -> Result<(), HostError> {
+    let mut last_all_digits = false;
+    for label in name.split(|&b| b == b'.') {
+        if label.is_empty() || label.len() > MAX_LABEL_LEN {
+            return Err(HostError::BadLabel);
+        }
+        if !label
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(HostError::BadChar);
+        }
+        if label.first() == Some(&b'-') || label.last() == Some(&b'-') {
+            return Err(HostError::Hyphen);
+        }
+        last_all_digits = label.iter().all(u8::is_ascii_digit);
+    }
+    // A top-level label is never all digits, so this is an IPv4 literal (or a numeric mistake).
+    if last_all_digits {
+        return Err(HostError::IpLiteral);
+    }
+    Ok(())
+}
+
+/// A normalised host name: lowercase, no port, no trailing dot, valid under DNS rules.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Host(Box<str>);
+
+impl Host {
+    /// Normalises and validates a raw host value.
+    pub fn parse(raw: &str) -> Result<Self, HostError> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        normalize_host(raw.as_bytes(), &mut buf).map(|s| Host(s.into()))
+    }
+
+    /// The normalised name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Host {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Host::parse(&raw).map_err(|e| serde::de::Error::custom(format!("host {raw:?}: {e}")))
+    }
+}
+
+/// Why a name (tenant id, product, shard id, realm, region) was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} {value:?}: use 1-63 of a-z, 0-9 and '-', starting with a letter or digit")]
+pub struct NameError {
+    /// Which kind of name.
+    pub kind: &'static str,
+    /// The value as given.
+    pub value: String,
+}
+
+fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_LABEL_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// Validates a name: 1-63 of `a-z`, `0-9`, `-`, starting with a letter or digit.
+            pub fn new(s: &str) -> Result<Self, NameError> {
+                if valid_name(s) {
+                    Ok(Self(s.into()))
+                } else {
+                    Err(NameError { kind: $kind, value: s.to_owned() })
+                }
+            }
+
+            /// The name.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::new(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A tenant's stable identifier (`acme`).
+    TenantId,
+    "tenant id"
+);
+name_type!(
+    /// A product name (`jira`, `confluence`), as named in the route snapshot.
+    Product,
+    "product"
+);
+name_type!(
+    /// A shard identifier (`jira-us-east-1`).
+    ShardId,
+    "shard id"
+);
+name_type!(
+    /// A realm: the set of regions a tenant's data may live in (`us`, `eu`).
+    Realm,
+    "realm"
+);
+name_type!(
+    /// A cloud region (`us-east-1`).
+    Region,
+    "region"
+);
+
+/// Whether a placement accepts every request, or only safe ones during a migration cutover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementState {
+    /// Serving normally.
+    #[default]
+    Active,
+    /// Cut over in progress: unsafe methods get 503 + Retry-After, safe methods reach the source.
+    Frozen,
+}
+
+/// Where one product of a tenant lives.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Placement {
+    /// The shard holding the data.
+    pub shard: ShardId,
+    /// Whether writes are currently allowed.
+    #[serde(default)]
+    pub state: PlacementState,
+}
+
+/// The routing facts of one tenant: what the `ingress` view carries (never secrets).
+///
+/// `version` is the tenant's catalogue version; readers apply a record only when it is newer
+/// than what they hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressRecord {
+    /// Tenant id.
+    pub id: TenantId,
+    /// Catalogue version of the tenant, starting at 1 and bumped by every write.
+    pub version: u64,
+    /// The realm the tenant's data must stay in.
+    pub realm: Realm,
+    /// Every host that names this tenant.
+    pub hosts: Vec<Host>,
+    /// Product -> placement.
+    pub placements: BTreeMap<Product, Placement>,
+}
+
+impl IngressRecord {
+    /// The placement of `product`, if the tenant has it.
+    pub fn placement(&self, product: &str) -> Option<&Placement> {
+        self.placements.get(product)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,92 @@
+use super::*;
+use proptest::prelude::*;
+
+fn norm(raw: &str) -> Result<String, HostError> {
+    let mut buf = [0u8; MAX_HOST_LEN];
+    normalize_host(raw.as_bytes(), &mut buf).map(str::to_owned)
+}
+
+#[test]
+fn normalises_case_port_and_trailing_dot() {
+    assert_eq!(norm("ACME.Example.Test").as_deref(), Ok("acme.example.test"));
+    assert_eq!(norm("acme.example.test:8080").as_deref(), Ok("acme.example.test"));
+    assert_eq!(norm("acme.example.test.").as_deref(), Ok("acme.example.test"));
+    assert_eq!(norm("acme.example.test.:443").as_deref(), Ok("acme.example.test"));
+    assert_eq!(norm("localhost").as_deref(), Ok("localhost"));
+}
+
+#[test]
+fn rejects_malformed_hosts() {
+    assert_eq!(norm(""), Err(HostError::Empty));
+    assert_eq!(norm("."), Err(HostError::Empty));
+    assert_eq!(norm("a..b"), Err(HostError::BadLabel));
+    assert_eq!(norm("acme.example.test.."), Err(HostError::BadLabel));
+    assert_eq!(norm("ac me.test"), Err(HostError::BadChar));
+    assert_eq!(norm("-acme.test"), Err(HostError::Hyphen));
+    assert_eq!(norm("acme-.test"), Err(HostError::Hyphen));
+    assert_eq!(norm("acme.test:"), Err(HostError::BadPort));
+    assert_eq!(norm("acme.test:99999"), Err(HostError::BadPort));
+    assert_eq!(norm("acme.test:80:80"), Err(HostError::BadPort));
+    assert_eq!(norm("[::1]:80"), Err(HostError::IpLiteral));
+    assert_eq!(norm("10.0.0.1"), Err(HostError::IpLiteral));
+    assert_eq!(norm("10.0.0.1:80"), Err(HostError::IpLiteral));
+    assert_eq!(norm("user@acme.test"), Err(HostError::Userinfo));
+    assert_eq!(norm("acmé.test"), Err(HostError::BadChar));
+    let label = "a".repeat(64);
+    assert_eq!(norm(&format!("{label}.test")), Err(HostError::BadLabel));
+    let long = ["abcdefghi"; 26].join(".");
+    assert_eq!(long.len(), 259);
+    assert_eq!(norm(&long), Err(HostError::TooLong));
+}
+
+#[test]
+fn names_are_checked() {
+    assert!(TenantId::new("acme").is_ok());
+    assert!(TenantId::new("acme-2").is_ok());
+    assert!(TenantId::new("").is_err());
+    assert!(TenantId::new("-acme").is_err());
+    assert!(TenantId::new("Acme").is_err());
+    assert!(ShardId::new(&"a".repeat(64)).is_err());
+}
+
+#[test]
+fn record_round_trips_as_json() {
+    let json = r#"{"id":"acme","version":3,"realm":"us","hosts":["acme.example.test"],
+        "placements":{"jira":{"shard":"jira-us-east-1"},"confluence":{"shard":"c-1","state":"frozen"}}}"#;
+    let rec: IngressRecord = serde_json::from_str(json).unwrap();
+    assert_eq!(rec.placement("jira").unwrap().state, PlacementState::Active);
+    assert_eq!(rec.placement("confluence").unwrap().state, PlacementState::Frozen);
+    assert!(rec.placement("bitbucket").is_none());
+    let back: IngressRecord = serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+    assert_eq!(back, rec);
+}
+
+#[test]
+fn bad_host_in_json_is_an_error() {
+    let json = r#"{"id":"acme","version":1,"realm":"us","hosts":["10.0.0.1"],"placements":{}}"#;
+    assert!(serde_json::from_str::<IngressRecord>(json).is_err());
+}
+
+proptest! {
+    #[test]
+    fn normalisation_is_idempotent(raw in "[a-zA-Z0-9.:_-]{0,80}") {
+        if let Ok(once) = norm(&raw) {
+            prop_assert_eq!(norm(&once), Ok(once.clone()));
+            prop_assert!(once.len() <= MAX_HOST_LEN);
+            prop_assert!(!once.ends_with('.'));
+            prop_assert!(once.bytes().all(|b| !b.is_ascii_uppercase()));
+        }
+    }
+
+    #[test]
+    fn never_panics_on_bytes(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let _ = normalize_host(&raw, &mut buf);
+    }
+
+    #[test]
+    fn valid_names_with_ports_normalise(labels in proptest::collection::vec("[a-z][a-z0-9]{0,10}", 1..5), port in 0u16..) {
+        let name = labels.join(".");
+        prop_assert_eq!(norm(&format!("{}:{}", name.to_uppercase(), port)), Ok(name));
+    }
+}
