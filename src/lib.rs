@@ -19,5 +19,7 @@
 //! - [`cli`]: command-line parsing and dispatch to the roles.
 
 pub mod cli;
+pub mod context;
 pub mod feed;
+pub mod metrics;
 pub mod tenant;

@@ -1,0 +1,308 @@
+//! The edge's embedded tenant-context cache: the seeds' TCS sidecar, in process.
+//!
+//! A request almost never leaves the process to learn where to go: contexts are cached by
+//! normalised host in moka, misses coalesce into one fetch from TCS, and the TCS change stream
+//! pushes every change so entries stay fresh without expiring. Unknown hosts live in a separate
+//! small negative cache, so a flood of random hosts cannot evict known tenants.
+
+mod client;
+mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use serde::{Deserialize, Serialize};
+
+use crate::feed::ViewSnapshot;
+use crate::metrics::EdgeMetrics;
+use crate::tenant::{Host, IngressRecord};
+
+pub use client::{Lookup, TcsClient, TcsEndpoint, TcsError};
+pub use stream::{follow, now_ms, RegionStatus, StreamStatus};
+
+/// Sizes and lifetimes of the caches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most tenant contexts held.
+    pub max_entries: u64,
+    /// Time to live of a context; the change stream keeps entries fresh long before this.
+    pub ttl_secs: u64,
+    /// Most unknown hosts remembered.
+    pub negative_max_entries: u64,
+    /// How long an unknown host is remembered.
+    pub negative_ttl_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 1_000_000,
+            ttl_secs: 3600,
+            negative_max_entries: 10_000,
+            negative_ttl_secs: 5,
+        }
+    }
+}
+
+/// Where a cached context came from, for `/admin/tenants/{host}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// Fetched on a miss.
+    Fetch,
+    /// Pushed by the change stream.
+    Stream,
+    /// Loaded from a bulk snapshot during a resync.
+    Snapshot,
+}
+
+/// One cached tenant context.
+#[derive(Debug)]
+pub struct Entry {
+    /// The routing facts.
+    pub record: Arc<IngressRecord>,
+    /// When this edge learnt it.
+    pub learnt_at: Instant,
+    /// How it learnt it.
+    pub origin: Origin,
+    /// Region of the TCS that told it.
+    pub region: Arc<str>,
+}
+
+/// The answer for one host.
+#[derive(Debug, Clone)]
+pub enum Resolved {
+    /// The host names a tenant.
+    Found(Arc<Entry>),
+    /// TCS says no tenant has this host.
+    Unknown,
+}
+
+/// No trusted TCS could answer a miss: the edge must answer 503, never 404.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("no tenant context service answered: {0}")]
+pub struct Unavailable(pub String);
+
+/// What a fill produced when it did not produce an entry.
+#[derive(Debug, thiserror::Error)]
+enum FillError {
+    #[error("unknown host")]
+    NotFound,
+    #[error(transparent)]
+    Tcs(#[from] TcsError),
+}
+
+/// The latest version the change stream saw for a host, kept briefly to close the race between
+/// a fill in flight and a newer pushed change.
+#[derive(Debug, Clone)]
+struct Seen {
+    version: u64,
+    entry: Option<Arc<Entry>>,
+}
+
+/// The cache of tenant contexts by normalised host.
+pub struct TenantCache {
+    positive: Cache<String, Arc<Entry>>,
+    negative: Cache<String, ()>,
+    recent: Cache<String, Seen>,
+    client: Arc<TcsClient>,
+    metrics: EdgeMetrics,
+}
+
+impl TenantCache {
+    /// Creates empty caches that fill from `client`.
+    pub fn new(config: &CacheConfig, client: Arc<TcsClient>, metrics: EdgeMetrics) -> Self {
+        TenantCache {
+            positive: Cache::builder()
+                .max_capacity(config.max_entries)
+                .time_to_live(Duration::from_secs(config.ttl_secs))
+                .build(),
+            negative: Cache::builder()
+                .max_capacity(config.negative_max_entries)
+                .time_to_live(Duration::from_secs(config.negative_ttl_secs))
+                .build(),
+            recent: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            client,
+            metrics,
+        }
+    }
+
+    /// Resolves a normalised host: a hit, a negative hit, or one coalesced fetch from TCS.
+    pub async fn resolve(&self, host: &str) -> Result<Resolved, Unavailable> {
+        if let Some(entry) = self.positive.get(host).await {
+            self.metrics.cache_hits.inc();
+            return Ok(Resolved::Found(entry));
+        }
+        if self.negative.contains_key(host) {
+            self.metrics.negative_hits.inc();
+            return Ok(Resolved::Unknown);
+        }
+        self.metrics.cache_misses.inc();
+        match self.positive.try_get_with_by_ref(host, self.fill(host)).await {
+            Ok(entry) => Ok(Resolved::Found(self.reconcile(host, entry).await)),
+            Err(e) => match &*e {
+                FillError::NotFound => {
+                    self.negative.insert(host.into(), ()).await;
+                    Ok(Resolved::Unknown)
+                }
+                FillError::Tcs(_) => {
+                    self.metrics.fill_failures.inc();
+                    Err(Unavailable(e.to_string()))
+                }
+            },
+        }
+    }
+
+    async fn fill(&self, host: &str) -> Result<Arc<Entry>, FillError> {
+        let started = Instant::now();
+        let answer = self.client.lookup(host).await;
+        self.metrics.fill_latency.observe(started.elapsed().as_secs_f64());
+        match answer? {
+            Lookup::Found { region, found } => Ok(Arc::new(Entry {
+                record: Arc::new(found.record),
+                learnt_at: Instant::now(),
+                origin: Origin::Fetch,
+                region,
+            })),
+            Lookup::NotFound => Err(FillError::NotFound),
+        }
+    }
+
+    /// A fill may have raced a newer pushed change: prefer what the stream saw, if newer.
+    async fn reconcile(&self, host: &str, filled: Arc<Entry>) -> Arc<Entry> {
+        match self.recent.get(host).await {
+            Some(seen) if seen.version > filled.record.version => match seen.entry {
+                Some(newer) => {
+                    self.put_if_newer(host, newer.clone()).await;
+                    newer
+                }
+                None => {
+                    self.positive.invalidate(host).await;
+                    filled
+                }
+            },
+            _ => filled,
+        }
+    }
+
+    /// What this edge holds for `host`, without fetching (for `/admin`).
+    pub async fn peek(&self, host: &str) -> Option<Arc<Entry>> {
+        self.positive.get(host).await
+    }
+
+    /// Whether `host` is remembered as unknown.
+    pub fn is_known_unknown(&self, host: &str) -> bool {
+        self.negative.contains_key(host)
+    }
+
+    /// Number of cached contexts (approximate, as moka counts).
+    pub fn len(&self) -> u64 {
+        self.positive.entry_count()
+    }
+
+    /// Whether the cache holds no context.
+    pub fn is_empty(&self) -> bool {
+        self.positive.iter().next().is_none()
+    }
+
+    /// Inserts `entry` for `host` unless the cache already holds the same or a newer version.
+    async fn put_if_newer(&self, host: &str, entry: Arc<Entry>) {
+        let version = entry.record.version;
+        self.positive
+            .entry_by_ref(host)
+            .and_compute_with(|held| async move {
+                match held {
+                    Some(held) if held.value().record.version >= version => Op::Nop,
+                    _ => Op::Put(entry),
+                }
+            })
+            .await;
+    }
+
+    /// Applies a pushed record: every host of it gets the new version (when newer), hosts it
+    /// lost are dropped, and none of its hosts stays in the negative cache.
+    pub async fn apply_upsert(
+        &self,
+        record: IngressRecord,
+        removed: &[Host],
+        region: &Arc<str>,
+        origin: Origin,
+    ) {
+        let entry = Arc::new(Entry {
+            record: Arc::new(record),
+            learnt_at: Instant::now(),
+            origin,
+            region: region.clone(),
+        });
+        for host in &entry.record.hosts {
+            let seen = Seen {
+                version: entry.record.version,
+                entry: Some(entry.clone()),
+            };
+            self.recent.insert(host.as_str().into(), seen).await;
+            self.negative.invalidate(host.as_str()).await;
+            self.put_if_newer(host.as_str(), entry.clone()).await;
+        }
+        for host in removed {
+            self.drop_if_older(host.as_str(), entry.record.version).await;
+        }
+    }
+
+    /// Applies a pushed delete of a tenant at `version`.
+    pub async fn apply_delete(&self, hosts: &[Host], version: u64) {
+        for host in hosts {
+            self.recent
+                .insert(host.as_str().into(), Seen { version, entry: None })
+                .await;
+            self.drop_if_older(host.as_str(), version).await;
+        }
+    }
+
+    async fn drop_if_older(&self, host: &str, version: u64) {
+        self.positive
+            .entry_by_ref(host)
+            .and_compute_with(|held| async move {
+                match held {
+                    Some(held) if held.value().record.version < version => Op::Remove,
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+    }
+
+    /// Drops whatever is cached for `host` (positive and negative).
+    pub async fn forget(&self, host: &str) {
+        self.positive.invalidate(host).await;
+        self.negative.invalidate(host).await;
+    }
+
+    /// Replaces the cache's view with a whole snapshot after a gap in the change stream: newer
+    /// records win, cached hosts the snapshot no longer has are dropped, negatives are cleared.
+    pub async fn resync(&self, snapshot: ViewSnapshot, region: &Arc<str>) {
+        let mut live = std::collections::HashSet::new();
+        for record in snapshot.records {
+            live.extend(record.hosts.iter().map(|h| h.as_str().to_owned()));
+            self.apply_upsert(record, &[], region, Origin::Snapshot).await;
+        }
+        let stale: Vec<String> = self
+            .positive
+            .iter()
+            .map(|(k, _)| k)
+            .filter(|k| !live.contains(k.as_str()))
+            .map(|k| (*k).clone())
+            .collect();
+        for host in stale {
+            self.positive.invalidate(&host).await;
+        }
+        self.negative.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests;

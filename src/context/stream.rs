@@ -1,0 +1,282 @@
+//! Follows a TCS view's change stream and applies it to the cache, in order.
+//!
+//! The stream is read from the local region, failing over to the others. Every event carries
+//! the sequence of the previous one, so a gap is detected and repaired by a resync from the
+//! bulk snapshot; a silent stream (no heartbeat) is treated as dead and reconnected.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use tokio_util::sync::CancellationToken;
+
+use super::client::Region;
+use super::{Origin, TcsClient, TcsError, TenantCache};
+use crate::feed::ViewEvent;
+use crate::metrics::EdgeMetrics;
+
+/// A stream that says nothing (not even a heartbeat) for this long is considered dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the edge knows of its change-stream subscription, for `/readyz`, `/admin` and metrics.
+#[derive(Debug)]
+pub struct StreamStatus {
+    /// The last catalogue sequence applied.
+    pub applied: AtomicU64,
+    /// Per region: connected now, and the last time (unix ms) a message arrived.
+    pub regions: Vec<RegionStatus>,
+}
+
+/// One region's subscription state.
+#[derive(Debug)]
+pub struct RegionStatus {
+    /// Region name.
+    pub name: Arc<str>,
+    /// Whether the edge is reading this region's stream now.
+    pub connected: AtomicBool,
+    /// Unix time in ms of the last message from this region (0: never).
+    pub last_message_ms: AtomicU64,
+}
+
+impl StreamStatus {
+    /// A status for every region of `client`, nothing applied yet.
+    pub fn new(client: &TcsClient) -> Self {
+        let regions = client
+            .region_names()
+            .map(|name| RegionStatus {
+                name: name.clone(),
+                connected: AtomicBool::new(false),
+                last_message_ms: AtomicU64::new(0),
+            })
+            .collect();
+        StreamStatus {
+            applied: AtomicU64::new(0),
+            regions,
+        }
+    }
+
+    /// Whether any region's stream has spoken within the silence limit.
+    pub fn any_live(&self) -> bool {
+        let now = now_ms();
+        self.regions.iter().any(|r| {
+            r.connected.load(Ordering::Relaxed)
+                && now.saturating_sub(r.last_message_ms.load(Ordering::Relaxed))
+                    < SILENCE_LIMIT.as_millis() as u64
+        })
+    }
+}
+
+/// Milliseconds since the unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Follows the change stream until `shutdown`, reconnecting with backoff and failing over
+/// between regions (local first).
+pub async fn follow(
+    cache: Arc<TenantCache>,
+    status: Arc<StreamStatus>,
+    metrics: EdgeMetrics,
+    shutdown: CancellationToken,
+) {
+    let client = cache.client.clone();
+    if client.regions.is_empty() {
+        return;
+    }
+    let mut index = 0;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let region = &client.regions[index];
+        let follower = Follower {
+            cache: &cache,
+            client: &client,
+            region,
+            status: &status,
+            metrics: &metrics,
+        };
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => return,
+            outcome = follower.run() => outcome,
+        };
+        status.regions[index].connected.store(false, Ordering::Relaxed);
+        match outcome {
+            Ok(spoke) => {
+                if spoke {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::info!(region = %region.name, "tcs change stream ended, reconnecting");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, region = %region.name, "tcs change stream failed");
+                // Fail over to the next region; come back to the local one after a full turn.
+                index = (index + 1) % client.regions.len();
+            }
+        }
+        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+struct Follower<'a> {
+    cache: &'a TenantCache,
+    client: &'a TcsClient,
+    region: &'a Region,
+    status: &'a StreamStatus,
+    metrics: &'a EdgeMetrics,
+}
+
+/// What to do after one event.
+enum Next {
+    Continue,
+    Resync,
+}
+
+impl Follower<'_> {
+    fn region_status(&self) -> Option<&RegionStatus> {
+        self.status.regions.iter().find(|r| r.name == self.region.name)
+    }
+
+    /// Reads one connection's worth of stream. `Ok(true)` when it delivered at least a message.
+    async fn run(&self) -> Result<bool, TcsError> {
+        let after = self.status.applied.load(Ordering::Acquire);
+        let url = format!("{}/v1/views/ingress/changes?after={after}", self.region.base);
+        let transport = |source| TcsError::Transport {
+            region: self.region.name.clone(),
+            source,
+        };
+        let resp = self
+            .client
+            .stream_http
+            .get(url)
+            .header("authorization", &self.region.auth)
+            .send()
+            .await;
+        let mut resp = resp.map_err(transport)?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(TcsError::Status {
+                region: self.region.name.clone(),
+                status: resp.status().as_u16(),
+            });
+        }
+        if let Some(s) = self.region_status() {
+            s.connected.store(true, Ordering::Relaxed);
+        }
+        let mut buf = BytesMut::new();
+        let mut spoke = false;
+        loop {
+            let chunk = match tokio::time::timeout(SILENCE_LIMIT, resp.chunk()).await {
+                Err(_) => {
+                    tracing::warn!(region = %self.region.name, "tcs change stream went silent");
+                    return Ok(spoke);
+                }
+                Ok(chunk) => chunk.map_err(transport)?,
+            };
+            let Some(chunk) = chunk else { return Ok(spoke) };
+            buf.extend_from_slice(&chunk);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line = buf.split_to(end + 1);
+                spoke = true;
+                if let Next::Resync = self.on_line(&line[..end]).await {
+                    self.resync().await?;
+                    return Ok(true);
+                }
+            }
+            if buf.is_empty() {
+                buf.advance(0);
+            }
+        }
+    }
+
+    async fn on_line(&self, line: &[u8]) -> Next {
+        if let Some(s) = self.region_status() {
+            s.last_message_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Next::Continue;
+        }
+        match serde_json::from_slice::<ViewEvent>(line) {
+            Ok(event) => self.on_event(event).await,
+            Err(e) => {
+                tracing::warn!(error = %e, region = %self.region.name, "malformed change-stream line, resyncing");
+                Next::Resync
+            }
+        }
+    }
+
+    async fn on_event(&self, event: ViewEvent) -> Next {
+        let applied = self.status.applied.load(Ordering::Acquire);
+        match event {
+            ViewEvent::Upsert {
+                seq,
+                prev,
+                record,
+                removed_hosts,
+            } => {
+                if prev > applied {
+                    return Next::Resync;
+                }
+                if seq > applied {
+                    self.cache
+                        .apply_upsert(record, &removed_hosts, &self.region.name, Origin::Stream)
+                        .await;
+                    self.advance(seq, "upsert");
+                }
+            }
+            ViewEvent::Delete {
+                seq,
+                prev,
+                hosts,
+                version,
+                ..
+            } => {
+                if prev > applied {
+                    return Next::Resync;
+                }
+                if seq > applied {
+                    self.cache.apply_delete(&hosts, version).await;
+                    self.advance(seq, "delete");
+                }
+            }
+            ViewEvent::Heartbeat { seq, last_event } => {
+                if last_event > applied {
+                    return Next::Resync;
+                }
+                if seq > applied {
+                    self.advance(seq, "heartbeat");
+                }
+            }
+            ViewEvent::Resync { .. } => return Next::Resync,
+        }
+        Next::Continue
+    }
+
+    fn advance(&self, seq: u64, kind: &'static str) {
+        self.status.applied.store(seq, Ordering::Release);
+        self.metrics
+            .stream_seq
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+        if kind != "heartbeat" {
+            self.metrics.stream_events.with_label_values(&[kind]).inc();
+        }
+    }
+
+    async fn resync(&self) -> Result<(), TcsError> {
+        tracing::info!(region = %self.region.name, "resyncing tenant contexts from the bulk snapshot");
+        let snapshot = self.client.snapshot(self.region).await?;
+        let seq = snapshot.seq;
+        self.cache.resync(snapshot, &self.region.name).await;
+        self.status.applied.store(seq, Ordering::Release);
+        self.metrics.stream_events.with_label_values(&["resync"]).inc();
+        Ok(())
+    }
+}

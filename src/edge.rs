@@ -1,0 +1,348 @@
+//! The edge proxy role: configuration, the per-snapshot state the request path reads, and the
+//! tasks around it (route reload, health checks, change stream, admin listener, pingora server).
+//!
+//! Everything a request reads sits in one [`EdgeState`] behind one `ArcSwap`, rebuilt off the
+//! hot path whenever the route snapshot changes: pools by shard, health settings, and metric
+//! handles resolved per product.
+
+mod admin;
+mod pool;
+mod proxy;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{self, CacheConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
+use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
+use crate::routes::{RouteSnapshot, RouteStore};
+use crate::tenant::ShardId;
+
+pub use pool::{Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
+pub use proxy::{EdgeProxy, RequestCtx};
+
+/// The edge's configuration file (`tenant-edge proxy --config edge.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The region this edge runs in; its TCS is asked first.
+    pub region: String,
+    /// Plain HTTP/1.1 listener.
+    pub listen_http: SocketAddr,
+    /// TLS listener (HTTP/2 via ALPN, and HTTP/1.1); needs `cert` and `key`.
+    #[serde(default)]
+    pub listen_https: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listener.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Admin listener: health, readiness, metrics, what the edge believes. Keep it on loopback.
+    pub admin: SocketAddr,
+    /// Route snapshot file, reloaded on change and on SIGHUP.
+    pub routes: PathBuf,
+    /// Worker threads of the proxy.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// Timeout of one TCS lookup, in milliseconds.
+    #[serde(default = "default_tcs_timeout_ms")]
+    pub tcs_timeout_ms: u64,
+    /// Log one line per request.
+    #[serde(default)]
+    pub access_log: bool,
+    /// Tenant-context cache sizes and lifetimes.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The TCS regions to ask, with this edge's token for each.
+    pub tcs: Vec<TcsEndpoint>,
+}
+
+fn default_threads() -> usize {
+    2
+}
+
+fn default_tcs_timeout_ms() -> u64 {
+    1000
+}
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The config file could not be read or parsed.
+    #[error("edge config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The route snapshot is invalid.
+    #[error(transparent)]
+    Routes(#[from] crate::routes::RouteError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The TCS client could not be built.
+    #[error("tcs client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// A listener could not bind, or TLS files are unusable.
+    #[error("{0}")]
+    Listen(String),
+}
+
+impl EdgeConfig {
+    /// Reads and checks a TOML config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, EdgeError> {
+        let err = |reason: String| EdgeError::Config { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let cfg: EdgeConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        cfg.check().map_err(err)?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.tcs.is_empty() {
+            return Err("at least one [[tcs]] region is needed".into());
+        }
+        if self.listen_https.is_some() && (self.cert.is_none() || self.key.is_none()) {
+            return Err("listen_https needs cert and key".into());
+        }
+        if self.threads == 0 {
+            return Err("threads must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the request path reads, built once per route snapshot.
+pub struct EdgeState {
+    /// The route snapshot.
+    pub routes: Arc<RouteSnapshot>,
+    /// Health-check and ejection settings of this snapshot.
+    pub health: HealthSettings,
+    pools: HashMap<ShardId, Arc<ShardPool>>,
+    counters: Vec<RequestCounters>,
+    latency: Vec<Histogram>,
+}
+
+impl EdgeState {
+    /// Builds pools (reusing known backends) and metric handles for `routes`.
+    pub fn build(routes: Arc<RouteSnapshot>, registry: &BackendRegistry, metrics: &EdgeMetrics) -> Self {
+        let pools = routes
+            .shards
+            .values()
+            .map(|s| {
+                let backends = s.backends.iter().map(|&addr| registry.get(addr)).collect();
+                (s.id.clone(), Arc::new(ShardPool { shard: s.id.clone(), backends }))
+            })
+            .collect::<HashMap<_, _>>();
+        let live: HashSet<SocketAddr> = routes.shards.values().flat_map(|s| s.backends.iter().copied()).collect();
+        registry.retain(&live);
+        let names: Vec<&str> = routes.products.iter().map(|p| p.name.as_str()).chain([NO_PRODUCT]).collect();
+        let counters = names.iter().map(|n| metrics.request_counters(n)).collect();
+        let latency = names.iter().map(|n| metrics.upstream_latency.with_label_values(&[n])).collect();
+        EdgeState { health: health_settings(&routes), routes, pools, counters, latency }
+    }
+
+    /// The pool of a shard.
+    pub fn pool(&self, shard: &str) -> Option<Arc<ShardPool>> {
+        self.pools.get(shard).cloned()
+    }
+
+    /// Every pool.
+    pub fn pools(&self) -> Vec<Arc<ShardPool>> {
+        self.pools.values().cloned().collect()
+    }
+
+    /// Counts one answered request.
+    fn count(&self, product: Option<usize>, status: u16, upstream: Option<Duration>) {
+        let i = product.filter(|&i| i < self.counters.len() - 1).unwrap_or(self.counters.len() - 1);
+        self.counters[i].count(status);
+        if let Some(d) = upstream {
+            self.latency[i].observe(d.as_secs_f64());
+        }
+    }
+}
+
+fn health_settings(routes: &RouteSnapshot) -> HealthSettings {
+    let h = &routes.health_check;
+    HealthSettings {
+        path: h.path.clone(),
+        interval: h.interval,
+        timeout: h.timeout,
+        rise: h.rise,
+        fall: h.fall,
+        eject_after: h.eject_after,
+        eject_for: h.eject,
+    }
+}
+
+/// State shared by the proxy, the admin listener and the background tasks.
+pub(crate) struct Shared {
+    pub(crate) state: ArcSwap<EdgeState>,
+    pub(crate) cache: Arc<TenantCache>,
+    pub(crate) stream: Arc<StreamStatus>,
+    pub(crate) metrics: EdgeMetrics,
+    pub(crate) routes: Arc<RouteStore>,
+    pub(crate) registry: BackendRegistry,
+    pub(crate) access_log: bool,
+}
+
+/// Runs the edge until `shutdown` is cancelled.
+pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), EdgeError> {
+    let metrics = EdgeMetrics::new()?;
+    let routes = Arc::new(RouteStore::load(&cfg.routes)?);
+    let client = TcsClient::new(&cfg.tcs, &cfg.region, Duration::from_millis(cfg.tcs_timeout_ms))?;
+    let stream = Arc::new(StreamStatus::new(&client));
+    let cache = Arc::new(TenantCache::new(&cfg.cache, Arc::new(client), metrics.clone()));
+    let registry = BackendRegistry::default();
+    let state = EdgeState::build(routes.current(), &registry, &metrics);
+    let shared = Arc::new(Shared {
+        state: ArcSwap::from_pointee(state),
+        cache: cache.clone(),
+        stream: stream.clone(),
+        metrics: metrics.clone(),
+        routes: routes.clone(),
+        registry,
+        access_log: cfg.access_log,
+    });
+    let admin = tokio::net::TcpListener::bind(cfg.admin)
+        .await
+        .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
+    let server = server::build(&cfg, shared.clone())?;
+
+    routes.spawn_watcher(shutdown.clone());
+    tokio::spawn(rebuild_on_reload(shared.clone(), shutdown.clone()));
+    tokio::spawn(health_loop(shared.clone(), shutdown.clone()));
+    tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
+    tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
+
+    let proxy = server::start(server, shutdown.clone());
+    tracing::info!(
+        http = %cfg.listen_http,
+        https = ?cfg.listen_https,
+        admin = %cfg.admin,
+        region = %cfg.region,
+        "edge listening"
+    );
+    shutdown.cancelled().await;
+    if tokio::task::spawn_blocking(move || proxy.join()).await.is_err() {
+        tracing::warn!("proxy thread did not stop cleanly");
+    }
+    Ok(())
+}
+
+/// Rebuilds [`EdgeState`] whenever the route store swaps in a new snapshot.
+async fn rebuild_on_reload(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut updates = shared.routes.subscribe();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = updates.changed() => if changed.is_err() { return },
+        }
+        let routes = updates.borrow_and_update().clone();
+        let version = routes.version.clone();
+        let state = EdgeState::build(routes, &shared.registry, &shared.metrics);
+        shared.state.store(Arc::new(state));
+        tracing::info!(version, "route snapshot applied");
+    }
+}
+
+/// Probes every backend every `interval` of the current snapshot.
+async fn health_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let http = match reqwest::Client::builder().pool_max_idle_per_host(1).build() {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the health-check client; active checks are off");
+            return;
+        }
+    };
+    loop {
+        let state = shared.state.load_full();
+        let pools = state.pools();
+        pool::probe_all(&http, &pools, &state.health).await;
+        for p in &pools {
+            let healthy = i64::try_from(p.healthy_count()).unwrap_or(0);
+            shared.metrics.healthy_backends.with_label_values(&[p.shard.as_str()]).set(healthy);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(state.health.interval) => {}
+        }
+    }
+}
+
+mod server {
+    //! The pingora server, run on its own thread with its own runtimes.
+
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use pingora::listeners::tls::TlsSettings;
+    use pingora::server::configuration::ServerConf;
+    use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{EdgeConfig, EdgeError, EdgeProxy, Shared};
+
+    /// Turns our cancellation token into pingora's shutdown signal.
+    struct TokenSignal(CancellationToken);
+
+    #[async_trait]
+    impl ShutdownSignalWatch for TokenSignal {
+        async fn recv(&self) -> ShutdownSignal {
+            self.0.cancelled().await;
+            ShutdownSignal::GracefulTerminate
+        }
+    }
+
+    /// Builds the server with its listeners; fails early on busy ports or bad TLS files.
+    pub(super) fn build(cfg: &EdgeConfig, shared: Arc<Shared>) -> Result<Server, EdgeError> {
+        let conf = ServerConf {
+            threads: cfg.threads,
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(2),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let mut service =
+            pingora::proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(shared), "edge");
+        check_free(cfg.listen_http)?;
+        service.add_tcp(&cfg.listen_http.to_string());
+        if let (Some(addr), Some(cert), Some(key)) = (cfg.listen_https, &cfg.cert, &cfg.key) {
+            check_free(addr)?;
+            let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+            let loaded = pingora::tls::load_certs_and_key_files(&cert, &key);
+            if !matches!(loaded, Ok(Some(_))) {
+                return Err(EdgeError::Listen(format!("cannot load TLS certificate {cert} or key {key}")));
+            }
+            let mut tls = TlsSettings::intermediate(&cert, &key)
+                .map_err(|e| EdgeError::Listen(format!("tls settings: {e}")))?;
+            tls.enable_h2();
+            service.add_tls_with_settings(&addr.to_string(), None, tls);
+        }
+        server.add_service(service);
+        Ok(server)
+    }
+
+    /// pingora binds inside its own thread and exits the process on failure; check first so a
+    /// busy port is a clear error instead.
+    fn check_free(addr: std::net::SocketAddr) -> Result<(), EdgeError> {
+        std::net::TcpListener::bind(addr)
+            .map(drop)
+            .map_err(|e| EdgeError::Listen(format!("cannot listen on {addr}: {e}")))
+    }
+
+    /// Runs the server on its own thread until `shutdown`.
+    pub(super) fn start(server: Server, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || server.run(RunArgs { shutdown_signal: Box::new(TokenSignal(shutdown)) }))
+    }
+}

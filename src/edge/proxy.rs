@@ -1,0 +1,411 @@
+//! The request path: one `impl ProxyHttp`, each phase a short dispatcher.
+//!
+//! `request_filter` resolves Host -> tenant -> product -> placement and rejects early;
+//! `upstream_peer` picks a backend of the shard; `upstream_request_filter` rewrites headers;
+//! `fail_to_proxy` turns errors into JSON answers; `logging` does metrics and the access log.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use super::pool::{InFlight, ShardPool};
+use super::{EdgeState, Shared};
+use crate::context::{Entry, Resolved};
+use crate::routes::normalize_path;
+use crate::tenant::{normalize_host, PlacementState, MAX_HOST_LEN};
+
+/// How long a client should wait before retrying a 503 of ours, in seconds.
+const RETRY_AFTER_OUTAGE: &str = "1";
+const RETRY_AFTER_FROZEN: &str = "2";
+
+/// The edge proxy; everything it reads per request sits behind one `ArcSwap` in [`Shared`].
+pub struct EdgeProxy {
+    pub(crate) shared: Arc<Shared>,
+    request_ids: RequestIds,
+}
+
+impl EdgeProxy {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        EdgeProxy { shared, request_ids: RequestIds::new() }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    state: Option<Arc<EdgeState>>,
+    request_id: Option<HeaderValue>,
+    product: Option<usize>,
+    tenant: Option<Arc<Entry>>,
+    pool: Option<Arc<ShardPool>>,
+    host: Option<HeaderValue>,
+    rewritten_path: Option<String>,
+    in_flight: Option<InFlight>,
+    tried: u64,
+    upstream_started: Option<Instant>,
+}
+
+/// Why the edge answered itself instead of forwarding.
+#[derive(Debug, Clone, Copy)]
+struct Reject {
+    status: u16,
+    reason: &'static str,
+    retry_after: Option<&'static str>,
+}
+
+const fn reject(status: u16, reason: &'static str) -> Reject {
+    Reject { status, reason, retry_after: None }
+}
+
+/// Request ids: a random per-process prefix and a counter, 24 hex digits.
+struct RequestIds {
+    prefix: u32,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds { prefix: rand::random(), counter: AtomicU64::new(0) }
+    }
+
+    fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 24];
+        let bits = (u128::from(self.prefix) << 64) | u128::from(n);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = HEX[((bits >> (4 * (23 - i))) & 0xf) as usize];
+        }
+        // Hex digits are always a valid header value.
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+impl EdgeProxy {
+    /// Steps 1-4 of the request path; fills `ctx` or says why not.
+    async fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reject> {
+        let req = session.req_header();
+        let mut buf = [0u8; MAX_HOST_LEN];
+        let host = request_host(req, &mut buf)?;
+        let path = normalize_path(req.uri.path()).map_err(|_| reject(400, "malformed path"))?;
+        let state = self.shared.state.load_full();
+        let product = state.routes.match_path(&path).ok_or(reject(404, "no product serves this path"))?;
+        ctx.product = Some(product.index);
+        if let Cow::Owned(p) = &path {
+            ctx.rewritten_path = Some(with_query(p, req.uri.query()));
+        }
+        let entry = match self.shared.cache.resolve(host).await {
+            Ok(Resolved::Found(entry)) => entry,
+            Ok(Resolved::Unknown) => return Err(reject(404, "unknown host")),
+            Err(e) => {
+                tracing::warn!(host, error = %e, "tenant context unavailable");
+                return Err(Reject {
+                    status: 503,
+                    reason: "tenant context unavailable",
+                    retry_after: Some(RETRY_AFTER_OUTAGE),
+                });
+            }
+        };
+        let placement = entry
+            .record
+            .placement(product.name.as_str())
+            .ok_or(reject(404, "product not provisioned for this tenant"))?;
+        if placement.state == PlacementState::Frozen && !is_safe(&req.method) {
+            return Err(Reject {
+                status: 503,
+                reason: "tenant is being moved; writes are paused",
+                retry_after: Some(RETRY_AFTER_FROZEN),
+            });
+        }
+        let pool = state.pool(placement.shard.as_str()).ok_or(reject(503, "shard has no route"))?;
+        ctx.host = HeaderValue::from_str(host).ok();
+        ctx.pool = Some(pool);
+        ctx.tenant = Some(entry);
+        ctx.state = Some(state);
+        Ok(())
+    }
+
+    /// Writes a small JSON error answer.
+    async fn respond(&self, session: &mut Session, ctx: &RequestCtx, r: Reject) -> Result<()> {
+        let id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("");
+        let body = Bytes::from(format!(
+            r#"{{"status":{},"reason":"{}","request_id":"{}"}}"#,
+            r.status, r.reason, id
+        ));
+        let mut resp = ResponseHeader::build(r.status, Some(5))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.clone())?;
+        }
+        if let Some(after) = r.retry_after {
+            resp.insert_header("retry-after", after)?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+/// The normalised host of a request: one `Host` header, or the authority of an absolute-form
+/// URI / h2 `:authority`; both present must agree.
+fn request_host<'b>(req: &RequestHeader, buf: &'b mut [u8; MAX_HOST_LEN]) -> Result<&'b str, Reject> {
+    let mut hosts = req.headers.get_all(HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(reject(400, "more than one Host header"));
+    }
+    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
+    let raw = match (header, authority) {
+        (Some(h), Some(a)) => {
+            let mut other = [0u8; MAX_HOST_LEN];
+            let a = normalize_host(a, &mut other).map_err(|_| reject(400, "malformed authority"))?;
+            let h = normalize_host(h.as_bytes(), buf).map_err(|_| reject(400, "malformed Host header"))?;
+            return if a == h { Ok(h) } else { Err(reject(400, "Host header and authority differ")) };
+        }
+        (Some(h), None) => h.as_bytes(),
+        (None, Some(a)) => a,
+        (None, None) => return Err(reject(400, "missing Host header")),
+    };
+    normalize_host(raw, buf).map_err(|_| reject(400, "malformed Host header"))
+}
+
+fn with_query(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    }
+}
+
+fn is_safe(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE)
+}
+
+/// Removes every client-supplied `x-tenant-*` header: only the edge may set them.
+fn strip_internal_headers(req: &mut RequestHeader) {
+    let internal: Vec<HeaderName> =
+        req.headers.keys().filter(|name| name.as_str().starts_with("x-tenant-")).cloned().collect();
+    for name in internal {
+        req.remove_header(&name);
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = Some(self.request_ids.next());
+        match self.route(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(r) => {
+                self.respond(session, ctx, r).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let pool = ctx.pool.as_ref().ok_or_else(|| Error::explain(InternalError, "no shard chosen"))?;
+        let (index, backend) = pool
+            .pick(ctx.tried)
+            .ok_or_else(|| Error::explain(HTTPStatus(503), "no healthy backend for the shard"))?;
+        if index < 64 {
+            ctx.tried |= 1 << index;
+        }
+        let peer = backend.peer();
+        ctx.in_flight = Some(backend.begin());
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.shared.metrics.upstream_connect_failures.inc();
+        if let (Some(flight), Some(state)) = (ctx.in_flight.take(), &ctx.state) {
+            flight.backend().connect_failed(&state.health);
+        }
+        // Nothing reached the backend: try another one while any is left untried.
+        let untried = ctx.pool.as_ref().is_some_and(|p| p.pick(ctx.tried).is_some());
+        e.set_retry(untried);
+        e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(flight) = &ctx.in_flight {
+            flight.backend().connected();
+        }
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        strip_internal_headers(upstream);
+        if let Some(entry) = &ctx.tenant {
+            let record = &entry.record;
+            upstream.insert_header("x-tenant-id", record.id.as_str())?;
+            upstream.insert_header("x-tenant-context-version", record.version)?;
+        }
+        if let Some(shard) = ctx.pool.as_ref().map(|p| p.shard.as_str()) {
+            upstream.insert_header("x-tenant-shard", shard)?;
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream.insert_header("x-request-id", id.clone())?;
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if let Some(host) = &ctx.host {
+            upstream.insert_header("x-forwarded-host", host.clone())?;
+        }
+        if let Some(path) = ctx.rewritten_path.take() {
+            let uri = path.parse().or_err(InternalError, "normalised path is not a URI")?;
+            upstream.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let status = match e.etype() {
+            HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if status > 0 {
+            let reason = match status {
+                503 => "no healthy backend for the shard",
+                502 => "backend failed",
+                400 => "bad request",
+                _ => "internal error",
+            };
+            let retry_after = (status == 503).then_some(RETRY_AFTER_OUTAGE);
+            let r = Reject { status, reason, retry_after };
+            if let Err(err) = self.respond(session, ctx, r).await {
+                tracing::debug!(error = %err, "could not write the error answer");
+            }
+        }
+        FailToProxy { error_code: status, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.in_flight = None;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let state = ctx.state.clone().unwrap_or_else(|| self.shared.state.load_full());
+        state.count(ctx.product, status, ctx.upstream_started.map(|t| t.elapsed()));
+        if self.shared.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "tenant_edge::access",
+                method = %req.method,
+                path = %req.uri.path(),
+                status,
+                tenant = ctx.tenant.as_ref().map(|t| t.record.id.as_str()),
+                shard = ctx.pool.as_ref().map(|p| p.shard.as_str()),
+                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+                error = e.map(|e| e.to_string()),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, hosts: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for h in hosts {
+            r.append_header("host", *h).unwrap();
+        }
+        r
+    }
+
+    fn host_of(r: &RequestHeader) -> Result<String, u16> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        request_host(r, &mut buf).map(str::to_owned).map_err(|r| r.status)
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(host_of(&req("/", &["Acme.Example.Test:8080"])), Ok("acme.example.test".into()));
+        assert_eq!(host_of(&req("/", &[])), Err(400));
+        assert_eq!(host_of(&req("/", &["a.test", "b.test"])), Err(400));
+        assert_eq!(host_of(&req("/", &["10.1.1.1"])), Err(400));
+        assert_eq!(host_of(&req("http://acme.example.test/x", &["acme.example.test"])), Ok("acme.example.test".into()));
+        assert_eq!(host_of(&req("http://other.test/x", &["acme.example.test"])), Err(400));
+        assert_eq!(host_of(&req("http://acme.example.test/x", &[])), Ok("acme.example.test".into()));
+    }
+
+    #[test]
+    fn strips_tenant_headers() {
+        let mut r = req("/", &["a.test"]);
+        r.append_header("X-Tenant-Id", "evil").unwrap();
+        r.append_header("x-tenant-shard", "evil").unwrap();
+        r.append_header("x-tenantish", "fine").unwrap();
+        strip_internal_headers(&mut r);
+        assert!(r.headers.get("x-tenant-id").is_none());
+        assert!(r.headers.get("x-tenant-shard").is_none());
+        assert!(r.headers.get("x-tenantish").is_some());
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+    }
+}

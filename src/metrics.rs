@@ -1,0 +1,200 @@
+//! Prometheus metrics of the edge.
+//!
+//! Each edge owns its own [`Registry`], so several edges (or an edge and TCS nodes) can live in
+//! one process. Handles that the request path touches are resolved once, when a route snapshot
+//! is built ([`RequestCounters`]), never per request.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Status classes a response is counted under; index with [`status_class`].
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Product label used when a request never matched a product (bad host, unknown path).
+pub const NO_PRODUCT: &str = "none";
+
+/// Index of a status code's class in [`STATUS_CLASSES`].
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
+    }
+}
+
+/// Every metric the edge exports.
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    registry: Registry,
+    /// Requests answered, by status class and product.
+    pub requests: IntCounterVec,
+    /// Time from sending the request upstream to the end of the response, by product.
+    pub upstream_latency: HistogramVec,
+    /// Tenant-context cache hits.
+    pub cache_hits: IntCounter,
+    /// Tenant-context cache misses (a fetch from TCS followed, possibly coalesced).
+    pub cache_misses: IntCounter,
+    /// Hits in the negative cache (known-unknown hosts).
+    pub negative_hits: IntCounter,
+    /// Latency of a cache fill from TCS.
+    pub fill_latency: Histogram,
+    /// Cache fills that failed because no TCS answered.
+    pub fill_failures: IntCounter,
+    /// Route snapshot reloads, by result (`ok`, `failed`).
+    pub route_reloads: IntCounterVec,
+    /// Seconds since the last message (event or heartbeat) on each region's change stream.
+    pub stream_staleness: IntGaugeVec,
+    /// Last catalogue sequence applied from the change stream.
+    pub stream_seq: IntGauge,
+    /// Change-stream events applied to the cache, by kind (`upsert`, `delete`, `resync`).
+    pub stream_events: IntCounterVec,
+    /// Backends currently considered healthy, by shard.
+    pub healthy_backends: IntGaugeVec,
+    /// Connection failures to backends (each may trigger a retry on another backend).
+    pub upstream_connect_failures: IntCounter,
+}
+
+/// Requests counters for one product, one per status class, resolved ahead of time.
+#[derive(Clone)]
+pub struct RequestCounters(pub [IntCounter; 6]);
+
+impl RequestCounters {
+    /// Counts one response with `status`.
+    pub fn count(&self, status: u16) {
+        self.0[status_class(status)].inc();
+    }
+}
+
+impl EdgeMetrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("tenant_edge".into()), None)?;
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let m = EdgeMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("requests_total", "Requests answered, by status class and product"),
+                &["status", "product"],
+            )?,
+            upstream_latency: HistogramVec::new(
+                HistogramOpts::new("upstream_latency_seconds", "Upstream response time by product")
+                    .buckets(latency_buckets.clone()),
+                &["product"],
+            )?,
+            cache_hits: IntCounter::new("tenant_cache_hits_total", "Tenant-context cache hits")?,
+            cache_misses: IntCounter::new("tenant_cache_misses_total", "Tenant-context cache misses")?,
+            negative_hits: IntCounter::new(
+                "tenant_cache_negative_hits_total",
+                "Requests answered from the negative (unknown host) cache",
+            )?,
+            fill_latency: Histogram::with_opts(
+                HistogramOpts::new("tenant_cache_fill_seconds", "Latency of a cache fill from TCS")
+                    .buckets(latency_buckets),
+            )?,
+            fill_failures: IntCounter::new(
+                "tenant_cache_fill_failures_total",
+                "Cache fills that failed because no TCS answered",
+            )?,
+            route_reloads: IntCounterVec::new(
+                Opts::new("route_reloads_total", "Route snapshot reloads by result"),
+                &["result"],
+            )?,
+            stream_staleness: IntGaugeVec::new(
+                Opts::new(
+                    "tcs_stream_staleness_seconds",
+                    "Seconds since the last message on a region's TCS change stream",
+                ),
+                &["region"],
+            )?,
+            stream_seq: IntGauge::new("tcs_stream_seq", "Last catalogue sequence applied from TCS")?,
+            stream_events: IntCounterVec::new(
+                Opts::new("tcs_stream_events_total", "Change-stream events applied, by kind"),
+                &["kind"],
+            )?,
+            healthy_backends: IntGaugeVec::new(
+                Opts::new("healthy_backends", "Backends considered healthy, by shard"),
+                &["shard"],
+            )?,
+            upstream_connect_failures: IntCounter::new(
+                "upstream_connect_failures_total",
+                "Connection failures to backends",
+            )?,
+            registry,
+        };
+        m.register_all()?;
+        Ok(m)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.requests.clone()))?;
+        r.register(Box::new(self.upstream_latency.clone()))?;
+        r.register(Box::new(self.cache_hits.clone()))?;
+        r.register(Box::new(self.cache_misses.clone()))?;
+        r.register(Box::new(self.negative_hits.clone()))?;
+        r.register(Box::new(self.fill_latency.clone()))?;
+        r.register(Box::new(self.fill_failures.clone()))?;
+        r.register(Box::new(self.route_reloads.clone()))?;
+        r.register(Box::new(self.stream_staleness.clone()))?;
+        r.register(Box::new(self.stream_seq.clone()))?;
+        r.register(Box::new(self.stream_events.clone()))?;
+        r.register(Box::new(self.healthy_backends.clone()))?;
+        r.register(Box::new(self.upstream_connect_failures.clone()))?;
+        Ok(())
+    }
+
+    /// The request counters of `product`, resolved once per snapshot.
+    pub fn request_counters(&self, product: &str) -> RequestCounters {
+        RequestCounters(STATUS_CLASSES.map(|class| self.requests.with_label_values(&[class, product])))
+    }
+
+    /// Brings a counter that mirrors an external monotonic count up to `total`.
+    pub fn sync_counter(counter: &IntCounter, total: u64) {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format except on invalid metric names,
+        // which are all static here.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(STATUS_CLASSES[status_class(200)], "2xx");
+        assert_eq!(STATUS_CLASSES[status_class(503)], "5xx");
+        assert_eq!(STATUS_CLASSES[status_class(0)], "other");
+        assert_eq!(STATUS_CLASSES[status_class(600)], "other");
+    }
+
+    #[test]
+    fn counts_render() {
+        let m = EdgeMetrics::new().unwrap();
+        m.request_counters("jira").count(404);
+        EdgeMetrics::sync_counter(&m.route_reloads.with_label_values(&["failed"]), 3);
+        let text = m.render();
+        assert!(
+            text.contains(r#"tenant_edge_requests_total{product="jira",status="4xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tenant_edge_route_reloads_total{result="failed"} 3"#),
+            "{text}"
+        );
+    }
+}
