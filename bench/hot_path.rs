@@ -1,1 +1,58 @@
-fn main() {}
+//! Criterion micro benchmarks of the per-request work that involves no I/O.
+//!
+//! Run with `cargo bench --bench hot_path`; numbers are recorded in `bench/README.md`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use tenant_edge::context::{CacheConfig, Origin, Resolved, TcsClient, TcsEndpoint, TenantCache};
+use tenant_edge::metrics::EdgeMetrics;
+use tenant_edge::routes::{normalize_path, RouteStore};
+use tenant_edge::tenant::{normalize_host, IngressRecord, MAX_HOST_LEN};
+
+fn host(c: &mut Criterion) {
+    c.bench_function("normalize_host", |b| {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        b.iter(|| {
+            let h = normalize_host(black_box(b"Acme.Example.Test:8443"), &mut buf);
+            black_box(h.map(str::len).unwrap_or(0))
+        })
+    });
+}
+
+fn path(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes/dev.toml");
+    let Ok(store) = RouteStore::load(&dir) else { return };
+    let snapshot = store.current();
+    c.bench_function("normalize_and_match_path", |b| {
+        b.iter(|| {
+            let p = normalize_path(black_box("/wiki/spaces/ENG/pages/12345")).unwrap_or_default();
+            black_box(snapshot.match_path(&p).map(|r| r.index))
+        })
+    });
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|_| std::process::exit(1));
+    let endpoint = TcsEndpoint { region: "us-east-1".into(), url: "http://127.0.0.1:9".into(), token: "t".into() };
+    let metrics = EdgeMetrics::new().unwrap_or_else(|_| std::process::exit(1));
+    let client = TcsClient::new(&[endpoint], "us-east-1", Duration::from_millis(100)).unwrap_or_else(|_| std::process::exit(1));
+    let cache = TenantCache::new(&CacheConfig::default(), Arc::new(client), metrics);
+    let record: IngressRecord = serde_json::from_str(
+        r#"{"id":"acme","version":1,"realm":"us","hosts":["acme.example.test"],"placements":{"jira":{"shard":"jira-us-east-1"}}}"#,
+    )
+    .unwrap_or_else(|_| std::process::exit(1));
+    let region: Arc<str> = "us-east-1".into();
+    rt.block_on(cache.apply_upsert(record, &[], &region, Origin::Stream));
+    c.bench_function("tenant_cache_hit", |b| {
+        b.iter(|| {
+            let r = rt.block_on(cache.resolve(black_box("acme.example.test")));
+            black_box(matches!(r, Ok(Resolved::Found(_))))
+        })
+    });
+}
+
+criterion_group!(benches, host, path, cache_hit);
+criterion_main!(benches);

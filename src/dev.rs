@@ -1,0 +1,293 @@
+//! `tenant-edge dev`: the whole stack on loopback in one process, for a first run.
+//!
+//! Starts the demo shards named in the route file, the catalogue (in a data dir it creates),
+//! one TCS per dev region, and the edge; seeds realms, shards and the demo tenants; prints one
+//! banner; stops everything cleanly on Ctrl-C. The configs it uses are written into the data dir,
+//! so what runs here can be run role by role too.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalogue::CatalogueConfig;
+use crate::context::TcsEndpoint;
+use crate::ctl::{CatalogueClient, ClientError};
+use crate::demo::DemoShardConfig;
+use crate::edge::EdgeConfig;
+use crate::feed::{RealmDoc, ShardDoc, TenantDoc};
+use crate::routes::RouteStore;
+use crate::tcs::{ConsumerConfig, TcsConfig};
+use crate::tenant::{Placement, PlacementState, Product, Realm, Region, ShardId, TenantId};
+
+/// The token the dev edge presents to the dev TCS nodes.
+pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
+
+/// Options of `tenant-edge dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Directory for the catalogue database, TCS snapshots and generated configs.
+    #[arg(long, default_value = "data/dev")]
+    pub data: PathBuf,
+    /// Route snapshot of the dev stack.
+    #[arg(long, default_value = "routes/dev.toml")]
+    pub routes: PathBuf,
+    /// Directory holding `dev.crt` and `dev.key` for the HTTPS listener.
+    #[arg(long, default_value = "certs")]
+    pub certs: PathBuf,
+}
+
+/// Why the dev stack could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// The route file is invalid.
+    #[error(transparent)]
+    Routes(#[from] crate::routes::RouteError),
+    /// Seeding the catalogue failed.
+    #[error("seeding the catalogue: {0}")]
+    Seed(#[from] ClientError),
+    /// A part did not come up.
+    #[error("{0} did not become ready")]
+    NotReady(String),
+    /// A part failed.
+    #[error("{0}")]
+    Part(String),
+}
+
+/// Fixed loopback ports of the dev stack (the contract in the design).
+pub mod ports {
+    /// Edge, plain HTTP.
+    pub const EDGE_HTTP: u16 = 8080;
+    /// Edge, HTTPS (h2 + http/1.1).
+    pub const EDGE_HTTPS: u16 = 8443;
+    /// Edge admin.
+    pub const EDGE_ADMIN: u16 = 9900;
+    /// Catalogue API.
+    pub const CATALOGUE: u16 = 7000;
+    /// TCS us-east-1.
+    pub const TCS_US_EAST_1: u16 = 7101;
+    /// TCS eu-west-1.
+    pub const TCS_EU_WEST_1: u16 = 7102;
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn io_err(what: &Path, e: impl std::fmt::Display) -> DevError {
+    DevError::Io(format!("{}: {e}", what.display()))
+}
+
+/// Runs the dev stack until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs) -> Result<(), DevError> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let mut parts = JoinSet::new();
+    let result = start(&args, &shutdown, &mut parts).await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "dev stack failed to start; stopping");
+        shutdown.cancel();
+    }
+    // Any part ending early (a bind failure, say) stops the whole stack.
+    while let Some(done) = parts.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::error!(error = %e, "a part of the dev stack stopped");
+        }
+        shutdown.cancel();
+    }
+    result
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => t.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        _ = terminated => tracing::info!("terminated, stopping"),
+        () = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}
+
+type Parts = JoinSet<Result<(), String>>;
+
+fn spawn_part<F, E>(parts: &mut Parts, fut: F)
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    parts.spawn(async move { fut.await.map_err(|e| e.to_string()) });
+}
+
+async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) -> Result<(), DevError> {
+    std::fs::create_dir_all(&args.data).map_err(|e| io_err(&args.data, e))?;
+    let routes = RouteStore::load(&args.routes)?.current();
+    for shard in routes.shards.values() {
+        for (i, &listen) in shard.backends.iter().enumerate() {
+            let cfg = DemoShardConfig { shard: shard.id.to_string(), backend: format!("b{}", i + 1), listen };
+            spawn_part(parts, crate::demo::run(cfg, shutdown.clone()));
+        }
+    }
+    let catalogue_addr = loopback(ports::CATALOGUE);
+    let catalogue = CatalogueConfig { listen: catalogue_addr, data_dir: args.data.join("catalogue") };
+    spawn_part(parts, crate::catalogue::run(catalogue, shutdown.clone()));
+    let catalogue_url = format!("http://{catalogue_addr}");
+    wait_ready(&format!("{catalogue_url}/healthz"), "catalogue").await?;
+    seed(&CatalogueClient::new(&catalogue_url), &routes).await?;
+
+    let mut endpoints = Vec::new();
+    for (region, port) in [("us-east-1", ports::TCS_US_EAST_1), ("eu-west-1", ports::TCS_EU_WEST_1)] {
+        let cfg = tcs_config(&args.data, region, loopback(port), &catalogue_url);
+        write_toml(&args.data.join(format!("tcs-{region}.toml")), &cfg)?;
+        spawn_part(parts, crate::tcs::run(cfg, shutdown.clone()));
+        let url = format!("http://{}", loopback(port));
+        wait_ready(&format!("{url}/readyz"), &format!("tcs {region}")).await?;
+        endpoints.push(TcsEndpoint { region: region.into(), url, token: DEV_EDGE_TOKEN.into() });
+    }
+    let edge = edge_config(args, endpoints);
+    write_toml(&args.data.join("edge.toml"), &edge)?;
+    spawn_part(parts, crate::edge::run(edge, shutdown.clone()));
+    wait_ready(&format!("http://{}/healthz", loopback(ports::EDGE_ADMIN)), "edge").await?;
+    print_banner(args, &routes);
+    Ok(())
+}
+
+fn tcs_config(data: &Path, region: &str, listen: SocketAddr, catalogue: &str) -> TcsConfig {
+    TcsConfig {
+        region: region.into(),
+        listen,
+        catalogue: catalogue.into(),
+        snapshot: data.join(format!("tcs-{region}.json")),
+        max_lag: 100,
+        allow_faults: true,
+        consumers: vec![ConsumerConfig {
+            name: "edge".into(),
+            token: DEV_EDGE_TOKEN.into(),
+            views: vec!["ingress".into()],
+        }],
+    }
+}
+
+fn edge_config(args: &DevArgs, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
+    EdgeConfig {
+        region: "us-east-1".into(),
+        listen_http: loopback(ports::EDGE_HTTP),
+        listen_https: Some(loopback(ports::EDGE_HTTPS)),
+        cert: Some(args.certs.join("dev.crt")),
+        key: Some(args.certs.join("dev.key")),
+        admin: loopback(ports::EDGE_ADMIN),
+        routes: args.routes.clone(),
+        threads: 2,
+        tcs_timeout_ms: 1000,
+        access_log: true,
+        cache: Default::default(),
+        tcs,
+    }
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), DevError> {
+    let text = toml::to_string_pretty(value).map_err(|e| io_err(path, e))?;
+    std::fs::write(path, text).map_err(|e| io_err(path, e))
+}
+
+/// Polls `url` until it answers 2xx, for up to 15 s.
+pub async fn wait_ready(url: &str, what: &str) -> Result<(), DevError> {
+    let http = reqwest::Client::new();
+    for _ in 0..150 {
+        if let Ok(resp) = http.get(url).timeout(Duration::from_millis(500)).send().await {
+            if resp.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(DevError::NotReady(what.into()))
+}
+
+fn name<T>(r: Result<T, crate::tenant::NameError>) -> Result<T, DevError> {
+    r.map_err(|e| DevError::Part(e.to_string()))
+}
+
+/// Seeds realms, the shards of the route file and the demo tenants; existing tenants are left
+/// as they are, so a restart keeps what the operator changed.
+async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -> Result<(), DevError> {
+    for (realm, regions) in [("us", ["us-east-1", "us-west-2"]), ("eu", ["eu-west-1", "eu-central-1"])] {
+        let regions = regions.iter().map(|r| name(Region::new(r))).collect::<Result<_, _>>()?;
+        client.put_realm(&RealmDoc { name: name(Realm::new(realm))?, regions }).await?;
+    }
+    for shard in routes.shards.values() {
+        let doc = ShardDoc { id: shard.id.clone(), product: shard.product.clone(), regions: vec![shard.region.clone()] };
+        client.put_shard(&doc).await?;
+    }
+    for doc in demo_tenants()? {
+        match client.get_tenant(doc.id.as_str()).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(404) => {
+                client.put_tenant(&doc, None).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The demo tenants of the contract.
+pub fn demo_tenants() -> Result<Vec<TenantDoc>, DevError> {
+    let tenant = |id: &str, realm: &str, placements: &[(&str, &str)]| -> Result<TenantDoc, DevError> {
+        let placements = placements
+            .iter()
+            .map(|(p, s)| {
+                let placement = Placement { shard: name(ShardId::new(s))?, state: PlacementState::Active };
+                Ok((name(Product::new(p))?, placement))
+            })
+            .collect::<Result<_, DevError>>()?;
+        let host = crate::tenant::Host::parse(&format!("{id}.example.test"))
+            .map_err(|e| DevError::Part(e.to_string()))?;
+        Ok(TenantDoc { id: name(TenantId::new(id))?, hosts: vec![host], realm: name(Realm::new(realm))?, placements, version: 0 })
+    };
+    Ok(vec![
+        tenant("acme", "us", &[("jira", "jira-us-east-1"), ("confluence", "confluence-us-east-1")])?,
+        tenant("globex", "eu", &[("jira", "jira-eu-west-1"), ("confluence", "confluence-eu-west-1")])?,
+        tenant("initech", "us", &[("jira", "jira-us-east-1")])?,
+    ])
+}
+
+fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot) {
+    let backends: usize = routes.shards.values().map(|s| s.backends.len()).sum();
+    println!(
+        "\n\
+tenant-edge dev stack is up (data in {data})\n\
+  edge        http://127.0.0.1:{http}   https://127.0.0.1:{https} (h2)   admin http://127.0.0.1:{admin}\n\
+  catalogue   http://127.0.0.1:{cat}\n\
+  tcs         us-east-1 http://127.0.0.1:{tcs1}   eu-west-1 http://127.0.0.1:{tcs2}\n\
+  shards      {shards} demo shards, {backends} backends (routes: {routes})\n\
+  tenants     acme.example.test, globex.example.test, initech.example.test\n\
+\n\
+Try:\n\
+  curl -s -H 'Host: acme.example.test' http://127.0.0.1:{http}/\n\
+  curl -s -H 'Host: globex.example.test' http://127.0.0.1:{http}/wiki/spaces\n\
+  curl -sk --http2 --resolve acme.example.test:{https}:127.0.0.1 https://acme.example.test:{https}/wiki\n\
+\n\
+Ctrl-C stops everything.",
+        data = args.data.display(),
+        http = ports::EDGE_HTTP,
+        https = ports::EDGE_HTTPS,
+        admin = ports::EDGE_ADMIN,
+        cat = ports::CATALOGUE,
+        tcs1 = ports::TCS_US_EAST_1,
+        tcs2 = ports::TCS_EU_WEST_1,
+        shards = routes.shards.len(),
+        routes = args.routes.display(),
+    );
+}

@@ -1,0 +1,320 @@
+//! Test harness: starts the real `tenant-edge` binary in its roles (demo shards, catalogue, TCS
+//! regions, edge) on free loopback ports, each as its own process, and stops them on drop.
+
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const EDGE_TOKEN: &str = "test-edge-token";
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tenant-edge")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let child = spawn(&args);
+        Proc { name: name.into(), child: Some(child), args }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("{} did not stop on SIGTERM", self.name);
+        }
+    }
+
+    /// Starts the same command again.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Some(spawn(&self.args));
+    }
+}
+
+fn spawn(args: &[String]) -> Child {
+    let quiet = std::env::var("TEST_LOG").is_err();
+    Command::new(bin())
+        .args(args)
+        .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(if quiet { Stdio::null() } else { Stdio::inherit() })
+        .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+        .spawn()
+        .unwrap()
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `url` until it answers 2xx (10 s at most).
+pub async fn wait_ok(url: &str) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(url).timeout(Duration::from_millis(500)).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The shards of the dev contract: id, product, region.
+pub const SHARDS: [(&str, &str, &str); 5] = [
+    ("jira-us-east-1", "jira", "us-east-1"),
+    ("jira-us-west-2", "jira", "us-west-2"),
+    ("jira-eu-west-1", "jira", "eu-west-1"),
+    ("confluence-us-east-1", "confluence", "us-east-1"),
+    ("confluence-eu-west-1", "confluence", "eu-west-1"),
+];
+
+/// Writes a route file for `shards` (id -> backend ports) into `path`.
+pub fn write_routes(path: &Path, version: &str, backends: &[(String, Vec<u16>)]) {
+    let mut text = format!(
+        "version = \"{version}\"\n\n[health_check]\npath = \"/healthz\"\ninterval_ms = 200\ntimeout_ms = 100\n\
+         rise = 1\nfall = 1\neject_ms = 2000\neject_after = 1\n\n\
+         [[products]]\nname = \"jira\"\nprefixes = [\"/\"]\n\n\
+         [[products]]\nname = \"confluence\"\nprefixes = [\"/wiki\"]\n"
+    );
+    for (id, ports) in backends {
+        let (_, product, region) = SHARDS.iter().find(|s| s.0 == id).unwrap();
+        let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        text.push_str(&format!(
+            "\n[[shards]]\nid = \"{id}\"\nproduct = \"{product}\"\nregion = \"{region}\"\nbackends = [{}]\n",
+            list.join(", ")
+        ));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The whole stack, each role its own process.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub routes: PathBuf,
+    pub backends: Vec<(String, Vec<u16>)>,
+    pub shards: Vec<Proc>,
+    pub catalogue: Proc,
+    pub catalogue_url: String,
+    pub tcs: Vec<Proc>,
+    pub tcs_urls: Vec<String>,
+    pub edge: Proc,
+    pub edge_http: u16,
+    pub edge_https: u16,
+    pub edge_admin: u16,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let routes = dir.path().join("routes.toml");
+        let backends: Vec<(String, Vec<u16>)> =
+            SHARDS.iter().map(|(id, _, _)| (id.to_string(), vec![free_port(), free_port()])).collect();
+        write_routes(&routes, "test-1", &backends);
+        let mut shards = Vec::new();
+        for (id, ports) in &backends {
+            for (i, port) in ports.iter().enumerate() {
+                let listen = addr(*port).to_string();
+                let backend = format!("b{}", i + 1);
+                let args = ["demo-shard", "--shard", id, "--backend", &backend, "--listen", &listen];
+                shards.push(Proc::start(&format!("{id}/{backend}"), &args));
+            }
+        }
+        let (catalogue, catalogue_url) = start_catalogue(dir.path());
+        wait_ok(&format!("{catalogue_url}/healthz")).await;
+        let http = reqwest::Client::new();
+        seed(&http, &catalogue_url).await;
+        let mut tcs = Vec::new();
+        let mut tcs_urls = Vec::new();
+        for region in ["us-east-1", "eu-west-1"] {
+            let (p, url) = start_tcs(dir.path(), region, &catalogue_url);
+            wait_ok(&format!("{url}/readyz")).await;
+            tcs.push(p);
+            tcs_urls.push(url);
+        }
+        for (_, ports) in &backends {
+            for p in ports {
+                wait_ok(&format!("http://127.0.0.1:{p}/healthz")).await;
+            }
+        }
+        let (edge_http, edge_https, edge_admin) = (free_port(), free_port(), free_port());
+        let edge_cfg = dir.path().join("edge.toml");
+        let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+        let mut cfg = format!(
+            "region = \"us-east-1\"\nlisten_http = \"127.0.0.1:{edge_http}\"\nlisten_https = \"127.0.0.1:{edge_https}\"\n\
+             cert = \"{}\"\nkey = \"{}\"\nadmin = \"127.0.0.1:{edge_admin}\"\nroutes = \"{}\"\nthreads = 1\n\
+             tcs_timeout_ms = 500\n\n[cache]\nnegative_ttl_secs = 1\n",
+            certs.join("dev.crt").display(),
+            certs.join("dev.key").display(),
+            routes.display()
+        );
+        for (region, url) in ["us-east-1", "eu-west-1"].iter().zip(&tcs_urls) {
+            cfg.push_str(&format!("\n[[tcs]]\nregion = \"{region}\"\nurl = \"{url}\"\ntoken = \"{EDGE_TOKEN}\"\n"));
+        }
+        std::fs::write(&edge_cfg, cfg).unwrap();
+        let edge = Proc::start("edge", &["proxy", "--config", edge_cfg.to_str().unwrap()]);
+        wait_ok(&format!("http://127.0.0.1:{edge_admin}/readyz")).await;
+        Stack {
+            dir,
+            routes,
+            backends,
+            shards,
+            catalogue,
+            catalogue_url,
+            tcs,
+            tcs_urls,
+            edge,
+            edge_http,
+            edge_https,
+            edge_admin,
+            http,
+        }
+    }
+
+    /// GET through the edge with `host`.
+    pub async fn get(&self, host: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("http://127.0.0.1:{}{path}", self.edge_http))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET through the edge, answer as JSON with the status.
+    pub async fn get_json(&self, host: &str, path: &str) -> (u16, serde_json::Value) {
+        let r = self.get(host, path).await;
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.edge_admin)
+    }
+
+    pub fn shard_proc(&mut self, id: &str, backend: usize) -> &mut Proc {
+        let name = format!("{id}/b{backend}");
+        self.shards.iter_mut().find(|p| p.name == name).unwrap()
+    }
+}
+
+pub fn start_catalogue(dir: &Path) -> (Proc, String) {
+    let port = free_port();
+    let data = dir.join("catalogue");
+    let listen = addr(port).to_string();
+    let p = Proc::start("catalogue", &["catalogue", "--listen", &listen, "--data", data.to_str().unwrap()]);
+    (p, format!("http://{listen}"))
+}
+
+pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> (Proc, String) {
+    let port = free_port();
+    let cfg = dir.join(format!("tcs-{region}.toml"));
+    let snapshot = dir.join(format!("tcs-{region}.json"));
+    let text = format!(
+        "region = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ncatalogue = \"{catalogue_url}\"\n\
+         snapshot = \"{}\"\nmax_lag = 100\nallow_faults = true\n\n\
+         [[consumers]]\nname = \"edge\"\ntoken = \"{EDGE_TOKEN}\"\nviews = [\"ingress\"]\n\n\
+         [[consumers]]\nname = \"billing\"\ntoken = \"billing-token\"\nviews = []\n",
+        snapshot.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let p = Proc::start(&format!("tcs-{region}"), &["tcs", "--config", cfg.to_str().unwrap()]);
+    (p, format!("http://127.0.0.1:{port}"))
+}
+
+/// Seeds realms, the dev shards and the demo tenants through the catalogue API.
+pub async fn seed(http: &reqwest::Client, url: &str) {
+    use serde_json::json;
+    let put = |path: String, body: serde_json::Value| {
+        let http = http.clone();
+        async move {
+            let r = http.put(path).json(&body).send().await.unwrap();
+            assert!(r.status().is_success(), "seeding: {} {}", r.status(), r.text().await.unwrap());
+        }
+    };
+    put(format!("{url}/v1/realms/us"), json!({"name": "us", "regions": ["us-east-1", "us-west-2"]})).await;
+    put(format!("{url}/v1/realms/eu"), json!({"name": "eu", "regions": ["eu-west-1", "eu-central-1"]})).await;
+    for (id, product, region) in SHARDS {
+        put(format!("{url}/v1/shards/{id}"), json!({"id": id, "product": product, "regions": [region]})).await;
+    }
+    for doc in tenant_edge::dev::demo_tenants().unwrap() {
+        put(format!("{url}/v1/tenants/{}", doc.id), serde_json::to_value(&doc).unwrap()).await;
+    }
+}
+
+/// Sends raw bytes to `port` and returns the status code of the answer.
+pub fn raw_status(port: u16, request: &str) -> u16 {
+    let mut s = TcpStream::connect(addr(port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
