@@ -19,5 +19,7 @@
 //! - [`cli`]: command-line parsing and dispatch to the roles.
 
 pub mod cli;
+pub mod demo;
 pub mod feed;
+pub mod routes;
 pub mod tenant;
