@@ -48,8 +48,16 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_json);
     match cli.command {
         Command::CheckRoutes { file } => check_routes(&file),
-        Command::DemoShard { shard, backend, listen } => {
-            let cfg = crate::demo::DemoShardConfig { shard, backend, listen };
+        Command::DemoShard {
+            shard,
+            backend,
+            listen,
+        } => {
+            let cfg = crate::demo::DemoShardConfig {
+                shard,
+                backend,
+                listen,
+            };
             run_role(|shutdown| crate::demo::run(cfg, shutdown))
         }
     }

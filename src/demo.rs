@@ -63,7 +63,10 @@ pub async fn serve(
 ) -> Result<(), std::io::Error> {
     let addr = listener.local_addr()?;
     tracing::info!("demo shard {}/{} listening on {addr}", cfg.shard, cfg.backend);
-    let state = Arc::new(DemoState { shard: cfg.shard, backend: cfg.backend });
+    let state = Arc::new(DemoState {
+        shard: cfg.shard,
+        backend: cfg.backend,
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -104,7 +107,8 @@ fn forwarded_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
         let name = name.as_str();
-        let ours = name.starts_with("x-tenant-") || name.starts_with("x-forwarded-") || name == "x-request-id";
+        let ours =
+            name.starts_with("x-tenant-") || name.starts_with("x-forwarded-") || name == "x-request-id";
         if ours {
             let value = lossy(value.as_bytes());
             out.entry(name.to_owned())

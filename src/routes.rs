@@ -157,7 +157,9 @@ impl RouteSnapshot {
     /// The product whose prefix is the longest segment-boundary match for an already normalised
     /// path (see [`normalize_path`]); `None` when no prefix matches.
     pub fn match_path(&self, normalized_path: &str) -> Option<&ProductRoute> {
-        self.matcher.find(normalized_path).and_then(|i| self.products.get(i))
+        self.matcher
+            .find(normalized_path)
+            .and_then(|i| self.products.get(i))
     }
 
     /// The product with this name.
@@ -198,7 +200,10 @@ impl RouteSnapshot {
         entries
             .filter_map(|(prefix, i)| {
                 let product = self.products.get(*i)?;
-                Some(MatchEntry { prefix, product: product.name.as_str() })
+                Some(MatchEntry {
+                    prefix,
+                    product: product.name.as_str(),
+                })
             })
             .collect()
     }

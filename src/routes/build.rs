@@ -91,16 +91,31 @@ fn health_check(hc: &HealthCheckToml, problems: &mut Problems) -> HealthCheck {
         let what = format_args!("path {:?}: must start with '/' and be printable ASCII", hc.path);
         problems.push(at, what);
     }
-    in_range(problems, "health_check.interval_ms", hc.interval_ms, MIN_INTERVAL_MS, MAX_MS);
+    in_range(
+        problems,
+        "health_check.interval_ms",
+        hc.interval_ms,
+        MIN_INTERVAL_MS,
+        MAX_MS,
+    );
     in_range(problems, "health_check.timeout_ms", hc.timeout_ms, 1, MAX_MS);
     if hc.timeout_ms >= hc.interval_ms {
-        let what = format_args!("{} must be less than interval_ms ({})", hc.timeout_ms, hc.interval_ms);
+        let what = format_args!(
+            "{} must be less than interval_ms ({})",
+            hc.timeout_ms, hc.interval_ms
+        );
         problems.push("health_check.timeout_ms", what);
     }
     in_range(problems, "health_check.rise", hc.rise, 1, MAX_RISE_FALL);
     in_range(problems, "health_check.fall", hc.fall, 1, MAX_RISE_FALL);
     in_range(problems, "health_check.eject_ms", hc.eject_ms, 1, MAX_MS);
-    in_range(problems, "health_check.eject_after", hc.eject_after, 1, MAX_EJECT_AFTER);
+    in_range(
+        problems,
+        "health_check.eject_after",
+        hc.eject_after,
+        1,
+        MAX_EJECT_AFTER,
+    );
     HealthCheck {
         path: hc.path.clone(),
         interval: Duration::from_millis(hc.interval_ms),
@@ -135,7 +150,10 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
     for (index, p) in input.iter().enumerate() {
         let at = format!("products[{index}] ({})", p.name);
         if let Some(first) = names.insert(&p.name, index) {
-            problems.push(&at, format_args!("duplicate product name, first at products[{first}]"));
+            problems.push(
+                &at,
+                format_args!("duplicate product name, first at products[{first}]"),
+            );
         }
         if p.prefixes.is_empty() {
             problems.push(&at, "no prefixes");
@@ -152,14 +170,22 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
             }
         }
         match Product::new(&p.name) {
-            Ok(name) => routes.push(ProductRoute { name, index, prefixes: p.prefixes.clone() }),
+            Ok(name) => routes.push(ProductRoute {
+                name,
+                index,
+                prefixes: p.prefixes.clone(),
+            }),
             Err(e) => problems.push(&at, e),
         }
     }
     (routes, prefixes)
 }
 
-fn shards(input: &[ShardToml], products: &[ProductRoute], problems: &mut Problems) -> HashMap<ShardId, Shard> {
+fn shards(
+    input: &[ShardToml],
+    products: &[ProductRoute],
+    problems: &mut Problems,
+) -> HashMap<ShardId, Shard> {
     let known: HashSet<&str> = products.iter().map(|p| p.name.as_str()).collect();
     let mut first_at: HashMap<&str, usize> = HashMap::new();
     let mut shards = HashMap::with_capacity(input.len());
@@ -176,7 +202,15 @@ fn shards(input: &[ShardToml], products: &[ProductRoute], problems: &mut Problem
         let id = ShardId::new(&s.id).map_err(|e| problems.push(&at, e)).ok();
         let backends = backends(&s.backends, &at, problems);
         if let (Some(id), Some(product), Some(region)) = (id, product, region) {
-            shards.insert(id.clone(), Shard { id, product, region, backends });
+            shards.insert(
+                id.clone(),
+                Shard {
+                    id,
+                    product,
+                    region,
+                    backends,
+                },
+            );
         }
     }
     shards
@@ -189,9 +223,14 @@ fn backends(input: &[String], at: &str, problems: &mut Problems) -> Vec<SocketAd
     let mut out: Vec<SocketAddr> = Vec::with_capacity(input.len());
     for raw in input {
         match raw.parse::<SocketAddr>() {
-            Err(_) => problems.push(at, format_args!("backend {raw:?}: invalid socket address (want ip:port)")),
+            Err(_) => problems.push(
+                at,
+                format_args!("backend {raw:?}: invalid socket address (want ip:port)"),
+            ),
             Ok(addr) if addr.port() == 0 => problems.push(at, format_args!("backend {raw:?}: port 0")),
-            Ok(addr) if out.contains(&addr) => problems.push(at, format_args!("backend {raw:?}: listed twice")),
+            Ok(addr) if out.contains(&addr) => {
+                problems.push(at, format_args!("backend {raw:?}: listed twice"))
+            }
             Ok(addr) => out.push(addr),
         }
     }

@@ -104,7 +104,10 @@ pub(crate) fn prefix_problem(prefix: &str) -> Option<&'static str> {
     if prefix.bytes().any(|b| b == b'?' || b == b'#') {
         return Some("must not contain '?' or '#'");
     }
-    if prefix.bytes().any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii()) {
+    if prefix
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || !b.is_ascii())
+    {
         return Some("must be printable ASCII without spaces");
     }
     if prefix.contains("//") {

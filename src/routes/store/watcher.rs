@@ -23,7 +23,9 @@ pub(super) fn spawn(store: Arc<RouteStore>, shutdown: CancellationToken) -> Join
     // Both set up before returning, so a change made right after this call is not missed.
     let watcher = watch_file(store.path(), tx);
     let hangup = signal(SignalKind::hangup())
-        .map_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; route reloads on file change only"))
+        .map_err(
+            |e| tracing::warn!(error = %e, "cannot listen for SIGHUP; route reloads on file change only"),
+        )
         .ok();
     tokio::spawn(async move {
         // Dropping the watcher stops the events, so it lives as long as the task.
@@ -110,5 +112,9 @@ fn concerns(event: &Event, name: &OsString) -> bool {
     if event.need_rescan() {
         return true;
     }
-    !read_only && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+    !read_only
+        && event
+            .paths
+            .iter()
+            .any(|p| p.file_name() == Some(name.as_os_str()))
 }
