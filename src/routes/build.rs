@@ -149,7 +149,8 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
     let mut prefixes = Vec::new();
     for (index, p) in input.iter().enumerate() {
         let at = format!("products[{index}] ({})", p.name);
-        if let Some(first) = names.insert(&p.name, index) {
+        let first = *names.entry(&p.name).or_insert(index);
+        if first != index {
             problems.push(
                 &at,
                 format_args!("duplicate product name, first at products[{first}]"),
@@ -159,13 +160,7 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
             problems.push(&at, "no prefixes");
         }
         for prefix in &p.prefixes {
-            if let Some(why) = prefix_problem(prefix) {
-                problems.push(&at, format_args!("prefix {prefix:?}: {why}"));
-            } else if let Some(owner) = owners.insert(prefix, index) {
-                let other = input.get(owner).map_or("", |o| o.name.as_str());
-                let what = format_args!("prefix {prefix:?}: already used by products[{owner}] ({other})");
-                problems.push(&at, what);
-            } else {
+            if prefix_ok(input, &mut owners, (index, prefix), &at, problems) {
                 prefixes.push((Box::from(prefix.as_str()), index));
             }
         }
@@ -181,6 +176,34 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
     (routes, prefixes)
 }
 
+/// Checks one prefix of product `index` and claims it; false (with a problem) when unusable.
+fn prefix_ok<'a>(
+    input: &[ProductToml],
+    owners: &mut HashMap<&'a str, usize>,
+    (index, prefix): (usize, &'a str),
+    at: &str,
+    problems: &mut Problems,
+) -> bool {
+    if let Some(why) = prefix_problem(prefix) {
+        problems.push(at, format_args!("prefix {prefix:?}: {why}"));
+        return false;
+    }
+    let Some(&owner) = owners.get(prefix) else {
+        owners.insert(prefix, index);
+        return true;
+    };
+    if owner == index {
+        problems.push(at, format_args!("prefix {prefix:?}: listed twice"));
+    } else {
+        let other = input.get(owner).map_or("", |o| o.name.as_str());
+        problems.push(
+            at,
+            format_args!("prefix {prefix:?}: already used by products[{owner}] ({other})"),
+        );
+    }
+    false
+}
+
 fn shards(
     input: &[ShardToml],
     products: &[ProductRoute],
@@ -191,7 +214,8 @@ fn shards(
     let mut shards = HashMap::with_capacity(input.len());
     for (index, s) in input.iter().enumerate() {
         let at = format!("shards[{index}] ({})", s.id);
-        if let Some(first) = first_at.insert(&s.id, index) {
+        let first = *first_at.entry(&s.id).or_insert(index);
+        if first != index {
             problems.push(&at, format_args!("duplicate shard id, first at shards[{first}]"));
         }
         let product = Product::new(&s.product).map_err(|e| problems.push(&at, e)).ok();

@@ -118,7 +118,10 @@ eject_after = 0
 path = "healthz"
 [[products]]
 name = "jira"
-prefixes = ["/", "wiki", "/a/../b", "/a//b", "/x?y", "/x#y", "/%2e", "/t/"]
+prefixes = ["/", "/", "wiki", "/a/../b", "/a//b", "/x?y", "/x#y", "/%2e", "/t/"]
+[[products]]
+name = "jira"
+prefixes = ["/"]
 [[products]]
 name = "jira"
 prefixes = ["/"]
@@ -159,8 +162,11 @@ backends = ["10.0.0.1:80"]
         "products[0] (jira): prefix \"/t/\": must not end with '/'",
         "products[1] (jira): duplicate product name, first at products[0]",
         "products[1] (jira): prefix \"/\": already used by products[0] (jira)",
-        "products[2] (Bad_Name): no prefixes",
-        "products[2] (Bad_Name): invalid product \"Bad_Name\"",
+        "products[0] (jira): prefix \"/\": listed twice",
+        "products[2] (jira): duplicate product name, first at products[0]",
+        "products[2] (jira): prefix \"/\": already used by products[0] (jira)",
+        "products[3] (Bad_Name): no prefixes",
+        "products[3] (Bad_Name): invalid product \"Bad_Name\"",
         "shards[0] (jira-x): backend \"nope\": invalid socket address",
         "shards[0] (jira-x): backend \"127.0.0.1:1\": listed twice",
         "shards[0] (jira-x): backend \"127.0.0.1:0\": port 0",
