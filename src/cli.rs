@@ -1,8 +1,12 @@
 //! Command-line parsing and dispatch: one subcommand per role.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 /// `tenant-edge`: edge ingress routing for multi-tenant SaaS.
 #[derive(Debug, Parser)]
@@ -18,13 +22,130 @@ pub struct Cli {
 
 /// The roles and tools of the binary.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Starts the whole stack on loopback: catalogue, two TCS regions, the edge, demo shards.
+    Dev(crate::dev::DevArgs),
+    /// Runs the edge proxy.
+    Proxy {
+        /// The edge's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validates a route snapshot file: prints a summary (exit 0) or every problem (exit 1).
+    CheckRoutes {
+        /// The `routes/*.toml` file.
+        file: PathBuf,
+    },
+    /// Runs one demo shard backend.
+    DemoShard {
+        /// The shard it stands in for.
+        #[arg(long)]
+        shard: String,
+        /// Its backend name inside the shard.
+        #[arg(long)]
+        backend: String,
+        /// Listen address.
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
 
 /// Parses the command line, sets up logging and runs the chosen role.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
-    match cli.command {}
+    match cli.command {
+        Command::CheckRoutes { file } => check_routes(&file),
+        Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
+        Command::Proxy { config } => match crate::edge::EdgeConfig::load(&config) {
+            Ok(cfg) => run_role(|shutdown| crate::edge::run(cfg, shutdown)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::DemoShard {
+            shard,
+            backend,
+            listen,
+        } => {
+            let cfg = crate::demo::DemoShardConfig {
+                shard,
+                backend,
+                listen,
+            };
+            run_role(|shutdown| crate::demo::run(cfg, shutdown))
+        }
+    }
+}
+
+/// `check-routes`: exit 0 when valid, 1 when invalid, 2 when the file cannot be read.
+fn check_routes(file: &std::path::Path) -> ExitCode {
+    use crate::routes::{RouteError, RouteSnapshot};
+    match RouteSnapshot::load_file(file) {
+        Ok(snapshot) => {
+            println!("{}", snapshot.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e @ RouteError::Read { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(RouteError::Invalid { problems }) => {
+            eprintln!("{}: {} problem(s):", file.display(), problems.len());
+            for problem in &problems {
+                eprintln!("  {problem}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a long-lived role on a fresh runtime until it ends or Ctrl-C / SIGTERM cancels it.
+fn run_role<F, Fut, E>(role: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let result = runtime.block_on(async {
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        role(shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
 }
 
 /// Sets up `tracing`: text by default, JSON lines with `--log-json`; `RUST_LOG` filters.

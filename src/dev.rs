@@ -84,10 +84,8 @@ fn io_err(what: &Path, e: impl std::fmt::Display) -> DevError {
     DevError::Io(format!("{}: {e}", what.display()))
 }
 
-/// Runs the dev stack until Ctrl-C or SIGTERM.
-pub async fn run(args: DevArgs) -> Result<(), DevError> {
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+/// Runs the dev stack until `shutdown` is cancelled (Ctrl-C or SIGTERM in the binary).
+pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevError> {
     let mut parts = JoinSet::new();
     let result = start(&args, &shutdown, &mut parts).await;
     if let Err(e) = &result {
@@ -102,22 +100,6 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         shutdown.cancel();
     }
     result
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let terminated = async {
-        match term.as_mut() {
-            Some(t) => t.recv().await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
-        _ = terminated => tracing::info!("terminated, stopping"),
-        () = shutdown.cancelled() => {}
-    }
-    shutdown.cancel();
 }
 
 type Parts = JoinSet<Result<(), String>>;

@@ -204,7 +204,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     let stream = Arc::new(StreamStatus::new(&client));
     let cache = Arc::new(TenantCache::new(&cfg.cache, Arc::new(client), metrics.clone()));
     let registry = BackendRegistry::default();
-    let state = EdgeState::build(routes.current(), &registry, &metrics);
+    let state = EdgeState::build(routes.load_full(), &registry, &metrics);
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(state),
         cache: cache.clone(),

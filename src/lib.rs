@@ -20,6 +20,9 @@
 
 pub mod cli;
 pub mod context;
+pub mod demo;
+pub mod edge;
 pub mod feed;
 pub mod metrics;
+pub mod routes;
 pub mod tenant;
