@@ -35,10 +35,18 @@ fn path(c: &mut Criterion) {
 }
 
 fn cache_hit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|_| std::process::exit(1));
-    let endpoint = TcsEndpoint { region: "us-east-1".into(), url: "http://127.0.0.1:9".into(), token: "t".into() };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|_| std::process::exit(1));
+    let endpoint = TcsEndpoint {
+        region: "us-east-1".into(),
+        url: "http://127.0.0.1:9".into(),
+        token: "t".into(),
+    };
     let metrics = EdgeMetrics::new().unwrap_or_else(|_| std::process::exit(1));
-    let client = TcsClient::new(&[endpoint], "us-east-1", Duration::from_millis(100)).unwrap_or_else(|_| std::process::exit(1));
+    let client = TcsClient::new(&[endpoint], "us-east-1", Duration::from_millis(100))
+        .unwrap_or_else(|_| std::process::exit(1));
     let cache = TenantCache::new(&CacheConfig::default(), Arc::new(client), metrics);
     let record: IngressRecord = serde_json::from_str(
         r#"{"id":"acme","version":1,"realm":"us","hosts":["acme.example.test"],"placements":{"jira":{"shard":"jira-us-east-1"}}}"#,

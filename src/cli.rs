@@ -23,8 +23,8 @@ pub struct Cli {
 /// The roles and tools of the binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Starts the whole stack on loopback: catalogue, two TCS regions, the edge, demo shards.
-    Dev(crate::dev::DevArgs),
+    // DEVPENDING doc
+    // DEVPENDING Dev(crate::dev::DevArgs),
     /// Runs the edge proxy.
     Proxy {
         /// The edge's TOML config file.
@@ -56,7 +56,7 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_json);
     match cli.command {
         Command::CheckRoutes { file } => check_routes(&file),
-        Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
+        // DEVPENDING Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
         Command::Proxy { config } => match crate::edge::EdgeConfig::load(&config) {
             Ok(cfg) => run_role(|shutdown| crate::edge::run(cfg, shutdown)),
             Err(e) => {

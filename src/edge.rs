@@ -101,7 +101,10 @@ pub enum EdgeError {
 impl EdgeConfig {
     /// Reads and checks a TOML config file.
     pub fn load(path: &std::path::Path) -> Result<Self, EdgeError> {
-        let err = |reason: String| EdgeError::Config { path: path.to_owned(), reason };
+        let err = |reason: String| EdgeError::Config {
+            path: path.to_owned(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let cfg: EdgeConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         cfg.check().map_err(err)?;
@@ -141,15 +144,39 @@ impl EdgeState {
             .values()
             .map(|s| {
                 let backends = s.backends.iter().map(|&addr| registry.get(addr)).collect();
-                (s.id.clone(), Arc::new(ShardPool { shard: s.id.clone(), backends }))
+                (
+                    s.id.clone(),
+                    Arc::new(ShardPool {
+                        shard: s.id.clone(),
+                        backends,
+                    }),
+                )
             })
             .collect::<HashMap<_, _>>();
-        let live: HashSet<SocketAddr> = routes.shards.values().flat_map(|s| s.backends.iter().copied()).collect();
+        let live: HashSet<SocketAddr> = routes
+            .shards
+            .values()
+            .flat_map(|s| s.backends.iter().copied())
+            .collect();
         registry.retain(&live);
-        let names: Vec<&str> = routes.products.iter().map(|p| p.name.as_str()).chain([NO_PRODUCT]).collect();
+        let names: Vec<&str> = routes
+            .products
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain([NO_PRODUCT])
+            .collect();
         let counters = names.iter().map(|n| metrics.request_counters(n)).collect();
-        let latency = names.iter().map(|n| metrics.upstream_latency.with_label_values(&[n])).collect();
-        EdgeState { health: health_settings(&routes), routes, pools, counters, latency }
+        let latency = names
+            .iter()
+            .map(|n| metrics.upstream_latency.with_label_values(&[n]))
+            .collect();
+        EdgeState {
+            health: health_settings(&routes),
+            routes,
+            pools,
+            counters,
+            latency,
+        }
     }
 
     /// The pool of a shard.
@@ -164,7 +191,9 @@ impl EdgeState {
 
     /// Counts one answered request.
     fn count(&self, product: Option<usize>, status: u16, upstream: Option<Duration>) {
-        let i = product.filter(|&i| i < self.counters.len() - 1).unwrap_or(self.counters.len() - 1);
+        let i = product
+            .filter(|&i| i < self.counters.len() - 1)
+            .unwrap_or(self.counters.len() - 1);
         self.counters[i].count(status);
         if let Some(d) = upstream {
             self.latency[i].observe(d.as_secs_f64());
@@ -271,7 +300,11 @@ async fn health_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
         pool::probe_all(&http, &pools, &state.health).await;
         for p in &pools {
             let healthy = i64::try_from(p.healthy_count()).unwrap_or(0);
-            shared.metrics.healthy_backends.with_label_values(&[p.shard.as_str()]).set(healthy);
+            shared
+                .metrics
+                .healthy_backends
+                .with_label_values(&[p.shard.as_str()])
+                .set(healthy);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -313,8 +346,11 @@ mod server {
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
-        let mut service =
-            pingora::proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(shared), "edge");
+        let mut service = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            EdgeProxy::new(shared),
+            "edge",
+        );
         check_free(cfg.listen_http)?;
         service.add_tcp(&cfg.listen_http.to_string());
         if let (Some(addr), Some(cert), Some(key)) = (cfg.listen_https, &cfg.cert, &cfg.key) {
@@ -322,7 +358,9 @@ mod server {
             let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
             let loaded = pingora::tls::load_certs_and_key_files(&cert, &key);
             if !matches!(loaded, Ok(Some(_))) {
-                return Err(EdgeError::Listen(format!("cannot load TLS certificate {cert} or key {key}")));
+                return Err(EdgeError::Listen(format!(
+                    "cannot load TLS certificate {cert} or key {key}"
+                )));
             }
             let mut tls = TlsSettings::intermediate(&cert, &key)
                 .map_err(|e| EdgeError::Listen(format!("tls settings: {e}")))?;
@@ -343,6 +381,10 @@ mod server {
 
     /// Runs the server on its own thread until `shutdown`.
     pub(super) fn start(server: Server, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || server.run(RunArgs { shutdown_signal: Box::new(TokenSignal(shutdown)) }))
+        std::thread::spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(TokenSignal(shutdown)),
+            })
+        })
     }
 }

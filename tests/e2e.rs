@@ -20,7 +20,12 @@ async fn routes_every_demo_tenant_and_product() {
         ("ACME.example.test.:8080", "/browse/X-1", "jira-us-east-1", "acme"),
         ("acme.example.test", "/wikipedia", "jira-us-east-1", "acme"),
         ("globex.example.test", "/", "jira-eu-west-1", "globex"),
-        ("globex.example.test", "/wiki/spaces/x", "confluence-eu-west-1", "globex"),
+        (
+            "globex.example.test",
+            "/wiki/spaces/x",
+            "confluence-eu-west-1",
+            "globex",
+        ),
         ("initech.example.test", "/projects", "jira-us-east-1", "initech"),
     ];
     for (host, path, shard, tenant) in cases {
@@ -31,8 +36,16 @@ async fn routes_every_demo_tenant_and_product() {
         let headers = &body["headers"];
         assert_eq!(headers["x-tenant-shard"], shard);
         assert_eq!(headers["x-tenant-context-version"], "1");
-        assert!(headers["x-request-id"].as_str().is_some_and(|s| s.len() == 24), "{body}");
-        assert_eq!(headers["x-forwarded-host"], host.to_ascii_lowercase().trim_end_matches(":8080").trim_end_matches('.'));
+        assert!(
+            headers["x-request-id"].as_str().is_some_and(|s| s.len() == 24),
+            "{body}"
+        );
+        assert_eq!(
+            headers["x-forwarded-host"],
+            host.to_ascii_lowercase()
+                .trim_end_matches(":8080")
+                .trim_end_matches('.')
+        );
     }
     // Dot segments are resolved before matching, and the backend sees the normalised path.
     let (status, body) = stack.get_json("acme.example.test", "/x/../wiki/./page?q=1").await;
@@ -41,7 +54,14 @@ async fn routes_every_demo_tenant_and_product() {
     assert_eq!(body["path"], "/wiki/page?q=1");
     // TLS with HTTP/2 through ALPN.
     let out = std::process::Command::new("curl")
-        .args(["-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
         .arg("--resolve")
         .arg(format!("acme.example.test:{}:127.0.0.1", stack.edge_https))
         .arg(format!("https://acme.example.test:{}/wiki", stack.edge_https))
@@ -75,14 +95,28 @@ async fn bad_input_gets_clear_errors() {
     let port = stack.edge_http;
     assert_eq!(raw_status(port, "GET / HTTP/1.1\r\n\r\n"), 400, "missing Host");
     assert_eq!(
-        raw_status(port, "GET / HTTP/1.1\r\nHost: acme.example.test\r\nHost: globex.example.test\r\n\r\n"),
+        raw_status(
+            port,
+            "GET / HTTP/1.1\r\nHost: acme.example.test\r\nHost: globex.example.test\r\n\r\n"
+        ),
         400,
         "duplicated Host"
     );
-    assert_eq!(raw_status(port, "GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n"), 400, "IP literal");
-    assert_eq!(raw_status(port, "GET / HTTP/1.1\r\nHost: bad_host..test\r\n\r\n"), 400, "malformed");
     assert_eq!(
-        raw_status(port, "GET http://globex.example.test/ HTTP/1.1\r\nHost: acme.example.test\r\n\r\n"),
+        raw_status(port, "GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n"),
+        400,
+        "IP literal"
+    );
+    assert_eq!(
+        raw_status(port, "GET / HTTP/1.1\r\nHost: bad_host..test\r\n\r\n"),
+        400,
+        "malformed"
+    );
+    assert_eq!(
+        raw_status(
+            port,
+            "GET http://globex.example.test/ HTTP/1.1\r\nHost: acme.example.test\r\n\r\n"
+        ),
         400,
         "absolute URI disagrees with Host"
     );
@@ -108,11 +142,23 @@ async fn catalogue_update_reaches_the_edge_without_restart() {
     let started = Instant::now();
     let doc = json!({"id": "acme", "hosts": ["acme.example.test"], "realm": "us",
         "placements": {"jira": {"shard": "jira-us-west-2"}, "confluence": {"shard": "confluence-us-east-1"}}});
-    let r = stack.http.put(format!("{}/v1/tenants/acme", stack.catalogue_url)).json(&doc).send().await.unwrap();
+    let r = stack
+        .http
+        .put(format!("{}/v1/tenants/acme", stack.catalogue_url))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let hooli = json!({"id": "hooli", "hosts": ["hooli.example.test"], "realm": "us",
         "placements": {"jira": {"shard": "jira-us-east-1"}}});
-    let r = stack.http.put(format!("{}/v1/tenants/hooli", stack.catalogue_url)).json(&hooli).send().await.unwrap();
+    let r = stack
+        .http
+        .put(format!("{}/v1/tenants/hooli", stack.catalogue_url))
+        .json(&hooli)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     eventually(Duration::from_secs(10), || async {
         let (_, body) = stack.get_json("acme.example.test", "/").await;
@@ -127,13 +173,26 @@ async fn catalogue_update_reaches_the_edge_without_restart() {
     })
     .await;
     // A delete reaches the edge too.
-    let r = stack.http.delete(format!("{}/v1/tenants/hooli", stack.catalogue_url)).send().await.unwrap();
+    let r = stack
+        .http
+        .delete(format!("{}/v1/tenants/hooli", stack.catalogue_url))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success());
     eventually(Duration::from_secs(10), || async {
         (stack.get("hooli.example.test", "/").await.status() == 404).then_some(())
     })
     .await;
-    let admin: Value = stack.http.get(stack.admin("/admin/tenants/acme.example.test")).send().await.unwrap().json().await.unwrap();
+    let admin: Value = stack
+        .http
+        .get(stack.admin("/admin/tenants/acme.example.test"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(admin["version"], 2);
     assert_eq!(admin["context"]["placements"]["jira"]["shard"], "jira-us-west-2");
 }
@@ -148,12 +207,28 @@ async fn route_file_hot_reload_keeps_old_snapshot_on_error() {
     };
     assert_eq!(routes(&stack).await["version"], "test-1");
     write_routes(&stack.routes, "test-2", &stack.backends);
-    eventually(Duration::from_secs(10), || async { (routes(&stack).await["version"] == "test-2").then_some(()) }).await;
-
-    std::fs::write(&stack.routes, "version = \"broken\"\n[[products]]\nname = \"jira\"\nprefixes = [\"nope\"]\n").unwrap();
     eventually(Duration::from_secs(10), || async {
-        let text = stack.http.get(stack.admin("/metrics")).send().await.unwrap().text().await.unwrap();
-        text.contains("tenant_edge_route_reloads_total{result=\"failed\"} 1").then_some(())
+        (routes(&stack).await["version"] == "test-2").then_some(())
+    })
+    .await;
+
+    std::fs::write(
+        &stack.routes,
+        "version = \"broken\"\n[[products]]\nname = \"jira\"\nprefixes = [\"nope\"]\n",
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let text = stack
+            .http
+            .get(stack.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("tenant_edge_route_reloads_total{result=\"failed\"} 1")
+            .then_some(())
     })
     .await;
     assert_eq!(routes(&stack).await["version"], "test-2");
@@ -216,7 +291,10 @@ async fn tcs_restart_resumes_from_its_snapshot_file() {
         let token = token.clone();
         async move {
             let r = http.get(url).header("authorization", token).send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
     let url = format!("{}/v1/views/ingress/hosts/globex.example.test", stack.tcs_urls[0]);
@@ -239,10 +317,22 @@ async fn tcs_restart_resumes_from_its_snapshot_file() {
     wait_ok(&format!("{}/healthz", stack.catalogue_url)).await;
     let doc = json!({"id": "globex", "hosts": ["globex.example.test", "globex2.example.test"], "realm": "eu",
         "placements": {"jira": {"shard": "jira-eu-west-1"}}});
-    let r = stack.http.put(format!("{}/v1/tenants/globex", stack.catalogue_url)).json(&doc).send().await.unwrap();
+    let r = stack
+        .http
+        .put(format!("{}/v1/tenants/globex", stack.catalogue_url))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let url2 = format!("{}/v1/views/ingress/hosts/globex2.example.test", stack.tcs_urls[0]);
-    eventually(Duration::from_secs(30), || async { (lookup(url2.clone()).await.0 == 200).then_some(()) }).await;
+    let url2 = format!(
+        "{}/v1/views/ingress/hosts/globex2.example.test",
+        stack.tcs_urls[0]
+    );
+    eventually(Duration::from_secs(30), || async {
+        (lookup(url2.clone()).await.0 == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,11 @@ use crate::metrics::EdgeMetrics;
 use crate::tenant::Host;
 
 /// Serves the admin API on `listener` until `shutdown`.
-pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -25,7 +29,9 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         .route("/admin/tenants/{host}", get(tenant))
         .route("/admin/routes", get(routes))
         .with_state(shared);
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "admin listener failed");
     }
@@ -36,7 +42,9 @@ pub(super) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let knows = !shared.cache.is_empty();
     let live = shared.stream.any_live();
-    let body = Json(json!({ "ready": knows || live, "cached_tenants": shared.cache.len(), "tcs_stream_live": live }));
+    let body = Json(
+        json!({ "ready": knows || live, "cached_tenants": shared.cache.len(), "tcs_stream_live": live }),
+    );
     if knows || live {
         body.into_response()
     } else {
@@ -46,12 +54,22 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let m = &shared.metrics;
-    EdgeMetrics::sync_counter(&m.route_reloads.with_label_values(&["ok"]), shared.routes.reloads_ok());
-    EdgeMetrics::sync_counter(&m.route_reloads.with_label_values(&["failed"]), shared.routes.reloads_failed());
+    EdgeMetrics::sync_counter(
+        &m.route_reloads.with_label_values(&["ok"]),
+        shared.routes.reloads_ok(),
+    );
+    EdgeMetrics::sync_counter(
+        &m.route_reloads.with_label_values(&["failed"]),
+        shared.routes.reloads_failed(),
+    );
     let now = now_ms();
     for region in &shared.stream.regions {
         let last = region.last_message_ms.load(Ordering::Relaxed);
-        let age = if last == 0 { -1 } else { i64::try_from(now.saturating_sub(last) / 1000).unwrap_or(i64::MAX) };
+        let age = if last == 0 {
+            -1
+        } else {
+            i64::try_from(now.saturating_sub(last) / 1000).unwrap_or(i64::MAX)
+        };
         m.stream_staleness.with_label_values(&[&region.name]).set(age);
     }
     ([("content-type", "text/plain; version=0.0.4")], m.render()).into_response()
@@ -59,7 +77,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn tenant(State(shared): State<Arc<Shared>>, Path(raw): Path<String>) -> Response {
     let Ok(host) = Host::parse(&raw) else {
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "malformed host" }))).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "malformed host" })),
+        )
+            .into_response();
     };
     match shared.cache.peek(host.as_str()).await {
         Some(entry) => Json(json!({

@@ -199,7 +199,9 @@ impl BackendRegistry {
     /// The backend at `addr`, created on first sight.
     pub fn get(&self, addr: SocketAddr) -> Arc<Backend> {
         let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(addr).or_insert_with(|| Arc::new(Backend::new(addr))).clone()
+        map.entry(addr)
+            .or_insert_with(|| Arc::new(Backend::new(addr)))
+            .clone()
     }
 
     /// Forgets backends no pool uses any more.
@@ -212,14 +214,18 @@ impl BackendRegistry {
 /// Probes every backend of `pools` once, concurrently, and records the results.
 pub async fn probe_all(http: &reqwest::Client, pools: &[Arc<ShardPool>], settings: &HealthSettings) {
     let mut seen = std::collections::HashSet::new();
-    let probes = pools.iter().flat_map(|p| p.backends.iter()).filter(|b| seen.insert(b.addr)).map(|b| async {
-        let url = format!("http://{}{}", b.addr, settings.path);
-        let ok = match http.get(url).timeout(settings.timeout).send().await {
-            Ok(resp) => resp.status().is_success(),
-            Err(_) => false,
-        };
-        b.probed(ok, settings);
-    });
+    let probes = pools
+        .iter()
+        .flat_map(|p| p.backends.iter())
+        .filter(|b| seen.insert(b.addr))
+        .map(|b| async {
+            let url = format!("http://{}{}", b.addr, settings.path);
+            let ok = match http.get(url).timeout(settings.timeout).send().await {
+                Ok(resp) => resp.status().is_success(),
+                Err(_) => false,
+            };
+            b.probed(ok, settings);
+        });
     futures::future::join_all(probes).await;
 }
 
@@ -243,7 +249,9 @@ mod tests {
         let reg = BackendRegistry::default();
         ShardPool {
             shard: ShardId::new("s").unwrap(),
-            backends: (0..n).map(|i| reg.get(SocketAddr::from(([127, 0, 0, 1], 1000 + i)))).collect(),
+            backends: (0..n)
+                .map(|i| reg.get(SocketAddr::from(([127, 0, 0, 1], 1000 + i))))
+                .collect(),
         }
     }
 

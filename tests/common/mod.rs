@@ -18,7 +18,11 @@ pub fn bin() -> &'static str {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn addr(port: u16) -> SocketAddr {
@@ -36,7 +40,11 @@ impl Proc {
     pub fn start(name: &str, args: &[&str]) -> Proc {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let child = spawn(&args);
-        Proc { name: name.into(), child: Some(child), args }
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            args,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -79,7 +87,10 @@ fn spawn(args: &[String]) -> Child {
     let quiet = std::env::var("TEST_LOG").is_err();
     Command::new(bin())
         .args(args)
-        .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(if quiet { Stdio::null() } else { Stdio::inherit() })
         .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
         .spawn()
@@ -118,7 +129,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -174,15 +188,25 @@ impl Stack {
     pub async fn start() -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let routes = dir.path().join("routes.toml");
-        let backends: Vec<(String, Vec<u16>)> =
-            SHARDS.iter().map(|(id, _, _)| (id.to_string(), vec![free_port(), free_port()])).collect();
+        let backends: Vec<(String, Vec<u16>)> = SHARDS
+            .iter()
+            .map(|(id, _, _)| (id.to_string(), vec![free_port(), free_port()]))
+            .collect();
         write_routes(&routes, "test-1", &backends);
         let mut shards = Vec::new();
         for (id, ports) in &backends {
             for (i, port) in ports.iter().enumerate() {
                 let listen = addr(*port).to_string();
                 let backend = format!("b{}", i + 1);
-                let args = ["demo-shard", "--shard", id, "--backend", &backend, "--listen", &listen];
+                let args = [
+                    "demo-shard",
+                    "--shard",
+                    id,
+                    "--backend",
+                    &backend,
+                    "--listen",
+                    &listen,
+                ];
                 shards.push(Proc::start(&format!("{id}/{backend}"), &args));
             }
         }
@@ -215,7 +239,9 @@ impl Stack {
             routes.display()
         );
         for (region, url) in ["us-east-1", "eu-west-1"].iter().zip(&tcs_urls) {
-            cfg.push_str(&format!("\n[[tcs]]\nregion = \"{region}\"\nurl = \"{url}\"\ntoken = \"{EDGE_TOKEN}\"\n"));
+            cfg.push_str(&format!(
+                "\n[[tcs]]\nregion = \"{region}\"\nurl = \"{url}\"\ntoken = \"{EDGE_TOKEN}\"\n"
+            ));
         }
         std::fs::write(&edge_cfg, cfg).unwrap();
         let edge = Proc::start("edge", &["proxy", "--config", edge_cfg.to_str().unwrap()]);
@@ -268,7 +294,10 @@ pub fn start_catalogue(dir: &Path) -> (Proc, String) {
     let port = free_port();
     let data = dir.join("catalogue");
     let listen = addr(port).to_string();
-    let p = Proc::start("catalogue", &["catalogue", "--listen", &listen, "--data", data.to_str().unwrap()]);
+    let p = Proc::start(
+        "catalogue",
+        &["catalogue", "--listen", &listen, "--data", data.to_str().unwrap()],
+    );
     (p, format!("http://{listen}"))
 }
 
@@ -284,7 +313,10 @@ pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> (Proc, String
         snapshot.display()
     );
     std::fs::write(&cfg, text).unwrap();
-    let p = Proc::start(&format!("tcs-{region}"), &["tcs", "--config", cfg.to_str().unwrap()]);
+    let p = Proc::start(
+        &format!("tcs-{region}"),
+        &["tcs", "--config", cfg.to_str().unwrap()],
+    );
     (p, format!("http://127.0.0.1:{port}"))
 }
 
@@ -295,16 +327,37 @@ pub async fn seed(http: &reqwest::Client, url: &str) {
         let http = http.clone();
         async move {
             let r = http.put(path).json(&body).send().await.unwrap();
-            assert!(r.status().is_success(), "seeding: {} {}", r.status(), r.text().await.unwrap());
+            assert!(
+                r.status().is_success(),
+                "seeding: {} {}",
+                r.status(),
+                r.text().await.unwrap()
+            );
         }
     };
-    put(format!("{url}/v1/realms/us"), json!({"name": "us", "regions": ["us-east-1", "us-west-2"]})).await;
-    put(format!("{url}/v1/realms/eu"), json!({"name": "eu", "regions": ["eu-west-1", "eu-central-1"]})).await;
+    put(
+        format!("{url}/v1/realms/us"),
+        json!({"name": "us", "regions": ["us-east-1", "us-west-2"]}),
+    )
+    .await;
+    put(
+        format!("{url}/v1/realms/eu"),
+        json!({"name": "eu", "regions": ["eu-west-1", "eu-central-1"]}),
+    )
+    .await;
     for (id, product, region) in SHARDS {
-        put(format!("{url}/v1/shards/{id}"), json!({"id": id, "product": product, "regions": [region]})).await;
+        put(
+            format!("{url}/v1/shards/{id}"),
+            json!({"id": id, "product": product, "regions": [region]}),
+        )
+        .await;
     }
     for doc in tenant_edge::dev::demo_tenants().unwrap() {
-        put(format!("{url}/v1/tenants/{}", doc.id), serde_json::to_value(&doc).unwrap()).await;
+        put(
+            format!("{url}/v1/tenants/{}", doc.id),
+            serde_json::to_value(&doc).unwrap(),
+        )
+        .await;
     }
 }
 
@@ -316,5 +369,8 @@ pub fn raw_status(port: u16, request: &str) -> u16 {
     let mut buf = [0u8; 1024];
     let n = s.read(&mut buf).unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
