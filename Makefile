@@ -7,7 +7,7 @@ SHELL := /bin/bash
 ## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl).
 deps:
 	@missing=""; \
-	for t in cmake:cmake cc:build-essential openssl:openssl pkg-config:pkg-config; do \
+	for t in cmake:cmake cc:build-essential openssl:openssl pkg-config:pkg-config curl:curl; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
