@@ -20,4 +20,5 @@
 
 pub mod cli;
 pub mod feed;
+pub mod tcs;
 pub mod tenant;
