@@ -116,10 +116,16 @@ impl Tcs {
     /// An instance with empty views; nothing runs until [`Tcs::serve`] (or the caller drives
     /// the views itself, as tests do).
     pub fn new(config: TcsConfig) -> Result<Self, TcsError> {
+        Self::with_capacities(config, view::DEFAULT_RING_CAPACITY, view::DEFAULT_CHANNEL_CAPACITY)
+    }
+
+    /// Like [`Tcs::new`], with views that retain `ring` events for resuming subscribers and
+    /// let a live subscriber trail by `channel` events before it is told to resync.
+    pub fn with_capacities(config: TcsConfig, ring: usize, channel: usize) -> Result<Self, TcsError> {
         let metrics = TcsMetrics::new(config.region.as_str())?;
         let views = VIEW_NAMES
             .iter()
-            .map(|&name| (name, Arc::new(IngressView::default())))
+            .map(|&name| (name, Arc::new(IngressView::new(ring, channel))))
             .collect();
         Ok(Self(Arc::new(Inner {
             config,
