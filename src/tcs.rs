@@ -116,7 +116,11 @@ impl Tcs {
     /// An instance with empty views; nothing runs until [`Tcs::serve`] (or the caller drives
     /// the views itself, as tests do).
     pub fn new(config: TcsConfig) -> Result<Self, TcsError> {
-        Self::with_capacities(config, view::DEFAULT_RING_CAPACITY, view::DEFAULT_CHANNEL_CAPACITY)
+        Self::with_capacities(
+            config,
+            view::DEFAULT_RING_CAPACITY,
+            view::DEFAULT_CHANNEL_CAPACITY,
+        )
     }
 
     /// Like [`Tcs::new`], with views that retain `ring` events for resuming subscribers and
@@ -180,7 +184,10 @@ impl Tcs {
         let seq = self.ingress().seq();
         let lag = head.saturating_sub(seq);
         if lag > self.0.config.max_lag {
-            return Err(format!("view at seq {seq} trails catalogue head {head} by {lag} (max {})", self.0.config.max_lag));
+            return Err(format!(
+                "view at seq {seq} trails catalogue head {head} by {lag} (max {})",
+                self.0.config.max_lag
+            ));
         }
         Ok((seq, head))
     }
@@ -193,7 +200,9 @@ impl Tcs {
         for (name, view) in &self.0.views {
             let seq = view.seq();
             m.applied_seq.with_label_values(&[name]).set(gauge(seq));
-            m.lag.with_label_values(&[name]).set(gauge(head.saturating_sub(seq)));
+            m.lag
+                .with_label_values(&[name])
+                .set(gauge(head.saturating_sub(seq)));
         }
     }
 
@@ -204,7 +213,11 @@ impl Tcs {
         let ingress = self.ingress();
         let on_disk = match snapshot::load(&cfg.snapshot) {
             Some(snap) => {
-                tracing::info!(seq = snap.seq, tenants = snap.records.len(), "view snapshot loaded");
+                tracing::info!(
+                    seq = snap.seq,
+                    tenants = snap.records.len(),
+                    "view snapshot loaded"
+                );
                 let seq = snap.seq;
                 ingress.restore(snap);
                 seq
@@ -224,7 +237,12 @@ impl Tcs {
         // Background tasks stop with the server even if serving fails.
         let tasks = shutdown.child_token();
         let tail_task = tokio::spawn(tailer.run(tasks.clone()));
-        let writer = tokio::spawn(snapshot::run_writer(ingress, cfg.snapshot.clone(), on_disk, tasks.clone()));
+        let writer = tokio::spawn(snapshot::run_writer(
+            ingress,
+            cfg.snapshot.clone(),
+            on_disk,
+            tasks.clone(),
+        ));
         let addr = listener.local_addr().map_err(TcsError::Serve)?;
         tracing::info!("tcs {} listening on {addr}", cfg.region);
         let app = api::router(self.clone(), shutdown.clone());
@@ -255,7 +273,11 @@ pub async fn run(cfg: TcsConfig, shutdown: CancellationToken) -> Result<(), TcsE
 }
 
 /// Serves on an already bound `listener` (see [`Tcs::serve`]); `cfg.listen` is ignored.
-pub async fn serve(cfg: TcsConfig, listener: TcpListener, shutdown: CancellationToken) -> Result<(), TcsError> {
+pub async fn serve(
+    cfg: TcsConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), TcsError> {
     Tcs::new(cfg)?.serve(listener, shutdown).await
 }
 

@@ -24,17 +24,23 @@ fn seeded() -> Tcs {
 #[tokio::test]
 async fn lookup_answers_200_404_400() {
     let srv = Server::start(seeded()).await;
-    let resp = srv.get("/v1/views/ingress/hosts/ACME.example.test.", EDGE_TOKEN).await;
+    let resp = srv
+        .get("/v1/views/ingress/hosts/ACME.example.test.", EDGE_TOKEN)
+        .await;
     assert_eq!(resp.status(), StatusCode::OK);
     let found: HostLookup = resp.json().await.unwrap();
     assert_eq!((found.seq, found.record.id.as_str()), (3, "acme"));
 
-    let resp = srv.get("/v1/views/ingress/hosts/nobody.example.test", EDGE_TOKEN).await;
+    let resp = srv
+        .get("/v1/views/ingress/hosts/nobody.example.test", EDGE_TOKEN)
+        .await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert_eq!(resp.json::<ApiError>().await.unwrap().status, 404);
 
     for bad in ["10.0.0.1", "bad!host.example.test", "-x.example.test"] {
-        let resp = srv.get(&format!("/v1/views/ingress/hosts/{bad}"), EDGE_TOKEN).await;
+        let resp = srv
+            .get(&format!("/v1/views/ingress/hosts/{bad}"), EDGE_TOKEN)
+            .await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(resp.json::<ApiError>().await.unwrap().status, 400);
     }
@@ -53,16 +59,31 @@ async fn auth_is_checked_before_anything_else() {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{wrong:?}");
         assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     }
-    let basic = srv.client.get(srv.url(path)).basic_auth("edge", Some(EDGE_TOKEN)).send().await.unwrap();
+    let basic = srv
+        .client
+        .get(srv.url(path))
+        .basic_auth("edge", Some(EDGE_TOKEN))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
     // Unknown views are not revealed before authentication.
-    assert_eq!(srv.get("/v1/views/billing/snapshot", "nope").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        srv.get("/v1/views/billing/snapshot", "nope").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     let forbidden = srv.get(path, AUDIT_TOKEN).await;
     assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
     assert_eq!(forbidden.json::<ApiError>().await.unwrap().status, 403);
-    assert_eq!(srv.get("/v1/views/ingress/changes", AUDIT_TOKEN).await.status(), StatusCode::FORBIDDEN);
-    assert_eq!(srv.get("/v1/views/billing/snapshot", EDGE_TOKEN).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        srv.get("/v1/views/ingress/changes", AUDIT_TOKEN).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        srv.get("/v1/views/billing/snapshot", EDGE_TOKEN).await.status(),
+        StatusCode::NOT_FOUND
+    );
     srv.stop().await;
 }
 
@@ -106,7 +127,13 @@ async fn idle_change_stream_sends_heartbeats() {
     let resp = srv.get("/v1/views/ingress/changes?after=3", EDGE_TOKEN).await;
     let mut lines = Ndjson::new(resp);
     let beat = lines.next_event().await.unwrap();
-    assert_eq!(beat, ViewEvent::Heartbeat { seq: 3, last_event: 3 });
+    assert_eq!(
+        beat,
+        ViewEvent::Heartbeat {
+            seq: 3,
+            last_event: 3
+        }
+    );
     srv.stop().await;
 }
 
@@ -151,14 +178,24 @@ async fn health_readiness_and_metrics() {
     // No catalogue poll has succeeded: not ready.
     let resp = srv.get("/readyz", "").await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(resp.json::<ApiError>().await.unwrap().error.contains("no successful"));
+    assert!(resp
+        .json::<ApiError>()
+        .await
+        .unwrap()
+        .error
+        .contains("no successful"));
     tcs.status().record_ok(3 + 100);
     assert_eq!(srv.get("/readyz", "").await.status(), StatusCode::OK);
     tcs.status().record_ok(3 + 101);
-    assert_eq!(srv.get("/readyz", "").await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        srv.get("/readyz", "").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 
-    srv.get("/v1/views/ingress/hosts/acme.example.test", EDGE_TOKEN).await;
-    srv.get("/v1/views/ingress/hosts/nobody.example.test", EDGE_TOKEN).await;
+    srv.get("/v1/views/ingress/hosts/acme.example.test", EDGE_TOKEN)
+        .await;
+    srv.get("/v1/views/ingress/hosts/nobody.example.test", EDGE_TOKEN)
+        .await;
     let text = srv.get("/metrics", "").await.text().await.unwrap();
     for line in [
         r#"tcs_lookups_total{result="hit",view="ingress",region="us-east-1"} 1"#,
@@ -170,4 +207,68 @@ async fn health_readiness_and_metrics() {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
     srv.stop().await;
+}
+
+/// `tcs::serve` end to end against a stand-in catalogue: the tailer recovers from an error,
+/// applies the log, the API answers, shutdown writes the snapshot, and a restart resumes
+/// from it instead of replaying the log.
+#[tokio::test]
+async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
+    use tenant_edge::tcs;
+    use tokio_util::sync::CancellationToken;
+    let log = vec![
+        put(1, "acme", 1, &["acme.example.test"]),
+        put(2, "globex", 1, &["globex.example.test"]),
+        del(3, "globex", 2),
+    ];
+    let mut catalogue = tcs_support::StubCatalogue::start(log).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&catalogue.addr.to_string());
+    cfg.snapshot = dir.path().join("tcs-us-east-1.json");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(tcs::serve(cfg.clone(), listener, shutdown.clone()));
+    assert_eq!(catalogue.polls.recv().await, Some(0)); // answered 503
+    catalogue.wait_for_poll_after(3).await;
+
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(EDGE_TOKEN)
+            .send()
+    };
+    let found: HostLookup = get("/v1/views/ingress/hosts/acme.example.test")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((found.seq, found.record.version), (3, 1));
+    let gone = get("/v1/views/ingress/hosts/globex.example.test").await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"tcs_tail_errors_total{region="us-east-1"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tcs_events_total{type="delete",view="ingress",region="us-east-1"} 1"#),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let snap: ViewSnapshot = serde_json::from_slice(&std::fs::read(&cfg.snapshot).unwrap()).unwrap();
+    assert_eq!((snap.seq, snap.records.len()), (3, 1));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(tcs::serve(cfg, listener, shutdown.clone()));
+    assert_eq!(catalogue.polls.recv().await, Some(3));
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
 }

@@ -228,7 +228,14 @@ struct Ready {
 
 async fn readyz(State(app): State<AppState>) -> Response {
     match app.tcs.readiness() {
-        Ok((seq, head)) => json_response(StatusCode::OK, &Ready { ready: true, seq, head }),
+        Ok((seq, head)) => json_response(
+            StatusCode::OK,
+            &Ready {
+                ready: true,
+                seq,
+                head,
+            },
+        ),
         Err(reason) => {
             let body = ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),

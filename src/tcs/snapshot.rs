@@ -120,7 +120,12 @@ pub async fn write_view(view: &IngressView, path: &Path) -> Result<u64, Snapshot
 
 /// Writes the view at most once per [`WRITE_INTERVAL`] when its seq moved, and once more when
 /// `shutdown` is cancelled. `written` is the seq already on disk.
-pub async fn run_writer(view: Arc<IngressView>, path: PathBuf, mut written: u64, shutdown: CancellationToken) {
+pub async fn run_writer(
+    view: Arc<IngressView>,
+    path: PathBuf,
+    mut written: u64,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(WRITE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -134,7 +134,11 @@ impl Tailer {
         let resp = self
             .client
             .get(&self.changes_url)
-            .query(&[("after", after), ("limit", u64::from(PAGE_LIMIT)), ("wait_ms", WAIT_MS)])
+            .query(&[
+                ("after", after),
+                ("limit", u64::from(PAGE_LIMIT)),
+                ("wait_ms", WAIT_MS),
+            ])
             .timeout(Duration::from_millis(WAIT_MS) + POLL_MARGIN)
             .send()
             .await?;

@@ -82,7 +82,10 @@ fn prevs(events: &[ViewEvent]) -> Vec<(u64, u64)> {
 #[test]
 fn upsert_indexes_every_host_and_reports_seq() {
     let view = IngressView::default();
-    assert_eq!(view.apply(&put(1, "acme", 1, &["acme.example.test", "a.example.test"])), Applied::Upserted);
+    assert_eq!(
+        view.apply(&put(1, "acme", 1, &["acme.example.test", "a.example.test"])),
+        Applied::Upserted
+    );
     let (seq, rec) = view.lookup(&host("A.example.test")).unwrap();
     assert_eq!((seq, rec.id.as_str()), (1, "acme"));
     assert_eq!(owner(&view, "acme.example.test"), Some(("acme".into(), 1)));
@@ -98,7 +101,10 @@ fn replayed_changes_are_skipped() {
     view.apply(&put(2, "acme", 2, &["new.example.test"]));
     // At-least-once delivery: the tailer may see both again.
     assert_eq!(view.apply(&first), Applied::Replayed);
-    assert_eq!(view.apply(&put(2, "acme", 2, &["new.example.test"])), Applied::Replayed);
+    assert_eq!(
+        view.apply(&put(2, "acme", 2, &["new.example.test"])),
+        Applied::Replayed
+    );
     assert_eq!(view.seq(), 2);
     assert_eq!(owner(&view, "new.example.test"), Some(("acme".into(), 2)));
     assert_eq!(owner(&view, "acme.example.test"), None);
@@ -109,8 +115,14 @@ fn replayed_changes_are_skipped() {
 fn older_version_is_skipped_but_seq_advances() {
     let view = IngressView::default();
     view.apply(&put(1, "acme", 5, &["acme.example.test"]));
-    assert_eq!(view.apply(&put(2, "acme", 4, &["old.example.test"])), Applied::Advanced);
-    assert_eq!(view.apply(&put(3, "acme", 5, &["old.example.test"])), Applied::Advanced);
+    assert_eq!(
+        view.apply(&put(2, "acme", 4, &["old.example.test"])),
+        Applied::Advanced
+    );
+    assert_eq!(
+        view.apply(&put(3, "acme", 5, &["old.example.test"])),
+        Applied::Advanced
+    );
     assert_eq!(view.apply(&del(4, "acme", 5)), Applied::Advanced);
     assert_eq!(view.seq(), 4);
     assert_eq!(owner(&view, "acme.example.test"), Some(("acme".into(), 5)));
@@ -126,11 +138,16 @@ fn delete_then_recreate() {
     assert_eq!(owner(&view, "acme.example.test"), None);
     assert!(view.is_empty());
     // A re-created tenant may start its versions again: the delete left no tombstone.
-    assert_eq!(view.apply(&put(3, "acme", 1, &["acme.example.test"])), Applied::Upserted);
+    assert_eq!(
+        view.apply(&put(3, "acme", 1, &["acme.example.test"])),
+        Applied::Upserted
+    );
     assert_eq!(owner(&view, "acme.example.test"), Some(("acme".into(), 1)));
     let events = backlog(&view, 0);
-    assert!(matches!(&events[1], ViewEvent::Delete { id, version: 2, hosts, .. }
-        if id.as_str() == "acme" && hosts == &[host("acme.example.test")]));
+    assert!(
+        matches!(&events[1], ViewEvent::Delete { id, version: 2, hosts, .. }
+        if id.as_str() == "acme" && hosts == &[host("acme.example.test")])
+    );
 }
 
 #[test]
@@ -147,7 +164,12 @@ fn upsert_reports_removed_hosts() {
     view.apply(&put(1, "acme", 1, &["a.example.test", "b.example.test"]));
     view.apply(&put(2, "acme", 2, &["b.example.test", "c.example.test"]));
     let events = backlog(&view, 1);
-    let ViewEvent::Upsert { removed_hosts, record, .. } = &events[0] else {
+    let ViewEvent::Upsert {
+        removed_hosts,
+        record,
+        ..
+    } = &events[0]
+    else {
         panic!("expected an upsert: {events:?}");
     };
     assert_eq!(removed_hosts, &[host("a.example.test")]);
@@ -231,8 +253,14 @@ fn restore_resumes_from_the_snapshot_seq() {
     let restored = IngressView::default();
     restored.restore(view.snapshot().to_owned_snapshot());
     assert_eq!(restored.position(), (2, 2));
-    assert_eq!(owner(&restored, "globex.example.test"), Some(("globex".into(), 1)));
-    assert_eq!(restored.apply(&put(2, "globex", 1, &["globex.example.test"])), Applied::Replayed);
+    assert_eq!(
+        owner(&restored, "globex.example.test"),
+        Some(("globex".into(), 1))
+    );
+    assert_eq!(
+        restored.apply(&put(2, "globex", 1, &["globex.example.test"])),
+        Applied::Replayed
+    );
     // What happened before the snapshot is unknown to the ring.
     assert!(matches!(restored.subscribe(1).backlog, Backlog::Resync(2)));
     restored.apply(&put(3, "acme", 2, &["acme.example.test"]));
@@ -254,7 +282,10 @@ fn snapshot_file_round_trips() {
     view.apply(&del(3, "acme", 2));
     snapshot::write_atomic(&path, &view.snapshot()).unwrap();
     assert_eq!(snapshot::load(&path).unwrap().records.len(), 1);
-    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec!["tcs.json"]);
 }
 
@@ -268,7 +299,13 @@ fn missing_or_corrupt_snapshot_is_ignored() {
     std::fs::write(&path, b"{\"seq\": 12, \"records\": [{\"id\": \"Bad Id\"}]}").unwrap();
     assert_eq!(snapshot::load(&path), None);
     std::fs::write(&path, b"{\"seq\": 12, \"records\": []}").unwrap();
-    assert_eq!(snapshot::load(&path), Some(ViewSnapshot { seq: 12, records: vec![] }));
+    assert_eq!(
+        snapshot::load(&path),
+        Some(ViewSnapshot {
+            seq: 12,
+            records: vec![]
+        })
+    );
 }
 
 #[tokio::test]
@@ -331,7 +368,10 @@ fn config_errors_are_collected() {
 #[test]
 fn config_rejects_unknown_fields_and_bad_urls() {
     let extra = format!("colour = \"red\"\n{EXAMPLE}");
-    assert!(matches!(TcsConfig::from_toml(&extra), Err(TcsError::ParseConfig { .. })));
+    assert!(matches!(
+        TcsConfig::from_toml(&extra),
+        Err(TcsError::ParseConfig { .. })
+    ));
     let bad_url = EXAMPLE.replace("http://127.0.0.1:7000", "not a url");
     assert_eq!(problems(&bad_url).len(), 1);
 }

@@ -251,7 +251,12 @@ fn upsert(st: &mut State, seq: u64, prev: u64, version: u64, doc: &TenantDoc) ->
     let mut record = doc.ingress();
     record.version = version;
     let removed_hosts: Vec<Host> = match st.records.get(&record.id) {
-        Some(old) => old.hosts.iter().filter(|h| !record.hosts.contains(h)).cloned().collect(),
+        Some(old) => old
+            .hosts
+            .iter()
+            .filter(|h| !record.hosts.contains(h))
+            .cloned()
+            .collect(),
         None => Vec::new(),
     };
     unindex_hosts(&mut st.hosts, &record.id, &removed_hosts);

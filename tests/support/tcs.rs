@@ -84,7 +84,10 @@ impl Server {
         let app = api::router(tcs, shutdown.clone());
         let stop = shutdown.clone().cancelled_owned();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).with_graceful_shutdown(stop).await.unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .unwrap();
         });
         Self {
             addr,
@@ -99,7 +102,12 @@ impl Server {
     }
 
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Stops serving; open change streams end, so this returns.
@@ -117,7 +125,10 @@ pub struct Ndjson {
 
 impl Ndjson {
     pub fn new(resp: reqwest::Response) -> Self {
-        Self { resp, buf: Vec::new() }
+        Self {
+            resp,
+            buf: Vec::new(),
+        }
     }
 
     /// The next line, or `None` at the end of the body.
@@ -141,5 +152,68 @@ impl Ndjson {
                 None => panic!("change stream ended"),
             }
         }
+    }
+}
+
+/// A stand-in for the catalogue's `GET /v1/changes` (the contract in `feed`), until the real
+/// catalogue can run in these tests: serves a fixed log, fails the first poll with 503, and
+/// reports the `after` of every poll so a test knows how far the tailer got.
+pub struct StubCatalogue {
+    pub addr: SocketAddr,
+    pub polls: tokio::sync::mpsc::UnboundedReceiver<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChangesQuery {
+    after: u64,
+    limit: usize,
+    wait_ms: u64,
+}
+
+impl StubCatalogue {
+    pub async fn start(log: Vec<Change>) -> Self {
+        use axum::extract::{Query, State};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        type St = (
+            Arc<Vec<Change>>,
+            tokio::sync::mpsc::UnboundedSender<u64>,
+            Arc<AtomicBool>,
+        );
+        async fn changes(
+            State((log, tx, failed)): State<St>,
+            Query(q): Query<ChangesQuery>,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            tx.send(q.after).unwrap();
+            if !failed.swap(true, Ordering::SeqCst) {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            let head = log.last().map_or(0, |c| c.seq);
+            let page: Vec<Change> = log
+                .iter()
+                .filter(|c| c.seq > q.after)
+                .take(q.limit)
+                .cloned()
+                .collect();
+            if page.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(q.wait_ms)).await;
+            }
+            axum::Json(tenant_edge::feed::ChangesPage { changes: page, head }).into_response()
+        }
+        let (tx, polls) = tokio::sync::mpsc::unbounded_channel();
+        let state: St = (Arc::new(log), tx, Arc::new(AtomicBool::new(false)));
+        let app = axum::Router::new()
+            .route("/v1/changes", axum::routing::get(changes))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, polls }
+    }
+
+    /// Waits for the tailer to ask for changes after `seq`, i.e. to have applied up to it.
+    pub async fn wait_for_poll_after(&mut self, seq: u64) {
+        while self.polls.recv().await.unwrap() != seq {}
     }
 }
