@@ -151,6 +151,7 @@ impl Tcs {
 
     /// The `ingress` view.
     pub fn ingress(&self) -> Arc<IngressView> {
+        // `new` builds every name in `VIEW_NAMES`, so the default is never taken.
         self.view(INGRESS).unwrap_or_default()
     }
 
@@ -182,7 +183,12 @@ impl Tcs {
         }
         let head = status.head();
         let seq = self.ingress().seq();
-        let lag = head.saturating_sub(seq);
+        if head < seq {
+            // A page never holds changes past its head, so the view came from another log
+            // (a snapshot kept across a catalogue reset): it may hold tenants that do not exist.
+            return Err(format!("catalogue head {head} is behind the view's seq {seq}"));
+        }
+        let lag = head - seq;
         if lag > self.0.config.max_lag {
             return Err(format!(
                 "view at seq {seq} trails catalogue head {head} by {lag} (max {})",

@@ -1,5 +1,18 @@
 //! The TCS configuration file (TOML): where to listen, which catalogue to tail, where to keep
 //! the view snapshot, and which consumers may read which views.
+//!
+//! ```toml
+//! region = "us-east-1"
+//! listen = "127.0.0.1:7101"
+//! catalogue = "http://127.0.0.1:7000"
+//! snapshot = "./data/tcs-us-east-1.json"   # view snapshot file
+//! max_lag = 100                             # readiness: at most this far behind the head
+//! allow_faults = false
+//! [[consumers]]
+//! name = "edge"
+//! token = "dev-edge-token"
+//! views = ["ingress"]
+//! ```
 
 use std::collections::HashSet;
 use std::fmt;

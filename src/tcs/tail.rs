@@ -103,7 +103,7 @@ impl Tailer {
                     failures = failures.saturating_add(1);
                     self.metrics.tail_errors.inc();
                     let delay = backoff(failures);
-                    tracing::warn!(error = %e, failures, retry_in_ms = delay.as_millis() as u64, "catalogue poll failed");
+                    tracing::warn!(error = %error_chain(&e), failures, retry_in_ms = delay.as_millis() as u64, "catalogue poll failed");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(delay) => {}
@@ -118,6 +118,13 @@ impl Tailer {
         let after = self.view.seq();
         let page = self.fetch(after).await?;
         self.status.record_ok(page.head);
+        if page.head < after {
+            tracing::warn!(
+                after,
+                head = page.head,
+                "catalogue head is behind the view: snapshot from another catalogue?"
+            );
+        }
         if let Some(first) = page.changes.first() {
             if first.seq != after + 1 {
                 // The log is dense; a hole means changes were lost upstream or compacted away.
@@ -156,6 +163,19 @@ impl Tailer {
         };
         self.metrics.events.with_label_values(&["ingress", kind]).inc();
     }
+}
+
+/// `reqwest` errors say "error sending request" and keep the cause (refused, reset, timed
+/// out) in their sources; an operator needs the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Full-jitter exponential backoff: uniform in `[0, min(cap, start * 2^(n-1))]`, at least 10 ms.
