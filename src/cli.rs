@@ -25,6 +25,12 @@ pub struct Cli {
 pub enum Command {
     // DEVPENDING doc
     // DEVPENDING Dev(crate::dev::DevArgs),
+    /// Runs a Tenant Context Service: tails the catalogue, serves the `ingress` view.
+    Tcs {
+        /// The TCS configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Runs the edge proxy.
     Proxy {
         /// The edge's TOML config file.
@@ -57,6 +63,13 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::CheckRoutes { file } => check_routes(&file),
         // DEVPENDING Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
+        Command::Tcs { config } => match crate::tcs::TcsConfig::load(&config) {
+            Ok(cfg) => run_role(|shutdown| crate::tcs::run(cfg, shutdown)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Proxy { config } => match crate::edge::EdgeConfig::load(&config) {
             Ok(cfg) => run_role(|shutdown| crate::edge::run(cfg, shutdown)),
             Err(e) => {

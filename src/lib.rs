@@ -25,4 +25,5 @@ pub mod edge;
 pub mod feed;
 pub mod metrics;
 pub mod routes;
+pub mod tcs;
 pub mod tenant;

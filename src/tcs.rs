@@ -1,0 +1,291 @@
+//! The Tenant Context Service (TCS), the read side: tails the catalogue's change log in order,
+//! materialises per-consumer views (only `ingress` so far), answers lookups by host and streams
+//! view changes to subscribers (edges).
+//!
+//! - [`config`]: the TOML configuration.
+//! - [`view`]: the materialised `ingress` view and its event ring.
+//! - [`tail`]: the catalogue tailer.
+//! - [`snapshot`]: the view snapshot file (atomic writes, read back at start).
+//! - [`api`]: the HTTP API.
+//! - [`metrics`]: Prometheus metrics, one registry per instance.
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod snapshot;
+pub mod tail;
+pub mod view;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ConsumerConfig, TcsConfig};
+use metrics::TcsMetrics;
+use tail::{TailStatus, Tailer};
+use view::IngressView;
+
+/// Name of the `ingress` view: routing facts only, never secrets.
+pub const INGRESS: &str = "ingress";
+/// Every view a TCS can serve; consumers may only name these.
+pub const VIEW_NAMES: &[&str] = &[INGRESS];
+
+/// Why TCS could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum TcsError {
+    /// The configuration file could not be read.
+    #[error("reading {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration is not valid TOML for [`TcsConfig`].
+    #[error("parsing {path}: {message}")]
+    ParseConfig {
+        /// The file (empty when parsed from text).
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// The configuration parsed but is inconsistent.
+    #[error("invalid configuration {path}: {}", problems.join("; "))]
+    InvalidConfig {
+        /// The file (empty when parsed from text).
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server failed while serving.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+impl TcsError {
+    /// Names the configuration file in a parse or validation error.
+    pub(crate) fn at(self, file: &std::path::Path) -> Self {
+        match self {
+            TcsError::ParseConfig { message, .. } => TcsError::ParseConfig {
+                path: file.to_owned(),
+                message,
+            },
+            TcsError::InvalidConfig { problems, .. } => TcsError::InvalidConfig {
+                path: file.to_owned(),
+                problems,
+            },
+            other => other,
+        }
+    }
+}
+
+/// A configured consumer, as the API checks it.
+pub type Consumer = ConsumerConfig;
+
+/// One TCS instance: its views, tail status, consumers and metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tcs(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    config: TcsConfig,
+    views: BTreeMap<&'static str, Arc<IngressView>>,
+    status: Arc<TailStatus>,
+    metrics: TcsMetrics,
+}
+
+impl Tcs {
+    /// An instance with empty views; nothing runs until [`Tcs::serve`] (or the caller drives
+    /// the views itself, as tests do).
+    pub fn new(config: TcsConfig) -> Result<Self, TcsError> {
+        Self::with_capacities(
+            config,
+            view::DEFAULT_RING_CAPACITY,
+            view::DEFAULT_CHANNEL_CAPACITY,
+        )
+    }
+
+    /// Like [`Tcs::new`], with views that retain `ring` events for resuming subscribers and
+    /// let a live subscriber trail by `channel` events before it is told to resync.
+    pub fn with_capacities(config: TcsConfig, ring: usize, channel: usize) -> Result<Self, TcsError> {
+        let metrics = TcsMetrics::new(config.region.as_str())?;
+        let views = VIEW_NAMES
+            .iter()
+            .map(|&name| (name, Arc::new(IngressView::new(ring, channel))))
+            .collect();
+        Ok(Self(Arc::new(Inner {
+            config,
+            views,
+            status: Arc::default(),
+            metrics,
+        })))
+    }
+
+    /// The configuration this instance runs with.
+    pub fn config(&self) -> &TcsConfig {
+        &self.0.config
+    }
+
+    /// The view called `name`, if this TCS serves it.
+    pub fn view(&self, name: &str) -> Option<Arc<IngressView>> {
+        self.0.views.get(name).cloned()
+    }
+
+    /// The `ingress` view.
+    pub fn ingress(&self) -> Arc<IngressView> {
+        // `new` builds every name in `VIEW_NAMES`, so the default is never taken.
+        self.view(INGRESS).unwrap_or_default()
+    }
+
+    /// What the tailer knows about the catalogue.
+    pub fn status(&self) -> &Arc<TailStatus> {
+        &self.0.status
+    }
+
+    /// This instance's metrics.
+    pub fn metrics(&self) -> &TcsMetrics {
+        &self.0.metrics
+    }
+
+    /// The configured consumers.
+    pub fn consumers(&self) -> &[Consumer] {
+        &self.0.config.consumers
+    }
+
+    /// `Ok((seq, head))` when the tailer polled recently and every view is within `max_lag`
+    /// of the catalogue head; otherwise why not.
+    pub fn readiness(&self) -> Result<(u64, u64), String> {
+        let status = &self.0.status;
+        match status.since_last_ok() {
+            None => return Err("no successful catalogue poll yet".to_owned()),
+            Some(age) if age > api::READY_POLL_AGE => {
+                return Err(format!("last successful catalogue poll {}s ago", age.as_secs()))
+            }
+            Some(_) => {}
+        }
+        let head = status.head();
+        let seq = self.ingress().seq();
+        if head < seq {
+            // A page never holds changes past its head, so the view came from another log
+            // (a snapshot kept across a catalogue reset): it may hold tenants that do not exist.
+            return Err(format!("catalogue head {head} is behind the view's seq {seq}"));
+        }
+        let lag = head - seq;
+        if lag > self.0.config.max_lag {
+            return Err(format!(
+                "view at seq {seq} trails catalogue head {head} by {lag} (max {})",
+                self.0.config.max_lag
+            ));
+        }
+        Ok((seq, head))
+    }
+
+    /// Brings the seq, head and lag gauges up to date (called before each scrape).
+    pub fn refresh_gauges(&self) {
+        let m = &self.0.metrics;
+        let head = self.0.status.head();
+        m.head.set(gauge(head));
+        for (name, view) in &self.0.views {
+            let seq = view.seq();
+            m.applied_seq.with_label_values(&[name]).set(gauge(seq));
+            m.lag
+                .with_label_values(&[name])
+                .set(gauge(head.saturating_sub(seq)));
+        }
+    }
+
+    /// Loads the snapshot file, then serves on `listener` with the tailer and the snapshot
+    /// writer running, until `shutdown` is cancelled; writes the snapshot on the way out.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), TcsError> {
+        let cfg = &self.0.config;
+        let ingress = self.ingress();
+        let on_disk = match snapshot::load(&cfg.snapshot) {
+            Some(snap) => {
+                tracing::info!(
+                    seq = snap.seq,
+                    tenants = snap.records.len(),
+                    "view snapshot loaded"
+                );
+                let seq = snap.seq;
+                ingress.restore(snap);
+                seq
+            }
+            None => 0,
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let tailer = Tailer::new(
+            client,
+            &cfg.catalogue,
+            Arc::clone(&ingress),
+            Arc::clone(&self.0.status),
+            self.0.metrics.clone(),
+        );
+        // Background tasks stop with the server even if serving fails.
+        let tasks = shutdown.child_token();
+        let tail_task = tokio::spawn(tailer.run(tasks.clone()));
+        let writer = tokio::spawn(snapshot::run_writer(
+            ingress,
+            cfg.snapshot.clone(),
+            on_disk,
+            tasks.clone(),
+        ));
+        let addr = listener.local_addr().map_err(TcsError::Serve)?;
+        tracing::info!("tcs {} listening on {addr}", cfg.region);
+        let app = api::router(self.clone(), shutdown.clone());
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(TcsError::Serve);
+        tasks.cancel();
+        // The writer's last act is the final snapshot; a panicked task has nothing to add.
+        let _ = tail_task.await;
+        let _ = writer.await;
+        served
+    }
+}
+
+/// Prometheus integer gauges are `i64`; sequences never get near the limit.
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Binds `cfg.listen` and serves until `shutdown` is cancelled (see [`Tcs::serve`]).
+pub async fn run(cfg: TcsConfig, shutdown: CancellationToken) -> Result<(), TcsError> {
+    let addr = cfg.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| TcsError::Bind { addr, source })?;
+    serve(cfg, listener, shutdown).await
+}
+
+/// Serves on an already bound `listener` (see [`Tcs::serve`]); `cfg.listen` is ignored.
+pub async fn serve(
+    cfg: TcsConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), TcsError> {
+    Tcs::new(cfg)?.serve(listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests;

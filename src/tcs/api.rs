@@ -1,0 +1,255 @@
+//! The TCS HTTP API (axum): host lookups, view snapshots and the NDJSON change stream for
+//! authorised consumers, plus `/healthz`, `/readyz` and `/metrics`.
+
+mod stream;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::view::IngressView;
+use super::{Consumer, Tcs};
+use crate::feed::ApiError;
+use crate::tenant::{Host, HostError, IngressRecord};
+
+/// The answer readiness needs: no successful poll for this long means the view may be stale.
+pub const READY_POLL_AGE: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[derive(Clone)]
+struct AppState {
+    tcs: Tcs,
+    shutdown: CancellationToken,
+}
+
+/// The API router of `tcs`. Change streams end when `shutdown` is cancelled, so a graceful
+/// shutdown is not held up by subscribers that never hang up.
+pub fn router(tcs: Tcs, shutdown: CancellationToken) -> Router {
+    Router::new()
+        .route("/v1/views/{view}/hosts/{host}", get(lookup))
+        .route("/v1/views/{view}/snapshot", get(snapshot))
+        .route("/v1/views/{view}/changes", get(changes))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AppState { tcs, shutdown })
+}
+
+/// Why an API request failed; one place maps every failure to a status and an [`ApiError`].
+#[derive(Debug, thiserror::Error)]
+pub enum ApiFailure {
+    /// No bearer token, or one no consumer holds.
+    #[error("missing or unknown bearer token")]
+    Unauthorized,
+    /// The consumer may not read this view.
+    #[error("consumer {consumer:?} may not read view {view:?}")]
+    Forbidden {
+        /// The consumer's name.
+        consumer: String,
+        /// The view asked for.
+        view: String,
+    },
+    /// No such view.
+    #[error("no view {0:?}")]
+    UnknownView(String),
+    /// No tenant has this host.
+    #[error("no tenant for host {0}")]
+    UnknownHost(Host),
+    /// The host in the path is not a valid host name.
+    #[error("bad host {0:?}: {1}")]
+    BadHost(String, HostError),
+    /// Malformed query string.
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    /// Something on our side failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiFailure {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiFailure::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiFailure::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiFailure::UnknownView(_) | ApiFailure::UnknownHost(_) => StatusCode::NOT_FOUND,
+            ApiFailure::BadHost(..) | ApiFailure::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiFailure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ApiError {
+            status: status.as_u16(),
+            error: self.to_string(),
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// 401 before 403 before 404: an unauthenticated caller learns nothing about views.
+fn authorize(tcs: &Tcs, headers: &HeaderMap, view: &str) -> Result<Arc<IngressView>, ApiFailure> {
+    let token = bearer_token(headers).ok_or(ApiFailure::Unauthorized)?;
+    let consumer = find_consumer(tcs.consumers(), token).ok_or(ApiFailure::Unauthorized)?;
+    let found = tcs
+        .view(view)
+        .ok_or_else(|| ApiFailure::UnknownView(view.to_owned()))?;
+    if !consumer.views.iter().any(|v| v == view) {
+        return Err(ApiFailure::Forbidden {
+            consumer: consumer.name.clone(),
+            view: view.to_owned(),
+        });
+    }
+    Ok(found)
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| value[7..].trim_ascii())
+}
+
+/// Looks at every consumer and every byte whatever matches, so timing reveals no token prefix.
+fn find_consumer<'a>(consumers: &'a [Consumer], token: &[u8]) -> Option<&'a Consumer> {
+    let mut found = None;
+    for c in consumers {
+        if constant_time_eq(c.token.as_bytes(), token) {
+            found = Some(c);
+        }
+    }
+    found
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
+}
+
+fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => ApiFailure::Internal(e.to_string()).into_response(),
+    }
+}
+
+/// Serialises exactly like [`crate::feed::HostLookup`] without copying the shared record.
+#[derive(Serialize)]
+struct LookupRef<'a> {
+    seq: u64,
+    record: &'a IngressRecord,
+}
+
+async fn lookup(
+    State(app): State<AppState>,
+    Path((view_name, raw_host)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiFailure> {
+    let view = authorize(&app.tcs, &headers, &view_name)?;
+    let host = Host::parse(&raw_host).map_err(|e| ApiFailure::BadHost(raw_host.clone(), e))?;
+    let lookups = &app.tcs.metrics().lookups;
+    match view.lookup(&host) {
+        Some((seq, record)) => {
+            lookups.with_label_values(&[&view_name, "hit"]).inc();
+            Ok(json_response(StatusCode::OK, &LookupRef { seq, record: &record }))
+        }
+        None => {
+            lookups.with_label_values(&[&view_name, "miss"]).inc();
+            Err(ApiFailure::UnknownHost(host))
+        }
+    }
+}
+
+async fn snapshot(
+    State(app): State<AppState>,
+    Path(view_name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiFailure> {
+    let view = authorize(&app.tcs, &headers, &view_name)?;
+    Ok(json_response(StatusCode::OK, &view.snapshot()))
+}
+
+#[derive(Debug, Deserialize)]
+struct ChangesQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn changes(
+    State(app): State<AppState>,
+    Path(view_name): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Response, ApiFailure> {
+    let view = authorize(&app.tcs, &headers, &view_name)?;
+    let Query(q) = query.map_err(|e| ApiFailure::BadQuery(e.body_text()))?;
+    let guard = stream::SubscriberGuard::new(app.tcs.metrics().subscribers.clone());
+    let body = stream::change_stream(view, q.after, app.shutdown.clone(), guard);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+    seq: u64,
+    head: u64,
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    match app.tcs.readiness() {
+        Ok((seq, head)) => json_response(
+            StatusCode::OK,
+            &Ready {
+                ready: true,
+                seq,
+                head,
+            },
+        ),
+        Err(reason) => {
+            let body = ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
+                error: reason,
+            };
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
+        }
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    app.tcs.refresh_gauges();
+    match app.tcs.metrics().render() {
+        Ok(text) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response(),
+        Err(e) => ApiFailure::Internal(e.to_string()).into_response(),
+    }
+}

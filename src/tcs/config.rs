@@ -1,0 +1,148 @@
+//! The TCS configuration file (TOML): where to listen, which catalogue to tail, where to keep
+//! the view snapshot, and which consumers may read which views.
+//!
+//! ```toml
+//! region = "us-east-1"
+//! listen = "127.0.0.1:7101"
+//! catalogue = "http://127.0.0.1:7000"
+//! snapshot = "./data/tcs-us-east-1.json"   # view snapshot file
+//! max_lag = 100                             # readiness: at most this far behind the head
+//! allow_faults = false
+//! [[consumers]]
+//! name = "edge"
+//! token = "dev-edge-token"
+//! views = ["ingress"]
+//! ```
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{TcsError, VIEW_NAMES};
+use crate::tenant::Region;
+
+/// Readiness allows the view to trail the catalogue head by this many sequences by default.
+pub const DEFAULT_MAX_LAG: u64 = 100;
+
+/// A TCS instance's configuration, as read from its TOML file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcsConfig {
+    /// Region this TCS serves (`us-east-1`); used in logs and metrics.
+    pub region: Region,
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Base URL of the catalogue (`http://127.0.0.1:7000`).
+    pub catalogue: String,
+    /// The view snapshot file, written atomically and read back at start.
+    pub snapshot: PathBuf,
+    /// Readiness: the view may trail the catalogue head by at most this many sequences.
+    #[serde(default = "default_max_lag")]
+    pub max_lag: u64,
+    /// Whether fault injection may be enabled at run time (kept for a later issue).
+    #[serde(default)]
+    pub allow_faults: bool,
+    /// Who may read which views.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerConfig>,
+}
+
+fn default_max_lag() -> u64 {
+    DEFAULT_MAX_LAG
+}
+
+/// One consumer of TCS views, identified by a bearer token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// Name, for logs.
+    pub name: String,
+    /// Bearer token the consumer presents in `Authorization`.
+    pub token: String,
+    /// The views it may read.
+    pub views: Vec<String>,
+}
+
+// Tokens are secrets: keep them out of logs and panic messages.
+impl fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerConfig")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("views", &self.views)
+            .finish()
+    }
+}
+
+impl TcsConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, TcsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TcsError::ReadConfig {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| e.at(path))
+    }
+
+    /// Parses and validates a configuration from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, TcsError> {
+        let cfg: TcsConfig = toml::from_str(text).map_err(|e| TcsError::ParseConfig {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: collects every problem instead of stopping at the first.
+    pub fn validate(&self) -> Result<(), TcsError> {
+        let mut problems = Vec::new();
+        if let Err(e) = reqwest::Url::parse(&self.catalogue) {
+            problems.push(format!("catalogue {:?}: {e}", self.catalogue));
+        }
+        let mut names = HashSet::new();
+        let mut tokens = HashSet::new();
+        for c in &self.consumers {
+            check_consumer(c, &mut names, &mut tokens, &mut problems);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TcsError::InvalidConfig {
+                path: PathBuf::new(),
+                problems,
+            })
+        }
+    }
+}
+
+fn check_consumer<'a>(
+    c: &'a ConsumerConfig,
+    names: &mut HashSet<&'a str>,
+    tokens: &mut HashSet<&'a str>,
+    problems: &mut Vec<String>,
+) {
+    if c.name.is_empty() {
+        problems.push("a consumer has an empty name".to_owned());
+    } else if !names.insert(&c.name) {
+        problems.push(format!("consumer {:?} is configured twice", c.name));
+    }
+    if c.token.trim().is_empty() {
+        problems.push(format!("consumer {:?} has an empty token", c.name));
+    } else if !tokens.insert(&c.token) {
+        // Never print the token itself.
+        problems.push(format!("consumer {:?} reuses another consumer's token", c.name));
+    }
+    for view in &c.views {
+        if !VIEW_NAMES.contains(&view.as_str()) {
+            problems.push(format!(
+                "consumer {:?}: unknown view {view:?} (known: {})",
+                c.name,
+                VIEW_NAMES.join(", ")
+            ));
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The materialised `ingress` view: tenant id -> routing record, host -> tenant, the applied
+//! catalogue sequence, and a bounded ring of recent events for the change stream.
+//!
+//! One writer (the tailer) applies catalogue changes in order; readers (lookups, snapshots,
+//! subscribers) take the read lock for a few map operations and clone `Arc`s, never holding it
+//! across an `.await`, so the applier is never blocked for long.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::feed::{Change, ChangeBody, TenantDoc, ViewEvent, ViewSnapshot};
+use crate::tenant::{Host, IngressRecord, TenantId};
+
+/// How many recent events the change stream can replay to a resuming subscriber.
+pub const DEFAULT_RING_CAPACITY: usize = 100_000;
+/// How many live events a subscriber may fall behind before it is told to resync.
+pub const DEFAULT_CHANNEL_CAPACITY: usize = 4096;
+
+/// What [`IngressView::apply`] did with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Its sequence was not newer than the view's: a replay, ignored.
+    Replayed,
+    /// The sequence advanced but the view did not change (older version, other entity).
+    Advanced,
+    /// A tenant was created or changed: an `Upsert` event was emitted.
+    Upserted,
+    /// A tenant was deleted: a `Delete` event was emitted.
+    Deleted,
+}
+
+/// Where a new subscriber starts: what it must be sent before live events.
+#[derive(Debug)]
+pub enum Backlog {
+    /// Every retained event with `seq > after`, in order.
+    Events(Vec<ViewEvent>),
+    /// Events after `after` were dropped: the subscriber must reload the snapshot.
+    Resync(u64),
+}
+
+/// A subscription to the change stream: the backlog, then live events on `live`.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Events to send first.
+    pub backlog: Backlog,
+    /// Events applied after the backlog was taken, without gap or overlap.
+    pub live: broadcast::Receiver<ViewEvent>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    seq: u64,
+    last_event: u64,
+    records: BTreeMap<TenantId, Arc<IngressRecord>>,
+    hosts: HashMap<Host, TenantId>,
+    ring: VecDeque<ViewEvent>,
+    /// No event with a seq at or below this is guaranteed to be in the ring (evicted, or
+    /// emitted before the snapshot this view was loaded from).
+    forgotten_upto: u64,
+}
+
+/// The `ingress` view: routing facts of every tenant, kept current by [`IngressView::apply`].
+#[derive(Debug)]
+pub struct IngressView {
+    state: RwLock<State>,
+    ring_capacity: usize,
+    events: broadcast::Sender<ViewEvent>,
+}
+
+impl Default for IngressView {
+    fn default() -> Self {
+        Self::new(DEFAULT_RING_CAPACITY, DEFAULT_CHANNEL_CAPACITY)
+    }
+}
+
+impl IngressView {
+    /// An empty view at seq 0 that retains `ring_capacity` events and lets live subscribers
+    /// trail by `channel_capacity` events.
+    pub fn new(ring_capacity: usize, channel_capacity: usize) -> Self {
+        Self {
+            state: RwLock::new(State::default()),
+            ring_capacity: ring_capacity.max(1),
+            events: broadcast::channel(channel_capacity.max(1)).0,
+        }
+    }
+
+    /// Replaces the contents with a snapshot. Events before it are unknown, so a subscriber
+    /// resuming from an older seq is told to resync, and the next event's `prev` is the
+    /// snapshot's seq.
+    pub fn restore(&self, snap: ViewSnapshot) {
+        let mut st = self.write();
+        *st = State {
+            seq: snap.seq,
+            last_event: snap.seq,
+            forgotten_upto: snap.seq,
+            ..State::default()
+        };
+        for record in snap.records {
+            index_hosts(&mut st.hosts, &record);
+            st.records.insert(record.id.clone(), Arc::new(record));
+        }
+    }
+
+    /// Applies one catalogue change. Changes must come in sequence order; replays (seq not
+    /// newer than the view's) and stale tenant versions are ignored, so applying at least once
+    /// is safe.
+    pub fn apply(&self, change: &Change) -> Applied {
+        let mut st = self.write();
+        if change.seq <= st.seq {
+            return Applied::Replayed;
+        }
+        st.seq = change.seq;
+        let event = match &change.body {
+            ChangeBody::Tenant { id, version, doc } => tenant_change(&mut st, change.seq, id, *version, doc),
+            ChangeBody::Shard { .. } | ChangeBody::Realm { .. } => None,
+        };
+        let Some(event) = event else {
+            return Applied::Advanced;
+        };
+        let applied = match event {
+            ViewEvent::Delete { .. } => Applied::Deleted,
+            _ => Applied::Upserted,
+        };
+        self.emit(&mut st, event);
+        applied
+    }
+
+    // Sent under the write lock so that `subscribe` (under the read lock) sees every event
+    // either in the ring or on the channel, never both and never neither.
+    fn emit(&self, st: &mut State, event: ViewEvent) {
+        st.last_event = event.seq();
+        if st.ring.len() >= self.ring_capacity {
+            if let Some(old) = st.ring.pop_front() {
+                st.forgotten_upto = old.seq();
+            }
+        }
+        st.ring.push_back(event.clone());
+        // No receivers is normal: nobody is subscribed.
+        let _ = self.events.send(event);
+    }
+
+    /// The tenant a normalised host names, with the seq the view is current to.
+    pub fn lookup(&self, host: &Host) -> Option<(u64, Arc<IngressRecord>)> {
+        let st = self.read();
+        let id = st.hosts.get(host)?;
+        st.records.get(id).map(|r| (st.seq, Arc::clone(r)))
+    }
+
+    /// The applied catalogue sequence.
+    pub fn seq(&self) -> u64 {
+        self.read().seq
+    }
+
+    /// The applied sequence and the sequence of the newest emitted event.
+    pub fn position(&self) -> (u64, u64) {
+        let st = self.read();
+        (st.seq, st.last_event)
+    }
+
+    /// How many tenants the view holds.
+    pub fn len(&self) -> usize {
+        self.read().records.len()
+    }
+
+    /// Whether the view holds no tenant.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole view at one seq; the records are shared, not copied.
+    pub fn snapshot(&self) -> SharedSnapshot {
+        let st = self.read();
+        SharedSnapshot {
+            seq: st.seq,
+            records: st.records.values().cloned().collect(),
+        }
+    }
+
+    /// Subscribes to events with `seq > after`: the retained backlog and a live receiver,
+    /// taken together so nothing falls between them.
+    pub fn subscribe(&self, after: u64) -> Subscription {
+        let st = self.read();
+        let live = self.events.subscribe();
+        let backlog = if after < st.forgotten_upto {
+            Backlog::Resync(st.seq)
+        } else {
+            Backlog::Events(st.ring.iter().filter(|e| e.seq() > after).cloned().collect())
+        };
+        Subscription { backlog, live }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic under the lock cannot leave the maps half-updated in a way readers care
+        // about more than an outage, so keep serving.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The view at one seq with shared records; serialises exactly like [`ViewSnapshot`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedSnapshot {
+    /// The sequence the view was current to.
+    pub seq: u64,
+    /// Every tenant, ordered by id.
+    #[serde(serialize_with = "serialize_records")]
+    pub records: Vec<Arc<IngressRecord>>,
+}
+
+impl SharedSnapshot {
+    /// An owned copy in the wire type.
+    pub fn to_owned_snapshot(&self) -> ViewSnapshot {
+        ViewSnapshot {
+            seq: self.seq,
+            records: self.records.iter().map(|r| IngressRecord::clone(r)).collect(),
+        }
+    }
+}
+
+fn serialize_records<S: serde::Serializer>(records: &[Arc<IngressRecord>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(records.iter().map(|r| &**r))
+}
+
+fn tenant_change(
+    st: &mut State,
+    seq: u64,
+    id: &TenantId,
+    version: u64,
+    doc: &Option<TenantDoc>,
+) -> Option<ViewEvent> {
+    let held = st.records.get(id).map(|r| r.version);
+    // No tombstones: a re-created tenant may restart its versions, and replays are already
+    // excluded by seq, so only a live record's version can make a change stale.
+    if held.is_some_and(|h| version <= h) {
+        return None;
+    }
+    let prev = st.last_event;
+    match doc {
+        Some(doc) => Some(upsert(st, seq, prev, version, doc)),
+        None => delete(st, seq, prev, id, version),
+    }
+}
+
+fn upsert(st: &mut State, seq: u64, prev: u64, version: u64, doc: &TenantDoc) -> ViewEvent {
+    let mut record = doc.ingress();
+    record.version = version;
+    let removed_hosts: Vec<Host> = match st.records.get(&record.id) {
+        Some(old) => old
+            .hosts
+            .iter()
+            .filter(|h| !record.hosts.contains(h))
+            .cloned()
+            .collect(),
+        None => Vec::new(),
+    };
+    unindex_hosts(&mut st.hosts, &record.id, &removed_hosts);
+    index_hosts(&mut st.hosts, &record);
+    st.records.insert(record.id.clone(), Arc::new(record.clone()));
+    ViewEvent::Upsert {
+        seq,
+        prev,
+        record,
+        removed_hosts,
+    }
+}
+
+fn delete(st: &mut State, seq: u64, prev: u64, id: &TenantId, version: u64) -> Option<ViewEvent> {
+    // Deleting a tenant the view never held changes nothing a reader could hold either.
+    let old = st.records.remove(id)?;
+    unindex_hosts(&mut st.hosts, id, &old.hosts);
+    Some(ViewEvent::Delete {
+        seq,
+        prev,
+        id: id.clone(),
+        version,
+        hosts: old.hosts.clone(),
+    })
+}
+
+fn index_hosts(hosts: &mut HashMap<Host, TenantId>, record: &IngressRecord) {
+    for h in &record.hosts {
+        hosts.insert(h.clone(), record.id.clone());
+    }
+}
+
+// Only drop a mapping that still points at this tenant: the host may already name another.
+fn unindex_hosts(hosts: &mut HashMap<Host, TenantId>, id: &TenantId, gone: &[Host]) {
+    for h in gone {
+        if hosts.get(h) == Some(id) {
+            hosts.remove(h);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Helpers shared by the TCS integration tests: catalogue changes, a config, a served router
+//! on a loopback port, and an NDJSON line reader.
+
+use std::net::SocketAddr;
+
+use tenant_edge::feed::{Change, ChangeBody, TenantDoc, ViewEvent};
+use tenant_edge::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
+use tenant_edge::tenant::{Host, Realm, Region, TenantId};
+use tokio_util::sync::CancellationToken;
+
+pub const EDGE_TOKEN: &str = "dev-edge-token";
+pub const AUDIT_TOKEN: &str = "dev-audit-token";
+
+/// A config with an `edge` consumer of `ingress` and an `audit` consumer of nothing.
+pub fn config(catalogue: &str) -> TcsConfig {
+    let consumer = |name: &str, token: &str, views: &[&str]| ConsumerConfig {
+        name: name.to_owned(),
+        token: token.to_owned(),
+        views: views.iter().map(|v| (*v).to_owned()).collect(),
+    };
+    TcsConfig {
+        region: Region::new("us-east-1").unwrap(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        catalogue: format!("http://{catalogue}"),
+        snapshot: "unused.json".into(),
+        max_lag: 100,
+        allow_faults: false,
+        consumers: vec![
+            consumer("edge", EDGE_TOKEN, &["ingress"]),
+            consumer("audit", AUDIT_TOKEN, &[]),
+        ],
+    }
+}
+
+pub fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Change {
+    let doc = TenantDoc {
+        id: TenantId::new(id).unwrap(),
+        hosts: hosts.iter().map(|h| Host::parse(h).unwrap()).collect(),
+        realm: Realm::new("us").unwrap(),
+        placements: Default::default(),
+        version,
+    };
+    Change {
+        seq,
+        body: ChangeBody::Tenant {
+            id: doc.id.clone(),
+            version,
+            doc: Some(doc),
+        },
+    }
+}
+
+pub fn del(seq: u64, id: &str, version: u64) -> Change {
+    Change {
+        seq,
+        body: ChangeBody::Tenant {
+            id: TenantId::new(id).unwrap(),
+            version,
+            doc: None,
+        },
+    }
+}
+
+pub fn seq_prev(event: &ViewEvent) -> (u64, u64) {
+    match event {
+        ViewEvent::Upsert { seq, prev, .. } | ViewEvent::Delete { seq, prev, .. } => (*seq, *prev),
+        other => panic!("not a change event: {other:?}"),
+    }
+}
+
+/// The API router of a `Tcs` served on a loopback port (no tailer).
+pub struct Server {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(tcs: Tcs) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let app = api::router(tcs, shutdown.clone());
+        let stop = shutdown.clone().cancelled_owned();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stops serving; open change streams end, so this returns.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Reads NDJSON lines from a streaming response as they arrive.
+pub struct Ndjson {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Ndjson {
+    pub fn new(resp: reqwest::Response) -> Self {
+        Self {
+            resp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next line, or `None` at the end of the body.
+    pub async fn next_event(&mut self) -> Option<ViewEvent> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(serde_json::from_slice(&line).unwrap());
+            }
+            let chunk = self.resp.chunk().await.unwrap()?;
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// The next upsert or delete, skipping heartbeats.
+    pub async fn next_change(&mut self) -> ViewEvent {
+        loop {
+            match self.next_event().await {
+                Some(ViewEvent::Heartbeat { .. }) => {}
+                Some(event) => return event,
+                None => panic!("change stream ended"),
+            }
+        }
+    }
+}
+
+/// A stand-in for the catalogue's `GET /v1/changes` (the contract in `feed`), until the real
+/// catalogue can run in these tests: serves a fixed log, fails the first poll with 503, and
+/// reports the `after` of every poll so a test knows how far the tailer got.
+pub struct StubCatalogue {
+    pub addr: SocketAddr,
+    pub polls: tokio::sync::mpsc::UnboundedReceiver<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChangesQuery {
+    after: u64,
+    limit: usize,
+    wait_ms: u64,
+}
+
+impl StubCatalogue {
+    pub async fn start(log: Vec<Change>) -> Self {
+        use axum::extract::{Query, State};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        type St = (
+            Arc<Vec<Change>>,
+            tokio::sync::mpsc::UnboundedSender<u64>,
+            Arc<AtomicBool>,
+        );
+        async fn changes(
+            State((log, tx, failed)): State<St>,
+            Query(q): Query<ChangesQuery>,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            tx.send(q.after).unwrap();
+            if !failed.swap(true, Ordering::SeqCst) {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+            }
+            let head = log.last().map_or(0, |c| c.seq);
+            let page: Vec<Change> = log
+                .iter()
+                .filter(|c| c.seq > q.after)
+                .take(q.limit)
+                .cloned()
+                .collect();
+            if page.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(q.wait_ms)).await;
+            }
+            axum::Json(tenant_edge::feed::ChangesPage { changes: page, head }).into_response()
+        }
+        let (tx, polls) = tokio::sync::mpsc::unbounded_channel();
+        let state: St = (Arc::new(log), tx, Arc::new(AtomicBool::new(false)));
+        let app = axum::Router::new()
+            .route("/v1/changes", axum::routing::get(changes))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, polls }
+    }
+
+    /// Waits for the tailer to ask for changes after `seq`, i.e. to have applied up to it.
+    pub async fn wait_for_poll_after(&mut self, seq: u64) {
+        while self.polls.recv().await.unwrap() != seq {}
+    }
+}

@@ -1,0 +1,274 @@
+//! The TCS HTTP API over real loopback sockets. The view is filled through the real applier
+//! (`IngressView::apply`) with catalogue changes, exactly as the tailer does.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
+#![expect(clippy::panic, reason = "test helpers fail loudly")]
+
+#[path = "support/tcs.rs"]
+mod tcs_support;
+
+use reqwest::StatusCode;
+use tcs_support::{config, del, put, seq_prev, Ndjson, Server, AUDIT_TOKEN, EDGE_TOKEN};
+use tenant_edge::feed::{ApiError, HostLookup, ViewEvent, ViewSnapshot};
+use tenant_edge::tcs::Tcs;
+
+fn seeded() -> Tcs {
+    let tcs = Tcs::new(config("127.0.0.1:1")).unwrap();
+    let view = tcs.ingress();
+    view.apply(&put(1, "acme", 1, &["acme.example.test"]));
+    view.apply(&put(2, "globex", 1, &["globex.example.test"]));
+    view.apply(&put(3, "initech", 1, &["initech.example.test"]));
+    tcs
+}
+
+#[tokio::test]
+async fn lookup_answers_200_404_400() {
+    let srv = Server::start(seeded()).await;
+    let resp = srv
+        .get("/v1/views/ingress/hosts/ACME.example.test.", EDGE_TOKEN)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let found: HostLookup = resp.json().await.unwrap();
+    assert_eq!((found.seq, found.record.id.as_str()), (3, "acme"));
+
+    let resp = srv
+        .get("/v1/views/ingress/hosts/nobody.example.test", EDGE_TOKEN)
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(resp.json::<ApiError>().await.unwrap().status, 404);
+
+    for bad in ["10.0.0.1", "bad!host.example.test", "-x.example.test"] {
+        let resp = srv
+            .get(&format!("/v1/views/ingress/hosts/{bad}"), EDGE_TOKEN)
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(resp.json::<ApiError>().await.unwrap().status, 400);
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn auth_is_checked_before_anything_else() {
+    let srv = Server::start(seeded()).await;
+    let path = "/v1/views/ingress/hosts/acme.example.test";
+    let missing = srv.client.get(srv.url(path)).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    for wrong in ["dev-edge-tokem", "dev-edge-token-and-more", ""] {
+        let resp = srv.get(path, wrong).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{wrong:?}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    let basic = srv
+        .client
+        .get(srv.url(path))
+        .basic_auth("edge", Some(EDGE_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    // Unknown views are not revealed before authentication.
+    assert_eq!(
+        srv.get("/v1/views/billing/snapshot", "nope").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    let forbidden = srv.get(path, AUDIT_TOKEN).await;
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert_eq!(forbidden.json::<ApiError>().await.unwrap().status, 403);
+    assert_eq!(
+        srv.get("/v1/views/ingress/changes", AUDIT_TOKEN).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        srv.get("/v1/views/billing/snapshot", EDGE_TOKEN).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn snapshot_returns_the_whole_view() {
+    let tcs = seeded();
+    let expected = tcs.ingress().snapshot().to_owned_snapshot();
+    let srv = Server::start(tcs).await;
+    let resp = srv.get("/v1/views/ingress/snapshot", EDGE_TOKEN).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let snap: ViewSnapshot = resp.json().await.unwrap();
+    assert_eq!(snap, expected);
+    assert_eq!((snap.seq, snap.records.len()), (3, 3));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn change_stream_sends_backlog_then_live_events() {
+    let tcs = seeded();
+    let view = tcs.ingress();
+    let srv = Server::start(tcs).await;
+    let resp = srv.get("/v1/views/ingress/changes?after=1", EDGE_TOKEN).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let mut lines = Ndjson::new(resp);
+    let mut seen = vec![lines.next_change().await, lines.next_change().await];
+    // The subscription exists once the headers arrived: this event must follow, gap-free.
+    view.apply(&del(4, "acme", 2));
+    seen.push(lines.next_change().await);
+    view.apply(&put(5, "acme", 1, &["acme.example.test"]));
+    seen.push(lines.next_change().await);
+    let chain: Vec<(u64, u64)> = seen.iter().map(seq_prev).collect();
+    assert_eq!(chain, vec![(2, 1), (3, 2), (4, 3), (5, 4)]);
+    assert!(matches!(&seen[2], ViewEvent::Delete { id, .. } if id.as_str() == "acme"));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn idle_change_stream_sends_heartbeats() {
+    let srv = Server::start(seeded()).await;
+    let resp = srv.get("/v1/views/ingress/changes?after=3", EDGE_TOKEN).await;
+    let mut lines = Ndjson::new(resp);
+    let beat = lines.next_event().await.unwrap();
+    assert_eq!(
+        beat,
+        ViewEvent::Heartbeat {
+            seq: 3,
+            last_event: 3
+        }
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn change_stream_asks_for_resync_when_events_are_gone() {
+    // A TCS restored from a snapshot does not know the events before it.
+    let snap = seeded().ingress().snapshot().to_owned_snapshot();
+    let restored = Tcs::new(config("127.0.0.1:1")).unwrap();
+    restored.ingress().restore(snap);
+    let srv = Server::start(restored).await;
+    let resp = srv.get("/v1/views/ingress/changes?after=1", EDGE_TOKEN).await;
+    let mut lines = Ndjson::new(resp);
+    assert_eq!(lines.next_event().await, Some(ViewEvent::Resync { seq: 3 }));
+    assert_eq!(lines.next_event().await, None);
+    let bad = srv.get("/v1/views/ingress/changes?after=soon", EDGE_TOKEN).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    srv.stop().await;
+}
+
+// Single-threaded runtime: the server's stream task cannot run while the test applies, so the
+// subscriber is guaranteed to overflow its channel.
+#[tokio::test(flavor = "current_thread")]
+async fn lagging_subscriber_gets_resync_and_is_closed() {
+    let tcs = Tcs::with_capacities(config("127.0.0.1:1"), 1000, 2).unwrap();
+    let view = tcs.ingress();
+    let srv = Server::start(tcs).await;
+    let resp = srv.get("/v1/views/ingress/changes?after=0", EDGE_TOKEN).await;
+    for seq in 1..=10 {
+        view.apply(&put(seq, "acme", seq, &["acme.example.test"]));
+    }
+    let mut lines = Ndjson::new(resp);
+    assert_eq!(lines.next_event().await, Some(ViewEvent::Resync { seq: 10 }));
+    assert_eq!(lines.next_event().await, None);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let tcs = seeded();
+    let srv = Server::start(tcs.clone()).await;
+    assert_eq!(srv.get("/healthz", "").await.status(), StatusCode::OK);
+    // No catalogue poll has succeeded: not ready.
+    let resp = srv.get("/readyz", "").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp
+        .json::<ApiError>()
+        .await
+        .unwrap()
+        .error
+        .contains("no successful"));
+    tcs.status().record_ok(3 + 100);
+    assert_eq!(srv.get("/readyz", "").await.status(), StatusCode::OK);
+    tcs.status().record_ok(3 + 101);
+    assert_eq!(
+        srv.get("/readyz", "").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    srv.get("/v1/views/ingress/hosts/acme.example.test", EDGE_TOKEN)
+        .await;
+    srv.get("/v1/views/ingress/hosts/nobody.example.test", EDGE_TOKEN)
+        .await;
+    let text = srv.get("/metrics", "").await.text().await.unwrap();
+    for line in [
+        r#"tcs_lookups_total{result="hit",view="ingress",region="us-east-1"} 1"#,
+        r#"tcs_lookups_total{result="miss",view="ingress",region="us-east-1"} 1"#,
+        r#"tcs_applied_seq{view="ingress",region="us-east-1"} 3"#,
+        r#"tcs_catalogue_head{region="us-east-1"} 104"#,
+        r#"tcs_lag{view="ingress",region="us-east-1"} 101"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    srv.stop().await;
+}
+
+/// `tcs::serve` end to end against a stand-in catalogue: the tailer recovers from an error,
+/// applies the log, the API answers, shutdown writes the snapshot, and a restart resumes
+/// from it instead of replaying the log.
+#[tokio::test]
+async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
+    use tenant_edge::tcs;
+    use tokio_util::sync::CancellationToken;
+    let log = vec![
+        put(1, "acme", 1, &["acme.example.test"]),
+        put(2, "globex", 1, &["globex.example.test"]),
+        del(3, "globex", 2),
+    ];
+    let mut catalogue = tcs_support::StubCatalogue::start(log).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&catalogue.addr.to_string());
+    cfg.snapshot = dir.path().join("tcs-us-east-1.json");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(tcs::serve(cfg.clone(), listener, shutdown.clone()));
+    assert_eq!(catalogue.polls.recv().await, Some(0)); // answered 503
+    catalogue.wait_for_poll_after(3).await;
+
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(EDGE_TOKEN)
+            .send()
+    };
+    let found: HostLookup = get("/v1/views/ingress/hosts/acme.example.test")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((found.seq, found.record.version), (3, 1));
+    let gone = get("/v1/views/ingress/hosts/globex.example.test").await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+    assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(r#"tcs_tail_errors_total{region="us-east-1"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tcs_events_total{type="delete",view="ingress",region="us-east-1"} 1"#),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let snap: ViewSnapshot = serde_json::from_slice(&std::fs::read(&cfg.snapshot).unwrap()).unwrap();
+    assert_eq!((snap.seq, snap.records.len()), (3, 1));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(tcs::serve(cfg, listener, shutdown.clone()));
+    assert_eq!(catalogue.polls.recv().await, Some(3));
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
