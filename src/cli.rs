@@ -18,13 +18,21 @@ pub struct Cli {
 
 /// The roles and tools of the binary.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The catalogue: tenants, shards, realms and the ordered change log over HTTP.
+    Catalogue(crate::catalogue::CatalogueArgs),
+    /// Operator CLI over the catalogue API.
+    Ctl(crate::ctl::CtlArgs),
+}
 
 /// Parses the command line, sets up logging and runs the chosen role.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
-    match cli.command {}
+    match cli.command {
+        Command::Catalogue(args) => args.run(),
+        Command::Ctl(args) => args.run(),
+    }
 }
 
 /// Sets up `tracing`: text by default, JSON lines with `--log-json`; `RUST_LOG` filters.

@@ -18,6 +18,8 @@
 //! - [`ctl`]: the operator CLI over the catalogue API.
 //! - [`cli`]: command-line parsing and dispatch to the roles.
 
+pub mod catalogue;
 pub mod cli;
+pub mod ctl;
 pub mod feed;
 pub mod tenant;
