@@ -23,8 +23,12 @@ pub struct Cli {
 /// The roles and tools of the binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    // DEVPENDING doc
-    // DEVPENDING Dev(crate::dev::DevArgs),
+    /// Starts the whole stack on loopback: catalogue, two TCS regions, the edge, demo shards.
+    Dev(crate::dev::DevArgs),
+    /// Runs the catalogue: the tenant/shard/realm store, its API and the ordered change log.
+    Catalogue(crate::catalogue::CatalogueArgs),
+    /// Operator CLI over the catalogue API.
+    Ctl(crate::ctl::CtlArgs),
     /// Runs a Tenant Context Service: tails the catalogue, serves the `ingress` view.
     Tcs {
         /// The TCS configuration file (TOML).
@@ -62,7 +66,9 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_json);
     match cli.command {
         Command::CheckRoutes { file } => check_routes(&file),
-        // DEVPENDING Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
+        Command::Catalogue(args) => args.run(),
+        Command::Ctl(args) => args.run(),
+        Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
         Command::Tcs { config } => match crate::tcs::TcsConfig::load(&config) {
             Ok(cfg) => run_role(|shutdown| crate::tcs::run(cfg, shutdown)),
             Err(e) => {

@@ -126,11 +126,11 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
     spawn_part(parts, crate::catalogue::run(catalogue, shutdown.clone()));
     let catalogue_url = format!("http://{catalogue_addr}");
     wait_ready(&format!("{catalogue_url}/healthz"), "catalogue").await?;
-    seed(&CatalogueClient::new(&catalogue_url), &routes).await?;
+    seed(&CatalogueClient::new(&catalogue_url)?, &routes).await?;
 
     let mut endpoints = Vec::new();
     for (region, port) in [("us-east-1", ports::TCS_US_EAST_1), ("eu-west-1", ports::TCS_EU_WEST_1)] {
-        let cfg = tcs_config(&args.data, region, loopback(port), &catalogue_url);
+        let cfg = tcs_config(&args.data, &name(Region::new(region))?, loopback(port), &catalogue_url);
         write_toml(&args.data.join(format!("tcs-{region}.toml")), &cfg)?;
         spawn_part(parts, crate::tcs::run(cfg, shutdown.clone()));
         let url = format!("http://{}", loopback(port));
@@ -145,9 +145,9 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
     Ok(())
 }
 
-fn tcs_config(data: &Path, region: &str, listen: SocketAddr, catalogue: &str) -> TcsConfig {
+fn tcs_config(data: &Path, region: &Region, listen: SocketAddr, catalogue: &str) -> TcsConfig {
     TcsConfig {
-        region: region.into(),
+        region: region.clone(),
         listen,
         catalogue: catalogue.into(),
         snapshot: data.join(format!("tcs-{region}.json")),
@@ -213,7 +213,7 @@ async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -
         client.put_shard(&doc).await?;
     }
     for doc in demo_tenants()? {
-        match client.get_tenant(doc.id.as_str()).await {
+        match client.get_tenant(&doc.id).await {
             Ok(_) => {}
             Err(e) if e.status() == Some(404) => {
                 client.put_tenant(&doc, None).await?;

@@ -18,9 +18,12 @@
 //! - [`ctl`]: the operator CLI over the catalogue API.
 //! - [`cli`]: command-line parsing and dispatch to the roles.
 
+pub mod catalogue;
 pub mod cli;
 pub mod context;
+pub mod ctl;
 pub mod demo;
+pub mod dev;
 pub mod edge;
 pub mod feed;
 pub mod metrics;

@@ -1,0 +1,147 @@
+//! The catalogue: the write side and source of truth. Tenants (compare-and-set per tenant
+//! version), their hosts and placements, the shard registry and realms, and an ordered change
+//! log with a dense global sequence that readers (TCS) tail from any position.
+//!
+//! - [`store`]: the storage boundary ([`Store`], [`StoreError`]).
+//! - [`sqlite`]: the default store, one SQLite file in the data directory.
+//! - [`validate`]: the catalogue's rules, shared by every store.
+//! - [`router`]: the HTTP API over any store.
+
+mod api;
+pub mod sqlite;
+pub mod store;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use self::api::{router, DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, MAX_WAIT_MS};
+pub use self::sqlite::SqliteStore;
+pub use self::store::{Store, StoreError, Written};
+
+/// Where the catalogue listens and keeps its file.
+#[derive(Debug, Clone)]
+pub struct CatalogueConfig {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Directory holding `catalogue.db` (created if missing).
+    pub data_dir: PathBuf,
+}
+
+/// Why the catalogue could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the catalogue store: {0}")]
+    Store(#[from] StoreError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the store in `cfg.data_dir`, serves the API on `cfg.listen` until `shutdown` is
+/// cancelled, then finishes the requests in flight.
+pub async fn run(cfg: CatalogueConfig, shutdown: CancellationToken) -> Result<(), CatalogueError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CatalogueError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let path = cfg.data_dir.join(sqlite::DB_FILE);
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+        .await
+        .map_err(StoreError::storage)??;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| CatalogueError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(CatalogueError::Serve)?;
+    tracing::info!("catalogue listening on {addr}");
+    let app = api::app(Arc::new(store), shutdown.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(CatalogueError::Serve)
+}
+
+/// `tenant-edge catalogue`: the write-side service.
+#[derive(Debug, clap::Args)]
+pub struct CatalogueArgs {
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub listen: SocketAddr,
+    /// Directory holding catalogue.db.
+    #[arg(long = "data", default_value = "./data/catalogue")]
+    pub data_dir: PathBuf,
+}
+
+impl CatalogueArgs {
+    /// Runs the catalogue until SIGINT or SIGTERM.
+    pub fn run(self) -> ExitCode {
+        let cfg = CatalogueConfig {
+            listen: self.listen,
+            data_dir: self.data_dir,
+        };
+        let result = tokio::runtime::Runtime::new().map(|rt| {
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                run(cfg, shutdown).await
+            })
+        });
+        match result {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                tracing::error!("cannot start the runtime: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Without a SIGTERM handler, SIGINT still works.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+    token.cancel();
+}

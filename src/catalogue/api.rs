@@ -1,0 +1,270 @@
+//! The catalogue's HTTP API (see the contract in the design): tenants with compare-and-set,
+//! the shard registry, realms, and the long-polled change log.
+//!
+//! Status codes: 201 created / 200 replaced, 404 unknown, 409 version conflict, host owned by
+//! another tenant or entity still in use, 422 invalid document (every problem listed), 400
+//! malformed JSON, path, query or `If-Match`, 413 body over 1 MiB. Every error is a JSON
+//! [`ApiError`], produced in one place: [`Failure`]'s `IntoResponse`.
+
+mod extract;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use self::extract::{Doc, Id, IfMatch, Params};
+use crate::catalogue::store::{Store, StoreError, Written};
+use crate::feed::{ApiError, ChangesPage, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Realm, ShardId, TenantId};
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 1 << 20;
+/// Changes per page when the reader names no `limit`.
+pub const DEFAULT_LIMIT: usize = 1000;
+/// Largest `limit` honoured.
+pub const MAX_LIMIT: usize = 10_000;
+/// Longest `wait_ms` honoured.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+#[derive(Clone)]
+struct AppState {
+    store: Arc<dyn Store>,
+    /// Cancelled at shutdown, so long-polls answer at once instead of holding it up.
+    shutdown: CancellationToken,
+}
+
+/// The catalogue API over `store`, for in-process use (tests, the dev stack).
+pub fn router(store: Arc<dyn Store>) -> Router {
+    app(store, CancellationToken::new())
+}
+
+/// The API whose long-polls end when `shutdown` is cancelled.
+pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/tenants", get(list_tenants))
+        .route(
+            "/v1/tenants/{id}",
+            get(get_tenant).put(put_tenant).delete(delete_tenant),
+        )
+        .route("/v1/shards", get(list_shards))
+        .route(
+            "/v1/shards/{id}",
+            get(get_shard).put(put_shard).delete(delete_shard),
+        )
+        .route("/v1/realms", get(list_realms))
+        .route(
+            "/v1/realms/{name}",
+            get(get_realm).put(put_realm).delete(delete_realm),
+        )
+        .route("/v1/changes", get(changes))
+        .fallback(|| async { Failure::Http(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            Failure::Http(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { store, shutdown })
+}
+
+/// Everything a handler can fail with; the one place errors become responses.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Failure {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request itself is wrong (status and message given).
+    #[error("{1}")]
+    Http(StatusCode, String),
+}
+
+impl Failure {
+    fn bad_request(message: String) -> Self {
+        Failure::Http(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::Http(status, _) => *status,
+            Failure::Store(e) => match e {
+                StoreError::NotFound => StatusCode::NOT_FOUND,
+                StoreError::VersionConflict { .. } | StoreError::HostTaken { .. } | StoreError::InUse(_) => {
+                    StatusCode::CONFLICT
+                }
+                StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                StoreError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "catalogue request failed");
+        }
+        let body = ApiError {
+            status: status.as_u16(),
+            error: self.to_string(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+fn etag(version: u64) -> [(header::HeaderName, String); 1] {
+    [(header::ETAG, format!("\"{version}\""))]
+}
+
+fn written<T: Serialize>(w: Written<T>) -> (StatusCode, Json<T>) {
+    let status = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(w.doc))
+}
+
+/// Versions exist only for tenants; a precondition we cannot check must not be ignored.
+fn no_if_match(IfMatch(v): IfMatch) -> Result<(), Failure> {
+    match v {
+        Some(_) => Err(Failure::bad_request("If-Match applies to tenants only".into())),
+        None => Ok(()),
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    head: u64,
+}
+
+async fn healthz(State(s): State<AppState>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        head: s.store.head(),
+    })
+}
+
+async fn put_tenant(
+    State(s): State<AppState>,
+    Id(id): Id<TenantId>,
+    IfMatch(if_match): IfMatch,
+    Doc(doc): Doc<TenantDoc>,
+) -> Answer {
+    let w = s.store.put_tenant(id, doc, if_match).await?;
+    Ok((etag(w.doc.version), written(w)).into_response())
+}
+
+async fn get_tenant(State(s): State<AppState>, Id(id): Id<TenantId>) -> Answer {
+    let doc = s.store.get_tenant(&id).await?;
+    Ok((etag(doc.version), Json(doc)).into_response())
+}
+
+async fn delete_tenant(
+    State(s): State<AppState>,
+    Id(id): Id<TenantId>,
+    IfMatch(if_match): IfMatch,
+) -> Answer {
+    let version = s.store.delete_tenant(&id, if_match).await?;
+    Ok((StatusCode::NO_CONTENT, etag(version)).into_response())
+}
+
+async fn list_tenants(State(s): State<AppState>) -> Result<Json<Vec<TenantDoc>>, Failure> {
+    Ok(Json(s.store.list_tenants().await?))
+}
+
+async fn put_shard(
+    State(s): State<AppState>,
+    Id(id): Id<ShardId>,
+    m: IfMatch,
+    Doc(doc): Doc<ShardDoc>,
+) -> Answer {
+    no_if_match(m)?;
+    Ok(written(s.store.put_shard(id, doc).await?).into_response())
+}
+
+async fn get_shard(State(s): State<AppState>, Id(id): Id<ShardId>) -> Result<Json<ShardDoc>, Failure> {
+    Ok(Json(s.store.get_shard(&id).await?))
+}
+
+async fn delete_shard(
+    State(s): State<AppState>,
+    Id(id): Id<ShardId>,
+    m: IfMatch,
+) -> Result<StatusCode, Failure> {
+    no_if_match(m)?;
+    s.store.delete_shard(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_shards(State(s): State<AppState>) -> Result<Json<Vec<ShardDoc>>, Failure> {
+    Ok(Json(s.store.list_shards().await?))
+}
+
+async fn put_realm(
+    State(s): State<AppState>,
+    Id(name): Id<Realm>,
+    m: IfMatch,
+    Doc(doc): Doc<RealmDoc>,
+) -> Answer {
+    no_if_match(m)?;
+    Ok(written(s.store.put_realm(name, doc).await?).into_response())
+}
+
+async fn get_realm(State(s): State<AppState>, Id(name): Id<Realm>) -> Result<Json<RealmDoc>, Failure> {
+    Ok(Json(s.store.get_realm(&name).await?))
+}
+
+async fn delete_realm(
+    State(s): State<AppState>,
+    Id(name): Id<Realm>,
+    m: IfMatch,
+) -> Result<StatusCode, Failure> {
+    no_if_match(m)?;
+    s.store.delete_realm(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_realms(State(s): State<AppState>) -> Result<Json<Vec<RealmDoc>>, Failure> {
+    Ok(Json(s.store.list_realms().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+    wait_ms: Option<u64>,
+}
+
+/// `GET /v1/changes`: when nothing follows `after`, waits (up to `wait_ms`) for the next commit.
+async fn changes(
+    State(s): State<AppState>,
+    Params(q): Params<ChangesQuery>,
+) -> Result<Json<ChangesPage>, Failure> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    // Subscribed before reading: a commit landing between the read and the wait still wakes us.
+    let mut head = s.store.subscribe();
+    let page = s.store.changes(q.after, limit).await?;
+    if !page.changes.is_empty() || wait.is_zero() {
+        return Ok(Json(page));
+    }
+    let after = q.after;
+    let newer = async move { head.wait_for(|h| *h > after).await.is_ok() };
+    tokio::select! {
+        _ = tokio::time::timeout(wait, newer) => {}
+        () = s.shutdown.cancelled() => {}
+    }
+    Ok(Json(s.store.changes(after, limit).await?))
+}

@@ -1,0 +1,172 @@
+//! The SQLite store: one file (`catalogue.db`) in WAL mode with `synchronous=FULL`, one
+//! connection behind a mutex (write rates of a catalogue are low), every write one
+//! `BEGIN IMMEDIATE` transaction that also appends its change to the log.
+//!
+//! rusqlite blocks, so every operation runs on tokio's blocking pool.
+
+mod registry;
+mod rows;
+mod schema;
+mod tenants;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::watch;
+
+use crate::catalogue::store::{Store, StoreError, Written};
+use crate::feed::{ChangesPage, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Realm, ShardId, TenantId};
+
+/// The file name of the catalogue database inside its data directory.
+pub const DB_FILE: &str = "catalogue.db";
+
+/// A [`Store`] on one SQLite file. Cloning shares the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Mutex<Connection>,
+    head: watch::Sender<u64>,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the database at `path`. Blocks: call it from a
+    /// blocking context or before the runtime is busy.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = schema::open(path)?;
+        let head = rows::head(&conn)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                head: watch::Sender::new(head),
+            }),
+        })
+    }
+
+    /// Runs `f` on the connection, on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner.lock()))
+            .await
+            .map_err(StoreError::storage)?
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, commits when it succeeds, then publishes
+    /// the new head. An error rolls the whole write back, its change included.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            let head = rows::head(&tx)?;
+            tx.commit()?;
+            // Still under the mutex, so heads are published in commit order.
+            inner.head.send_replace(head);
+            Ok(out)
+        })
+        .await
+        .map_err(StoreError::storage)?
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic mid-write dropped its transaction, which rolled it back: the connection
+        // itself is still sound.
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_tenant(
+        &self,
+        id: TenantId,
+        doc: TenantDoc,
+        if_match: Option<u64>,
+    ) -> Result<Written<TenantDoc>, StoreError> {
+        self.write(move |c| tenants::put(c, &id, doc, if_match)).await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<TenantDoc, StoreError> {
+        let id = id.clone();
+        self.read(move |c| tenants::get(c, &id)).await
+    }
+
+    async fn delete_tenant(&self, id: &TenantId, if_match: Option<u64>) -> Result<u64, StoreError> {
+        let id = id.clone();
+        self.write(move |c| tenants::delete(c, &id, if_match)).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantDoc>, StoreError> {
+        self.read(tenants::list).await
+    }
+
+    async fn put_shard(&self, id: ShardId, doc: ShardDoc) -> Result<Written<ShardDoc>, StoreError> {
+        self.write(move |c| registry::put_shard(c, &id, doc)).await
+    }
+
+    async fn get_shard(&self, id: &ShardId) -> Result<ShardDoc, StoreError> {
+        let id = id.clone();
+        self.read(move |c| rows::shard(c, id.as_str())?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    async fn delete_shard(&self, id: &ShardId) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.write(move |c| registry::delete_shard(c, &id)).await
+    }
+
+    async fn list_shards(&self) -> Result<Vec<ShardDoc>, StoreError> {
+        self.read(|c| rows::all_docs(c, "SELECT doc FROM shards ORDER BY id"))
+            .await
+    }
+
+    async fn put_realm(&self, name: Realm, doc: RealmDoc) -> Result<Written<RealmDoc>, StoreError> {
+        self.write(move |c| registry::put_realm(c, &name, doc)).await
+    }
+
+    async fn get_realm(&self, name: &Realm) -> Result<RealmDoc, StoreError> {
+        let name = name.clone();
+        self.read(move |c| rows::realm(c, name.as_str())?.ok_or(StoreError::NotFound))
+            .await
+    }
+
+    async fn delete_realm(&self, name: &Realm) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.write(move |c| registry::delete_realm(c, &name)).await
+    }
+
+    async fn list_realms(&self) -> Result<Vec<RealmDoc>, StoreError> {
+        self.read(|c| rows::all_docs(c, "SELECT doc FROM realms ORDER BY name"))
+            .await
+    }
+
+    async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {
+        self.read(move |c| rows::changes(c, after, limit)).await
+    }
+
+    fn head(&self) -> u64 {
+        *self.inner.head.borrow()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.head.subscribe()
+    }
+}

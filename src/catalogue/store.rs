@@ -1,0 +1,107 @@
+//! The storage boundary of the catalogue: what any backing store (SQLite today, Postgres when
+//! the catalogue must be highly available) offers the HTTP API.
+//!
+//! Every write validates, changes the state and appends its [`Change`](crate::feed::Change) to the log in one
+//! transaction, so the log and the state never disagree.
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::feed::{ChangesPage, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Host, Realm, ShardId, TenantId};
+
+/// Why a store operation failed. The HTTP API maps each variant to one status code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No such tenant, shard or realm (404).
+    #[error("not found")]
+    NotFound,
+    /// `If-Match` named another version than the current one (409). `current` is 0 when the
+    /// tenant does not exist.
+    #[error("version conflict: the current version is {current}")]
+    VersionConflict {
+        /// The version the tenant has now.
+        current: u64,
+    },
+    /// A host of the document already names another tenant (409).
+    #[error("host {host} belongs to tenant {owner}")]
+    HostTaken {
+        /// The contested host.
+        host: Host,
+        /// The tenant holding it.
+        owner: TenantId,
+    },
+    /// The document breaks the catalogue's rules (422); every problem found is listed.
+    #[error("invalid document: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    /// The shard or realm is still referenced by tenants and cannot be deleted (409).
+    #[error("{0}")]
+    InUse(String),
+    /// The backing store failed (500).
+    #[error("storage: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps any error of the backing store.
+    pub fn storage(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Storage(e.into())
+    }
+}
+
+/// The outcome of a put: the stored document and whether it was created (rather than replaced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written<T> {
+    /// The document as stored (for tenants, with its new `version`).
+    pub doc: T,
+    /// True when nothing live existed under that id before (a re-created tenant counts too).
+    pub created: bool,
+}
+
+/// A catalogue store: tenants with compare-and-set versions, the shard registry, realms, and
+/// the ordered change log.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces tenant `id` with `doc` (whose `version` is ignored).
+    ///
+    /// With `if_match`, the write happens only when the tenant's current version equals it (a
+    /// missing tenant has version 0). The stored version starts at 1 and rises by one per write,
+    /// across deletes.
+    async fn put_tenant(
+        &self,
+        id: TenantId,
+        doc: TenantDoc,
+        if_match: Option<u64>,
+    ) -> Result<Written<TenantDoc>, StoreError>;
+    /// The live tenant `id`.
+    async fn get_tenant(&self, id: &TenantId) -> Result<TenantDoc, StoreError>;
+    /// Deletes tenant `id` (keeping a tombstone) and returns the version of the delete.
+    async fn delete_tenant(&self, id: &TenantId, if_match: Option<u64>) -> Result<u64, StoreError>;
+    /// Every live tenant, ordered by id.
+    async fn list_tenants(&self) -> Result<Vec<TenantDoc>, StoreError>;
+
+    /// Creates or replaces shard `id`; tenants placed on it must stay valid.
+    async fn put_shard(&self, id: ShardId, doc: ShardDoc) -> Result<Written<ShardDoc>, StoreError>;
+    /// The shard `id`.
+    async fn get_shard(&self, id: &ShardId) -> Result<ShardDoc, StoreError>;
+    /// Deletes shard `id`; refused with [`StoreError::InUse`] while a tenant is placed on it.
+    async fn delete_shard(&self, id: &ShardId) -> Result<(), StoreError>;
+    /// Every shard, ordered by id.
+    async fn list_shards(&self) -> Result<Vec<ShardDoc>, StoreError>;
+
+    /// Creates or replaces realm `name`; tenants in it must stay valid.
+    async fn put_realm(&self, name: Realm, doc: RealmDoc) -> Result<Written<RealmDoc>, StoreError>;
+    /// The realm `name`.
+    async fn get_realm(&self, name: &Realm) -> Result<RealmDoc, StoreError>;
+    /// Deletes realm `name`; refused with [`StoreError::InUse`] while a tenant is in it.
+    async fn delete_realm(&self, name: &Realm) -> Result<(), StoreError>;
+    /// Every realm, ordered by name.
+    async fn list_realms(&self) -> Result<Vec<RealmDoc>, StoreError>;
+
+    /// Up to `limit` changes with `seq > after`, in order, and the head when they were read.
+    async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError>;
+    /// The newest sequence number in the log (0 when empty).
+    fn head(&self) -> u64;
+    /// A receiver of the head, updated after every committed write (for long-polls).
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}

@@ -1,0 +1,124 @@
+//! The catalogue's rules, as pure functions over documents, so that every store checks the same
+//! things. Each returns every problem it finds; an empty list means the write may go ahead.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::feed::{RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Product, Realm, Region, ShardId, TenantId};
+
+/// One placement of a tenant, with the stored document a shard or realm change must stay
+/// compatible with: the tenant's realm when a shard changes, the placement's shard when a realm
+/// changes.
+#[derive(Debug, Clone)]
+pub struct PlacementOf<T> {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The product placed.
+    pub product: Product,
+    /// The related document.
+    pub with: T,
+}
+
+/// Problems of tenant `doc` written at URL id `id`; `realm` and `shards` are what the store
+/// holds for the realm and the shards the document names (absent when unknown).
+pub fn tenant_problems(
+    id: &TenantId,
+    doc: &TenantDoc,
+    realm: Option<&RealmDoc>,
+    shards: &BTreeMap<ShardId, ShardDoc>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if doc.id != *id {
+        problems.push(format!("id {} in the body differs from {id} in the URL", doc.id));
+    }
+    let mut seen = BTreeSet::new();
+    for host in &doc.hosts {
+        if !seen.insert(host) {
+            problems.push(format!("host {host} is listed twice"));
+        }
+    }
+    if realm.is_none() {
+        problems.push(format!("unknown realm {}", doc.realm));
+    }
+    for (product, placement) in &doc.placements {
+        match shards.get(&placement.shard) {
+            None => problems.push(format!("{product}: unknown shard {}", placement.shard)),
+            Some(shard) => problems.extend(placement_problems(product, shard, realm)),
+        }
+    }
+    problems
+}
+
+/// Problems of shard `doc` written at URL id `id`, given every placement now on it.
+pub fn shard_problems(id: &ShardId, doc: &ShardDoc, uses: &[PlacementOf<RealmDoc>]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if doc.id != *id {
+        problems.push(format!("id {} in the body differs from {id} in the URL", doc.id));
+    }
+    problems.extend(region_list_problems("shard", &doc.regions));
+    for u in uses {
+        let found = placement_problems(&u.product, doc, Some(&u.with));
+        problems.extend(found.into_iter().map(|p| format!("tenant {}: {p}", u.tenant)));
+    }
+    problems
+}
+
+/// Problems of realm `doc` written at URL name `name`, given every placement of its tenants.
+pub fn realm_problems(name: &Realm, doc: &RealmDoc, uses: &[PlacementOf<ShardDoc>]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if doc.name != *name {
+        problems.push(format!(
+            "name {} in the body differs from {name} in the URL",
+            doc.name
+        ));
+    }
+    problems.extend(region_list_problems("realm", &doc.regions));
+    for u in uses {
+        let found = placement_problems(&u.product, &u.with, Some(doc));
+        problems.extend(found.into_iter().map(|p| format!("tenant {}: {p}", u.tenant)));
+    }
+    problems
+}
+
+/// Whether `shard` may hold `product` for a tenant of `realm` (unchecked when the realm is
+/// unknown: that is reported once, on its own).
+fn placement_problems(product: &Product, shard: &ShardDoc, realm: Option<&RealmDoc>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if shard.product != *product {
+        problems.push(format!(
+            "{product}: shard {} serves {}, not {product}",
+            shard.id, shard.product
+        ));
+    }
+    if let Some(realm) = realm {
+        let outside: Vec<&str> = shard
+            .regions
+            .iter()
+            .filter(|r| !realm.regions.contains(r))
+            .map(Region::as_str)
+            .collect();
+        if !outside.is_empty() {
+            problems.push(format!(
+                "{product}: shard {} has data in {} outside realm {}",
+                shard.id,
+                outside.join(", "),
+                realm.name
+            ));
+        }
+    }
+    problems
+}
+
+fn region_list_problems(what: &str, regions: &[Region]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if regions.is_empty() {
+        problems.push(format!("a {what} needs at least one region"));
+    }
+    let mut seen = BTreeSet::new();
+    for r in regions {
+        if !seen.insert(r) {
+            problems.push(format!("region {r} is listed twice"));
+        }
+    }
+    problems
+}

@@ -1,0 +1,264 @@
+//! `tenant-edge ctl`: the operator CLI over the catalogue API, and the typed
+//! [`CatalogueClient`] it is built on.
+//!
+//! Exit codes: 0 done, 1 the catalogue refused (its message is printed), 2 the catalogue is
+//! unreachable or the input file is unusable.
+
+mod client;
+mod output;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use self::client::{CatalogueClient, ClientError};
+use crate::feed::{RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Realm, ShardId, TenantId};
+
+/// `tenant-edge ctl`: manage tenants, shards and realms in the catalogue.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Base URL of the catalogue API.
+    #[arg(
+        long,
+        global = true,
+        env = "TENANT_EDGE_CATALOGUE",
+        default_value = "http://127.0.0.1:7000"
+    )]
+    pub catalogue: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The `ctl` commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CtlCommand {
+    /// Tenants: hosts, realm, placements.
+    Tenants {
+        /// What to do with tenants.
+        #[command(subcommand)]
+        cmd: TenantCmd,
+    },
+    /// The shard registry.
+    Shards {
+        /// What to do with shards.
+        #[command(subcommand)]
+        cmd: ShardCmd,
+    },
+    /// Realms: the regions a tenant's data may live in.
+    Realms {
+        /// What to do with realms.
+        #[command(subcommand)]
+        cmd: RealmCmd,
+    },
+    /// Prints the change log.
+    Changes {
+        /// Print changes after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+/// `ctl tenants ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum TenantCmd {
+    /// Creates or replaces the tenant in FILE (`-` for stdin).
+    Put {
+        /// The tenant document.
+        file: PathBuf,
+        /// Write only if the tenant's current version is this one (0: it must not exist).
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+    /// Prints a tenant.
+    Get {
+        /// Tenant id.
+        #[arg(value_parser = TenantId::new)]
+        id: TenantId,
+    },
+    /// Lists every tenant.
+    List,
+    /// Deletes a tenant.
+    Delete {
+        /// Tenant id.
+        #[arg(value_parser = TenantId::new)]
+        id: TenantId,
+        /// Delete only if the tenant's current version is this one.
+        #[arg(long)]
+        if_match: Option<u64>,
+    },
+}
+
+/// `ctl shards ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ShardCmd {
+    /// Creates or replaces the shard in FILE (`-` for stdin).
+    Put {
+        /// The shard document.
+        file: PathBuf,
+    },
+    /// Prints a shard.
+    Get {
+        /// Shard id.
+        #[arg(value_parser = ShardId::new)]
+        id: ShardId,
+    },
+    /// Lists every shard.
+    List,
+    /// Deletes a shard no tenant uses.
+    Delete {
+        /// Shard id.
+        #[arg(value_parser = ShardId::new)]
+        id: ShardId,
+    },
+}
+
+/// `ctl realms ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum RealmCmd {
+    /// Creates or replaces the realm in FILE (`-` for stdin).
+    Put {
+        /// The realm document.
+        file: PathBuf,
+    },
+    /// Prints a realm.
+    Get {
+        /// Realm name.
+        #[arg(value_parser = Realm::new)]
+        name: Realm,
+    },
+    /// Lists every realm.
+    List,
+    /// Deletes a realm no tenant is in.
+    Delete {
+        /// Realm name.
+        #[arg(value_parser = Realm::new)]
+        name: Realm,
+    },
+}
+
+/// Why a `ctl` command failed.
+#[derive(Debug, thiserror::Error)]
+enum CtlError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{path}: {detail}")]
+    BadFile { path: PathBuf, detail: String },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CtlError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Client(ClientError::Api(_) | ClientError::Protocol { .. }) => 1,
+            CtlError::Client(ClientError::Unreachable { .. })
+            | CtlError::BadFile { .. }
+            | CtlError::Runtime(_) => 2,
+        }
+    }
+}
+
+impl CtlArgs {
+    /// Runs the command, printing its result to stdout and any error to stderr.
+    pub fn run(self) -> ExitCode {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CtlError::Runtime)
+            .and_then(|rt| rt.block_on(self.execute()));
+        match result {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        }
+    }
+
+    /// Runs the command and returns what to print.
+    async fn execute(self) -> Result<String, CtlError> {
+        let client = CatalogueClient::new(&self.catalogue)?;
+        match self.command {
+            CtlCommand::Tenants { cmd } => tenants(&client, cmd).await,
+            CtlCommand::Shards { cmd } => shards(&client, cmd).await,
+            CtlCommand::Realms { cmd } => realms(&client, cmd).await,
+            CtlCommand::Changes { after, limit } => {
+                let page = client.changes(after, limit, None).await?;
+                Ok(output::changes(&page.changes))
+            }
+        }
+    }
+}
+
+async fn tenants(client: &CatalogueClient, cmd: TenantCmd) -> Result<String, CtlError> {
+    Ok(match cmd {
+        TenantCmd::Put { file, if_match } => {
+            let doc: TenantDoc = read_doc(&file)?;
+            pretty(&client.put_tenant(&doc, if_match).await?)
+        }
+        TenantCmd::Get { id } => pretty(&client.get_tenant(&id).await?),
+        TenantCmd::List => output::tenants(&client.list_tenants().await?),
+        TenantCmd::Delete { id, if_match } => {
+            let version = client.delete_tenant(&id, if_match).await?;
+            format!("deleted tenant {id} (version {version})\n")
+        }
+    })
+}
+
+async fn shards(client: &CatalogueClient, cmd: ShardCmd) -> Result<String, CtlError> {
+    Ok(match cmd {
+        ShardCmd::Put { file } => pretty(&client.put_shard(&read_doc::<ShardDoc>(&file)?).await?),
+        ShardCmd::Get { id } => pretty(&client.get_shard(&id).await?),
+        ShardCmd::List => output::shards(&client.list_shards().await?),
+        ShardCmd::Delete { id } => {
+            client.delete_shard(&id).await?;
+            format!("deleted shard {id}\n")
+        }
+    })
+}
+
+async fn realms(client: &CatalogueClient, cmd: RealmCmd) -> Result<String, CtlError> {
+    Ok(match cmd {
+        RealmCmd::Put { file } => pretty(&client.put_realm(&read_doc::<RealmDoc>(&file)?).await?),
+        RealmCmd::Get { name } => pretty(&client.get_realm(&name).await?),
+        RealmCmd::List => output::realms(&client.list_realms().await?),
+        RealmCmd::Delete { name } => {
+            client.delete_realm(&name).await?;
+            format!("deleted realm {name}\n")
+        }
+    })
+}
+
+/// Reads and parses a document from `path`, or from stdin when it is `-`.
+fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<T, CtlError> {
+    let bad = |detail: String| CtlError::BadFile {
+        path: path.to_owned(),
+        detail,
+    };
+    let mut text = String::new();
+    if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut text).map(drop)
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| bad(e.to_string()))
+}
+
+fn pretty<T: Serialize>(doc: &T) -> String {
+    // Serialising our own documents to a string cannot fail; keep a fallback all the same.
+    let mut out = serde_json::to_string_pretty(doc).unwrap_or_else(|e| format!("<unprintable: {e}>"));
+    out.push('\n');
+    out
+}

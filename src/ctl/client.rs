@@ -1,0 +1,226 @@
+//! A small typed client of the catalogue API, for `ctl`, the dev stack and tests.
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::feed::{ApiError, ChangesPage, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Realm, ShardId, TenantId};
+
+/// Time allowed for one request, long-polls aside (they get their wait on top).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a catalogue call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The catalogue answered with an error status; `ApiError::status` is the HTTP status.
+    #[error("{} {}", .0.status, .0.error)]
+    Api(ApiError),
+    /// No answer: refused, reset, timed out.
+    #[error("cannot reach the catalogue at {url}: {source}")]
+    Unreachable {
+        /// The URL called.
+        url: String,
+        /// The cause.
+        source: reqwest::Error,
+    },
+    /// An answer that does not follow the contract.
+    #[error("unexpected answer from {url}: {detail}")]
+    Protocol {
+        /// The URL called.
+        url: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(e) => Some(e.status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one catalogue (`http://127.0.0.1:7000`).
+#[derive(Debug, Clone)]
+pub struct CatalogueClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl CatalogueClient {
+    /// A client of the catalogue at `base_url` (scheme, host and port; no path needed).
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|source| ClientError::Unreachable {
+                url: base.clone(),
+                source,
+            })?;
+        Ok(CatalogueClient { http, base })
+    }
+
+    /// Creates or replaces `doc.id`; with `if_match`, only if its version is that.
+    pub async fn put_tenant(&self, doc: &TenantDoc, if_match: Option<u64>) -> Result<TenantDoc, ClientError> {
+        let mut req = self
+            .request(Method::PUT, &format!("/v1/tenants/{}", doc.id))
+            .json(doc);
+        if let Some(v) = if_match {
+            req = req.header(reqwest::header::IF_MATCH, format!("\"{v}\""));
+        }
+        self.json(req).await
+    }
+
+    /// The tenant `id`.
+    pub async fn get_tenant(&self, id: &TenantId) -> Result<TenantDoc, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/tenants/{id}")))
+            .await
+    }
+
+    /// Deletes tenant `id` and returns the version of the delete.
+    pub async fn delete_tenant(&self, id: &TenantId, if_match: Option<u64>) -> Result<u64, ClientError> {
+        let mut req = self.request(Method::DELETE, &format!("/v1/tenants/{id}"));
+        if let Some(v) = if_match {
+            req = req.header(reqwest::header::IF_MATCH, format!("\"{v}\""));
+        }
+        let resp = self.send(req).await?;
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok());
+        etag.map(|t| t.trim_matches('"'))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| protocol(&resp, "no version in the ETag of a delete"))
+    }
+
+    /// Every tenant.
+    pub async fn list_tenants(&self) -> Result<Vec<TenantDoc>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/tenants")).await
+    }
+
+    /// Creates or replaces shard `doc.id`.
+    pub async fn put_shard(&self, doc: &ShardDoc) -> Result<ShardDoc, ClientError> {
+        self.put(&format!("/v1/shards/{}", doc.id), doc).await
+    }
+
+    /// The shard `id`.
+    pub async fn get_shard(&self, id: &ShardId) -> Result<ShardDoc, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/shards/{id}")))
+            .await
+    }
+
+    /// Deletes shard `id`.
+    pub async fn delete_shard(&self, id: &ShardId) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/v1/shards/{id}")))
+            .await?;
+        Ok(())
+    }
+
+    /// Every shard.
+    pub async fn list_shards(&self) -> Result<Vec<ShardDoc>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/shards")).await
+    }
+
+    /// Creates or replaces realm `doc.name`.
+    pub async fn put_realm(&self, doc: &RealmDoc) -> Result<RealmDoc, ClientError> {
+        self.put(&format!("/v1/realms/{}", doc.name), doc).await
+    }
+
+    /// The realm `name`.
+    pub async fn get_realm(&self, name: &Realm) -> Result<RealmDoc, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/realms/{name}")))
+            .await
+    }
+
+    /// Deletes realm `name`.
+    pub async fn delete_realm(&self, name: &Realm) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, &format!("/v1/realms/{name}")))
+            .await?;
+        Ok(())
+    }
+
+    /// Every realm.
+    pub async fn list_realms(&self) -> Result<Vec<RealmDoc>, ClientError> {
+        self.json(self.request(Method::GET, "/v1/realms")).await
+    }
+
+    /// Changes after `after` (at most `limit`, the server's default when `None`); when there
+    /// are none, the catalogue waits up to `wait_ms` for one.
+    pub async fn changes(
+        &self,
+        after: u64,
+        limit: Option<usize>,
+        wait_ms: Option<u64>,
+    ) -> Result<ChangesPage, ClientError> {
+        let mut query = vec![("after", after.to_string())];
+        query.extend(limit.map(|l| ("limit", l.to_string())));
+        query.extend(wait_ms.map(|w| ("wait_ms", w.to_string())));
+        let wait = Duration::from_millis(wait_ms.unwrap_or(0));
+        let req = self
+            .request(Method::GET, "/v1/changes")
+            .query(&query)
+            .timeout(REQUEST_TIMEOUT + wait);
+        self.json(req).await
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(REQUEST_TIMEOUT)
+    }
+
+    async fn put<T: Serialize + DeserializeOwned>(&self, path: &str, doc: &T) -> Result<T, ClientError> {
+        self.json(self.request(Method::PUT, path).json(doc)).await
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, ClientError> {
+        let resp = self.send(req).await?;
+        let url = resp.url().to_string();
+        resp.json().await.map_err(|e| ClientError::Protocol {
+            url,
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends `req`; a non-success status becomes [`ClientError::Api`].
+    async fn send(&self, req: RequestBuilder) -> Result<Response, ClientError> {
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable {
+            url: source
+                .url()
+                .map_or_else(|| self.base.clone(), ToString::to_string),
+            source,
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(ClientError::Api(api_error(resp).await))
+    }
+}
+
+/// The error body of `resp`, or one made from its status when it carries none.
+async fn api_error(resp: Response) -> ApiError {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|_| ApiError {
+        status: status.as_u16(),
+        error: if text.is_empty() { reason(status) } else { text },
+    })
+}
+
+fn reason(status: StatusCode) -> String {
+    status.canonical_reason().unwrap_or("error").to_owned()
+}
+
+fn protocol(resp: &Response, detail: &str) -> ClientError {
+    ClientError::Protocol {
+        url: resp.url().to_string(),
+        detail: detail.to_owned(),
+    }
+}

@@ -1,0 +1,134 @@
+//! What `ctl` prints: aligned tables for lists, pretty JSON for single documents.
+
+use crate::feed::{Change, ChangeBody, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::PlacementState;
+
+/// Rows under `headers`, columns padded to their widest cell (the last column unpadded).
+pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `ID VERSION REALM HOSTS PLACEMENTS`, placements as `jira=jira-us-east-1`.
+pub(super) fn tenants(docs: &[TenantDoc]) -> String {
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|t| {
+            let hosts: Vec<&str> = t.hosts.iter().map(|h| h.as_str()).collect();
+            let placements: Vec<String> = t
+                .placements
+                .iter()
+                .map(|(product, p)| match p.state {
+                    PlacementState::Active => format!("{product}={}", p.shard),
+                    PlacementState::Frozen => format!("{product}={}(frozen)", p.shard),
+                })
+                .collect();
+            vec![
+                t.id.to_string(),
+                t.version.to_string(),
+                t.realm.to_string(),
+                hosts.join(","),
+                placements.join(","),
+            ]
+        })
+        .collect();
+    table(&["ID", "VERSION", "REALM", "HOSTS", "PLACEMENTS"], &rows)
+}
+
+/// `ID PRODUCT REGIONS`.
+pub(super) fn shards(docs: &[ShardDoc]) -> String {
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|s| vec![s.id.to_string(), s.product.to_string(), joined(&s.regions)])
+        .collect();
+    table(&["ID", "PRODUCT", "REGIONS"], &rows)
+}
+
+/// `NAME REGIONS`.
+pub(super) fn realms(docs: &[RealmDoc]) -> String {
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|r| vec![r.name.to_string(), joined(&r.regions)])
+        .collect();
+    table(&["NAME", "REGIONS"], &rows)
+}
+
+/// `SEQ KIND ID VERSION OP`.
+pub(super) fn changes(changes: &[Change]) -> String {
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|c| {
+            let (kind, id, version, deleted) = match &c.body {
+                ChangeBody::Tenant { id, version, doc } => {
+                    ("tenant", id.to_string(), version.to_string(), doc.is_none())
+                }
+                ChangeBody::Shard { id, doc } => ("shard", id.to_string(), "-".to_owned(), doc.is_none()),
+                ChangeBody::Realm { name, doc } => ("realm", name.to_string(), "-".to_owned(), doc.is_none()),
+            };
+            let op = if deleted { "delete" } else { "put" };
+            vec![c.seq.to_string(), kind.to_owned(), id, version, op.to_owned()]
+        })
+        .collect();
+    table(&["SEQ", "KIND", "ID", "VERSION", "OP"], &rows)
+}
+
+fn joined<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec!["acme".to_owned(), "12".to_owned(), "x".to_owned()],
+            vec!["a".to_owned(), "3".to_owned(), "yy".to_owned()],
+        ];
+        assert_eq!(
+            table(&["ID", "VERSION", "Z"], &rows),
+            "ID    VERSION  Z\nacme  12       x\na     3        yy\n"
+        );
+    }
+
+    #[test]
+    fn tenant_rows_show_hosts_and_placements() {
+        let doc: TenantDoc = serde_json::from_str(
+            r#"{"id":"acme","hosts":["acme.example.test","www.acme.test"],"realm":"us","version":2,
+               "placements":{"jira":{"shard":"jira-us-east-1"},
+                             "confluence":{"shard":"confluence-us-east-1","state":"frozen"}}}"#,
+        )
+        .unwrap();
+        let out = tenants(&[doc]);
+        let line = out.lines().nth(1).unwrap();
+        assert!(
+            line.starts_with("acme  2        us     acme.example.test,www.acme.test  "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("confluence=confluence-us-east-1(frozen),jira=jira-us-east-1"),
+            "{line}"
+        );
+    }
+}
