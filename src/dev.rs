@@ -117,25 +117,44 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
     let routes = RouteStore::load(&args.routes)?.current();
     for shard in routes.shards.values() {
         for (i, &listen) in shard.backends.iter().enumerate() {
-            let cfg = DemoShardConfig { shard: shard.id.to_string(), backend: format!("b{}", i + 1), listen };
+            let cfg = DemoShardConfig {
+                shard: shard.id.to_string(),
+                backend: format!("b{}", i + 1),
+                listen,
+            };
             spawn_part(parts, crate::demo::run(cfg, shutdown.clone()));
         }
     }
     let catalogue_addr = loopback(ports::CATALOGUE);
-    let catalogue = CatalogueConfig { listen: catalogue_addr, data_dir: args.data.join("catalogue") };
+    let catalogue = CatalogueConfig {
+        listen: catalogue_addr,
+        data_dir: args.data.join("catalogue"),
+    };
     spawn_part(parts, crate::catalogue::run(catalogue, shutdown.clone()));
     let catalogue_url = format!("http://{catalogue_addr}");
     wait_ready(&format!("{catalogue_url}/healthz"), "catalogue").await?;
     seed(&CatalogueClient::new(&catalogue_url)?, &routes).await?;
 
     let mut endpoints = Vec::new();
-    for (region, port) in [("us-east-1", ports::TCS_US_EAST_1), ("eu-west-1", ports::TCS_EU_WEST_1)] {
-        let cfg = tcs_config(&args.data, &name(Region::new(region))?, loopback(port), &catalogue_url);
+    for (region, port) in [
+        ("us-east-1", ports::TCS_US_EAST_1),
+        ("eu-west-1", ports::TCS_EU_WEST_1),
+    ] {
+        let cfg = tcs_config(
+            &args.data,
+            &name(Region::new(region))?,
+            loopback(port),
+            &catalogue_url,
+        );
         write_toml(&args.data.join(format!("tcs-{region}.toml")), &cfg)?;
         spawn_part(parts, crate::tcs::run(cfg, shutdown.clone()));
         let url = format!("http://{}", loopback(port));
         wait_ready(&format!("{url}/readyz"), &format!("tcs {region}")).await?;
-        endpoints.push(TcsEndpoint { region: region.into(), url, token: DEV_EDGE_TOKEN.into() });
+        endpoints.push(TcsEndpoint {
+            region: region.into(),
+            url,
+            token: DEV_EDGE_TOKEN.into(),
+        });
     }
     let edge = edge_config(args, endpoints);
     write_toml(&args.data.join("edge.toml"), &edge)?;
@@ -204,12 +223,27 @@ fn name<T>(r: Result<T, crate::tenant::NameError>) -> Result<T, DevError> {
 /// Seeds realms, the shards of the route file and the demo tenants; existing tenants are left
 /// as they are, so a restart keeps what the operator changed.
 async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -> Result<(), DevError> {
-    for (realm, regions) in [("us", ["us-east-1", "us-west-2"]), ("eu", ["eu-west-1", "eu-central-1"])] {
-        let regions = regions.iter().map(|r| name(Region::new(r))).collect::<Result<_, _>>()?;
-        client.put_realm(&RealmDoc { name: name(Realm::new(realm))?, regions }).await?;
+    for (realm, regions) in [
+        ("us", ["us-east-1", "us-west-2"]),
+        ("eu", ["eu-west-1", "eu-central-1"]),
+    ] {
+        let regions = regions
+            .iter()
+            .map(|r| name(Region::new(r)))
+            .collect::<Result<_, _>>()?;
+        client
+            .put_realm(&RealmDoc {
+                name: name(Realm::new(realm))?,
+                regions,
+            })
+            .await?;
     }
     for shard in routes.shards.values() {
-        let doc = ShardDoc { id: shard.id.clone(), product: shard.product.clone(), regions: vec![shard.region.clone()] };
+        let doc = ShardDoc {
+            id: shard.id.clone(),
+            product: shard.product.clone(),
+            regions: vec![shard.region.clone()],
+        };
         client.put_shard(&doc).await?;
     }
     for doc in demo_tenants()? {
@@ -230,46 +264,64 @@ pub fn demo_tenants() -> Result<Vec<TenantDoc>, DevError> {
         let placements = placements
             .iter()
             .map(|(p, s)| {
-                let placement = Placement { shard: name(ShardId::new(s))?, state: PlacementState::Active };
+                let placement = Placement {
+                    shard: name(ShardId::new(s))?,
+                    state: PlacementState::Active,
+                };
                 Ok((name(Product::new(p))?, placement))
             })
             .collect::<Result<_, DevError>>()?;
         let host = crate::tenant::Host::parse(&format!("{id}.example.test"))
             .map_err(|e| DevError::Part(e.to_string()))?;
-        Ok(TenantDoc { id: name(TenantId::new(id))?, hosts: vec![host], realm: name(Realm::new(realm))?, placements, version: 0 })
+        Ok(TenantDoc {
+            id: name(TenantId::new(id))?,
+            hosts: vec![host],
+            realm: name(Realm::new(realm))?,
+            placements,
+            version: 0,
+        })
     };
     Ok(vec![
-        tenant("acme", "us", &[("jira", "jira-us-east-1"), ("confluence", "confluence-us-east-1")])?,
-        tenant("globex", "eu", &[("jira", "jira-eu-west-1"), ("confluence", "confluence-eu-west-1")])?,
+        tenant(
+            "acme",
+            "us",
+            &[("jira", "jira-us-east-1"), ("confluence", "confluence-us-east-1")],
+        )?,
+        tenant(
+            "globex",
+            "eu",
+            &[("jira", "jira-eu-west-1"), ("confluence", "confluence-eu-west-1")],
+        )?,
         tenant("initech", "us", &[("jira", "jira-us-east-1")])?,
     ])
 }
 
 fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot) {
     let backends: usize = routes.shards.values().map(|s| s.backends.len()).sum();
-    println!(
-        "\n\
-tenant-edge dev stack is up (data in {data})\n\
-  edge        http://127.0.0.1:{http}   https://127.0.0.1:{https} (h2)   admin http://127.0.0.1:{admin}\n\
-  catalogue   http://127.0.0.1:{cat}\n\
-  tcs         us-east-1 http://127.0.0.1:{tcs1}   eu-west-1 http://127.0.0.1:{tcs2}\n\
-  shards      {shards} demo shards, {backends} backends (routes: {routes})\n\
-  tenants     acme.example.test, globex.example.test, initech.example.test\n\
-\n\
-Try:\n\
-  curl -s -H 'Host: acme.example.test' http://127.0.0.1:{http}/\n\
-  curl -s -H 'Host: globex.example.test' http://127.0.0.1:{http}/wiki/spaces\n\
-  curl -sk --http2 --resolve acme.example.test:{https}:127.0.0.1 https://acme.example.test:{https}/wiki\n\
-\n\
-Ctrl-C stops everything.",
-        data = args.data.display(),
-        http = ports::EDGE_HTTP,
-        https = ports::EDGE_HTTPS,
-        admin = ports::EDGE_ADMIN,
-        cat = ports::CATALOGUE,
-        tcs1 = ports::TCS_US_EAST_1,
-        tcs2 = ports::TCS_EU_WEST_1,
-        shards = routes.shards.len(),
-        routes = args.routes.display(),
-    );
+    let (http, https, admin) = (ports::EDGE_HTTP, ports::EDGE_HTTPS, ports::EDGE_ADMIN);
+    let lines = [
+        String::new(),
+        format!("tenant-edge dev stack is up (data in {})", args.data.display()),
+        format!("  edge        http://127.0.0.1:{http}   https://127.0.0.1:{https} (h2)   admin http://127.0.0.1:{admin}"),
+        format!("  catalogue   http://127.0.0.1:{}", ports::CATALOGUE),
+        format!(
+            "  tcs         us-east-1 http://127.0.0.1:{}   eu-west-1 http://127.0.0.1:{}",
+            ports::TCS_US_EAST_1,
+            ports::TCS_EU_WEST_1
+        ),
+        format!(
+            "  shards      {} demo shards, {backends} backends (routes: {})",
+            routes.shards.len(),
+            args.routes.display()
+        ),
+        "  tenants     acme.example.test, globex.example.test, initech.example.test".into(),
+        String::new(),
+        "Try:".into(),
+        format!("  curl -s -H 'Host: acme.example.test' http://127.0.0.1:{http}/"),
+        format!("  curl -s -H 'Host: globex.example.test' http://127.0.0.1:{http}/wiki/spaces"),
+        format!("  curl -sk --http2 --resolve acme.example.test:{https}:127.0.0.1 https://acme.example.test:{https}/wiki"),
+        String::new(),
+        "Ctrl-C stops everything.".into(),
+    ];
+    println!("{}", lines.join("\n"));
 }
