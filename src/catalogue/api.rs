@@ -8,6 +8,7 @@
 
 mod extract;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,24 @@ struct AppState {
     store: Arc<dyn Store>,
     /// Cancelled at shutdown, so long-polls answer at once instead of holding it up.
     shutdown: CancellationToken,
+    /// Long-polls parked right now (readers tailing an idle log), shown by `/healthz`.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts one parked long-poll for as long as it lives.
+struct Parked(Arc<AtomicUsize>);
+
+impl Parked {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Parked(Arc::clone(count))
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The catalogue API over `store`, for in-process use (tests, the dev stack).
@@ -70,7 +89,11 @@ pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken) -> Router 
             Failure::Http(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(AppState { store, shutdown })
+        .with_state(AppState {
+            store,
+            shutdown,
+            waiting: Arc::default(),
+        })
 }
 
 /// Everything a handler can fail with; the one place errors become responses.
@@ -145,12 +168,14 @@ fn no_if_match(IfMatch(v): IfMatch) -> Result<(), Failure> {
 struct Health {
     status: &'static str,
     head: u64,
+    waiting: usize,
 }
 
 async fn healthz(State(s): State<AppState>) -> Json<Health> {
     Json(Health {
         status: "ok",
         head: s.store.head(),
+        waiting: s.waiting.load(Ordering::Relaxed),
     })
 }
 
@@ -261,6 +286,7 @@ async fn changes(
         return Ok(Json(page));
     }
     let after = q.after;
+    let _parked = Parked::new(&s.waiting);
     let newer = async move { head.wait_for(|h| *h > after).await.is_ok() };
     tokio::select! {
         _ = tokio::time::timeout(wait, newer) => {}

@@ -69,13 +69,8 @@ impl CatalogueClient {
 
     /// Creates or replaces `doc.id`; with `if_match`, only if its version is that.
     pub async fn put_tenant(&self, doc: &TenantDoc, if_match: Option<u64>) -> Result<TenantDoc, ClientError> {
-        let mut req = self
-            .request(Method::PUT, &format!("/v1/tenants/{}", doc.id))
-            .json(doc);
-        if let Some(v) = if_match {
-            req = req.header(reqwest::header::IF_MATCH, format!("\"{v}\""));
-        }
-        self.json(req).await
+        let req = self.request(Method::PUT, &format!("/v1/tenants/{}", doc.id));
+        self.json(with_if_match(req.json(doc), if_match)).await
     }
 
     /// The tenant `id`.
@@ -86,11 +81,8 @@ impl CatalogueClient {
 
     /// Deletes tenant `id` and returns the version of the delete.
     pub async fn delete_tenant(&self, id: &TenantId, if_match: Option<u64>) -> Result<u64, ClientError> {
-        let mut req = self.request(Method::DELETE, &format!("/v1/tenants/{id}"));
-        if let Some(v) = if_match {
-            req = req.header(reqwest::header::IF_MATCH, format!("\"{v}\""));
-        }
-        let resp = self.send(req).await?;
+        let req = self.request(Method::DELETE, &format!("/v1/tenants/{id}"));
+        let resp = self.send(with_if_match(req, if_match)).await?;
         let etag = resp
             .headers()
             .get(reqwest::header::ETAG)
@@ -201,6 +193,13 @@ impl CatalogueClient {
             return Ok(resp);
         }
         Err(ClientError::Api(api_error(resp).await))
+    }
+}
+
+fn with_if_match(req: RequestBuilder, if_match: Option<u64>) -> RequestBuilder {
+    match if_match {
+        Some(v) => req.header(reqwest::header::IF_MATCH, format!("\"{v}\"")),
+        None => req,
     }
 }
 

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::Failure;
+use super::{Failure, MAX_BODY};
 use crate::tenant::{NameError, Realm, ShardId, TenantId};
 
 /// A name taken from the URL path.
@@ -82,7 +82,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Doc<T> {
     type Rejection = Failure;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
-        // Bytes honours the body limit; its rejection (413, 400) keeps its status.
+        // Refuse a declared oversize body before reading any of it. One that is streamed
+        // without a length is cut off by the body limit: Bytes' rejection keeps its 413.
+        if declared_length(req.headers()).is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(Failure::Http(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY} bytes"),
+            ));
+        }
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|r| Failure::Http(r.status(), r.body_text()))?;
@@ -92,6 +99,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Doc<T> {
             .map(Doc)
             .map_err(|e| Failure::Http(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid document: {e}")))
     }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// A query string: a malformed one is a 400.

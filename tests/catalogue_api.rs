@@ -1,0 +1,454 @@
+//! The catalogue binary over real HTTP: status codes of the contract, compare-and-set, the
+//! change log and its long-poll, durability across a restart, and `ctl`.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail the test by unwrapping")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, ETAG, IF_MATCH};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenant-edge");
+
+/// A catalogue process on a free loopback port, killed when dropped.
+struct Catalogue {
+    child: Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Catalogue {
+    /// Starts the binary and returns once it has logged that it listens.
+    fn start(data: &Path) -> Self {
+        // Port 0 is not an option across a process boundary: pick a free port, then free it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(BIN)
+            .args(["catalogue", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (ready, listening) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[catalogue] {line}");
+                if line.contains("catalogue listening on") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        // Returns at once if the process dies (the sender is dropped); the bound is a backstop.
+        listening.recv_timeout(Duration::from_secs(60)).unwrap();
+        Catalogue {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<&str>, if_match: Option<&str>) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_owned());
+        }
+        if let Some(m) = if_match {
+            req = req.header(IF_MATCH, m);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| format!("not JSON ({e}): {text}"))
+                .unwrap()
+        };
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.call(Method::PUT, path, Some(&body.to_string()), None).await
+    }
+
+    async fn put_if(&self, path: &str, body: &Value, if_match: &str) -> Reply {
+        self.call(Method::PUT, path, Some(&body.to_string()), Some(if_match))
+            .await
+    }
+
+    async fn delete(&self, path: &str, if_match: Option<&str>) -> Reply {
+        self.call(Method::DELETE, path, None, if_match).await
+    }
+
+    /// Sends only the head of a PUT declaring a 2 MiB body and reads the answer: the limit must
+    /// be enforced before any body is read. (A client that really sends the body races the early
+    /// answer against the server closing the half-read connection.)
+    async fn declare_huge_body(&self, path: &str) -> (String, Value) {
+        let addr = self.base.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            2 << 20
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        // A server that waits for the body would never answer: bound the wait.
+        tokio::time::timeout(Duration::from_secs(20), conn.read_to_string(&mut answer))
+            .await
+            .map_err(|_| "no answer before the body was sent")
+            .unwrap()
+            .unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.lines().next().unwrap().to_owned();
+        (status, serde_json::from_str(body).unwrap())
+    }
+
+    /// Runs `tenant-edge ctl` against this catalogue.
+    fn ctl(&self, args: &[&str], stdin: &str) -> Output {
+        ctl_at(&self.base, args, stdin)
+    }
+}
+
+impl Drop for Catalogue {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctl_at(base: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["ctl", "--catalogue", base])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    json: Value,
+}
+
+impl Reply {
+    /// Asserts the status and, for errors, the JSON error body; returns the body.
+    fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.json);
+        if status >= 400 {
+            assert_eq!(self.json["status"], status, "{}", self.json);
+            assert!(self.json["error"].is_string(), "{}", self.json);
+        }
+        self.json
+    }
+
+    fn etag(&self) -> &str {
+        self.headers.get(ETAG).unwrap().to_str().unwrap()
+    }
+}
+
+fn acme() -> Value {
+    json!({"id": "acme", "hosts": ["acme.example.test"], "realm": "us",
+           "placements": {"jira": {"shard": "jira-us-east-1"}}})
+}
+
+/// Realms us and eu, shards jira-us-east-1, jira-eu-west-1, confluence-us-east-1.
+async fn seed_registry(c: &Catalogue) {
+    c.put(
+        "/v1/realms/us",
+        &json!({"name": "us", "regions": ["us-east-1", "us-west-2"]}),
+    )
+    .await
+    .expect(201);
+    c.put(
+        "/v1/realms/eu",
+        &json!({"name": "eu", "regions": ["eu-west-1", "eu-central-1"]}),
+    )
+    .await
+    .expect(201);
+    for (id, product, region) in [
+        ("jira-us-east-1", "jira", "us-east-1"),
+        ("jira-eu-west-1", "jira", "eu-west-1"),
+        ("confluence-us-east-1", "confluence", "us-east-1"),
+    ] {
+        let doc = json!({"id": id, "product": product, "regions": [region]});
+        c.put(&format!("/v1/shards/{id}"), &doc).await.expect(201);
+    }
+}
+
+#[tokio::test]
+async fn tenants_follow_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalogue::start(dir.path());
+    assert_eq!(c.get("/healthz").await.expect(200)["status"], "ok");
+    seed_registry(&c).await;
+
+    let created = c.put("/v1/tenants/acme", &acme()).await;
+    assert_eq!(created.etag(), "\"1\"");
+    assert_eq!(created.expect(201)["version"], 1);
+    let mut both = acme();
+    both["placements"]["confluence"] = json!({"shard": "confluence-us-east-1"});
+    let replaced = c.put("/v1/tenants/acme", &both).await;
+    assert_eq!(replaced.etag(), "\"2\"");
+    assert_eq!(replaced.expect(200)["version"], 2);
+
+    // Compare-and-set: stale and current versions, quoted or not; garbage is a 400.
+    let stale = c.put_if("/v1/tenants/acme", &both, "\"1\"").await.expect(409);
+    assert!(
+        stale["error"].as_str().unwrap().contains("current version is 2"),
+        "{stale}"
+    );
+    assert_eq!(
+        c.put_if("/v1/tenants/acme", &both, "2").await.expect(200)["version"],
+        3
+    );
+    c.put_if("/v1/tenants/acme", &both, "three").await.expect(400);
+
+    let thief = json!({"id": "globex", "hosts": ["acme.example.test"], "realm": "eu"});
+    let taken = c.put("/v1/tenants/globex", &thief).await.expect(409);
+    assert!(taken["error"].as_str().unwrap().contains("acme"), "{taken}");
+
+    let mut abroad = acme();
+    abroad["placements"]["jira"]["shard"] = json!("jira-eu-west-1");
+    let outside = c.put("/v1/tenants/acme", &abroad).await.expect(422);
+    assert!(
+        outside["error"].as_str().unwrap().contains("outside realm us"),
+        "{outside}"
+    );
+    let mut unknown = acme();
+    unknown["placements"]["jira"]["shard"] = json!("jira-nowhere-1");
+    let unknown = c.put("/v1/tenants/acme", &unknown).await.expect(422);
+    assert!(
+        unknown["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown shard jira-nowhere-1"),
+        "{unknown}"
+    );
+    c.put("/v1/tenants/other", &acme()).await.expect(422);
+    c.put("/v1/tenants/acme", &json!({"id": 5})).await.expect(422);
+    c.put("/v1/tenants/Acme!", &acme()).await.expect(400);
+
+    let broken = c.call(Method::PUT, "/v1/tenants/acme", Some("{\"id\": \"acme\","), None);
+    broken.await.expect(400);
+    let (status, body) = c.declare_huge_body("/v1/tenants/acme").await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    assert_eq!(body["status"], 413, "{body}");
+    // Nothing refused above changed the tenant.
+    let current = c.get("/v1/tenants/acme").await;
+    assert_eq!(current.etag(), "\"3\"");
+    let mut expected = both.clone();
+    expected["version"] = json!(3);
+    expected["placements"]["jira"]["state"] = json!("active");
+    expected["placements"]["confluence"]["state"] = json!("active");
+    assert_eq!(current.expect(200), expected);
+    assert_eq!(c.get("/v1/tenants").await.expect(200), json!([expected]));
+
+    c.delete("/v1/shards/jira-us-east-1", None).await.expect(409);
+    c.delete("/v1/tenants/acme", Some("\"2\"")).await.expect(409);
+    let gone = c.delete("/v1/tenants/acme", Some("\"3\"")).await;
+    assert_eq!(gone.etag(), "\"4\"");
+    gone.expect(204);
+    c.get("/v1/tenants/acme").await.expect(404);
+    c.delete("/v1/tenants/acme", None).await.expect(404);
+    c.get("/v1/nothing-here").await.expect(404);
+    c.delete("/v1/shards/jira-us-east-1", None).await.expect(204);
+}
+
+#[tokio::test]
+async fn the_change_log_lists_every_write_and_long_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalogue::start(dir.path());
+    seed_registry(&c).await; // seqs 1..=5
+    c.put("/v1/tenants/acme", &acme()).await.expect(201); // 6
+    c.delete("/v1/tenants/acme", None).await.expect(204); // 7
+
+    let page = c.get("/v1/changes?after=0").await.expect(200);
+    assert_eq!(page["head"], 7);
+    let seqs: Vec<u64> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| ch["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
+    let kinds: Vec<&str> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| ch["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["realm", "realm", "shard", "shard", "shard", "tenant", "tenant"]
+    );
+    assert_eq!(page["changes"][5]["doc"]["id"], "acme");
+    assert_eq!(page["changes"][6]["version"], 2);
+    assert_eq!(page["changes"][6]["doc"], Value::Null);
+
+    let paged = c.get("/v1/changes?after=2&limit=2").await.expect(200);
+    assert_eq!(paged["changes"][0]["seq"], 3);
+    assert_eq!(paged["changes"].as_array().unwrap().len(), 2);
+    c.get("/v1/changes?after=minus-one").await.expect(400);
+
+    // Nothing new: a short wait answers empty with the head.
+    let idle = c.get("/v1/changes?after=7&wait_ms=20").await.expect(200);
+    assert_eq!(idle, json!({"changes": [], "head": 7}));
+
+    // A long wait answers as soon as a write lands.
+    let client = c.http.clone();
+    let url = format!("{}/v1/changes?after=7&wait_ms=30000", c.base);
+    let poll = tokio::spawn(async move {
+        client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    // Write only once the poll is parked, so that the write is what wakes it.
+    while c.get("/healthz").await.expect(200)["waiting"] != 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.put("/v1/tenants/acme", &acme()).await.expect(201);
+    // After its 30 s the poll would re-read and find the write too, so only answering well before
+    // then shows that the write woke it. The bound is generous: a wake takes milliseconds.
+    let woke = tokio::time::timeout(Duration::from_secs(20), poll)
+        .await
+        .map_err(|_| "the long-poll did not wake on the write")
+        .unwrap()
+        .unwrap();
+    assert_eq!(woke["changes"][0]["seq"], 8, "{woke}");
+    assert_eq!(woke["changes"][0]["kind"], "tenant");
+    assert_eq!(woke["changes"][0]["version"], 3);
+}
+
+#[tokio::test]
+async fn a_restart_keeps_everything_and_ctl_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let c = Catalogue::start(dir.path());
+        seed_registry(&c).await;
+        c.put("/v1/tenants/acme", &acme()).await.expect(201);
+        c.put("/v1/tenants/acme", &acme()).await.expect(200);
+        (
+            c.get("/v1/tenants/acme").await.expect(200),
+            c.get("/v1/changes").await.expect(200),
+        )
+        // Dropped here: killed without a chance to flush anything.
+    };
+    let c = Catalogue::start(dir.path());
+    assert_eq!(c.get("/v1/tenants/acme").await.expect(200), before.0);
+    assert_eq!(c.get("/v1/changes").await.expect(200), before.1);
+    assert_eq!(c.get("/healthz").await.expect(200)["head"], 7);
+
+    let initech = r#"{"id": "initech", "hosts": ["initech.example.test"], "realm": "us",
+                      "placements": {"jira": {"shard": "jira-us-east-1"}}}"#;
+    let put = c.ctl(&["tenants", "put", "-"], initech);
+    assert!(put.status.success(), "{put:?}");
+    let stored: Value = serde_json::from_slice(&put.stdout).unwrap();
+    assert_eq!(stored["version"], 1);
+
+    let list = c.ctl(&["tenants", "list"], "");
+    assert!(list.status.success(), "{list:?}");
+    let out = String::from_utf8(list.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let cells = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(cells(lines[0]), ["ID", "VERSION", "REALM", "HOSTS", "PLACEMENTS"]);
+    assert_eq!(
+        cells(lines[1]),
+        ["acme", "2", "us", "acme.example.test", "jira=jira-us-east-1"]
+    );
+    assert_eq!(cells(lines[2])[..2], ["initech", "1"]);
+    // Columns are aligned: every row's second column starts where the header's does.
+    let at = lines[0].find("VERSION").unwrap();
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l[at..].starts_with(|ch: char| ch.is_ascii_digit())),
+        "{out}"
+    );
+
+    let missing = c.ctl(&["tenants", "get", "nobody"], "");
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{missing:?}"
+    );
+    drop(c);
+    let unreachable = ctl_at(&unused_base(), &["tenants", "list"], "");
+    assert_eq!(unreachable.status.code(), Some(2), "{unreachable:?}");
+}
+
+/// A loopback URL where nothing listens.
+fn unused_base() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn sigterm_answers_parked_polls_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Catalogue::start(dir.path());
+    let url = format!("{}/v1/changes?after=0&wait_ms=30000", c.base);
+    let poll = tokio::spawn(c.http.get(url).send());
+    while c.get("/healthz").await.expect(200)["waiting"] != 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = c.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    // Graceful shutdown waits for requests in flight; the poll must be cut short, not waited
+    // out for its 30 s.
+    let answered = tokio::time::timeout(Duration::from_secs(20), poll)
+        .await
+        .map_err(|_| "the parked poll held up shutdown")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        answered.json::<Value>().await.unwrap(),
+        json!({"changes": [], "head": 0})
+    );
+    assert!(c.child.wait().unwrap().success());
+}
