@@ -2,6 +2,11 @@
 //!
 //! Run with `cargo bench --bench hot_path`; numbers are recorded in `bench/README.md`.
 
+#![expect(
+    missing_docs,
+    reason = "criterion's macros generate undocumented public functions"
+)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;

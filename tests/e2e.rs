@@ -291,7 +291,10 @@ async fn tcs_restart_resumes_from_its_snapshot_file() {
         let token = token.clone();
         async move {
             match http.get(url).header("authorization", token).send().await {
-                Ok(r) => (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null)),
+                Ok(r) => (
+                    r.status().as_u16(),
+                    r.json::<Value>().await.unwrap_or(Value::Null),
+                ),
                 Err(_) => (0, Value::Null),
             }
         }

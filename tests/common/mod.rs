@@ -2,6 +2,12 @@
 //! regions, edge) on free loopback ports, each as its own process, and stops them on drop.
 
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: failing loudly is the point"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
