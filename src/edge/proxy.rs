@@ -357,6 +357,12 @@ impl ProxyHttp for EdgeProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
+        // Our own decisions (an HTTPStatus error, raised before any upstream I/O) leave the
+        // client connection in a clean state; anything else may have left a body half read.
+        let reusable = matches!(e.etype(), HTTPStatus(_));
+        if !reusable {
+            session.set_keepalive(None);
+        }
         if status > 0 {
             let reason = match status {
                 503 => "no healthy backend for the shard",
