@@ -17,7 +17,6 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -99,49 +98,11 @@ pub struct CatalogueArgs {
     pub data_dir: PathBuf,
 }
 
-impl CatalogueArgs {
-    /// Runs the catalogue until SIGINT or SIGTERM.
-    pub fn run(self) -> ExitCode {
-        let cfg = CatalogueConfig {
-            listen: self.listen,
-            data_dir: self.data_dir,
-        };
-        let result = tokio::runtime::Runtime::new().map(|rt| {
-            rt.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
-                run(cfg, shutdown).await
-            })
-        });
-        match result {
-            Ok(Ok(())) => ExitCode::SUCCESS,
-            Ok(Err(e)) => {
-                tracing::error!("{e}");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                tracing::error!("cannot start the runtime: {e}");
-                ExitCode::FAILURE
-            }
+impl From<CatalogueArgs> for CatalogueConfig {
+    fn from(args: CatalogueArgs) -> Self {
+        CatalogueConfig {
+            listen: args.listen,
+            data_dir: args.data_dir,
         }
     }
-}
-
-/// Cancels `token` on the first SIGINT or SIGTERM.
-async fn cancel_on_signal(token: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            // Without a SIGTERM handler, SIGINT still works.
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
-    token.cancel();
 }

@@ -66,7 +66,7 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_json);
     match cli.command {
         Command::CheckRoutes { file } => check_routes(&file),
-        Command::Catalogue(args) => args.run(),
+        Command::Catalogue(args) => run_role(|shutdown| crate::catalogue::run(args.into(), shutdown)),
         Command::Ctl(args) => args.run(),
         Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
         Command::Tcs { config } => match crate::tcs::TcsConfig::load(&config) {
