@@ -1,1 +1,237 @@
+//! The cache against a real TCS API served on a loopback port, its view filled through the
+//! real applier.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::feed::{Change, ChangeBody, TenantDoc};
+use crate::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
+use crate::tenant::{Realm, Region, TenantId};
+
+const TOKEN: &str = "cache-test-token";
+
+struct Fixture {
+    tcs: Tcs,
+    cache: TenantCache,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn fixture() -> Fixture {
+    let config = TcsConfig {
+        region: Region::new("us-east-1").unwrap(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        // Nothing tails here: changes are applied directly through the view's applier.
+        catalogue: "http://127.0.0.1:9".into(),
+        snapshot: "unused.json".into(),
+        max_lag: 100,
+        allow_faults: false,
+        consumers: vec![ConsumerConfig {
+            name: "edge".into(),
+            token: TOKEN.into(),
+            views: vec!["ingress".into()],
+        }],
+    };
+    let tcs = Tcs::new(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let app = api::router(tcs.clone(), shutdown.clone());
+    let stop = shutdown.clone().cancelled_owned();
+    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+    let endpoint = TcsEndpoint {
+        region: "us-east-1".into(),
+        url: format!("http://{addr}"),
+        token: TOKEN.into(),
+    };
+    let client = TcsClient::new(&[endpoint], "us-east-1", Duration::from_secs(2)).unwrap();
+    let cache = TenantCache::new(
+        &CacheConfig::default(),
+        Arc::new(client),
+        EdgeMetrics::new().unwrap(),
+    );
+    Fixture { tcs, cache, shutdown }
+}
+
+fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Change {
+    let doc = TenantDoc {
+        id: TenantId::new(id).unwrap(),
+        hosts: hosts.iter().map(|h| Host::parse(h).unwrap()).collect(),
+        realm: Realm::new("us").unwrap(),
+        placements: Default::default(),
+        version,
+    };
+    Change {
+        seq,
+        body: ChangeBody::Tenant {
+            id: doc.id.clone(),
+            version,
+            doc: Some(doc),
+        },
+    }
+}
+
+fn record(id: &str, version: u64, hosts: &[&str]) -> IngressRecord {
+    match put(0, id, version, hosts).body {
+        ChangeBody::Tenant { doc: Some(doc), .. } => TenantDoc { version, ..doc }.ingress(),
+        _ => unreachable!(),
+    }
+}
+
+fn version(r: &Result<Resolved, Unavailable>) -> Option<u64> {
+    match r {
+        Ok(Resolved::Found(e)) => Some(e.record.version),
+        _ => None,
+    }
+}
+
+fn lookups(tcs: &Tcs, result: &str) -> u64 {
+    tcs.metrics()
+        .lookups
+        .with_label_values(&["ingress", result])
+        .get()
+}
+
+#[tokio::test]
+async fn miss_fills_then_hits_and_unknown_is_cached_apart() {
+    let f = fixture().await;
+    f.tcs.ingress().apply(&put(1, "acme", 1, &["acme.example.test"]));
+    assert_eq!(version(&f.cache.resolve("acme.example.test").await), Some(1));
+    assert_eq!(version(&f.cache.resolve("acme.example.test").await), Some(1));
+    assert_eq!(lookups(&f.tcs, "hit"), 1, "the second resolve is a cache hit");
+    assert!(matches!(
+        f.cache.resolve("nobody.example.test").await,
+        Ok(Resolved::Unknown)
+    ));
+    assert!(matches!(
+        f.cache.resolve("nobody.example.test").await,
+        Ok(Resolved::Unknown)
+    ));
+    assert_eq!(lookups(&f.tcs, "miss"), 1, "the unknown host is remembered");
+    assert!(f.cache.is_known_unknown("nobody.example.test"));
+    assert!(f.cache.peek("nobody.example.test").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_coalesce_into_one_fetch() {
+    let f = Arc::new(fixture().await);
+    f.tcs.ingress().apply(&put(1, "acme", 1, &["acme.example.test"]));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let f = f.clone();
+            tokio::spawn(async move { version(&f.cache.resolve("acme.example.test").await) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Some(1));
+    }
+    assert_eq!(lookups(&f.tcs, "hit"), 1);
+}
+
+#[tokio::test]
+async fn pushed_changes_only_move_forward() {
+    let f = fixture().await;
+    let region: Arc<str> = "us-east-1".into();
+    f.cache
+        .apply_upsert(
+            record("acme", 3, &["acme.example.test"]),
+            &[],
+            &region,
+            Origin::Stream,
+        )
+        .await;
+    f.cache
+        .apply_upsert(
+            record("acme", 2, &["acme.example.test"]),
+            &[],
+            &region,
+            Origin::Stream,
+        )
+        .await;
+    assert_eq!(f.cache.peek("acme.example.test").await.unwrap().record.version, 3);
+    // A new host of the tenant joins, the old one is dropped.
+    let removed = [Host::parse("acme.example.test").unwrap()];
+    f.cache
+        .apply_upsert(
+            record("acme", 4, &["acme.example.net"]),
+            &removed,
+            &region,
+            Origin::Stream,
+        )
+        .await;
+    assert!(f.cache.peek("acme.example.test").await.is_none());
+    assert_eq!(f.cache.peek("acme.example.net").await.unwrap().record.version, 4);
+    // An older delete changes nothing; a newer one removes.
+    let hosts = [Host::parse("acme.example.net").unwrap()];
+    f.cache.apply_delete(&hosts, 4).await;
+    assert!(f.cache.peek("acme.example.net").await.is_some());
+    f.cache.apply_delete(&hosts, 5).await;
+    assert!(f.cache.peek("acme.example.net").await.is_none());
+}
+
+#[tokio::test]
+async fn a_pushed_host_leaves_the_negative_cache() {
+    let f = fixture().await;
+    assert!(matches!(
+        f.cache.resolve("hooli.example.test").await,
+        Ok(Resolved::Unknown)
+    ));
+    let region: Arc<str> = "us-east-1".into();
+    f.cache
+        .apply_upsert(
+            record("hooli", 1, &["hooli.example.test"]),
+            &[],
+            &region,
+            Origin::Stream,
+        )
+        .await;
+    assert_eq!(version(&f.cache.resolve("hooli.example.test").await), Some(1));
+}
+
+#[tokio::test]
+async fn a_fill_that_raced_a_newer_push_is_reconciled() {
+    let f = fixture().await;
+    // TCS still answers version 1 while the stream has already pushed version 2.
+    f.tcs.ingress().apply(&put(1, "acme", 1, &["acme.example.test"]));
+    let seen = Seen {
+        version: 2,
+        entry: None,
+    };
+    f.cache.recent.insert("acme.example.test".into(), seen).await;
+    let filled = f.cache.resolve("acme.example.test").await;
+    assert_eq!(
+        version(&filled),
+        Some(1),
+        "the request in flight gets what was fetched"
+    );
+    assert!(
+        f.cache.peek("acme.example.test").await.is_none(),
+        "a newer delete wins over the fill"
+    );
+}
+
+#[tokio::test]
+async fn no_tcs_means_unavailable_never_unknown() {
+    let f = fixture().await;
+    f.shutdown.cancel();
+    // Wait until the listener is really gone.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(f.cache.client.regions[0].base.trim_start_matches("http://"))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(f.cache.resolve("acme.example.test").await.is_err());
+    assert!(!f.cache.is_known_unknown("acme.example.test"));
+}
