@@ -9,10 +9,11 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use tenant_edge::context::{CacheConfig, Origin, Resolved, TcsClient, TcsEndpoint, TenantCache};
+use tenant_edge::context::{
+    CacheConfig, LookupConfig, Origin, Resolved, TcsClient, TcsEndpoint, TenantCache,
+};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::routes::{normalize_path, RouteStore};
 use tenant_edge::tenant::{normalize_host, IngressRecord, MAX_HOST_LEN};
@@ -50,7 +51,7 @@ fn cache_hit(c: &mut Criterion) {
         token: "t".into(),
     };
     let metrics = EdgeMetrics::new().unwrap_or_else(|_| std::process::exit(1));
-    let client = TcsClient::new(&[endpoint], "us-east-1", Duration::from_millis(100))
+    let client = TcsClient::new(&[endpoint], "us-east-1", LookupConfig::default())
         .unwrap_or_else(|_| std::process::exit(1));
     let cache = TenantCache::new(&CacheConfig::default(), Arc::new(client), metrics);
     let record: IngressRecord = serde_json::from_str(

@@ -7,6 +7,7 @@
 
 mod client;
 mod stream;
+mod trust;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +20,9 @@ use crate::feed::ViewSnapshot;
 use crate::metrics::EdgeMetrics;
 use crate::tenant::{Host, IngressRecord};
 
-pub use client::{Lookup, TcsClient, TcsEndpoint, TcsError};
+pub use client::{Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
 pub use stream::{follow, now_ms, RegionStatus, StreamStatus};
+pub use trust::{check_once, watch_regions};
 
 /// Sizes and lifetimes of the caches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,11 +105,15 @@ struct Seen {
     entry: Option<Arc<Entry>>,
 }
 
-/// The cache of tenant contexts by normalised host.
+/// The cache of tenant contexts by normalised host. Cloning is cheap and shares the caches.
+#[derive(Clone)]
 pub struct TenantCache {
     positive: Cache<String, Arc<Entry>>,
     negative: Cache<String, ()>,
     recent: Cache<String, Seen>,
+    /// Hosts with a background refresh in flight, so a hot stale entry is refreshed once.
+    refreshing: Cache<String, ()>,
+    refresh_after: Duration,
     client: Arc<TcsClient>,
     metrics: EdgeMetrics,
 }
@@ -128,6 +134,11 @@ impl TenantCache {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
+            refreshing: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            refresh_after: Duration::from_secs(client.config.refresh_after_secs),
             client,
             metrics,
         }
@@ -137,6 +148,9 @@ impl TenantCache {
     pub async fn resolve(&self, host: &str) -> Result<Resolved, Unavailable> {
         if let Some(entry) = self.positive.get(host).await {
             self.metrics.cache_hits.inc();
+            if entry.learnt_at.elapsed() >= self.refresh_after {
+                self.refresh_in_background(host).await;
+            }
             return Ok(Resolved::Found(entry));
         }
         if self.negative.contains_key(host) {
@@ -174,6 +188,46 @@ impl TenantCache {
         }
     }
 
+    /// Starts one background refresh of `host` unless one is already running. The stale entry
+    /// keeps serving meanwhile; a failed refresh leaves it in place.
+    async fn refresh_in_background(&self, host: &str) {
+        if !self.refreshing.entry_by_ref(host).or_insert(()).await.is_fresh() {
+            return;
+        }
+        let this = self.clone();
+        let host = host.to_owned();
+        tokio::spawn(async move {
+            match this.client.lookup(&host).await {
+                Ok(Lookup::Found { region, found }) => {
+                    let entry = Entry {
+                        record: Arc::new(found.record),
+                        learnt_at: Instant::now(),
+                        origin: Origin::Fetch,
+                        region,
+                    };
+                    this.put_if_not_older(&host, Arc::new(entry)).await;
+                }
+                Ok(Lookup::NotFound) => this.positive.invalidate(&host).await,
+                Err(e) => tracing::debug!(host, error = %e, "background refresh failed; keeping the entry"),
+            }
+            this.refreshing.invalidate(&host).await;
+        });
+    }
+
+    /// Like [`Self::put_if_newer`], but the same version replaces too (it renews the age).
+    async fn put_if_not_older(&self, host: &str, entry: Arc<Entry>) {
+        let version = entry.record.version;
+        self.positive
+            .entry_by_ref(host)
+            .and_compute_with(|held| async move {
+                match held {
+                    Some(held) if held.value().record.version > version => Op::Nop,
+                    _ => Op::Put(entry),
+                }
+            })
+            .await;
+    }
+
     /// A fill may have raced a newer pushed change: prefer what the stream saw, if newer.
     async fn reconcile(&self, host: &str, filled: Arc<Entry>) -> Arc<Entry> {
         match self.recent.get(host).await {
@@ -189,6 +243,11 @@ impl TenantCache {
             },
             _ => filled,
         }
+    }
+
+    /// The TCS client this cache fills from.
+    pub fn client(&self) -> &Arc<TcsClient> {
+        &self.client
     }
 
     /// What this edge holds for `host`, without fetching (for `/admin`).

@@ -190,9 +190,12 @@ fn edge_config(args: &DevArgs, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
         admin: loopback(ports::EDGE_ADMIN),
         routes: args.routes.clone(),
         threads: 2,
-        tcs_timeout_ms: 1000,
         access_log: true,
         cache: Default::default(),
+        lookup: crate::context::LookupConfig {
+            canaries: vec!["acme.example.test".into()],
+            ..Default::default()
+        },
         tcs,
     }
 }

@@ -20,7 +20,7 @@ use prometheus::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::context::{self, CacheConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
+use crate::context::{self, CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
 use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
 use crate::tenant::ShardId;
@@ -52,25 +52,21 @@ pub struct EdgeConfig {
     /// Worker threads of the proxy.
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// Timeout of one TCS lookup, in milliseconds.
-    #[serde(default = "default_tcs_timeout_ms")]
-    pub tcs_timeout_ms: u64,
     /// Log one line per request.
     #[serde(default)]
     pub access_log: bool,
     /// Tenant-context cache sizes and lifetimes.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// How misses are fetched from TCS (hedging, limits) and how regions are judged.
+    #[serde(default)]
+    pub lookup: LookupConfig,
     /// The TCS regions to ask, with this edge's token for each.
     pub tcs: Vec<TcsEndpoint>,
 }
 
 fn default_threads() -> usize {
     2
-}
-
-fn default_tcs_timeout_ms() -> u64 {
-    1000
 }
 
 /// Why the edge could not start.
@@ -229,9 +225,9 @@ pub(crate) struct Shared {
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), EdgeError> {
     let metrics = EdgeMetrics::new()?;
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
-    let client = TcsClient::new(&cfg.tcs, &cfg.region, Duration::from_millis(cfg.tcs_timeout_ms))?;
+    let client = Arc::new(TcsClient::new(&cfg.tcs, &cfg.region, cfg.lookup.clone())?);
     let stream = Arc::new(StreamStatus::new(&client));
-    let cache = Arc::new(TenantCache::new(&cfg.cache, Arc::new(client), metrics.clone()));
+    let cache = Arc::new(TenantCache::new(&cfg.cache, client.clone(), metrics.clone()));
     let registry = BackendRegistry::default();
     let state = EdgeState::build(routes.load_full(), &registry, &metrics);
     let shared = Arc::new(Shared {
@@ -251,6 +247,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     routes.spawn_watcher(shutdown.clone());
     tokio::spawn(rebuild_on_reload(shared.clone(), shutdown.clone()));
     tokio::spawn(health_loop(shared.clone(), shutdown.clone()));
+    tokio::spawn(context::watch_regions(client, metrics.clone(), shutdown.clone()));
     tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
     tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
 

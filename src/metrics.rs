@@ -53,6 +53,8 @@ pub struct EdgeMetrics {
     pub healthy_backends: IntGaugeVec,
     /// Connection failures to backends (each may trigger a retry on another backend).
     pub upstream_connect_failures: IntCounter,
+    /// Trust in each TCS region: 0 trusted, 1 canary missing, 2 404 ratio, 3 unreachable.
+    pub region_trust: IntGaugeVec,
 }
 
 /// Requests counters for one product, one per status class, resolved ahead of time.
@@ -121,6 +123,13 @@ impl EdgeMetrics {
                 "upstream_connect_failures_total",
                 "Connection failures to backends",
             )?,
+            region_trust: IntGaugeVec::new(
+                Opts::new(
+                    "tcs_region_trust",
+                    "TCS region trust: 0 trusted, 1 canary missing, 2 404 ratio departs, 3 unreachable",
+                ),
+                &["region"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -142,6 +151,7 @@ impl EdgeMetrics {
         r.register(Box::new(self.stream_events.clone()))?;
         r.register(Box::new(self.healthy_backends.clone()))?;
         r.register(Box::new(self.upstream_connect_failures.clone()))?;
+        r.register(Box::new(self.region_trust.clone()))?;
         Ok(())
     }
 

@@ -1,8 +1,17 @@
-//! HTTP client of the TCS regions an edge is configured with.
+//! HTTP client of the TCS regions an edge is configured with: hedged lookups over kept-open,
+//! multiplexed (HTTP/2) connections, with a per-region in-flight limit.
+//!
+//! A miss asks the local region and one random other region, at once or after a hedge delay;
+//! the first valid answer wins and the other request is dropped (its stream is reset). A `404`
+//! counts only from a region the trust checks ([`super::trust`]) have not flagged, so an
+//! emptied table cannot make the edge believe tenants are gone.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::feed::{HostLookup, ViewSnapshot};
@@ -17,6 +26,50 @@ pub struct TcsEndpoint {
     pub url: String,
     /// Bearer token of this edge as a consumer of the `ingress` view.
     pub token: String,
+}
+
+/// How misses are fetched and regions judged (`[lookup]` in the edge config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LookupConfig {
+    /// Timeout of one lookup in one region, in milliseconds.
+    pub timeout_ms: u64,
+    /// Delay before the second region is asked; 0 asks both at once.
+    pub hedge_delay_ms: u64,
+    /// With a hedge delay, hedges may add at most this share of lookups (percent).
+    pub hedge_budget_percent: u32,
+    /// How long a trusted `404` waits for a racing region that may still find the host.
+    pub agree_wait_ms: u64,
+    /// Lookups in flight per region beyond which that region is skipped (shed).
+    pub max_in_flight_per_region: usize,
+    /// Hosts that must exist: a region answering `404` for one is distrusted.
+    pub canaries: Vec<String>,
+    /// Period of the canary and 404-ratio checks, in milliseconds.
+    pub check_interval_ms: u64,
+    /// A region whose share of `404`s exceeds the lowest other region's by this much is
+    /// distrusted (0.0-1.0).
+    pub not_found_tolerance: f64,
+    /// Lookups a region must have answered in a period before its 404 share is judged.
+    pub min_samples: u64,
+    /// Entries older than this are refreshed in the background while they keep serving.
+    pub refresh_after_secs: u64,
+}
+
+impl Default for LookupConfig {
+    fn default() -> Self {
+        LookupConfig {
+            timeout_ms: 1000,
+            hedge_delay_ms: 0,
+            hedge_budget_percent: 10,
+            agree_wait_ms: 50,
+            max_in_flight_per_region: 256,
+            canaries: Vec::new(),
+            check_interval_ms: 2000,
+            not_found_tolerance: 0.2,
+            min_samples: 20,
+            refresh_after_secs: 300,
+        }
+    }
 }
 
 /// Why a TCS did not give a usable answer.
@@ -38,9 +91,15 @@ pub enum TcsError {
         /// The status it answered.
         status: u16,
     },
-    /// No region is configured.
-    #[error("no tcs region configured")]
-    NoRegions,
+    /// A `404` from a region that is not trusted.
+    #[error("tcs {region}: 404 from a distrusted region")]
+    Distrusted {
+        /// The region asked.
+        region: Arc<str>,
+    },
+    /// Every region is at its in-flight limit, or none is configured.
+    #[error("no tcs region has capacity")]
+    NoCapacity,
 }
 
 /// The answer of a lookup by host.
@@ -53,42 +112,175 @@ pub enum Lookup {
         /// The answer.
         found: HostLookup,
     },
-    /// No tenant has this host.
+    /// No tenant has this host (said by a trusted region).
     NotFound,
 }
 
-/// A region's endpoint with its precomputed URLs and header.
+/// How far a region is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum Trust {
+    /// Answers are believed.
+    Trusted = 0,
+    /// It said `404` for a canary host that must exist.
+    CanaryMissing = 1,
+    /// Its share of `404`s departs from the other regions'.
+    NotFoundRatio = 2,
+    /// It does not answer its health check.
+    Unreachable = 3,
+}
+
+impl Trust {
+    fn from_u8(v: u8) -> Trust {
+        match v {
+            0 => Trust::Trusted,
+            1 => Trust::CanaryMissing,
+            2 => Trust::NotFoundRatio,
+            _ => Trust::Unreachable,
+        }
+    }
+}
+
+/// A region's endpoint, precomputed URLs and header, and its live counters.
 #[derive(Debug)]
 pub(crate) struct Region {
     pub(crate) name: Arc<str>,
     pub(crate) base: String,
     pub(crate) auth: String,
+    trust: AtomicU8,
+    in_flight: AtomicUsize,
+    /// Lookups and `404`s in the current judging period (reset by the trust checks).
+    pub(crate) window_lookups: AtomicU64,
+    pub(crate) window_not_found: AtomicU64,
+    /// Lookups skipped because the region was at its in-flight limit.
+    pub(crate) shed: AtomicU64,
 }
 
-/// Keeps one pooled, keep-alive HTTP client for every configured region, local region first.
+impl Region {
+    /// Whether this region's `404`s are believed.
+    pub(crate) fn trust(&self) -> Trust {
+        Trust::from_u8(self.trust.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_trust(&self, trust: Trust) -> Trust {
+        Trust::from_u8(self.trust.swap(trust as u8, Ordering::Relaxed))
+    }
+
+    /// Lookups in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a lookup in flight to a region until dropped.
+struct Slot<'a>(&'a Region);
+
+impl<'a> Slot<'a> {
+    fn take(region: &'a Region, limit: usize) -> Option<Slot<'a>> {
+        let taken = region
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Some(Slot(region)),
+            Err(_) => {
+                region.shed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Bounds the extra lookups that delayed hedges add: each primary lookup earns a fraction of a
+/// hedge, each hedge spends one (in thousandths), saved up to ten hedges.
+#[derive(Debug)]
+struct HedgeBudget {
+    milli_tokens: AtomicI64,
+    earn: i64,
+}
+
+impl HedgeBudget {
+    const COST: i64 = 1000;
+    const CAP: i64 = 10 * Self::COST;
+
+    fn new(percent: u32) -> Self {
+        HedgeBudget {
+            milli_tokens: AtomicI64::new(Self::CAP),
+            earn: i64::from(percent) * 10,
+        }
+    }
+
+    fn earn(&self) {
+        let _ = self
+            .milli_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + self.earn).min(Self::CAP))
+            });
+    }
+
+    fn spend(&self) -> bool {
+        self.milli_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= Self::COST).then_some(t - Self::COST)
+            })
+            .is_ok()
+    }
+}
+
+/// What one region said.
+enum Answer {
+    Found(HostLookup),
+    NotFound,
+}
+
+/// Keeps one pooled HTTP/2 connection per region open and asks regions for tenant contexts.
 #[derive(Debug)]
 pub struct TcsClient {
     pub(crate) regions: Vec<Region>,
     pub(crate) http: reqwest::Client,
     pub(crate) stream_http: reqwest::Client,
+    pub(crate) config: LookupConfig,
+    budget: HedgeBudget,
+    /// Hedges sent, and hedges the budget refused.
+    pub(crate) hedges: AtomicU64,
+    pub(crate) hedges_refused: AtomicU64,
 }
 
 impl TcsClient {
-    /// Builds a client; `local` is asked first, then the other regions in order.
-    pub fn new(endpoints: &[TcsEndpoint], local: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// Builds a client; `local` is asked first.
+    pub fn new(endpoints: &[TcsEndpoint], local: &str, config: LookupConfig) -> Result<Self, reqwest::Error> {
         let mut regions: Vec<Region> = endpoints
             .iter()
             .map(|e| Region {
                 name: e.region.as_str().into(),
                 base: e.url.trim_end_matches('/').to_owned(),
                 auth: format!("Bearer {}", e.token),
+                trust: AtomicU8::new(Trust::Trusted as u8),
+                in_flight: AtomicUsize::new(0),
+                window_lookups: AtomicU64::new(0),
+                window_not_found: AtomicU64::new(0),
+                shed: AtomicU64::new(0),
             })
             .collect();
         regions.sort_by_key(|r| &*r.name != local);
+        let timeout = Duration::from_millis(config.timeout_ms);
+        // One multiplexed connection per region, kept open by pings, so a miss never pays for
+        // a handshake.
         let http = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true)
+            .pool_idle_timeout(None)
             .timeout(timeout)
             .connect_timeout(timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()?;
         // The change stream is long-lived: no overall timeout, only on connect.
@@ -96,10 +288,15 @@ impl TcsClient {
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .build()?;
+        let budget = HedgeBudget::new(config.hedge_budget_percent);
         Ok(TcsClient {
             regions,
             http,
             stream_http,
+            config,
+            budget,
+            hedges: AtomicU64::new(0),
+            hedges_refused: AtomicU64::new(0),
         })
     }
 
@@ -108,22 +305,105 @@ impl TcsClient {
         self.regions.iter().map(|r| &r.name)
     }
 
-    /// Looks `host` up in the local region, then each other region until one answers.
-    pub async fn lookup(&self, host: &str) -> Result<Lookup, TcsError> {
-        let mut last = TcsError::NoRegions;
-        for region in &self.regions {
-            match self.lookup_in(region, host).await {
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    tracing::warn!(error = %e, host, "tcs lookup failed, trying the next region");
-                    last = e;
-                }
-            }
+    /// The order to ask regions in: the local one, then a random other (both trusted when
+    /// possible), then the rest; distrusted regions last (their `Found` is still good).
+    fn candidates(&self) -> Vec<usize> {
+        let (trusted, distrusted): (Vec<usize>, Vec<usize>) =
+            (0..self.regions.len()).partition(|&i| self.regions[i].trust() == Trust::Trusted);
+        let mut order = Vec::with_capacity(self.regions.len());
+        for mut group in [trusted, distrusted] {
+            // Index 0 is the local region, if it is in this group; keep it first.
+            let start = usize::from(group.first() == Some(&0));
+            group[start..].shuffle(&mut rand::thread_rng());
+            order.extend(group);
         }
-        Err(last)
+        order
     }
 
-    async fn lookup_in(&self, region: &Region, host: &str) -> Result<Lookup, TcsError> {
+    /// Looks `host` up: hedged across two regions, more on failure; see the module docs.
+    pub async fn lookup(&self, host: &str) -> Result<Lookup, TcsError> {
+        let order = self.candidates();
+        let limit = self.config.max_in_flight_per_region;
+        let mut pending = FuturesUnordered::new();
+        let mut next = order.iter().copied();
+        let mut launch = |pending: &mut FuturesUnordered<_>| {
+            for i in next.by_ref() {
+                if let Some(slot) = Slot::take(&self.regions[i], limit) {
+                    pending.push(self.ask(i, host, slot));
+                    return true;
+                }
+            }
+            false
+        };
+        if !launch(&mut pending) {
+            return Err(TcsError::NoCapacity);
+        }
+        self.budget.earn();
+        let delay = Duration::from_millis(self.config.hedge_delay_ms);
+        let hedge = tokio::time::sleep(delay);
+        tokio::pin!(hedge);
+        let mut hedge_armed = true;
+        let mut believed_not_found = false;
+        let mut agree_deadline = None;
+        let mut last_err = TcsError::NoCapacity;
+        loop {
+            let agree_wait = async {
+                match agree_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                answer = pending.next(), if !pending.is_empty() => match answer {
+                    Some((i, Ok(Answer::Found(found)))) => {
+                        return Ok(Lookup::Found { region: self.regions[i].name.clone(), found });
+                    }
+                    Some((i, Ok(Answer::NotFound))) if self.regions[i].trust() == Trust::Trusted => {
+                        believed_not_found = true;
+                        let wait = Duration::from_millis(self.config.agree_wait_ms);
+                        agree_deadline.get_or_insert(tokio::time::Instant::now() + wait);
+                    }
+                    Some((i, Ok(Answer::NotFound))) => {
+                        last_err = TcsError::Distrusted { region: self.regions[i].name.clone() };
+                        if !believed_not_found { launch(&mut pending); }
+                    }
+                    Some((_, Err(e))) => {
+                        tracing::debug!(error = %e, host, "tcs lookup failed");
+                        last_err = e;
+                        if !believed_not_found { launch(&mut pending); }
+                    }
+                    None => {}
+                },
+                () = &mut hedge, if hedge_armed => {
+                    hedge_armed = false;
+                    if delay.is_zero() || self.budget.spend() {
+                        if launch(&mut pending) {
+                            self.hedges.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        self.hedges_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                () = agree_wait => return Ok(Lookup::NotFound),
+            }
+            if pending.is_empty() {
+                return if believed_not_found {
+                    Ok(Lookup::NotFound)
+                } else {
+                    Err(last_err)
+                };
+            }
+        }
+    }
+
+    /// Asks one region; the slot is held until the answer (or the drop of a losing request).
+    async fn ask(&self, i: usize, host: &str, slot: Slot<'_>) -> (usize, Result<Answer, TcsError>) {
+        let answer = self.query(&self.regions[i], host).await;
+        drop(slot);
+        (i, answer)
+    }
+
+    async fn query(&self, region: &Region, host: &str) -> Result<Answer, TcsError> {
         let url = format!("{}/v1/views/ingress/hosts/{host}", region.base);
         let transport = |source| TcsError::Transport {
             region: region.name.clone(),
@@ -139,17 +419,70 @@ impl TcsClient {
         match resp.status().as_u16() {
             200 => {
                 let found = resp.json::<HostLookup>().await.map_err(transport)?;
-                Ok(Lookup::Found {
-                    region: region.name.clone(),
-                    found,
-                })
+                region.window_lookups.fetch_add(1, Ordering::Relaxed);
+                Ok(Answer::Found(found))
             }
-            404 => Ok(Lookup::NotFound),
+            404 => {
+                region.window_lookups.fetch_add(1, Ordering::Relaxed);
+                region.window_not_found.fetch_add(1, Ordering::Relaxed);
+                Ok(Answer::NotFound)
+            }
             status => Err(TcsError::Status {
                 region: region.name.clone(),
                 status,
             }),
         }
+    }
+
+    /// Whether `region` knows `host` (for canary checks): `Some(true)` found, `Some(false)`
+    /// a `404`, `None` no answer.
+    pub(crate) async fn probe(&self, region: &Region, host: &str) -> Option<bool> {
+        let url = format!("{}/v1/views/ingress/hosts/{host}", region.base);
+        let resp = self
+            .http
+            .get(url)
+            .header("authorization", &region.auth)
+            .send()
+            .await
+            .ok()?;
+        match resp.status().as_u16() {
+            200 => Some(true),
+            404 => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Whether `region` answers its health check; keeps the pooled connection warm too.
+    pub(crate) async fn ping(&self, region: &Region) -> bool {
+        let url = format!("{}/healthz", region.base);
+        self.http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Each region's trust and counters, for `/admin/regions`.
+    pub fn region_report(&self) -> Vec<serde_json::Value> {
+        self.regions
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "region": &*r.name,
+                    "trust": r.trust(),
+                    "in_flight": r.in_flight(),
+                    "shed": r.shed.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// Hedges sent, and hedges the budget refused.
+    pub fn hedge_counts(&self) -> (u64, u64) {
+        (
+            self.hedges.load(Ordering::Relaxed),
+            self.hedges_refused.load(Ordering::Relaxed),
+        )
     }
 
     /// The whole `ingress` view of `region` at one sequence.
@@ -173,5 +506,69 @@ impl TcsClient {
             });
         }
         resp.json().await.map_err(transport)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hedge_budget_caps_extra_lookups() {
+        let budget = HedgeBudget::new(10);
+        // Starts with ten saved hedges.
+        assert_eq!((0..20).filter(|_| budget.spend()).count(), 10);
+        // Then one hedge per ten lookups.
+        let granted = (0..100)
+            .filter(|_| {
+                budget.earn();
+                budget.spend()
+            })
+            .count();
+        assert_eq!(granted, 10);
+    }
+
+    #[test]
+    fn in_flight_limit_sheds() {
+        let client = TcsClient::new(
+            &[TcsEndpoint {
+                region: "a".into(),
+                url: "http://127.0.0.1:9".into(),
+                token: "t".into(),
+            }],
+            "a",
+            LookupConfig::default(),
+        )
+        .unwrap();
+        let region = &client.regions[0];
+        let first = Slot::take(region, 1);
+        assert!(first.is_some());
+        assert!(Slot::take(region, 1).is_none());
+        assert_eq!(region.shed.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert!(Slot::take(region, 1).is_some());
+    }
+
+    #[test]
+    fn local_region_first_distrusted_last() {
+        let endpoint = |r: &str| TcsEndpoint {
+            region: r.into(),
+            url: "http://127.0.0.1:9".into(),
+            token: "t".into(),
+        };
+        let client = TcsClient::new(
+            &[endpoint("b"), endpoint("a"), endpoint("c")],
+            "a",
+            LookupConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(&*client.regions[0].name, "a");
+        for _ in 0..20 {
+            assert_eq!(client.candidates()[0], 0);
+        }
+        client.regions[0].set_trust(Trust::CanaryMissing);
+        for _ in 0..20 {
+            assert_eq!(client.candidates()[2], 0);
+        }
     }
 }

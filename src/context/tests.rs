@@ -52,7 +52,7 @@ async fn fixture() -> Fixture {
         url: format!("http://{addr}"),
         token: TOKEN.into(),
     };
-    let client = TcsClient::new(&[endpoint], "us-east-1", Duration::from_secs(2)).unwrap();
+    let client = TcsClient::new(&[endpoint], "us-east-1", LookupConfig::default()).unwrap();
     let cache = TenantCache::new(
         &CacheConfig::default(),
         Arc::new(client),

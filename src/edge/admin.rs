@@ -28,6 +28,7 @@ pub(super) async fn serve(
         .route("/metrics", get(metrics))
         .route("/admin/tenants/{host}", get(tenant))
         .route("/admin/routes", get(routes))
+        .route("/admin/regions", get(regions))
         .with_state(shared);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -126,4 +127,34 @@ async fn routes(State(shared): State<Arc<Shared>>) -> Response {
         "backends": pools,
     }))
     .into_response()
+}
+
+/// Each TCS region as this edge sees it: trust, load, and its change stream.
+async fn regions(State(shared): State<Arc<Shared>>) -> Response {
+    let now = now_ms();
+    let regions: Vec<serde_json::Value> = shared
+        .cache
+        .client()
+        .region_report()
+        .into_iter()
+        .map(|mut r| {
+            let stream = shared
+                .stream
+                .regions
+                .iter()
+                .find(|s| *s.name == *r["region"].as_str().unwrap_or(""));
+            if let Some(s) = stream {
+                let last = s.last_message_ms.load(Ordering::Relaxed);
+                r["stream_connected"] = json!(s.connected.load(Ordering::Relaxed));
+                r["stream_last_message_ms_ago"] = if last == 0 {
+                    json!(null)
+                } else {
+                    json!(now.saturating_sub(last))
+                };
+            }
+            r
+        })
+        .collect();
+    Json(json!({ "applied_seq": shared.stream.applied.load(Ordering::Relaxed), "regions": regions }))
+        .into_response()
 }

@@ -142,6 +142,14 @@ impl EdgeProxy {
         let pool = state
             .pool(placement.shard.as_str())
             .ok_or(reject(503, "shard has no route"))?;
+        // Decided here rather than in `upstream_peer`, so the answer keeps the connection open.
+        if pool.pick(0).is_none() {
+            return Err(Reject {
+                status: 503,
+                reason: "no healthy backend for the shard",
+                retry_after: Some(RETRY_AFTER_OUTAGE),
+            });
+        }
         ctx.host = HeaderValue::from_str(host).ok();
         ctx.pool = Some(pool);
         ctx.tenant = Some(entry);
@@ -357,12 +365,9 @@ impl ProxyHttp for EdgeProxy {
                 ErrorSource::Internal | ErrorSource::Unset => 500,
             },
         };
-        // Our own decisions (an HTTPStatus error, raised before any upstream I/O) leave the
-        // client connection in a clean state; anything else may have left a body half read.
-        let reusable = matches!(e.etype(), HTTPStatus(_));
-        if !reusable {
-            session.set_keepalive(None);
-        }
+        // pingora closes the client connection after an error once a peer is being chosen,
+        // whatever we ask; say so in the answer so that no client reuses it.
+        session.set_keepalive(None);
         if status > 0 {
             let reason = match status {
                 503 => "no healthy backend for the shard",

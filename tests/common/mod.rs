@@ -239,7 +239,7 @@ impl Stack {
         let mut cfg = format!(
             "region = \"us-east-1\"\nlisten_http = \"127.0.0.1:{edge_http}\"\nlisten_https = \"127.0.0.1:{edge_https}\"\n\
              cert = \"{}\"\nkey = \"{}\"\nadmin = \"127.0.0.1:{edge_admin}\"\nroutes = \"{}\"\nthreads = 1\n\
-             tcs_timeout_ms = 500\n\n[cache]\nnegative_ttl_secs = 1\n",
+             \n[cache]\nnegative_ttl_secs = 1\n\n[lookup]\ntimeout_ms = 500\ncheck_interval_ms = 200\ncanaries = [\"acme.example.test\"]\n",
             certs.join("dev.crt").display(),
             certs.join("dev.key").display(),
             routes.display()
