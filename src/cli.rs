@@ -72,10 +72,7 @@ pub fn main() -> ExitCode {
         Command::Catalogue(args) => run_role(|shutdown| crate::catalogue::run(args.into(), shutdown)),
         Command::Ctl(args) => args.run(),
         Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
-        Command::Tcs {
-            config,
-            allow_faults,
-        } => match crate::tcs::TcsConfig::load(&config) {
+        Command::Tcs { config, allow_faults } => match crate::tcs::TcsConfig::load(&config) {
             Ok(mut cfg) => {
                 cfg.allow_faults |= allow_faults;
                 run_role(|shutdown| crate::tcs::run(cfg, shutdown))

@@ -129,10 +129,7 @@ fn authorize(tcs: &Tcs, headers: &HeaderMap, view: &str) -> Result<Arc<IngressVi
 /// Injected latency and errors, before anything else; the faults in force for the rest of
 /// the request. Without faults this is one `ArcSwap` load.
 async fn inject(tcs: &Tcs) -> Result<Option<Faults>, ApiFailure> {
-    Ok(tcs
-        .faults()
-        .before_answer(&tcs.metrics().fault_errors)
-        .await?)
+    Ok(tcs.faults().before_answer(&tcs.metrics().fault_errors).await?)
 }
 
 fn emptied(faults: Option<Faults>) -> bool {
@@ -192,11 +189,7 @@ async fn lookup(
     let view = authorize(&app.tcs, &headers, &view_name)?;
     let host = Host::parse(&raw_host).map_err(|e| ApiFailure::BadHost(raw_host.clone(), e))?;
     let lookups = &app.tcs.metrics().lookups;
-    let found = if emptied(faults) {
-        None
-    } else {
-        view.lookup(&host)
-    };
+    let found = if emptied(faults) { None } else { view.lookup(&host) };
     match found {
         Some((seq, record)) => {
             lookups.with_label_values(&[&view_name, "hit"]).inc();

@@ -216,8 +216,7 @@ async fn show_faults(State(tcs): State<Tcs>) -> Json<Faults> {
 }
 
 async fn put_faults(State(tcs): State<Tcs>, body: Bytes) -> Result<Json<Faults>, FaultsError> {
-    let faults: Faults =
-        serde_json::from_slice(&body).map_err(|e| FaultsError::Malformed(e.to_string()))?;
+    let faults: Faults = serde_json::from_slice(&body).map_err(|e| FaultsError::Malformed(e.to_string()))?;
     tcs.faults().set(faults)?;
     tracing::warn!(
         region = %tcs.config().region,
@@ -235,3 +234,6 @@ async fn clear_faults(State(tcs): State<Tcs>) -> Json<Faults> {
     tracing::warn!(region = %tcs.config().region, "injected faults cleared");
     Json(tcs.faults().current())
 }
+
+#[cfg(test)]
+mod tests;
