@@ -34,6 +34,9 @@ pub enum Command {
         /// The TCS configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
+        /// Serve `/admin/faults` (fault injection for tests and demos), whatever the config says.
+        #[arg(long)]
+        allow_faults: bool,
     },
     /// Runs the edge proxy.
     Proxy {
@@ -69,8 +72,11 @@ pub fn main() -> ExitCode {
         Command::Catalogue(args) => run_role(|shutdown| crate::catalogue::run(args.into(), shutdown)),
         Command::Ctl(args) => args.run(),
         Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
-        Command::Tcs { config } => match crate::tcs::TcsConfig::load(&config) {
-            Ok(cfg) => run_role(|shutdown| crate::tcs::run(cfg, shutdown)),
+        Command::Tcs { config, allow_faults } => match crate::tcs::TcsConfig::load(&config) {
+            Ok(mut cfg) => {
+                cfg.allow_faults |= allow_faults;
+                run_role(|shutdown| crate::tcs::run(cfg, shutdown))
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)

@@ -7,10 +7,12 @@
 //! - [`tail`]: the catalogue tailer.
 //! - [`snapshot`]: the view snapshot file (atomic writes, read back at start).
 //! - [`api`]: the HTTP API.
+//! - [`faults`]: fault injection for tests and demos (`/admin/faults`).
 //! - [`metrics`]: Prometheus metrics, one registry per instance.
 
 pub mod api;
 pub mod config;
+pub mod faults;
 pub mod metrics;
 pub mod snapshot;
 pub mod tail;
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ConsumerConfig, TcsConfig};
+use faults::FaultSwitch;
 use metrics::TcsMetrics;
 use tail::{TailStatus, Tailer};
 use view::IngressView;
@@ -110,6 +113,7 @@ struct Inner {
     views: BTreeMap<&'static str, Arc<IngressView>>,
     status: Arc<TailStatus>,
     metrics: TcsMetrics,
+    faults: FaultSwitch,
 }
 
 impl Tcs {
@@ -131,11 +135,13 @@ impl Tcs {
             .iter()
             .map(|&name| (name, Arc::new(IngressView::new(ring, channel))))
             .collect();
+        let faults = FaultSwitch::new(config.allow_faults);
         Ok(Self(Arc::new(Inner {
             config,
             views,
             status: Arc::default(),
             metrics,
+            faults,
         })))
     }
 
@@ -163,6 +169,11 @@ impl Tcs {
     /// This instance's metrics.
     pub fn metrics(&self) -> &TcsMetrics {
         &self.0.metrics
+    }
+
+    /// The injected faults (settable only when `allow_faults` is on).
+    pub fn faults(&self) -> &FaultSwitch {
+        &self.0.faults
     }
 
     /// The configured consumers.
@@ -203,6 +214,7 @@ impl Tcs {
         let m = &self.0.metrics;
         let head = self.0.status.head();
         m.head.set(gauge(head));
+        m.faults_active.set(i64::from(self.0.faults.active().is_some()));
         for (name, view) in &self.0.views {
             let seq = view.seq();
             m.applied_seq.with_label_values(&[name]).set(gauge(seq));
@@ -239,7 +251,8 @@ impl Tcs {
             Arc::clone(&ingress),
             Arc::clone(&self.0.status),
             self.0.metrics.clone(),
-        );
+        )
+        .with_pause(self.0.faults.pause_watch());
         // Background tasks stop with the server even if serving fails.
         let tasks = shutdown.child_token();
         let tail_task = tokio::spawn(tailer.run(tasks.clone()));

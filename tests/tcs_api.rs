@@ -203,6 +203,8 @@ async fn health_readiness_and_metrics() {
         r#"tcs_applied_seq{view="ingress",region="us-east-1"} 3"#,
         r#"tcs_catalogue_head{region="us-east-1"} 104"#,
         r#"tcs_lag{view="ingress",region="us-east-1"} 101"#,
+        r#"tcs_faults_active{region="us-east-1"} 0"#,
+        r#"tcs_fault_errors_total{region="us-east-1"} 0"#,
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }

@@ -1,5 +1,6 @@
 //! The TCS HTTP API (axum): host lookups, view snapshots and the NDJSON change stream for
-//! authorised consumers, plus `/healthz`, `/readyz` and `/metrics`.
+//! authorised consumers, plus `/healthz`, `/readyz` and `/metrics`, and `/admin/faults` when
+//! fault injection is allowed. Injected faults touch only the `/v1/views/...` routes.
 
 mod stream;
 
@@ -14,7 +15,8 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::view::IngressView;
+use super::faults::{self, Faults, Injected};
+use super::view::{IngressView, SharedSnapshot};
 use super::{Consumer, Tcs};
 use crate::feed::ApiError;
 use crate::tenant::{Host, HostError, IngressRecord};
@@ -38,7 +40,11 @@ pub fn router(tcs: Tcs, shutdown: CancellationToken) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(AppState { tcs, shutdown })
+        .with_state(AppState {
+            tcs: tcs.clone(),
+            shutdown,
+        })
+        .merge(faults::admin_router(tcs))
 }
 
 /// Why an API request failed; one place maps every failure to a status and an [`ApiError`].
@@ -67,6 +73,9 @@ pub enum ApiFailure {
     /// Malformed query string.
     #[error("bad query: {0}")]
     BadQuery(String),
+    /// An injected fault (see [`faults`]).
+    #[error(transparent)]
+    Injected(#[from] Injected),
     /// Something on our side failed.
     #[error("internal error: {0}")]
     Internal(String),
@@ -80,6 +89,7 @@ impl ApiFailure {
             ApiFailure::UnknownView(_) | ApiFailure::UnknownHost(_) => StatusCode::NOT_FOUND,
             ApiFailure::BadHost(..) | ApiFailure::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiFailure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiFailure::Injected(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -114,6 +124,16 @@ fn authorize(tcs: &Tcs, headers: &HeaderMap, view: &str) -> Result<Arc<IngressVi
         });
     }
     Ok(found)
+}
+
+/// Injected latency and errors, before anything else; the faults in force for the rest of
+/// the request. Without faults this is one `ArcSwap` load.
+async fn inject(tcs: &Tcs) -> Result<Option<Faults>, ApiFailure> {
+    Ok(tcs.faults().before_answer(&tcs.metrics().fault_errors).await?)
+}
+
+fn emptied(faults: Option<Faults>) -> bool {
+    faults.is_some_and(|f| f.empty)
 }
 
 fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
@@ -165,10 +185,12 @@ async fn lookup(
     Path((view_name, raw_host)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiFailure> {
+    let faults = inject(&app.tcs).await?;
     let view = authorize(&app.tcs, &headers, &view_name)?;
     let host = Host::parse(&raw_host).map_err(|e| ApiFailure::BadHost(raw_host.clone(), e))?;
     let lookups = &app.tcs.metrics().lookups;
-    match view.lookup(&host) {
+    let found = if emptied(faults) { None } else { view.lookup(&host) };
+    match found {
         Some((seq, record)) => {
             lookups.with_label_values(&[&view_name, "hit"]).inc();
             Ok(json_response(StatusCode::OK, &LookupRef { seq, record: &record }))
@@ -185,7 +207,15 @@ async fn snapshot(
     Path(view_name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiFailure> {
+    let faults = inject(&app.tcs).await?;
     let view = authorize(&app.tcs, &headers, &view_name)?;
+    if emptied(faults) {
+        let none = SharedSnapshot {
+            seq: view.seq(),
+            records: Vec::new(),
+        };
+        return Ok(json_response(StatusCode::OK, &none));
+    }
     Ok(json_response(StatusCode::OK, &view.snapshot()))
 }
 
@@ -201,6 +231,8 @@ async fn changes(
     headers: HeaderMap,
     query: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Response, ApiFailure> {
+    // `empty` does not apply: an emptied table sends no deletes.
+    inject(&app.tcs).await?;
     let view = authorize(&app.tcs, &headers, &view_name)?;
     let Query(q) = query.map_err(|e| ApiFailure::BadQuery(e.body_text()))?;
     let guard = stream::SubscriberGuard::new(app.tcs.metrics().subscribers.clone());

@@ -42,7 +42,7 @@ pub struct TcsConfig {
     /// Readiness: the view may trail the catalogue head by at most this many sequences.
     #[serde(default = "default_max_lag")]
     pub max_lag: u64,
-    /// Whether fault injection may be enabled at run time (kept for a later issue).
+    /// Whether `/admin/faults` may inject faults at run time (see [`super::faults`]).
     #[serde(default)]
     pub allow_faults: bool,
     /// Who may read which views.

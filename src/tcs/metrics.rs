@@ -21,6 +21,10 @@ pub struct TcsMetrics {
     pub tail_errors: IntCounter,
     /// Open change-stream subscriptions (`tcs_subscribers`).
     pub subscribers: IntGauge,
+    /// 1 while any injected fault is set (`tcs_faults_active`).
+    pub faults_active: IntGauge,
+    /// View requests answered 503 by an injected fault (`tcs_fault_errors_total`).
+    pub fault_errors: IntCounter,
 }
 
 impl TcsMetrics {
@@ -48,6 +52,11 @@ impl TcsMetrics {
             )?,
             tail_errors: IntCounter::new("tail_errors_total", "Failed catalogue polls")?,
             subscribers: IntGauge::new("subscribers", "Open change-stream subscriptions")?,
+            faults_active: IntGauge::new("faults_active", "1 while any injected fault is set")?,
+            fault_errors: IntCounter::new(
+                "fault_errors_total",
+                "View requests answered 503 by an injected fault",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -62,7 +71,9 @@ impl TcsMetrics {
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.lookups.clone()))?;
         r.register(Box::new(self.tail_errors.clone()))?;
-        r.register(Box::new(self.subscribers.clone()))
+        r.register(Box::new(self.subscribers.clone()))?;
+        r.register(Box::new(self.faults_active.clone()))?;
+        r.register(Box::new(self.fault_errors.clone()))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -1,11 +1,15 @@
 //! The tailer: long-polls the catalogue's change log from the view's applied seq and applies
 //! every page in order. At least once and in order; the view makes replays harmless.
+//!
+//! While ingest is paused (an injected fault) it applies nothing and keeps its position, but
+//! keeps long-polling from the newest head it saw, so lag and readiness show the stall.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::TcsMetrics;
@@ -68,6 +72,7 @@ pub struct Tailer {
     view: Arc<IngressView>,
     status: Arc<TailStatus>,
     metrics: TcsMetrics,
+    pause: watch::Receiver<bool>,
 }
 
 impl Tailer {
@@ -86,7 +91,15 @@ impl Tailer {
             view,
             status,
             metrics,
+            // Its sender is gone at once: never paused.
+            pause: watch::channel(false).1,
         }
+    }
+
+    /// The same tailer, applying nothing while `pause` holds `true`.
+    pub fn with_pause(mut self, pause: watch::Receiver<bool>) -> Self {
+        self.pause = pause;
+        self
     }
 
     /// Polls until `shutdown` is cancelled, backing off (capped, jittered) after errors.
@@ -114,10 +127,22 @@ impl Tailer {
     }
 
     /// One long poll from the view's seq; applies what it got and returns how many changes.
+    /// Paused, or paused during the poll: applies nothing and returns 0.
     pub async fn poll_once(&self) -> Result<usize, PollError> {
+        let mut pause = self.pause.clone();
+        if *pause.borrow_and_update() {
+            return self.watch_head(pause).await.map(|()| 0);
+        }
         let after = self.view.seq();
-        let page = self.fetch(after).await?;
+        let page = tokio::select! {
+            biased;
+            () = flipped(&mut pause) => return Ok(0),
+            page = self.fetch(after) => page?,
+        };
         self.status.record_ok(page.head);
+        if *pause.borrow() {
+            return Ok(0);
+        }
         if page.head < after {
             tracing::warn!(
                 after,
@@ -135,6 +160,21 @@ impl Tailer {
             self.count(self.view.apply(change));
         }
         Ok(page.changes.len())
+    }
+
+    /// Paused: long-polls from the newest head seen (so the catalogue answers only when it
+    /// moves) to keep head and readiness current, and drops the page; returns early when the
+    /// pause is lifted.
+    async fn watch_head(&self, mut pause: watch::Receiver<bool>) -> Result<(), PollError> {
+        let from = self.view.seq().max(self.status.head());
+        tokio::select! {
+            biased;
+            () = flipped(&mut pause) => Ok(()),
+            page = self.fetch(from) => {
+                self.status.record_ok(page?.head);
+                Ok(())
+            }
+        }
     }
 
     async fn fetch(&self, after: u64) -> Result<ChangesPage, PollError> {
@@ -162,6 +202,13 @@ impl Tailer {
             Applied::Advanced | Applied::Replayed => return,
         };
         self.metrics.events.with_label_values(&["ingress", kind]).inc();
+    }
+}
+
+/// Resolves when the pause flag flips; never when nobody can flip it any more.
+async fn flipped(pause: &mut watch::Receiver<bool>) {
+    if pause.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -1,0 +1,450 @@
+//! TCS fault injection over real loopback sockets: `/admin/faults` and what each fault does to
+//! the `/v1/views/...` answers, the tailer against a real catalogue for `pause_ingest`, and the
+//! `--allow-faults` flag of the binary.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
+#![expect(clippy::panic, reason = "test helpers fail loudly")]
+
+#[path = "support/tcs.rs"]
+#[expect(dead_code, reason = "shared with tcs_api.rs, which uses the rest")]
+mod tcs_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+use tcs_support::{config, put, seq_prev, Ndjson, Server, EDGE_TOKEN};
+use tenant_edge::catalogue::{self, SqliteStore};
+use tenant_edge::ctl::CatalogueClient;
+use tenant_edge::feed::{ApiError, RealmDoc, TenantDoc, ViewEvent, ViewSnapshot};
+use tenant_edge::tcs::faults::{Faults, MAX_LATENCY_MS};
+use tenant_edge::tcs::{Tcs, TcsConfig};
+use tenant_edge::tenant::{Host, Realm, Region, TenantId};
+use tokio_util::sync::CancellationToken;
+
+const ACME: &str = "/v1/views/ingress/hosts/acme.example.test";
+const SNAPSHOT: &str = "/v1/views/ingress/snapshot";
+const FAULTS: &str = "/admin/faults";
+
+fn faults_config(allow: bool) -> TcsConfig {
+    let mut cfg = config("127.0.0.1:1");
+    cfg.allow_faults = allow;
+    cfg
+}
+
+/// Three tenants applied through the real applier; the tailer counts as having polled.
+fn seeded(allow: bool) -> Tcs {
+    let tcs = Tcs::new(faults_config(allow)).unwrap();
+    let view = tcs.ingress();
+    view.apply(&put(1, "acme", 1, &["acme.example.test"]));
+    view.apply(&put(2, "globex", 1, &["globex.example.test"]));
+    view.apply(&put(3, "initech", 1, &["initech.example.test"]));
+    tcs.status().record_ok(3);
+    tcs
+}
+
+async fn set_faults(srv: &Server, body: serde_json::Value) -> Faults {
+    let resp = srv.client.put(srv.url(FAULTS)).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "PUT {body}");
+    resp.json().await.unwrap()
+}
+
+async fn clear_faults(srv: &Server) {
+    let resp = srv.client.delete(srv.url(FAULTS)).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Faults>().await.unwrap(), Faults::default());
+}
+
+async fn metrics(srv: &Server) -> String {
+    srv.get("/metrics", "").await.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn admin_routes_do_not_exist_unless_allowed() {
+    let srv = Server::start(seeded(false)).await;
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
+        let resp = srv
+            .client
+            .request(method.clone(), srv.url(FAULTS))
+            .json(&json!({"empty": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method}");
+    }
+    assert_eq!(srv.get(ACME, EDGE_TOKEN).await.status(), StatusCode::OK);
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn admin_faults_are_validated_shown_and_cleared() {
+    let srv = Server::start(seeded(true)).await;
+    let put_raw = |body: &'static str| srv.client.put(srv.url(FAULTS)).body(body).send();
+    for malformed in [
+        "",
+        "not json",
+        r#"{"latency": 5}"#,
+        r#"{"error_rate": "half"}"#,
+        r#"{"latency_ms": -1}"#,
+    ] {
+        let resp = put_raw(malformed).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{malformed:?}");
+        assert_eq!(resp.json::<ApiError>().await.unwrap().status, 400);
+    }
+    for invalid in [
+        r#"{"error_rate": 1.5}"#,
+        r#"{"error_rate": -0.1}"#,
+        r#"{"latency_ms": 600001}"#,
+    ] {
+        let resp = put_raw(invalid).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{invalid:?}");
+        assert_eq!(resp.json::<ApiError>().await.unwrap().status, 422);
+    }
+    // Nothing refused was applied.
+    let shown: Faults = srv.get(FAULTS, "").await.json().await.unwrap();
+    assert_eq!(shown, Faults::default());
+    assert!(metrics(&srv)
+        .await
+        .contains(r#"tcs_faults_active{region="us-east-1"} 0"#));
+
+    let set = set_faults(&srv, json!({"error_rate": 0.25, "pause_ingest": true})).await;
+    let expected = Faults {
+        error_rate: 0.25,
+        pause_ingest: true,
+        ..Faults::default()
+    };
+    assert_eq!(set, expected);
+    assert_eq!(
+        srv.get(FAULTS, "").await.json::<Faults>().await.unwrap(),
+        expected
+    );
+    assert!(metrics(&srv)
+        .await
+        .contains(r#"tcs_faults_active{region="us-east-1"} 1"#));
+
+    clear_faults(&srv).await;
+    assert_eq!(
+        srv.get(FAULTS, "").await.json::<Faults>().await.unwrap(),
+        Faults::default()
+    );
+    assert!(metrics(&srv)
+        .await
+        .contains(r#"tcs_faults_active{region="us-east-1"} 0"#));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn error_rate_fails_view_requests_but_never_health() {
+    let srv = Server::start(seeded(true)).await;
+    set_faults(&srv, json!({"error_rate": 1.0})).await;
+    for path in [ACME, SNAPSHOT, "/v1/views/ingress/changes?after=0"] {
+        let resp = srv.get(path, EDGE_TOKEN).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(resp.json::<ApiError>().await.unwrap().status, 503);
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(srv.get(path, "").await.status(), StatusCode::OK, "{path}");
+    }
+    assert!(metrics(&srv)
+        .await
+        .contains(r#"tcs_fault_errors_total{region="us-east-1"} 3"#));
+
+    clear_faults(&srv).await;
+    assert_eq!(srv.get(ACME, EDGE_TOKEN).await.status(), StatusCode::OK);
+    assert!(metrics(&srv)
+        .await
+        .contains(r#"tcs_fault_errors_total{region="us-east-1"} 3"#));
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn empty_hides_every_tenant_but_not_the_change_stream() {
+    let tcs = seeded(true);
+    let view = tcs.ingress();
+    let srv = Server::start(tcs).await;
+    set_faults(&srv, json!({"empty": true})).await;
+    let resp = srv.get(ACME, EDGE_TOKEN).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(resp.json::<ApiError>().await.unwrap().status, 404);
+    let snap: ViewSnapshot = srv.get(SNAPSHOT, EDGE_TOKEN).await.json().await.unwrap();
+    assert_eq!((snap.seq, snap.records.len()), (3, 0));
+    assert!(metrics(&srv)
+        .await
+        .contains(r#"tcs_lookups_total{result="miss",view="ingress",region="us-east-1"} 1"#));
+
+    // The stream still replays and follows: an emptied table sends no deletes.
+    let resp = srv.get("/v1/views/ingress/changes?after=2", EDGE_TOKEN).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut lines = Ndjson::new(resp);
+    assert_eq!(seq_prev(&lines.next_change().await), (3, 2));
+    view.apply(&put(4, "acme", 2, &["acme.example.test"]));
+    assert_eq!(seq_prev(&lines.next_change().await), (4, 3));
+    drop(lines);
+
+    clear_faults(&srv).await;
+    assert_eq!(srv.get(ACME, EDGE_TOKEN).await.status(), StatusCode::OK);
+    let snap: ViewSnapshot = srv.get(SNAPSHOT, EDGE_TOKEN).await.json().await.unwrap();
+    assert_eq!((snap.seq, snap.records.len()), (4, 3));
+    srv.stop().await;
+}
+
+/// Time is paused: the runtime jumps the clock to the next timer whenever every task waits,
+/// so "took at least the latency" is measured on tokio's clock, deterministically, and the
+/// test takes no real time.
+#[tokio::test(start_paused = true)]
+async fn latency_delays_view_answers_but_never_health() {
+    let srv = Server::start(seeded(true)).await;
+    // Fresh connections only: an idle pooled connection is not worth reasoning about while
+    // the clock jumps.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let latency = Duration::from_millis(MAX_LATENCY_MS);
+    let took = |path: &'static str| {
+        let req = http.get(srv.url(path)).bearer_auth(EDGE_TOKEN);
+        async move {
+            let start = tokio::time::Instant::now();
+            let status = req.send().await.unwrap().status();
+            (status, start.elapsed())
+        }
+    };
+    set_faults(&srv, json!({"latency_ms": MAX_LATENCY_MS})).await;
+    for path in [ACME, SNAPSHOT, "/v1/views/ingress/changes?after=3"] {
+        let (status, elapsed) = took(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(elapsed >= latency, "{path} answered after {elapsed:?}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics", FAULTS] {
+        let (status, elapsed) = took(path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(elapsed < latency, "{path} was delayed: {elapsed:?}");
+    }
+    clear_faults(&srv).await;
+    let (status, elapsed) = took(ACME).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(elapsed < latency, "still delayed after clearing: {elapsed:?}");
+    srv.stop().await;
+}
+
+/// The tailer against a real catalogue: paused, it sees the head move but applies nothing, and
+/// readiness goes red once the lag exceeds `max_lag`; lifted, it catches up.
+#[tokio::test]
+async fn pause_ingest_stops_application_until_lifted() {
+    let mut catalogue = TappedCatalogue::start().await;
+    let realm = Realm::new("us").unwrap();
+    let regions = vec![Region::new("us-east-1").unwrap()];
+    catalogue.put_realm(&realm, regions).await; // seq 1
+    catalogue.put_tenant(&tenant("acme")).await; // seq 2
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = faults_config(true);
+    cfg.catalogue = catalogue.url.clone();
+    cfg.snapshot = dir.path().join("tcs.json");
+    cfg.max_lag = 0;
+    let tcs = Tcs::new(cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(tcs.clone().serve(listener, shutdown.clone()));
+    let srv = Client::new(addr);
+    catalogue.wait_for_poll_after(2).await;
+    assert_eq!(srv.lookup("acme").await, StatusCode::OK);
+    assert_eq!(srv.status("/readyz").await, StatusCode::OK);
+
+    srv.send(reqwest::Method::PUT, json!({"pause_ingest": true}))
+        .await;
+    catalogue.put_tenant(&tenant("globex")).await; // seq 3
+                                                   // Paused, the tailer polls from the newest head it saw: it has seen seq 3.
+    catalogue.wait_for_poll_after(3).await;
+    assert_eq!(srv.lookup("globex").await, StatusCode::NOT_FOUND);
+    assert_eq!(tcs.ingress().seq(), 2);
+    assert_eq!(srv.status("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
+
+    let stream = srv.get("/v1/views/ingress/changes?after=2").await;
+    let mut lines = Ndjson::new(stream);
+    srv.send(reqwest::Method::DELETE, json!({})).await;
+    match lines.next_change().await {
+        ViewEvent::Upsert { seq: 3, record, .. } => assert_eq!(record.id.as_str(), "globex"),
+        other => panic!("expected globex at seq 3, got {other:?}"),
+    }
+    drop(lines);
+    assert_eq!(srv.lookup("globex").await, StatusCode::OK);
+    assert_eq!(srv.status("/readyz").await, StatusCode::OK);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+fn tenant(id: &str) -> TenantDoc {
+    TenantDoc {
+        id: TenantId::new(id).unwrap(),
+        hosts: vec![Host::parse(&format!("{id}.example.test")).unwrap()],
+        realm: Realm::new("us").unwrap(),
+        placements: Default::default(),
+        version: 0,
+    }
+}
+
+/// A client of a TCS served by `Tcs::serve`.
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let req = self.http.get(format!("{}{path}", self.base));
+        req.bearer_auth(EDGE_TOKEN).send().await.unwrap()
+    }
+
+    async fn status(&self, path: &str) -> StatusCode {
+        self.get(path).await.status()
+    }
+
+    async fn lookup(&self, id: &str) -> StatusCode {
+        self.status(&format!("/v1/views/ingress/hosts/{id}.example.test"))
+            .await
+    }
+
+    async fn send(&self, method: reqwest::Method, body: serde_json::Value) {
+        let url = format!("{}{FAULTS}", self.base);
+        let resp = self.http.request(method, url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+}
+
+/// `--allow-faults` turns fault injection on although the config file says no.
+#[tokio::test]
+async fn allow_faults_flag_overrides_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = faults_config(false);
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.snapshot = dir.path().join("tcs.json");
+    let file = dir.path().join("tcs.toml");
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
+    let _tcs = Role::start(
+        &["tcs", "--config", file.to_str().unwrap(), "--allow-faults"],
+        "listening on",
+    );
+    let url = format!("http://127.0.0.1:{port}{FAULTS}");
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Faults>().await.unwrap(), Faults::default());
+}
+
+/// The real catalogue (SQLite in a temp dir) behind a tap that reports the `after` of every
+/// `/v1/changes` poll, so a test knows how far the tailer got without sleeping.
+struct TappedCatalogue {
+    url: String,
+    client: CatalogueClient,
+    polls: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    _dir: tempfile::TempDir,
+}
+
+impl TappedCatalogue {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("catalogue.db")).unwrap();
+        let (tx, polls) = tokio::sync::mpsc::unbounded_channel();
+        let tap = move |req: axum::extract::Request, next: axum::middleware::Next| {
+            if req.uri().path() == "/v1/changes" {
+                if let Some(after) = after_of(req.uri().query().unwrap_or("")) {
+                    let _ = tx.send(after);
+                }
+            }
+            next.run(req)
+        };
+        let app = catalogue::router(Arc::new(store)).layer(axum::middleware::from_fn(tap));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let client = CatalogueClient::new(&url).unwrap();
+        Self {
+            url,
+            client,
+            polls,
+            _dir: dir,
+        }
+    }
+
+    async fn put_realm(&self, name: &Realm, regions: Vec<Region>) {
+        let doc = RealmDoc {
+            name: name.clone(),
+            regions,
+        };
+        self.client.put_realm(&doc).await.unwrap();
+    }
+
+    async fn put_tenant(&self, doc: &TenantDoc) {
+        self.client.put_tenant(doc, None).await.unwrap();
+    }
+
+    /// Waits for a poll for changes after `seq`: the tailer has seen the log up to `seq`.
+    async fn wait_for_poll_after(&mut self, seq: u64) {
+        while self.polls.recv().await.unwrap() != seq {}
+    }
+}
+
+fn after_of(query: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("after="))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A free loopback port: bound, then released, for a process that binds it itself.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A `tenant-edge` role as its own process, killed when dropped.
+struct Role(std::process::Child);
+
+impl Role {
+    /// Starts the binary with `args` and returns once it has logged `ready`.
+    fn start(args: &[&str], ready: &'static str) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[tcs] {line}");
+                if line.contains(ready) {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        // Returns at once if the process dies (the sender is dropped); the bound is a backstop.
+        rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
