@@ -284,8 +284,10 @@ impl TenantCache {
             .await;
     }
 
-    /// Applies a pushed record: every host of it gets the new version (when newer), hosts it
-    /// lost are dropped, and none of its hosts stays in the negative cache.
+    /// Applies a pushed record: every cached host of it gets the new version (when newer), hosts
+    /// it lost are dropped, and none of its hosts stays in the negative cache. Hosts this edge does
+    /// not hold are left out: a change to a cold tenant must not evict a hot one (loading
+    /// everything is what [`Self::prewarm`] is for).
     pub async fn apply_upsert(
         &self,
         record: IngressRecord,
@@ -306,7 +308,7 @@ impl TenantCache {
             };
             self.recent.insert(host.as_str().into(), seen).await;
             self.negative.invalidate(host.as_str()).await;
-            self.put_if_newer(host.as_str(), entry.clone()).await;
+            self.update_if_cached(host.as_str(), entry.clone()).await;
         }
         for host in removed {
             self.drop_if_older(host.as_str(), entry.record.version).await;
@@ -320,6 +322,37 @@ impl TenantCache {
                 .insert(host.as_str().into(), Seen { version, entry: None })
                 .await;
             self.drop_if_older(host.as_str(), version).await;
+        }
+    }
+
+    /// Replaces a cached entry for `host` with a newer version; an absent host stays absent.
+    async fn update_if_cached(&self, host: &str, entry: Arc<Entry>) {
+        let version = entry.record.version;
+        self.positive
+            .entry_by_ref(host)
+            .and_compute_with(|held| async move {
+                match held {
+                    Some(held) if held.value().record.version < version => Op::Put(entry),
+                    _ => Op::Nop,
+                }
+            })
+            .await;
+    }
+
+    /// Loads every record of a bulk snapshot (start-up warm-up): each host gets the record
+    /// unless the cache already holds the same or a newer version.
+    pub async fn prewarm(&self, records: Vec<IngressRecord>, region: &Arc<str>, origin: Origin) {
+        for record in records {
+            let entry = Arc::new(Entry {
+                record: Arc::new(record),
+                learnt_at: Instant::now(),
+                origin,
+                region: region.clone(),
+            });
+            for host in &entry.record.hosts {
+                self.negative.invalidate(host.as_str()).await;
+                self.put_if_newer(host.as_str(), entry.clone()).await;
+            }
         }
     }
 
@@ -341,8 +374,8 @@ impl TenantCache {
         self.negative.invalidate(host).await;
     }
 
-    /// Replaces the cache's view with a whole snapshot after a gap in the change stream: newer
-    /// records win, cached hosts the snapshot no longer has are dropped, negatives are cleared.
+    /// Repairs the cache from a whole snapshot after a gap in the change stream: cached hosts get
+    /// newer versions, cached hosts the snapshot no longer has are dropped, negatives are cleared.
     pub async fn resync(&self, snapshot: ViewSnapshot, region: &Arc<str>) {
         let mut live = std::collections::HashSet::new();
         for record in snapshot.records {

@@ -137,36 +137,43 @@ async fn concurrent_misses_coalesce_into_one_fetch() {
 }
 
 #[tokio::test]
-async fn pushed_changes_only_move_forward() {
+async fn pushed_changes_only_move_forward_and_only_for_cached_hosts() {
     let f = fixture().await;
     let region: Arc<str> = "us-east-1".into();
+    let push = |version, hosts: &'static [&'static str], removed: Vec<Host>| {
+        let cache = f.cache.clone();
+        let region = region.clone();
+        async move {
+            cache
+                .apply_upsert(record("acme", version, hosts), &removed, &region, Origin::Stream)
+                .await
+        }
+    };
+    push(2, &["acme.example.test"], vec![]).await;
+    assert!(
+        f.cache.peek("acme.example.test").await.is_none(),
+        "a cold host is not inserted by a push"
+    );
     f.cache
-        .apply_upsert(
-            record("acme", 3, &["acme.example.test"]),
-            &[],
+        .prewarm(
+            vec![record("acme", 3, &["acme.example.test", "acme.example.net"])],
             &region,
-            Origin::Stream,
+            Origin::Snapshot,
         )
         .await;
-    f.cache
-        .apply_upsert(
-            record("acme", 2, &["acme.example.test"]),
-            &[],
-            &region,
-            Origin::Stream,
-        )
-        .await;
-    assert_eq!(f.cache.peek("acme.example.test").await.unwrap().record.version, 3);
-    // A new host of the tenant joins, the old one is dropped.
-    let removed = [Host::parse("acme.example.test").unwrap()];
-    f.cache
-        .apply_upsert(
-            record("acme", 4, &["acme.example.net"]),
-            &removed,
-            &region,
-            Origin::Stream,
-        )
-        .await;
+    push(2, &["acme.example.test", "acme.example.net"], vec![]).await;
+    assert_eq!(
+        f.cache.peek("acme.example.test").await.unwrap().record.version,
+        3,
+        "older pushes change nothing"
+    );
+    // The tenant drops a host.
+    push(
+        4,
+        &["acme.example.net"],
+        vec![Host::parse("acme.example.test").unwrap()],
+    )
+    .await;
     assert!(f.cache.peek("acme.example.test").await.is_none());
     assert_eq!(f.cache.peek("acme.example.net").await.unwrap().record.version, 4);
     // An older delete changes nothing; a newer one removes.
@@ -184,6 +191,10 @@ async fn a_pushed_host_leaves_the_negative_cache() {
         f.cache.resolve("hooli.example.test").await,
         Ok(Resolved::Unknown)
     ));
+    // The tenant is created: TCS learns it, and the edge is told through its stream.
+    f.tcs
+        .ingress()
+        .apply(&put(1, "hooli", 1, &["hooli.example.test"]));
     let region: Arc<str> = "us-east-1".into();
     f.cache
         .apply_upsert(
@@ -249,7 +260,10 @@ async fn a_flood_of_unknown_hosts_cannot_evict_known_tenants() {
     let fetched = lookups(&f.tcs, "hit");
     // Three times the negative cache's capacity proves the point in a debug build; the issue's
     // full 100 000 runs with FLOOD_HOSTS=100000.
-    let flood: u32 = std::env::var("FLOOD_HOSTS").ok().and_then(|v| v.parse().ok()).unwrap_or(30_000);
+    let flood: u32 = std::env::var("FLOOD_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
     stream::iter(0..flood)
         .for_each_concurrent(64, |i| {
             let f = f.clone();
@@ -261,7 +275,15 @@ async fn a_flood_of_unknown_hosts_cannot_evict_known_tenants() {
         .await;
     assert_eq!(lookups(&f.tcs, "miss"), u64::from(flood));
     for host in &known {
-        assert_eq!(version(&f.cache.resolve(host).await), Some(1), "{host} must still be cached");
+        assert_eq!(
+            version(&f.cache.resolve(host).await),
+            Some(1),
+            "{host} must still be cached"
+        );
     }
-    assert_eq!(lookups(&f.tcs, "hit"), fetched, "every known tenant was a cache hit");
+    assert_eq!(
+        lookups(&f.tcs, "hit"),
+        fetched,
+        "every known tenant was a cache hit"
+    );
 }
