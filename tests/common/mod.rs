@@ -109,6 +109,61 @@ impl Drop for Proc {
     }
 }
 
+/// One edge process and its ports.
+pub struct Edge {
+    pub proc: Proc,
+    pub http: u16,
+    pub https: u16,
+    pub admin: u16,
+}
+
+impl Edge {
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin)
+    }
+}
+
+/// Starts an edge named `name` (its config file is `<name>.toml` in `dir`) and waits until it is
+/// ready. `extra` is appended to the top-level keys of its config.
+pub async fn start_edge(dir: &Path, name: &str, routes: &Path, tcs_urls: &[String], extra: &str) -> Edge {
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let mut cfg = format!(
+        "region = \"us-east-1\"\nlisten_http = \"127.0.0.1:{http}\"\nlisten_https = \"127.0.0.1:{https}\"\n\
+         cert = \"{}\"\nkey = \"{}\"\nadmin = \"127.0.0.1:{admin}\"\nroutes = \"{}\"\nthreads = 1\n{extra}\n\
+         \n[cache]\nnegative_ttl_secs = 1\n\n[lookup]\ntimeout_ms = 500\ncheck_interval_ms = 200\n\
+         canaries = [\"acme.example.test\"]\n",
+        certs.join("dev.crt").display(),
+        certs.join("dev.key").display(),
+        routes.display()
+    );
+    for (region, url) in ["us-east-1", "eu-west-1"].iter().zip(tcs_urls) {
+        cfg.push_str(&format!(
+            "\n[[tcs]]\nregion = \"{region}\"\nurl = \"{url}\"\ntoken = \"{EDGE_TOKEN}\"\n"
+        ));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, cfg).unwrap();
+    let proc = Proc::start(name, &["proxy", "--config", path.to_str().unwrap()]);
+    wait_ok(&format!("http://127.0.0.1:{admin}/readyz")).await;
+    Edge {
+        proc,
+        http,
+        https,
+        admin,
+    }
+}
+
+/// Sets (`Some`) or clears (`None`) injected faults on a TCS.
+pub async fn tcs_faults(http: &reqwest::Client, tcs_url: &str, faults: Option<serde_json::Value>) {
+    let url = format!("{tcs_url}/admin/faults");
+    let r = match faults {
+        Some(f) => http.put(url).json(&f).send().await.unwrap(),
+        None => http.delete(url).send().await.unwrap(),
+    };
+    assert!(r.status().is_success(), "faults: {}", r.status());
+}
+
 /// Polls `url` until it answers 2xx (10 s at most).
 pub async fn wait_ok(url: &str) {
     let http = reqwest::Client::new();
@@ -233,25 +288,12 @@ impl Stack {
                 wait_ok(&format!("http://127.0.0.1:{p}/healthz")).await;
             }
         }
-        let (edge_http, edge_https, edge_admin) = (free_port(), free_port(), free_port());
-        let edge_cfg = dir.path().join("edge.toml");
-        let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-        let mut cfg = format!(
-            "region = \"us-east-1\"\nlisten_http = \"127.0.0.1:{edge_http}\"\nlisten_https = \"127.0.0.1:{edge_https}\"\n\
-             cert = \"{}\"\nkey = \"{}\"\nadmin = \"127.0.0.1:{edge_admin}\"\nroutes = \"{}\"\nthreads = 1\n\
-             \n[cache]\nnegative_ttl_secs = 1\n\n[lookup]\ntimeout_ms = 500\ncheck_interval_ms = 200\ncanaries = [\"acme.example.test\"]\n",
-            certs.join("dev.crt").display(),
-            certs.join("dev.key").display(),
-            routes.display()
-        );
-        for (region, url) in ["us-east-1", "eu-west-1"].iter().zip(&tcs_urls) {
-            cfg.push_str(&format!(
-                "\n[[tcs]]\nregion = \"{region}\"\nurl = \"{url}\"\ntoken = \"{EDGE_TOKEN}\"\n"
-            ));
-        }
-        std::fs::write(&edge_cfg, cfg).unwrap();
-        let edge = Proc::start("edge", &["proxy", "--config", edge_cfg.to_str().unwrap()]);
-        wait_ok(&format!("http://127.0.0.1:{edge_admin}/readyz")).await;
+        let Edge {
+            proc: edge,
+            http: edge_http,
+            https: edge_https,
+            admin: edge_admin,
+        } = start_edge(dir.path(), "edge", &routes, &tcs_urls, "").await;
         Stack {
             dir,
             routes,
