@@ -1,6 +1,8 @@
 //! The edge's tenant context when TCS is slow, down or wrong (every role a real process; faults
 //! injected through the TCS admin API).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test helpers fail loudly")]
+
 mod common;
 
 use std::time::{Duration, Instant};
