@@ -287,3 +287,113 @@ async fn a_flood_of_unknown_hosts_cannot_evict_known_tenants() {
         "every known tenant was a cache hit"
     );
 }
+
+fn del(seq: u64, id: &str, version: u64) -> Change {
+    Change {
+        seq,
+        body: ChangeBody::Tenant {
+            id: TenantId::new(id).unwrap(),
+            version,
+            doc: None,
+        },
+    }
+}
+
+/// Serves `tcs`'s API on `listener` until `stop` is cancelled.
+fn serve(tcs: &Tcs, listener: tokio::net::TcpListener, stop: CancellationToken) {
+    let app = api::router(tcs.clone(), stop.clone());
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
+    let config = TcsConfig {
+        region: Region::new("us-east-1").unwrap(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        catalogue: "http://127.0.0.1:9".into(),
+        snapshot: "unused.json".into(),
+        max_lag: 100,
+        allow_faults: false,
+        consumers: vec![ConsumerConfig {
+            name: "edge".into(),
+            token: TOKEN.into(),
+            views: vec!["ingress".into()],
+        }],
+    };
+    // A ring of two events: whoever falls more than two events behind must resync.
+    let tcs = Tcs::with_capacities(config, 2, 64).unwrap();
+    tcs.ingress().apply(&put(1, "acme", 1, &["acme.example.test"]));
+    tcs.ingress()
+        .apply(&put(2, "globex", 1, &["globex.example.test"]));
+    let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = |region: &str, l: &tokio::net::TcpListener| TcsEndpoint {
+        region: region.into(),
+        url: format!("http://{}", l.local_addr().unwrap()),
+        token: TOKEN.into(),
+    };
+    let endpoints = [endpoint("us-east-1", &first), endpoint("eu-west-1", &second)];
+    let stop_first = CancellationToken::new();
+    serve(&tcs, first, stop_first.clone());
+
+    let client = Arc::new(TcsClient::new(&endpoints, "us-east-1", LookupConfig::default()).unwrap());
+    let metrics = EdgeMetrics::new().unwrap();
+    let cache = Arc::new(TenantCache::new(
+        &CacheConfig::default(),
+        client.clone(),
+        metrics.clone(),
+    ));
+    assert_eq!(version(&cache.resolve("acme.example.test").await), Some(1));
+    assert_eq!(version(&cache.resolve("globex.example.test").await), Some(1));
+    let status = Arc::new(StreamStatus::new(&client));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(follow(
+        cache.clone(),
+        status.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let applied = || status.applied.load(std::sync::atomic::Ordering::Acquire);
+    for _ in 0..500 {
+        if applied() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(applied(), 2);
+
+    // The first region goes away; meanwhile globex is deleted and acme changes, and more
+    // changes push them out of the ring.
+    stop_first.cancel();
+    tcs.ingress().apply(&del(3, "globex", 2));
+    tcs.ingress().apply(&put(4, "acme", 2, &["acme.example.test"]));
+    tcs.ingress().apply(&put(5, "other", 1, &["other.example.test"]));
+    tcs.ingress()
+        .apply(&put(6, "another", 1, &["another.example.test"]));
+    let stop_second = CancellationToken::new();
+    serve(&tcs, second, stop_second.clone());
+
+    for _ in 0..1000 {
+        if applied() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(applied() >= 6, "the follower caught up through the second region");
+    assert!(
+        cache.peek("globex.example.test").await.is_none(),
+        "the deleted tenant is not left behind"
+    );
+    assert_eq!(cache.peek("acme.example.test").await.unwrap().record.version, 2);
+    assert!(
+        cache.peek("other.example.test").await.is_none(),
+        "a resync does not load cold tenants"
+    );
+    assert_eq!(metrics.stream_events.with_label_values(&["resync"]).get(), 1);
+    shutdown.cancel();
+    stop_second.cancel();
+}
