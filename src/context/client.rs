@@ -342,7 +342,12 @@ impl TcsClient {
         let delay = Duration::from_millis(self.config.hedge_delay_ms);
         let hedge = tokio::time::sleep(delay);
         tokio::pin!(hedge);
-        let mut hedge_armed = true;
+        // With no delay the hedge goes out now: even `sleep(0)` waits for the timer's next
+        // millisecond tick.
+        let mut hedge_armed = !delay.is_zero();
+        if delay.is_zero() && launch(&mut pending) {
+            self.hedges.fetch_add(1, Ordering::Relaxed);
+        }
         let mut believed_not_found = false;
         let mut agree_deadline = None;
         let mut last_err = TcsError::NoCapacity;
@@ -376,7 +381,7 @@ impl TcsClient {
                 },
                 () = &mut hedge, if hedge_armed => {
                     hedge_armed = false;
-                    if delay.is_zero() || self.budget.spend() {
+                    if self.budget.spend() {
                         if launch(&mut pending) {
                             self.hedges.fetch_add(1, Ordering::Relaxed);
                         }
