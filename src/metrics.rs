@@ -23,6 +23,39 @@ pub fn status_class(status: u16) -> usize {
     }
 }
 
+/// A counter bumped on the hot path by every worker thread: one cache-padded cell per shard, so
+/// threads do not bounce one cache line between cores; summed when scraped.
+#[derive(Debug, Default)]
+pub struct ShardedCounter {
+    cells: [crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64>; 16],
+}
+
+impl ShardedCounter {
+    /// Adds one, on this thread's cell.
+    #[inline]
+    pub fn inc(&self) {
+        self.cells[shard_index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The total over every cell.
+    pub fn get(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// This thread's cell index, assigned round-robin on first use.
+fn shard_index() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % 16;
+    }
+    INDEX.with(|i| *i)
+}
+
 /// Every metric the edge exports.
 #[derive(Clone)]
 pub struct EdgeMetrics {
@@ -31,8 +64,9 @@ pub struct EdgeMetrics {
     pub requests: IntCounterVec,
     /// Time from sending the request upstream to the end of the response, by product.
     pub upstream_latency: HistogramVec,
-    /// Tenant-context cache hits.
-    pub cache_hits: IntCounter,
+    /// Tenant-context cache hits, exported as `tenant_cache_hits_total` at scrape time.
+    pub cache_hits: std::sync::Arc<ShardedCounter>,
+    cache_hits_export: IntCounter,
     /// Tenant-context cache misses (a fetch from TCS followed, possibly coalesced).
     pub cache_misses: IntCounter,
     /// Hits in the negative cache (known-unknown hosts).
@@ -85,7 +119,8 @@ impl EdgeMetrics {
                     .buckets(latency_buckets.clone()),
                 &["product"],
             )?,
-            cache_hits: IntCounter::new("tenant_cache_hits_total", "Tenant-context cache hits")?,
+            cache_hits: Default::default(),
+            cache_hits_export: IntCounter::new("tenant_cache_hits_total", "Tenant-context cache hits")?,
             cache_misses: IntCounter::new("tenant_cache_misses_total", "Tenant-context cache misses")?,
             negative_hits: IntCounter::new(
                 "tenant_cache_negative_hits_total",
@@ -140,7 +175,7 @@ impl EdgeMetrics {
         let r = &self.registry;
         r.register(Box::new(self.requests.clone()))?;
         r.register(Box::new(self.upstream_latency.clone()))?;
-        r.register(Box::new(self.cache_hits.clone()))?;
+        r.register(Box::new(self.cache_hits_export.clone()))?;
         r.register(Box::new(self.cache_misses.clone()))?;
         r.register(Box::new(self.negative_hits.clone()))?;
         r.register(Box::new(self.fill_latency.clone()))?;
@@ -170,6 +205,7 @@ impl EdgeMetrics {
 
     /// Every metric in the Prometheus text format.
     pub fn render(&self) -> String {
+        Self::sync_counter(&self.cache_hits_export, self.cache_hits.get());
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format except on invalid metric names,
         // which are all static here.
