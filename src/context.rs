@@ -6,6 +6,7 @@
 //! small negative cache, so a flood of random hosts cannot evict known tenants.
 
 mod client;
+pub mod persist;
 mod stream;
 
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub enum Origin {
     Stream,
     /// Loaded from a bulk snapshot during a resync.
     Snapshot,
+    /// Read back from this edge's cache file at start.
+    File,
 }
 
 /// One cached tenant context.

@@ -192,6 +192,9 @@ fn edge_config(args: &DevArgs, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
         threads: 2,
         tcs_timeout_ms: 1000,
         access_log: true,
+        cache_file: Some(args.data.join("edge-cache.json")),
+        cache_file_interval_secs: 30,
+        prewarm: false,
         cache: Default::default(),
         tcs,
     }

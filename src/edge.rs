@@ -20,6 +20,7 @@ use prometheus::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::context::persist::{self, FileStatus};
 use crate::context::{self, CacheConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
 use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
@@ -58,6 +59,17 @@ pub struct EdgeConfig {
     /// Log one line per request.
     #[serde(default)]
     pub access_log: bool,
+    /// File the tenant-context cache is written to (periodically and on shutdown) and read
+    /// back from at start, so a restart during a TCS outage still serves known tenants.
+    /// Absent: off.
+    #[serde(default)]
+    pub cache_file: Option<PathBuf>,
+    /// Seconds between writes of `cache_file`.
+    #[serde(default = "default_cache_file_interval_secs")]
+    pub cache_file_interval_secs: u64,
+    /// At start, after reading `cache_file`, load the whole view from TCS before serving.
+    #[serde(default)]
+    pub prewarm: bool,
     /// Tenant-context cache sizes and lifetimes.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -71,6 +83,10 @@ fn default_threads() -> usize {
 
 fn default_tcs_timeout_ms() -> u64 {
     1000
+}
+
+fn default_cache_file_interval_secs() -> u64 {
+    30
 }
 
 /// Why the edge could not start.
@@ -120,6 +136,9 @@ impl EdgeConfig {
         }
         if self.threads == 0 {
             return Err("threads must be at least 1".into());
+        }
+        if self.cache_file_interval_secs == 0 {
+            return Err("cache_file_interval_secs must be at least 1".into());
         }
         Ok(())
     }
@@ -223,6 +242,7 @@ pub(crate) struct Shared {
     pub(crate) routes: Arc<RouteStore>,
     pub(crate) registry: BackendRegistry,
     pub(crate) access_log: bool,
+    pub(crate) file: Arc<FileStatus>,
 }
 
 /// Runs the edge until `shutdown` is cancelled.
@@ -242,15 +262,29 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
         routes: routes.clone(),
         registry,
         access_log: cfg.access_log,
+        file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)
         .await
         .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
     let server = server::build(&cfg, shared.clone())?;
+    warm_up(&cfg, &shared).await;
 
     routes.spawn_watcher(shutdown.clone());
     tokio::spawn(rebuild_on_reload(shared.clone(), shutdown.clone()));
     tokio::spawn(health_loop(shared.clone(), shutdown.clone()));
+    let writer = cfg.cache_file.clone().map(|path| {
+        let every = Duration::from_secs(cfg.cache_file_interval_secs);
+        let (cache, stream, file) = (cache.clone(), stream.clone(), shared.file.clone());
+        tokio::spawn(persist::write_periodically(
+            cache,
+            stream,
+            path,
+            every,
+            file,
+            shutdown.clone(),
+        ))
+    });
     tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
     tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
 
@@ -266,7 +300,24 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     if tokio::task::spawn_blocking(move || proxy.join()).await.is_err() {
         tracing::warn!("proxy thread did not stop cleanly");
     }
+    if let Some(writer) = writer {
+        // The writer's last write, on cancellation, is the shutdown write: wait for it.
+        if writer.await.is_err() {
+            tracing::warn!("cache file writer did not stop cleanly");
+        }
+    }
     Ok(())
+}
+
+/// Before serving: restore the cache file, then prewarm from the bulk snapshot, as configured.
+/// Neither can fail the start: an edge that cannot warm up fills on demand.
+async fn warm_up(cfg: &EdgeConfig, shared: &Shared) {
+    if let Some(path) = &cfg.cache_file {
+        persist::restore_file(&shared.cache, &shared.stream, path, &shared.file).await;
+    }
+    if cfg.prewarm {
+        persist::prewarm(&shared.cache, &shared.stream, &shared.file).await;
+    }
 }
 
 /// Rebuilds [`EdgeState`] whenever the route store swaps in a new snapshot.

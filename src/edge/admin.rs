@@ -28,6 +28,7 @@ pub(super) async fn serve(
         .route("/metrics", get(metrics))
         .route("/admin/tenants/{host}", get(tenant))
         .route("/admin/routes", get(routes))
+        .route("/admin/cache", get(cache))
         .with_state(shared);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -124,6 +125,22 @@ async fn routes(State(shared): State<Arc<Shared>>) -> Response {
         "version": state.routes.version,
         "routes": state.routes.to_json(),
         "backends": pools,
+    }))
+    .into_response()
+}
+
+/// What the cache holds and what the cache file did. Counting distinct tenants walks the
+/// cache, so this costs more than the other admin answers on a large edge.
+async fn cache(State(shared): State<Arc<Shared>>) -> Response {
+    let walk = shared.clone();
+    let tenants = tokio::task::spawn_blocking(move || walk.cache.records().len())
+        .await
+        .unwrap_or(0);
+    Json(json!({
+        "cached_hosts": shared.cache.len(),
+        "cached_tenants": tenants,
+        "applied_seq": shared.stream.applied.load(Ordering::Acquire),
+        "file": shared.file.report(),
     }))
     .into_response()
 }
