@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BatchSize, Criterion};
-use tenant_edge::context::persist::{read, write_atomic};
-use tenant_edge::context::{CacheConfig, Origin, TcsClient, TcsEndpoint, TenantCache};
+use tenant_edge::context::persist::{check, read, write_atomic};
+use tenant_edge::context::{CacheConfig, TcsClient, TcsEndpoint, TenantCache};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::tenant::{
     Host, IngressRecord, Placement, PlacementState, Product, Realm, ShardId, TenantId,
@@ -66,7 +66,7 @@ fn record(i: usize) -> IngressRecord {
     }
 }
 
-fn empty_cache(n: usize) -> TenantCache {
+fn empty_cache(hosts: u64) -> TenantCache {
     let endpoint = TcsEndpoint {
         region: "us-east-1".into(),
         url: "http://127.0.0.1:9".into(),
@@ -78,22 +78,55 @@ fn empty_cache(n: usize) -> TenantCache {
         Duration::from_millis(100),
     ));
     let config = CacheConfig {
-        max_entries: 2 * n as u64,
+        max_entries: 2 * hosts,
         ..CacheConfig::default()
     };
-    TenantCache::new(&config, Arc::new(client), or_exit(EdgeMetrics::new()))
+    TenantCache::with_capacity(&config, Arc::new(client), or_exit(EdgeMetrics::new()), hosts)
 }
 
-/// What `edge::run` does at start, minus logging: read the file, then insert every record.
-async fn restore(path: &Path, n: usize) -> TenantCache {
-    let cache = empty_cache(n);
-    let loaded = match read(path) {
-        Ok(Some(loaded)) => loaded,
+/// What `edge::run` does at start, minus logging: read and check the file, build the cache to
+/// its size, then parse and insert every record.
+fn restore(path: &Path) -> TenantCache {
+    let file = match read(path) {
+        Ok(Some(file)) => file,
         other => or_exit(Err(format!("{other:?}"))),
     };
-    let region: Arc<str> = "file".into();
-    cache.restore(loaded.records, &region, Origin::File).await;
+    let cache = empty_cache(file.hosts);
+    or_exit(cache.restore_file_records(&file));
     cache
+}
+
+/// CPU time of this process so far (user + system), from `/proc/self/stat` (Linux, 100 Hz).
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Wall and CPU time of one phase, printed.
+struct Phase(&'static str, Instant, Duration);
+
+impl Phase {
+    fn start(name: &'static str) -> Self {
+        Phase(name, Instant::now(), cpu())
+    }
+
+    fn end(self) {
+        let (wall, cpu) = (self.1.elapsed(), cpu().saturating_sub(self.2));
+        println!(
+            "cache_file:   {:<28} wall {:>7.3} s, cpu {:>7.3} s",
+            self.0,
+            wall.as_secs_f64(),
+            cpu.as_secs_f64()
+        );
+    }
 }
 
 /// Resident set size in bytes, from `/proc/self/statm` (Linux).
@@ -123,15 +156,27 @@ fn memory_per_tenant(path: &Path, n: usize) {
     print!("{}", String::from_utf8_lossy(&out.stdout));
 }
 
-/// The child's side: RSS before and after restoring every tenant into a fresh cache.
+/// The child's side: RSS before and after restoring every tenant into a fresh cache, and the
+/// wall and CPU time of each step (CPU time stays meaningful on a busy machine).
 fn memory_child(path: &Path) {
     let n: usize = std::env::var("CACHE_FILE_BENCH_TENANTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let rt = or_exit(tokio::runtime::Builder::new_multi_thread().enable_all().build());
     let before = rss();
-    let cache = rt.block_on(restore(path, n));
+    let all = Phase::start("total");
+    let phase = Phase::start("read the file");
+    let bytes = or_exit(std::fs::read(path));
+    phase.end();
+    let phase = Phase::start("check (crc, framing)");
+    let file = or_exit(check(bytes));
+    phase.end();
+    let phase = Phase::start("parse + insert (pipelined)");
+    let cache = empty_cache(file.hosts);
+    or_exit(cache.restore_file_records(&file));
+    phase.end();
+    drop(file);
+    all.end();
     let after = rss();
     println!(
         "cache_file: {n} tenants restored, {} hosts held, RSS {} -> {} MiB, {} bytes per tenant",
@@ -144,7 +189,6 @@ fn memory_child(path: &Path) {
 
 fn cache_file(c: &mut Criterion) {
     let n = tenants();
-    let rt = or_exit(tokio::runtime::Builder::new_multi_thread().enable_all().build());
     let dir = or_exit(tempfile::tempdir());
     let path = dir.path().join("edge-cache.json");
     let records: Vec<Arc<IngressRecord>> = (0..n).map(|i| Arc::new(record(i))).collect();
@@ -158,11 +202,7 @@ fn cache_file(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(30));
     group.bench_function(format!("restore_{n}"), |b| {
-        b.iter_batched(
-            || (),
-            |()| rt.block_on(restore(&path, n)),
-            BatchSize::PerIteration,
-        )
+        b.iter_batched(|| (), |()| restore(&path), BatchSize::PerIteration)
     });
     group.bench_function(format!("read_{n}"), |b| {
         b.iter_batched(|| (), |()| read(&path), BatchSize::PerIteration)

@@ -251,7 +251,14 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
     let client = TcsClient::new(&cfg.tcs, &cfg.region, Duration::from_millis(cfg.tcs_timeout_ms))?;
     let stream = Arc::new(StreamStatus::new(&client));
-    let cache = Arc::new(TenantCache::new(&cfg.cache, Arc::new(client), metrics.clone()));
+    // Read before the cache is built, so the cache is built to the file's size.
+    let file = match &cfg.cache_file {
+        Some(path) => persist::read_file(path).await,
+        None => None,
+    };
+    let hosts = file.as_ref().map_or(0, |f| f.hosts);
+    let cache = TenantCache::with_capacity(&cfg.cache, Arc::new(client), metrics.clone(), hosts);
+    let cache = Arc::new(cache);
     let registry = BackendRegistry::default();
     let state = EdgeState::build(routes.load_full(), &registry, &metrics);
     let shared = Arc::new(Shared {
@@ -268,7 +275,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
         .await
         .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
     let server = server::build(&cfg, shared.clone())?;
-    warm_up(&cfg, &shared).await;
+    warm_up(&cfg, &shared, file).await;
 
     routes.spawn_watcher(shutdown.clone());
     tokio::spawn(rebuild_on_reload(shared.clone(), shutdown.clone()));
@@ -311,9 +318,9 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
 
 /// Before serving: restore the cache file, then prewarm from the bulk snapshot, as configured.
 /// Neither can fail the start: an edge that cannot warm up fills on demand.
-async fn warm_up(cfg: &EdgeConfig, shared: &Shared) {
-    if let Some(path) = &cfg.cache_file {
-        persist::restore_file(&shared.cache, &shared.stream, path, &shared.file).await;
+async fn warm_up(cfg: &EdgeConfig, shared: &Shared, file: Option<persist::CacheFile>) {
+    if let Some(file) = file {
+        persist::restore(&shared.cache, &shared.stream, file, &shared.file).await;
     }
     if cfg.prewarm {
         persist::prewarm(&shared.cache, &shared.stream, &shared.file).await;

@@ -7,6 +7,7 @@
 //! everything (TCS answers `Resync` when it cannot, and the follower handles that).
 
 mod format;
+mod load;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -18,10 +19,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, Entry, Origin, StreamStatus, TenantCache};
+use super::{now_ms, StreamStatus, TenantCache};
 use crate::tenant::IngressRecord;
 
-pub use format::{decode, read, write_atomic, Loaded, FORMAT, VERSION};
+pub use format::{check, parse_chunk, read, write_atomic, CacheFile, FORMAT, VERSION};
 
 /// How long prewarm waits for one region's bulk snapshot before trying the next.
 const PREWARM_LIMIT: Duration = Duration::from_secs(30);
@@ -108,68 +109,53 @@ impl FileStatus {
     }
 }
 
-impl TenantCache {
-    /// Every distinct tenant record held, once. Entries are per host, and hosts of one tenant
-    /// may hold different versions for a moment (a fill racing a push): the highest wins.
-    /// Sorted by tenant id, so equal caches give equal files.
-    pub fn records(&self) -> Vec<Arc<IngressRecord>> {
-        let mut records: Vec<Arc<IngressRecord>> =
-            self.positive.iter().map(|(_, e)| e.record.clone()).collect();
-        records.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(b.version.cmp(&a.version)));
-        records.dedup_by(|later, first| later.id == first.id);
-        records
-    }
-
-    /// Inserts records learnt outside the change stream (the cache file at start) for every
-    /// host each names, unless a version at least as new is already held. Returns the number
-    /// of hosts inserted or kept.
-    pub async fn restore(&self, records: Vec<IngressRecord>, region: &Arc<str>, origin: Origin) -> usize {
-        let learnt_at = Instant::now();
-        let mut hosts = 0;
-        for record in records {
-            let entry = Arc::new(Entry {
-                record: Arc::new(record),
-                learnt_at,
-                origin,
-                region: region.clone(),
-            });
-            for host in &entry.record.hosts {
-                self.put_if_newer(host.as_str(), entry.clone()).await;
-                hosts += 1;
-            }
+/// Reads and checks the cache file at `path`, off the runtime. A missing file is a first
+/// start (logged as such); an unreadable, truncated or altered one is logged and set aside,
+/// and the edge starts empty. Never fails.
+pub async fn read_file(path: &Path) -> Option<CacheFile> {
+    let owned = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || read(&owned)).await;
+    match read.map_err(PersistError::from).and_then(|r| r) {
+        Ok(Some(file)) => Some(file),
+        Ok(None) => {
+            tracing::info!(path = %path.display(), "no tenant-context cache file yet, starting empty");
+            None
         }
-        hosts
+        Err(e) => {
+            tracing::error!(error = %e, "ignoring the tenant-context cache file, starting empty");
+            set_aside(path, &e);
+            None
+        }
     }
 }
 
-/// Reads `path` into `cache` and sets `stream.applied` to the sequence it was current to.
-/// A missing file is a first start; an unreadable, truncated or altered one is logged and
-/// ignored, and the edge starts empty. Never fails.
-pub async fn restore_file(cache: &TenantCache, stream: &StreamStatus, path: &Path, status: &FileStatus) {
+/// Restores a checked file into `cache` (see [`TenantCache::restore_file_records`]) and sets
+/// `stream.applied` to the sequence it was current to. A record that does not parse (a file
+/// written by a different build) leaves the cache empty: the edge then fills on demand.
+pub async fn restore(cache: &Arc<TenantCache>, stream: &StreamStatus, file: CacheFile, status: &FileStatus) {
     let started = Instant::now();
-    let owned = path.to_owned();
-    let loaded = match tokio::task::spawn_blocking(move || read(&owned)).await {
-        Ok(Ok(Some(loaded))) => loaded,
-        Ok(Ok(None)) => {
-            tracing::info!(path = %path.display(), "no tenant-context cache file yet, starting empty");
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "ignoring the tenant-context cache file, starting empty");
-            set_aside(path, &e);
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "reading the tenant-context cache file failed, starting empty");
+    let (seq, written_ms, records) = (file.seq, file.written_ms, file.records);
+    let filler = cache.clone();
+    let task = tokio::task::spawn_blocking(move || filler.restore_file_records(&file));
+    let hosts = match task.await {
+        Ok(Ok(hosts)) => hosts,
+        outcome => {
+            let reason = match outcome {
+                Ok(Err(reason)) => reason,
+                Err(e) => e.to_string(),
+                Ok(Ok(_)) => String::new(),
+            };
+            cache.positive.invalidate_all();
+            tracing::error!(reason, "ignoring the tenant-context cache file, starting empty");
             return;
         }
     };
-    let (seq, written_ms, records) = (loaded.seq, loaded.written_ms, loaded.records.len() as u64);
-    let region: Arc<str> = "file".into();
-    let hosts = cache.restore(loaded.records, &region, Origin::File).await;
     stream.applied.fetch_max(seq, Ordering::AcqRel);
     tracing::info!(
-        path = %path.display(), records, hosts, seq, written_ms,
+        records,
+        hosts,
+        seq,
+        written_ms,
         took_ms = started.elapsed().as_millis() as u64,
         "tenant contexts restored from the cache file"
     );
@@ -177,6 +163,13 @@ pub async fn restore_file(cache: &TenantCache, stream: &StreamStatus, path: &Pat
     report.loaded_records = records;
     report.loaded_seq = seq;
     report.loaded_written_ms = written_ms;
+}
+
+/// [`read_file`], then [`restore`].
+pub async fn restore_file(cache: &Arc<TenantCache>, stream: &StreamStatus, path: &Path, status: &FileStatus) {
+    if let Some(file) = read_file(path).await {
+        restore(cache, stream, file, status).await;
+    }
 }
 
 /// Keeps a corrupt file for a post-mortem instead of letting the next write replace it.

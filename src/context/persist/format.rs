@@ -4,11 +4,12 @@
 //! {"format":"tenant-edge/context-cache","version":1,"seq":42,"written_ms":1700000000000}
 //! {"id":"acme","version":3,"realm":"us","hosts":["acme.example.test"],"placements":{...}}
 //! ...                                     one IngressRecord per tenant
-//! {"records":2,"crc32":1234567890}
+//! {"records":2,"hosts":3,"crc32":1234567890}
 //! ```
 //!
 //! The trailer's CRC-32 covers every byte before it (header included), so a file cut short or
-//! altered anywhere is rejected whole. Records are parsed in parallel chunks split at line ends.
+//! altered anywhere is rejected whole, before a single record is used. Records are parsed in
+//! chunks split at line ends, on several threads.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,18 +43,24 @@ struct Header {
 #[serde(deny_unknown_fields)]
 struct Trailer {
     records: u64,
+    hosts: u64,
     crc32: u32,
 }
 
-/// What a cache file holds.
+/// A cache file read whole and checked (framing, checksum, header, line count); its records
+/// are parsed on demand, in chunks, so parsing can overlap inserting.
 #[derive(Debug)]
-pub struct Loaded {
+pub struct CacheFile {
+    bytes: Vec<u8>,
+    body: std::ops::Range<usize>,
     /// The change-stream sequence the cache was current to when written.
     pub seq: u64,
     /// When the file was written (unix ms).
     pub written_ms: u64,
-    /// One record per tenant.
-    pub records: Vec<IngressRecord>,
+    /// Tenants in the file.
+    pub records: u64,
+    /// Hosts those tenants name, summed: how many cache entries restoring makes.
+    pub hosts: u64,
 }
 
 /// Writes `records` to `path` atomically: temp file in the same directory, write, fsync,
@@ -107,6 +114,7 @@ fn write_temp(
     crc.update(&buf);
     let trailer = Trailer {
         records: records.len() as u64,
+        hosts: records.iter().map(|r| r.hosts.len() as u64).sum(),
         crc32: crc.finalize(),
     };
     serde_json::to_writer(&mut buf, &trailer)?;
@@ -115,21 +123,21 @@ fn write_temp(
     file.sync_all().map_err(io_err("syncing", tmp))
 }
 
-/// Reads a cache file. `Ok(None)`: there is none (a first start).
-pub fn read(path: &Path) -> Result<Option<Loaded>, PersistError> {
+/// Reads and checks a cache file. `Ok(None)`: there is none (a first start).
+pub fn read(path: &Path) -> Result<Option<CacheFile>, PersistError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("reading", path)(e)),
     };
-    decode(&bytes).map(Some).map_err(|reason| PersistError::Corrupt {
+    check(bytes).map(Some).map_err(|reason| PersistError::Corrupt {
         path: path.to_owned(),
         reason,
     })
 }
 
-/// Checks the framing and checksum of a whole file, then parses its records.
-pub fn decode(bytes: &[u8]) -> Result<Loaded, String> {
+/// Checks the framing, checksum, header and line count of a whole file.
+pub fn check(bytes: Vec<u8>) -> Result<CacheFile, String> {
     let body = bytes
         .strip_suffix(b"\n")
         .ok_or("does not end with a line end: truncated")?;
@@ -152,50 +160,55 @@ pub fn decode(bytes: &[u8]) -> Result<Loaded, String> {
             header.format, header.version
         ));
     }
-    let records = parse_records(&covered[header_end + 1..])?;
-    if records.len() as u64 != trailer.records {
-        return Err(format!(
-            "{} records, the trailer says {}",
-            records.len(),
-            trailer.records
-        ));
+    let lines = covered[header_end + 1..].iter().filter(|&&b| b == b'\n').count() as u64;
+    if lines != trailer.records {
+        return Err(format!("{lines} records, the trailer says {}", trailer.records));
     }
-    Ok(Loaded {
+    Ok(CacheFile {
+        body: header_end + 1..split + 1,
+        bytes,
         seq: header.seq,
         written_ms: header.written_ms,
-        records,
+        records: trailer.records,
+        hosts: trailer.hosts,
     })
 }
 
-/// Parses newline-terminated records, in parallel chunks when there are many.
-fn parse_records(body: &[u8]) -> Result<Vec<IngressRecord>, String> {
-    let threads = if body.len() < PARALLEL_MIN {
-        1
-    } else {
-        std::thread::available_parallelism().map_or(1, usize::from)
-    };
-    let chunks = split_at_lines(body, threads);
-    if chunks.len() <= 1 {
-        return parse_chunk(body);
+impl CacheFile {
+    /// The record lines split into about `n` pieces, each ending at a line end.
+    pub fn chunks(&self, n: usize) -> Vec<&[u8]> {
+        split_at_lines(&self.bytes[self.body.clone()], n)
     }
-    let parsed: Vec<Result<Vec<IngressRecord>, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|&chunk| s.spawn(move || parse_chunk(chunk)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("parser thread failed".into())))
-            .collect()
-    });
-    let mut records = Vec::with_capacity(parsed.iter().map(|p| p.as_ref().map_or(0, Vec::len)).sum());
-    for chunk in parsed {
-        records.extend(chunk?);
+
+    /// Every record, parsed on one thread per core.
+    pub fn parse(&self) -> Result<Vec<IngressRecord>, String> {
+        let body = &self.bytes[self.body.clone()];
+        let threads = if body.len() < PARALLEL_MIN {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        };
+        let parsed: Vec<Result<Vec<IngressRecord>, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .chunks(threads)
+                .into_iter()
+                .map(|chunk| s.spawn(move || parse_chunk(chunk)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("parser thread failed".into())))
+                .collect()
+        });
+        let mut records = Vec::with_capacity(self.records as usize);
+        for chunk in parsed {
+            records.extend(chunk?);
+        }
+        Ok(records)
     }
-    Ok(records)
 }
 
-fn parse_chunk(chunk: &[u8]) -> Result<Vec<IngressRecord>, String> {
+/// Parses newline-terminated records.
+pub fn parse_chunk(chunk: &[u8]) -> Result<Vec<IngressRecord>, String> {
     chunk
         .split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::context::{CacheConfig, TcsClient, TcsEndpoint};
+use crate::context::{CacheConfig, Origin, TcsClient, TcsEndpoint};
 use crate::feed::{Change, ChangeBody, TenantDoc};
 use crate::metrics::EdgeMetrics;
 use crate::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
@@ -94,10 +94,15 @@ async fn file_round_trip_restores_every_host_with_its_record() {
     let warm = warm_cache().await;
     write_atomic(&path, 17, 1234, &warm.records()).unwrap();
 
-    let loaded = read(&path).unwrap().unwrap();
+    let read_back = read(&path).unwrap().unwrap();
     assert_eq!(
-        (loaded.seq, loaded.written_ms, loaded.records.len()),
-        (17, 1234, 2)
+        (
+            read_back.seq,
+            read_back.written_ms,
+            read_back.records,
+            read_back.hosts
+        ),
+        (17, 1234, 2, 3)
     );
     let cold = cache();
     let stream = status_of(&cold);
@@ -130,8 +135,8 @@ async fn restore_never_moves_a_host_backwards() {
     assert_eq!(version_of(&cache, "acme.example.test").await, Some(4));
 }
 
-#[test]
-fn many_records_round_trip_through_the_parallel_parser() {
+#[tokio::test]
+async fn many_records_round_trip_through_the_parallel_parser() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge-cache.json");
     // Enough bytes to be split into chunks parsed on several threads.
@@ -143,9 +148,14 @@ fn many_records_round_trip_through_the_parallel_parser() {
         .collect();
     write_atomic(&path, 99, 1, &records).unwrap();
     assert!(std::fs::metadata(&path).unwrap().len() > 2 * (1 << 20));
-    let loaded = read(&path).unwrap().unwrap();
-    assert_eq!(loaded.records.len(), records.len());
-    assert!(loaded.records.iter().zip(&records).all(|(a, b)| a == &**b));
+    let file = read(&path).unwrap().unwrap();
+    let parsed = file.parse().unwrap();
+    assert_eq!(parsed.len(), records.len());
+    assert!(parsed.iter().zip(&records).all(|(a, b)| a == &**b));
+    // The pipelined restore gets every host too.
+    let cache = cache();
+    assert_eq!(cache.restore_file_records(&file).unwrap(), records.len());
+    assert_eq!(version_of(&cache, "t19999.example.test").await, Some(20_000));
 }
 
 fn written_file(dir: &Path) -> (PathBuf, Vec<u8>) {
@@ -163,7 +173,7 @@ fn written_file(dir: &Path) -> (PathBuf, Vec<u8>) {
 fn a_truncated_or_altered_file_is_rejected_whole() {
     let dir = tempfile::tempdir().unwrap();
     let (_, bytes) = written_file(dir.path());
-    assert!(decode(&bytes).is_ok());
+    assert!(check(bytes.clone()).is_ok());
     let lines: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] == b'\n').collect();
     // Cut anywhere, at a line end or inside a line, the file is refused.
     for cut in [
@@ -173,15 +183,15 @@ fn a_truncated_or_altered_file_is_rejected_whole() {
         lines[1] - 3,
         bytes.len() - 1,
     ] {
-        assert!(decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+        assert!(check(bytes[..cut].to_vec()).is_err(), "cut at {cut} accepted");
     }
     // A flipped letter inside a record still parses, but fails the checksum.
     let mut altered = bytes.clone();
     let at = bytes.windows(4).position(|w| w == b"acme").unwrap();
     altered[at] = b'b';
-    assert_eq!(decode(&altered).unwrap_err(), "checksum mismatch");
-    assert!(decode(b"").is_err());
-    assert!(decode(b"not a cache file\n").is_err());
+    assert_eq!(check(altered).unwrap_err(), "checksum mismatch");
+    assert!(check(b"".to_vec()).is_err());
+    assert!(check(b"not a cache file\n".to_vec()).is_err());
 }
 
 #[tokio::test]
@@ -228,8 +238,8 @@ async fn writes_skip_unchanged_content_and_follow_changes() {
     push(&cache, record("globex", 6, &["globex.example.test"])).await;
     write_once(&cache, &stream, &path, &file, print).await;
     assert_eq!(file.report().writes, 2);
-    let loaded = read(&path).unwrap().unwrap();
-    assert_eq!(loaded.records[1].version, 6);
+    let records = read(&path).unwrap().unwrap().parse().unwrap();
+    assert_eq!(records[1].version, 6);
 }
 
 #[tokio::test]
@@ -252,7 +262,7 @@ async fn the_writer_writes_once_more_on_shutdown() {
     shutdown.cancel();
     writer.await.unwrap();
     assert_eq!(file.report().writes, 1);
-    assert_eq!(read(&path).unwrap().unwrap().records.len(), 2);
+    assert_eq!(read(&path).unwrap().unwrap().records, 2);
 }
 
 #[tokio::test]
@@ -358,4 +368,51 @@ async fn prewarm_without_any_tcs_keeps_what_the_file_gave() {
     assert_eq!(stream.applied.load(Ordering::Acquire), 12);
     assert_eq!(version_of(&cache, "acme.example.test").await, Some(1));
     assert!(!file.report().prewarmed);
+}
+
+#[test]
+fn a_presized_cache_keeps_the_configured_policy() {
+    let endpoint = TcsEndpoint {
+        region: "us-east-1".into(),
+        url: "http://127.0.0.1:9".into(),
+        token: TOKEN.into(),
+    };
+    let client = Arc::new(TcsClient::new(&[endpoint], "us-east-1", Duration::from_secs(2)).unwrap());
+    let config = CacheConfig {
+        max_entries: 500,
+        ttl_secs: 77,
+        ..CacheConfig::default()
+    };
+    let metrics = EdgeMetrics::new().unwrap();
+    let plain = TenantCache::new(&config, client.clone(), metrics.clone());
+    let sized = TenantCache::with_capacity(&config, client, metrics, 1000);
+    let (a, b) = (plain.positive.policy(), sized.positive.policy());
+    assert_eq!(b.max_capacity(), Some(500));
+    assert_eq!(
+        (a.max_capacity(), a.time_to_live(), a.time_to_idle()),
+        (b.max_capacity(), b.time_to_live(), b.time_to_idle())
+    );
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_parse_leaves_the_cache_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge-cache.json");
+    // A well-framed, checksummed file whose second record is not a record (another build).
+    let good = serde_json::to_string(&record("acme", 2, &["acme.example.test"])).unwrap();
+    let header = format!(r#"{{"format":"{FORMAT}","version":{VERSION},"seq":5,"written_ms":1}}"#);
+    let covered = format!("{header}\n{good}\n{{\"id\":\"globex\"}}\n");
+    let trailer = format!(
+        r#"{{"records":2,"hosts":2,"crc32":{}}}"#,
+        crc32fast::hash(covered.as_bytes())
+    );
+    std::fs::write(&path, format!("{covered}{trailer}\n")).unwrap();
+    assert!(read(&path).unwrap().is_some(), "the framing is sound");
+    let cache = cache();
+    let stream = status_of(&cache);
+    let file = FileStatus::new(Some(path.clone()));
+    restore_file(&cache, &stream, &path, &file).await;
+    assert!(cache.peek("acme.example.test").await.is_none());
+    assert_eq!(stream.applied.load(Ordering::Acquire), 0);
+    assert_eq!(file.report().loaded_records, 0);
 }
