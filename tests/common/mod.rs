@@ -173,6 +173,13 @@ pub fn write_routes(path: &Path, version: &str, backends: &[(String, Vec<u16>)])
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// What to change in the stack `Stack::start` builds.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Give the edge a cache file (`Stack::edge_cache_file`), written every this many seconds.
+    pub cache_file_interval_secs: Option<u64>,
+}
+
 /// The whole stack, each role its own process.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -187,11 +194,17 @@ pub struct Stack {
     pub edge_http: u16,
     pub edge_https: u16,
     pub edge_admin: u16,
+    /// Where the edge's cache file is, when `StackOptions` asked for one.
+    pub edge_cache_file: PathBuf,
     pub http: reqwest::Client,
 }
 
 impl Stack {
     pub async fn start() -> Stack {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let routes = dir.path().join("routes.toml");
         let backends: Vec<(String, Vec<u16>)> = SHARDS
@@ -244,6 +257,15 @@ impl Stack {
             certs.join("dev.key").display(),
             routes.display()
         );
+        let edge_cache_file = dir.path().join("edge-cache.json");
+        if let Some(secs) = options.cache_file_interval_secs {
+            // Top-level keys go before the `[cache]` table.
+            let keys = format!(
+                "cache_file = \"{}\"\ncache_file_interval_secs = {secs}\n\n[cache]",
+                edge_cache_file.display()
+            );
+            cfg = cfg.replacen("\n[cache]", &format!("\n{keys}"), 1);
+        }
         for (region, url) in ["us-east-1", "eu-west-1"].iter().zip(&tcs_urls) {
             cfg.push_str(&format!(
                 "\n[[tcs]]\nregion = \"{region}\"\nurl = \"{url}\"\ntoken = \"{EDGE_TOKEN}\"\n"
@@ -265,6 +287,7 @@ impl Stack {
             edge_http,
             edge_https,
             edge_admin,
+            edge_cache_file,
             http,
         }
     }

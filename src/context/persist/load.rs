@@ -54,43 +54,29 @@ impl TenantCache {
     /// Meant for start-up, before serving and before the stream follower runs: the check and
     /// the insert are two steps, so a concurrent writer of the same host could be overwritten.
     pub async fn restore(&self, records: Vec<IngressRecord>, region: &Arc<str>, origin: Origin) -> usize {
-        self.insert_records(records, region, origin, false).await
+        let keyed = keyed_entries(records, region, origin);
+        let hosts = keyed.len();
+        self.insert_keyed(keyed, false).await;
+        hosts
     }
 
     /// `fresh`: the cache held nothing when restoring began, so no host needs a version check.
-    async fn insert_records(
-        &self,
-        records: Vec<IngressRecord>,
-        region: &Arc<str>,
-        origin: Origin,
-        fresh: bool,
-    ) -> usize {
-        let learnt_at = Instant::now();
-        let mut hosts = 0;
-        for record in records {
-            let entry = Arc::new(Entry {
-                record: Arc::new(record),
-                learnt_at,
-                origin,
-                region: region.clone(),
-            });
-            for host in &entry.record.hosts {
-                if fresh || !self.positive.contains_key(host.as_str()) {
-                    self.positive.insert(host.as_str().into(), entry.clone()).await;
-                } else {
-                    self.put_if_newer(host.as_str(), entry.clone()).await;
-                }
-                hosts += 1;
+    async fn insert_keyed(&self, keyed: Vec<(String, Arc<Entry>)>, fresh: bool) {
+        for (host, entry) in keyed {
+            if fresh || !self.positive.contains_key(&host) {
+                self.positive.insert(host, entry).await;
+            } else {
+                self.put_if_newer(&host, entry).await;
             }
         }
-        hosts
     }
 
     /// Parses `file`'s records on one thread per core and inserts them, as they come, on the
     /// calling thread (moka's insert mostly serialises on its own bookkeeping, so more
-    /// inserting threads would not help). Blocks: call it from `spawn_blocking`. Returns the
-    /// number of hosts inserted, or why a record did not parse; records inserted before that
-    /// stay, so the caller decides what to keep.
+    /// inserting threads would not help; everything else, allocations included, happens on
+    /// the parsing threads). Blocks: call it from `spawn_blocking`. Returns the number of
+    /// hosts inserted, or why a record did not parse; records inserted before that stay, so
+    /// the caller decides what to keep.
     pub fn restore_file_records(&self, file: &CacheFile) -> Result<usize, String> {
         let fresh = self.is_empty();
         let region: Arc<str> = "file".into();
@@ -100,11 +86,12 @@ impl TenantCache {
         let (tx, rx) = std::sync::mpsc::sync_channel(parsers * 2);
         std::thread::scope(|s| {
             for _ in 0..parsers {
-                let (tx, chunks, next) = (tx.clone(), &chunks, &next);
+                let (tx, chunks, next, region) = (tx.clone(), &chunks, &next, &region);
                 s.spawn(move || {
                     while let Some(chunk) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let keyed = parse_chunk(chunk).map(|r| keyed_entries(r, region, Origin::File));
                         // The receiver is gone after an error: stop parsing.
-                        if tx.send(parse_chunk(chunk)).is_err() {
+                        if tx.send(keyed).is_err() {
                             return;
                         }
                     }
@@ -112,11 +99,34 @@ impl TenantCache {
             }
             drop(tx);
             let mut hosts = 0;
-            for parsed in rx {
-                let insert = self.insert_records(parsed?, &region, Origin::File, fresh);
-                hosts += futures::executor::block_on(insert);
+            for keyed in rx {
+                let keyed = keyed?;
+                hosts += keyed.len();
+                futures::executor::block_on(self.insert_keyed(keyed, fresh));
             }
             Ok(hosts)
         })
     }
+}
+
+/// One cache entry per record, shared by each of its hosts, keyed as the cache keys them.
+fn keyed_entries(
+    records: Vec<IngressRecord>,
+    region: &Arc<str>,
+    origin: Origin,
+) -> Vec<(String, Arc<Entry>)> {
+    let learnt_at = Instant::now();
+    let mut keyed = Vec::with_capacity(records.len());
+    for record in records {
+        let entry = Arc::new(Entry {
+            record: Arc::new(record),
+            learnt_at,
+            origin,
+            region: region.clone(),
+        });
+        for host in &entry.record.hosts {
+            keyed.push((host.as_str().to_owned(), entry.clone()));
+        }
+    }
+    keyed
 }
