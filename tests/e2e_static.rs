@@ -1,6 +1,8 @@
 //! Static stability end to end: an edge restarted while every TCS region is down serves the
 //! tenants it knew from its cache file; the file is written periodically, not only on shutdown.
 
+#![expect(clippy::unwrap_used, reason = "test helpers: failing loudly is the point")]
+
 mod common;
 
 use std::time::Duration;
