@@ -64,7 +64,7 @@ fn cache_hit(c: &mut Criterion) {
     )
     .unwrap_or_else(|_| std::process::exit(1));
     let region: Arc<str> = "us-east-1".into();
-    rt.block_on(cache.prewarm(vec![record, globex], &region, Origin::Snapshot));
+    rt.block_on(cache.restore(vec![record, globex], &region, Origin::Snapshot));
     // The loop runs inside one `block_on`, so the figure is the lookup itself.
     c.bench_function("tenant_cache_hit", |b| {
         b.iter_custom(|iters| {

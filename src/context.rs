@@ -6,6 +6,7 @@
 //! small negative cache, so a flood of random hosts cannot evict known tenants.
 
 mod client;
+pub mod persist;
 mod stream;
 mod trust;
 
@@ -30,7 +31,9 @@ pub use trust::{check_once, watch_regions};
 pub struct CacheConfig {
     /// Most tenant contexts held.
     pub max_entries: u64,
-    /// Time to live of a context; the change stream keeps entries fresh long before this.
+    /// Age after which a context is dropped even when no TCS can confirm it; 0 (the default)
+    /// never drops by age. Freshness comes from the change stream and `refresh_after_secs`, so
+    /// an age limit only makes an edge forget tenants during a long TCS outage.
     pub ttl_secs: u64,
     /// Most unknown hosts remembered.
     pub negative_max_entries: u64,
@@ -42,7 +45,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             max_entries: 1_000_000,
-            ttl_secs: 3600,
+            ttl_secs: 0,
             negative_max_entries: 10_000,
             negative_ttl_secs: 5,
         }
@@ -59,6 +62,8 @@ pub enum Origin {
     Stream,
     /// Loaded from a bulk snapshot during a resync.
     Snapshot,
+    /// Read back from this edge's cache file at start.
+    File,
 }
 
 /// One cached tenant context.
@@ -118,14 +123,23 @@ pub struct TenantCache {
     metrics: EdgeMetrics,
 }
 
+/// The cache of known tenants, sized for `initial` hosts up front.
+fn positive_cache(config: &CacheConfig, initial: u64) -> Cache<String, Arc<Entry>> {
+    let mut builder = Cache::builder().max_capacity(config.max_entries);
+    if config.ttl_secs > 0 {
+        builder = builder.time_to_live(Duration::from_secs(config.ttl_secs));
+    }
+    if initial > 0 {
+        builder = builder.initial_capacity(usize::try_from(initial.min(config.max_entries)).unwrap_or(0));
+    }
+    builder.build()
+}
+
 impl TenantCache {
     /// Creates empty caches that fill from `client`.
     pub fn new(config: &CacheConfig, client: Arc<TcsClient>, metrics: EdgeMetrics) -> Self {
         TenantCache {
-            positive: Cache::builder()
-                .max_capacity(config.max_entries)
-                .time_to_live(Duration::from_secs(config.ttl_secs))
-                .build(),
+            positive: positive_cache(config, 0),
             negative: Cache::builder()
                 .max_capacity(config.negative_max_entries)
                 .time_to_live(Duration::from_secs(config.negative_ttl_secs))
@@ -287,7 +301,7 @@ impl TenantCache {
     /// Applies a pushed record: every cached host of it gets the new version (when newer), hosts
     /// it lost are dropped, and none of its hosts stays in the negative cache. Hosts this edge does
     /// not hold are left out: a change to a cold tenant must not evict a hot one (loading
-    /// everything is what [`Self::prewarm`] is for).
+    /// everything is what [`Self::restore`] is for, at start).
     pub async fn apply_upsert(
         &self,
         record: IngressRecord,
@@ -339,23 +353,6 @@ impl TenantCache {
             .await;
     }
 
-    /// Loads every record of a bulk snapshot (start-up warm-up): each host gets the record
-    /// unless the cache already holds the same or a newer version.
-    pub async fn prewarm(&self, records: Vec<IngressRecord>, region: &Arc<str>, origin: Origin) {
-        for record in records {
-            let entry = Arc::new(Entry {
-                record: Arc::new(record),
-                learnt_at: Instant::now(),
-                origin,
-                region: region.clone(),
-            });
-            for host in &entry.record.hosts {
-                self.negative.invalidate(host.as_str()).await;
-                self.put_if_newer(host.as_str(), entry.clone()).await;
-            }
-        }
-    }
-
     async fn drop_if_older(&self, host: &str, version: u64) {
         self.positive
             .entry_by_ref(host)
@@ -374,13 +371,22 @@ impl TenantCache {
         self.negative.invalidate(host).await;
     }
 
-    /// Repairs the cache from a whole snapshot after a gap in the change stream: cached hosts get
-    /// newer versions, cached hosts the snapshot no longer has are dropped, negatives are cleared.
-    pub async fn resync(&self, snapshot: ViewSnapshot, region: &Arc<str>) {
-        let mut live = std::collections::HashSet::new();
-        for record in snapshot.records {
-            live.extend(record.hosts.iter().map(|h| h.as_str().to_owned()));
-            self.apply_upsert(record, &[], region, Origin::Snapshot).await;
+    /// Repairs the cache from a whole snapshot: hosts get newer versions, cached hosts the
+    /// snapshot no longer has are dropped, negatives are cleared. After a gap in the change stream
+    /// only hosts already held are updated (`load_absent` false); a start-up prewarm loads
+    /// every host (`load_absent` true).
+    pub async fn resync(&self, snapshot: ViewSnapshot, region: &Arc<str>, load_absent: bool) {
+        let live: std::collections::HashSet<String> = snapshot
+            .records
+            .iter()
+            .flat_map(|r| r.hosts.iter().map(|h| h.as_str().to_owned()))
+            .collect();
+        if load_absent {
+            self.restore(snapshot.records, region, Origin::Snapshot).await;
+        } else {
+            for record in snapshot.records {
+                self.apply_upsert(record, &[], region, Origin::Snapshot).await;
+            }
         }
         let stale: Vec<String> = self
             .positive

@@ -191,6 +191,9 @@ fn edge_config(args: &DevArgs, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
         routes: args.routes.clone(),
         threads: 2,
         access_log: true,
+        cache_file: Some(args.data.join("edge-cache.json")),
+        cache_file_interval_secs: 30,
+        prewarm: false,
         cache: Default::default(),
         lookup: crate::context::LookupConfig {
             canaries: vec!["acme.example.test".into()],

@@ -20,6 +20,7 @@ use prometheus::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::context::persist::{self, FileStatus};
 use crate::context::{self, CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
 use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
@@ -55,6 +56,17 @@ pub struct EdgeConfig {
     /// Log one line per request.
     #[serde(default)]
     pub access_log: bool,
+    /// File the tenant-context cache is written to (periodically and on shutdown) and read
+    /// back from at start, so a restart during a TCS outage still serves known tenants.
+    /// Absent: off.
+    #[serde(default)]
+    pub cache_file: Option<PathBuf>,
+    /// Seconds between writes of `cache_file`.
+    #[serde(default = "default_cache_file_interval_secs")]
+    pub cache_file_interval_secs: u64,
+    /// At start, after reading `cache_file`, load the whole view from TCS before serving.
+    #[serde(default)]
+    pub prewarm: bool,
     /// Tenant-context cache sizes and lifetimes.
     #[serde(default)]
     pub cache: CacheConfig,
@@ -67,6 +79,10 @@ pub struct EdgeConfig {
 
 fn default_threads() -> usize {
     2
+}
+
+fn default_cache_file_interval_secs() -> u64 {
+    30
 }
 
 /// Why the edge could not start.
@@ -116,6 +132,9 @@ impl EdgeConfig {
         }
         if self.threads == 0 {
             return Err("threads must be at least 1".into());
+        }
+        if self.cache_file_interval_secs == 0 {
+            return Err("cache_file_interval_secs must be at least 1".into());
         }
         Ok(())
     }
@@ -219,6 +238,7 @@ pub(crate) struct Shared {
     pub(crate) routes: Arc<RouteStore>,
     pub(crate) registry: BackendRegistry,
     pub(crate) access_log: bool,
+    pub(crate) file: Arc<FileStatus>,
 }
 
 /// Runs the edge until `shutdown` is cancelled.
@@ -227,7 +247,14 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
     let client = Arc::new(TcsClient::new(&cfg.tcs, &cfg.region, cfg.lookup.clone())?);
     let stream = Arc::new(StreamStatus::new(&client));
-    let cache = Arc::new(TenantCache::new(&cfg.cache, client.clone(), metrics.clone()));
+    // Read before the cache is built, so the cache is built to the file's size.
+    let file = match &cfg.cache_file {
+        Some(path) => persist::read_file(path).await,
+        None => None,
+    };
+    let hosts = file.as_ref().map_or(0, |f| f.hosts);
+    let cache = TenantCache::with_capacity(&cfg.cache, client.clone(), metrics.clone(), hosts);
+    let cache = Arc::new(cache);
     let registry = BackendRegistry::default();
     let state = EdgeState::build(routes.load_full(), &registry, &metrics);
     let shared = Arc::new(Shared {
@@ -238,16 +265,30 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
         routes: routes.clone(),
         registry,
         access_log: cfg.access_log,
+        file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)
         .await
         .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
     let server = server::build(&cfg, shared.clone())?;
+    warm_up(&cfg, &shared, file).await;
 
     routes.spawn_watcher(shutdown.clone());
     tokio::spawn(rebuild_on_reload(shared.clone(), shutdown.clone()));
     tokio::spawn(health_loop(shared.clone(), shutdown.clone()));
     tokio::spawn(context::watch_regions(client, metrics.clone(), shutdown.clone()));
+    let writer = cfg.cache_file.clone().map(|path| {
+        let every = Duration::from_secs(cfg.cache_file_interval_secs);
+        let (cache, stream, file) = (cache.clone(), stream.clone(), shared.file.clone());
+        tokio::spawn(persist::write_periodically(
+            cache,
+            stream,
+            path,
+            every,
+            file,
+            shutdown.clone(),
+        ))
+    });
     tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
     tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
 
@@ -263,7 +304,24 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     if tokio::task::spawn_blocking(move || proxy.join()).await.is_err() {
         tracing::warn!("proxy thread did not stop cleanly");
     }
+    if let Some(writer) = writer {
+        // The writer's last write, on cancellation, is the shutdown write: wait for it.
+        if writer.await.is_err() {
+            tracing::warn!("cache file writer did not stop cleanly");
+        }
+    }
     Ok(())
+}
+
+/// Before serving: restore the cache file, then prewarm from the bulk snapshot, as configured.
+/// Neither can fail the start: an edge that cannot warm up fills on demand.
+async fn warm_up(cfg: &EdgeConfig, shared: &Shared, file: Option<persist::CacheFile>) {
+    if let Some(file) = file {
+        persist::restore(&shared.cache, &shared.stream, file, &shared.file).await;
+    }
+    if cfg.prewarm {
+        persist::prewarm(&shared.cache, &shared.stream, &shared.file).await;
+    }
 }
 
 /// Rebuilds [`EdgeState`] whenever the route store swaps in a new snapshot.

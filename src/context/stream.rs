@@ -274,7 +274,7 @@ impl Follower<'_> {
         tracing::info!(region = %self.region.name, "resyncing tenant contexts from the bulk snapshot");
         let snapshot = self.client.snapshot(self.region).await?;
         let seq = snapshot.seq;
-        self.cache.resync(snapshot, &self.region.name).await;
+        self.cache.resync(snapshot, &self.region.name, false).await;
         self.status.applied.store(seq, Ordering::Release);
         self.metrics.stream_events.with_label_values(&["resync"]).inc();
         Ok(())

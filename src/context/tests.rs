@@ -155,7 +155,7 @@ async fn pushed_changes_only_move_forward_and_only_for_cached_hosts() {
         "a cold host is not inserted by a push"
     );
     f.cache
-        .prewarm(
+        .restore(
             vec![record("acme", 3, &["acme.example.test", "acme.example.net"])],
             &region,
             Origin::Snapshot,

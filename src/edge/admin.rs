@@ -29,6 +29,7 @@ pub(super) async fn serve(
         .route("/admin/tenants/{host}", get(tenant))
         .route("/admin/routes", get(routes))
         .route("/admin/regions", get(regions))
+        .route("/admin/cache", get(cache))
         .with_state(shared);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -157,4 +158,20 @@ async fn regions(State(shared): State<Arc<Shared>>) -> Response {
         .collect();
     Json(json!({ "applied_seq": shared.stream.applied.load(Ordering::Relaxed), "regions": regions }))
         .into_response()
+}
+
+/// What the cache holds and what the cache file did. Counting distinct tenants walks the
+/// cache, so this costs more than the other admin answers on a large edge.
+async fn cache(State(shared): State<Arc<Shared>>) -> Response {
+    let walk = shared.clone();
+    let tenants = tokio::task::spawn_blocking(move || walk.cache.records().len())
+        .await
+        .unwrap_or(0);
+    Json(json!({
+        "cached_hosts": shared.cache.len(),
+        "cached_tenants": tenants,
+        "applied_seq": shared.stream.applied.load(Ordering::Acquire),
+        "file": shared.file.report(),
+    }))
+    .into_response()
 }

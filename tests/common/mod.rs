@@ -228,6 +228,13 @@ pub fn write_routes(path: &Path, version: &str, backends: &[(String, Vec<u16>)])
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// What to change in the stack `Stack::start` builds.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Give the edge a cache file (`Stack::edge_cache_file`), written every this many seconds.
+    pub cache_file_interval_secs: Option<u64>,
+}
+
 /// The whole stack, each role its own process.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -242,11 +249,17 @@ pub struct Stack {
     pub edge_http: u16,
     pub edge_https: u16,
     pub edge_admin: u16,
+    /// Where the edge's cache file is, when `StackOptions` asked for one.
+    pub edge_cache_file: PathBuf,
     pub http: reqwest::Client,
 }
 
 impl Stack {
     pub async fn start() -> Stack {
+        Stack::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let routes = dir.path().join("routes.toml");
         let backends: Vec<(String, Vec<u16>)> = SHARDS
@@ -288,12 +301,22 @@ impl Stack {
                 wait_ok(&format!("http://127.0.0.1:{p}/healthz")).await;
             }
         }
+        let edge_cache_file = dir.path().join("edge-cache.json");
+        let extra = match options.cache_file_interval_secs {
+            Some(secs) => format!(
+                "cache_file = \"{}\"
+cache_file_interval_secs = {secs}
+",
+                edge_cache_file.display()
+            ),
+            None => String::new(),
+        };
         let Edge {
             proc: edge,
             http: edge_http,
             https: edge_https,
             admin: edge_admin,
-        } = start_edge(dir.path(), "edge", &routes, &tcs_urls, "").await;
+        } = start_edge(dir.path(), "edge", &routes, &tcs_urls, &extra).await;
         Stack {
             dir,
             routes,
@@ -307,6 +330,7 @@ impl Stack {
             edge_http,
             edge_https,
             edge_admin,
+            edge_cache_file,
             http,
         }
     }
