@@ -26,6 +26,10 @@ impl Drop for Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(LookupConfig::default()).await
+}
+
+async fn fixture_with(lookup: LookupConfig) -> Fixture {
     let config = TcsConfig {
         region: Region::new("us-east-1").unwrap(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -52,7 +56,7 @@ async fn fixture() -> Fixture {
         url: format!("http://{addr}"),
         token: TOKEN.into(),
     };
-    let client = TcsClient::new(&[endpoint], "us-east-1", LookupConfig::default()).unwrap();
+    let client = TcsClient::new(&[endpoint], "us-east-1", lookup).unwrap();
     let cache = TenantCache::new(
         &CacheConfig::default(),
         Arc::new(client),
@@ -396,4 +400,40 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
     assert_eq!(metrics.stream_events.with_label_values(&["resync"]).get(), 1);
     shutdown.cancel();
     stop_second.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_entries_refresh_in_the_background_and_a_failed_refresh_keeps_them() {
+    let f = fixture_with(LookupConfig {
+        refresh_after_secs: 0,
+        ..LookupConfig::default()
+    })
+    .await;
+    let host = "acme.example.test";
+    f.tcs.ingress().apply(&put(1, "acme", 1, &[host]));
+    assert_eq!(version(&f.cache.resolve(host).await), Some(1));
+    // TCS learns version 2 (say its push to this edge was lost): the stale entry still serves
+    // at once, and a background refresh brings version 2 in.
+    f.tcs.ingress().apply(&put(2, "acme", 2, &[host]));
+    assert_eq!(version(&f.cache.resolve(host).await), Some(1));
+    for _ in 0..500 {
+        if f.cache.peek(host).await.map(|e| e.record.version) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(f.cache.peek(host).await.unwrap().record.version, 2);
+    // With TCS gone, refreshes fail and the entry stays.
+    f.shutdown.cancel();
+    for _ in 0..20 {
+        assert_eq!(version(&f.cache.resolve(host).await), Some(2));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..500 {
+        if !f.cache.refreshing.contains_key(host) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(f.cache.peek(host).await.unwrap().record.version, 2);
 }
