@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use super::client::Region;
@@ -190,9 +190,6 @@ impl Follower<'_> {
                     self.resync().await?;
                     return Ok(true);
                 }
-            }
-            if buf.is_empty() {
-                buf.advance(0);
             }
         }
     }
