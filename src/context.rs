@@ -188,8 +188,12 @@ impl TenantCache {
     }
 
     async fn fill(&self, host: &str) -> Result<Arc<Entry>, FillError> {
+        self.fill_at_least(host, 0).await
+    }
+
+    async fn fill_at_least(&self, host: &str, min_version: u64) -> Result<Arc<Entry>, FillError> {
         let started = Instant::now();
-        let answer = self.client.lookup(host).await;
+        let answer = self.client.lookup(host, min_version).await;
         self.metrics.fill_latency.observe(started.elapsed().as_secs_f64());
         match answer? {
             Lookup::Found { region, found } => Ok(Arc::new(Entry {
@@ -202,6 +206,21 @@ impl TenantCache {
         }
     }
 
+    /// Drops what is cached for `host` and fetches it again, accepting only `min_version` or
+    /// newer (a shard said the tenant moved at that version). Not coalesced: it is rare, and a
+    /// coalesced fill already in flight may predate the move.
+    pub async fn refetch(&self, host: &str, min_version: u64) -> Result<Resolved, Unavailable> {
+        self.positive.invalidate(host).await;
+        match self.fill_at_least(host, min_version).await {
+            Ok(entry) => {
+                self.put_if_not_older(host, entry.clone()).await;
+                Ok(Resolved::Found(entry))
+            }
+            Err(FillError::NotFound) => Ok(Resolved::Unknown),
+            Err(e) => Err(Unavailable(e.to_string())),
+        }
+    }
+
     /// Starts one background refresh of `host` unless one is already running. The stale entry
     /// keeps serving meanwhile; a failed refresh leaves it in place.
     async fn refresh_in_background(&self, host: &str) {
@@ -211,7 +230,7 @@ impl TenantCache {
         let this = self.clone();
         let host = host.to_owned();
         tokio::spawn(async move {
-            match this.client.lookup(&host).await {
+            match this.client.lookup(&host, 0).await {
                 Ok(Lookup::Found { region, found }) => {
                     let entry = Entry {
                         record: Arc::new(found.record),

@@ -87,6 +87,9 @@ pub struct EdgeMetrics {
     pub healthy_backends: IntGaugeVec,
     /// Connection failures to backends (each may trigger a retry on another backend).
     pub upstream_connect_failures: IntCounter,
+    /// Answers "tenant moved" (421) from shards, by outcome: `replayed` (rerouted and sent
+    /// again), `rejected` (not replayable: 503), `unresolved` (no newer context to be had: 503).
+    pub tenant_moved: IntCounterVec,
     /// Trust in each TCS region: 0 trusted, 1 canary missing, 2 404 ratio, 3 unreachable.
     pub region_trust: IntGaugeVec,
 }
@@ -158,6 +161,13 @@ impl EdgeMetrics {
                 "upstream_connect_failures_total",
                 "Connection failures to backends",
             )?,
+            tenant_moved: IntCounterVec::new(
+                Opts::new(
+                    "tenant_moved_total",
+                    "421 tenant-moved answers from shards, by outcome",
+                ),
+                &["outcome"],
+            )?,
             region_trust: IntGaugeVec::new(
                 Opts::new(
                     "tcs_region_trust",
@@ -187,6 +197,7 @@ impl EdgeMetrics {
         r.register(Box::new(self.healthy_backends.clone()))?;
         r.register(Box::new(self.upstream_connect_failures.clone()))?;
         r.register(Box::new(self.region_trust.clone()))?;
+        r.register(Box::new(self.tenant_moved.clone()))?;
         Ok(())
     }
 

@@ -97,6 +97,14 @@ pub enum TcsError {
         /// The region asked.
         region: Arc<str>,
     },
+    /// An answer older than the version the caller needs.
+    #[error("tcs {region}: version {version} is older than needed")]
+    Stale {
+        /// The region asked.
+        region: Arc<str>,
+        /// The version it answered.
+        version: u64,
+    },
     /// Every region is at its in-flight limit, or none is configured.
     #[error("no tcs region has capacity")]
     NoCapacity,
@@ -321,7 +329,9 @@ impl TcsClient {
     }
 
     /// Looks `host` up: hedged across two regions, more on failure; see the module docs.
-    pub async fn lookup(&self, host: &str) -> Result<Lookup, TcsError> {
+    /// An answer older than `min_version` is stale (that region lags) and another region is
+    /// asked instead.
+    pub async fn lookup(&self, host: &str, min_version: u64) -> Result<Lookup, TcsError> {
         let order = self.candidates();
         let limit = self.config.max_in_flight_per_region;
         let mut pending = FuturesUnordered::new();
@@ -360,8 +370,12 @@ impl TcsClient {
             };
             tokio::select! {
                 answer = pending.next(), if !pending.is_empty() => match answer {
-                    Some((i, Ok(Answer::Found(found)))) => {
+                    Some((i, Ok(Answer::Found(found)))) if found.record.version >= min_version => {
                         return Ok(Lookup::Found { region: self.regions[i].name.clone(), found });
+                    }
+                    Some((i, Ok(Answer::Found(found)))) => {
+                        last_err = TcsError::Stale { region: self.regions[i].name.clone(), version: found.record.version };
+                        if !believed_not_found { launch(&mut pending); }
                     }
                     Some((i, Ok(Answer::NotFound))) if self.regions[i].trust() == Trust::Trusted => {
                         believed_not_found = true;

@@ -55,6 +55,10 @@ pub struct RequestCtx {
     in_flight: Option<InFlight>,
     tried: u64,
     upstream_started: Option<Instant>,
+    /// Replays after a shard said the tenant moved (at most one).
+    replays: u8,
+    /// The answer to give when a failure was decided by us mid-proxy (see `fail_to_proxy`).
+    reject: Option<Reject>,
 }
 
 /// Why the edge answered itself instead of forwarding.
@@ -157,6 +161,77 @@ impl EdgeProxy {
         Ok(())
     }
 
+    /// A shard answered 421 `tenant-moved: V`: drop the tenant's context, fetch version V or
+    /// newer, re-route, and replay once when the request is idempotent and has no body. Anything
+    /// else becomes 503 + Retry-After, so that a client retries rather than writes twice.
+    async fn on_tenant_moved(&self, session: &Session, ctx: &mut RequestCtx, version: u64) -> Result<()> {
+        let rerouted = if ctx.replays == 0 {
+            self.reroute(ctx, version).await
+        } else {
+            false
+        };
+        let replayable =
+            rerouted && is_idempotent(&session.req_header().method) && has_no_body(session.req_header());
+        let outcome = match (rerouted, replayable) {
+            (true, true) => "replayed",
+            (true, false) => "rejected",
+            (false, _) => "unresolved",
+        };
+        self.shared
+            .metrics
+            .tenant_moved
+            .with_label_values(&[outcome])
+            .inc();
+        if replayable {
+            ctx.replays += 1;
+            let mut e = Error::explain(
+                ErrorType::Custom("TenantMoved"),
+                "shard says the tenant moved; replaying",
+            );
+            e.set_retry(true);
+            return Err(e);
+        }
+        ctx.reject = Some(Reject {
+            status: 503,
+            reason: "tenant moved; retry the request",
+            retry_after: Some(RETRY_AFTER_FROZEN),
+        });
+        let mut e = Error::explain(HTTPStatus(503), "shard says the tenant moved");
+        e.set_retry(false);
+        Err(e)
+    }
+
+    /// Refetches the context at `version` or newer and points `ctx` at the new shard's pool.
+    /// False when no newer context names another shard.
+    async fn reroute(&self, ctx: &mut RequestCtx, version: u64) -> bool {
+        let (Some(host), Some(product), Some(state)) = (ctx.host.clone(), ctx.product, ctx.state.clone())
+        else {
+            return false;
+        };
+        let Ok(host) = host.to_str() else { return false };
+        let entry = match self.shared.cache.refetch(host, version).await {
+            Ok(Resolved::Found(entry)) => entry,
+            Ok(Resolved::Unknown) | Err(_) => return false,
+        };
+        let Some(product) = state.routes.products.get(product) else {
+            return false;
+        };
+        let Some(placement) = entry.record.placement(product.name.as_str()) else {
+            return false;
+        };
+        let Some(pool) = state.pool(placement.shard.as_str()) else {
+            return false;
+        };
+        if ctx.pool.as_ref().is_some_and(|old| old.shard == pool.shard) {
+            return false;
+        }
+        ctx.in_flight = None;
+        ctx.tried = 0;
+        ctx.pool = Some(pool);
+        ctx.tenant = Some(entry);
+        true
+    }
+
     /// Writes a small JSON error answer.
     async fn respond(&self, session: &mut Session, ctx: &RequestCtx, r: Reject) -> Result<()> {
         let id = ctx
@@ -215,6 +290,17 @@ fn with_query(path: &str, query: Option<&str>) -> String {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     }
+}
+
+fn is_idempotent(method: &http::Method) -> bool {
+    is_safe(method) || matches!(*method, http::Method::PUT | http::Method::DELETE)
+}
+
+/// Whether the request carries no body, so it can be sent again as it was.
+fn has_no_body(req: &RequestHeader) -> bool {
+    let length = req.headers.get(http::header::CONTENT_LENGTH);
+    !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && length.is_none_or(|v| v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) == Some(0))
 }
 
 fn is_safe(method: &http::Method) -> bool {
@@ -341,6 +427,28 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if resp.status.as_u16() != 421 {
+            return Ok(());
+        }
+        // A plain 421 (misdirected request) passes through; only the shard's ownership fence
+        // carries `tenant-moved`.
+        let Some(moved) = resp.headers.get("tenant-moved") else {
+            return Ok(());
+        };
+        let version = moved
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        self.on_tenant_moved(session, ctx, version).await
+    }
+
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -368,6 +476,15 @@ impl ProxyHttp for EdgeProxy {
         // pingora closes the client connection after an error once a peer is being chosen,
         // whatever we ask; say so in the answer so that no client reuses it.
         session.set_keepalive(None);
+        if let Some(r) = ctx.reject.take() {
+            if let Err(err) = self.respond(session, ctx, r).await {
+                tracing::debug!(error = %err, "could not write the error answer");
+            }
+            return FailToProxy {
+                error_code: r.status,
+                can_reuse_downstream: false,
+            };
+        }
         if status > 0 {
             let reason = match status {
                 503 => "no healthy backend for the shard",
@@ -463,6 +580,28 @@ mod tests {
         assert!(r.headers.get("x-tenant-id").is_none());
         assert!(r.headers.get("x-tenant-shard").is_none());
         assert!(r.headers.get("x-tenantish").is_some());
+    }
+
+    #[test]
+    fn only_idempotent_bodiless_requests_are_replayable() {
+        for (method, idempotent) in [
+            ("GET", true),
+            ("HEAD", true),
+            ("PUT", true),
+            ("DELETE", true),
+            ("POST", false),
+        ] {
+            assert_eq!(is_idempotent(&method.parse().unwrap()), idempotent, "{method}");
+        }
+        let mut r = req("/", &["a.test"]);
+        assert!(has_no_body(&r));
+        r.insert_header("content-length", "0").unwrap();
+        assert!(has_no_body(&r));
+        r.insert_header("content-length", "12").unwrap();
+        assert!(!has_no_body(&r));
+        let mut chunked = req("/", &["a.test"]);
+        chunked.insert_header("transfer-encoding", "chunked").unwrap();
+        assert!(!has_no_body(&chunked));
     }
 
     #[test]
