@@ -140,7 +140,8 @@ impl IntoResponse for Failure {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Failure::Moved(version) => {
-                resp.headers_mut().insert(TENANT_MOVED, HeaderValue::from(version));
+                resp.headers_mut()
+                    .insert(TENANT_MOVED, HeaderValue::from(version));
             }
             _ => {}
         }
@@ -262,7 +263,9 @@ async fn echo(
         path,
         headers: forwarded_headers(&headers),
     };
-    Ok(Json(serde_json::to_value(echo).unwrap_or(serde_json::Value::Null)))
+    Ok(Json(
+        serde_json::to_value(echo).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// The headers the edge is responsible for, by lowercase name; repeated ones joined by `, `.

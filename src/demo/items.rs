@@ -45,10 +45,7 @@ impl Item {
 /// `/items` and `/items/{id}`.
 pub(super) fn routes() -> Router<Arc<DemoState>> {
     Router::new()
-        .route(
-            "/items",
-            get(list).post(create).fallback(method_not_allowed),
-        )
+        .route("/items", get(list).post(create).fallback(method_not_allowed))
         .route(
             "/items/{id}",
             get(read).put(replace).delete(remove).fallback(method_not_allowed),
@@ -60,7 +57,9 @@ pub(super) fn routes() -> Router<Arc<DemoState>> {
 pub(super) fn check_id(id: &str) -> Result<(), Failure> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -98,13 +97,15 @@ async fn create(
         })
         .await?;
     let location = [(header::LOCATION, format!("/items/{id}"))];
-    Ok((StatusCode::CREATED, location, Json(serde_json::json!({ "id": id }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        location,
+        Json(serde_json::json!({ "id": id })),
+    )
+        .into_response())
 }
 
-async fn list(
-    State(state): State<Arc<DemoState>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, Failure> {
+async fn list(State(state): State<Arc<DemoState>>, headers: HeaderMap) -> Result<Json<Value>, Failure> {
     let tenant = tenant_of(&headers)?;
     let t = tenant.clone();
     let stored = state

@@ -49,7 +49,7 @@ pub(super) struct StoredItem {
 }
 
 /// What refuses requests for a tenant, if anything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Fences {
     /// Unsafe methods are refused.
     pub frozen: bool,
@@ -185,10 +185,7 @@ pub(super) fn list(c: &Connection, tenant: &TenantId) -> Result<Vec<StoredItem>,
     let mut out = Vec::new();
     for row in rows {
         let (id, body): (String, String) = row?;
-        out.push(StoredItem {
-            id,
-            body: raw(body)?,
-        });
+        out.push(StoredItem { id, body: raw(body)? });
     }
     Ok(out)
 }
@@ -199,19 +196,23 @@ pub(super) fn get(c: &Connection, tenant: &TenantId, id: &str) -> Result<Option<
         .prepare_cached("SELECT body FROM items WHERE tenant = ?1 AND id = ?2")?
         .query_row(params![tenant.as_str(), id], |row| row.get(0))
         .optional()?;
-    body.map(|body| Ok(StoredItem { id: id.into(), body: raw(body)? }))
-        .transpose()
+    body.map(|body| {
+        Ok(StoredItem {
+            id: id.into(),
+            body: raw(body)?,
+        })
+    })
+    .transpose()
 }
 
-/// Creates or replaces one item; returns whether it was created.
-pub(super) fn upsert(c: &Connection, tenant: &TenantId, item: &StoredItem) -> Result<bool, Failure> {
-    let existed = get(c, tenant, &item.id)?.is_some();
+/// Creates or replaces one item.
+pub(super) fn upsert(c: &Connection, tenant: &TenantId, item: &StoredItem) -> Result<(), Failure> {
     c.prepare_cached(
         "INSERT INTO items (tenant, id, body) VALUES (?1, ?2, ?3)
          ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body",
     )?
     .execute(params![tenant.as_str(), item.id, item.body.to_string()])?;
-    Ok(!existed)
+    Ok(())
 }
 
 /// Deletes one item; returns whether it existed.

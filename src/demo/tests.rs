@@ -81,7 +81,10 @@ impl Running {
     /// A mover hook: POST `/mover/{hook}` with `body`; asserts 200 and returns the answer.
     async fn hook(&self, hook: &str, body: Value) -> Value {
         let (status, _, answer) = self
-            .send(self.req(reqwest::Method::POST, &format!("/mover/{hook}"), None).json(&body))
+            .send(
+                self.req(reqwest::Method::POST, &format!("/mover/{hook}"), None)
+                    .json(&body),
+            )
             .await;
         assert_eq!(status, 200, "{hook}: {answer}");
         answer
@@ -89,7 +92,9 @@ impl Running {
 
     /// GET `/items` for `tenant`: status and the JSON answer.
     async fn list(&self, tenant: &str) -> (u16, Value) {
-        let (status, _, body) = self.send(self.req(reqwest::Method::GET, "/items", Some(tenant))).await;
+        let (status, _, body) = self
+            .send(self.req(reqwest::Method::GET, "/items", Some(tenant)))
+            .await;
         (status, body)
     }
 }

@@ -32,7 +32,10 @@ async fn items_crud_for_one_tenant() {
     assert_eq!(put, json!({"id": id, "tenant": "acme", "body": replaced}));
     let (status, list) = shard.list("acme").await;
     assert_eq!(status, 200);
-    assert_eq!(list, json!({"items": [{"id": id, "tenant": "acme", "body": replaced}]}));
+    assert_eq!(
+        list,
+        json!({"items": [{"id": id, "tenant": "acme", "body": replaced}]})
+    );
 
     let (status, _, _) = shard.send(shard.req(Method::DELETE, &path, Some("acme"))).await;
     assert_eq!(status, 204);
@@ -51,7 +54,11 @@ async fn put_creates_an_item_under_the_given_id_and_list_keeps_creation_order() 
     let (_dir, shard) = start().await;
     let first = shard.create("acme", &json!(1)).await;
     let (status, _, _) = shard
-        .send(shard.req(Method::PUT, "/items/my-item_2", Some("acme")).json(&json!("two")))
+        .send(
+            shard
+                .req(Method::PUT, "/items/my-item_2", Some("acme"))
+                .json(&json!("two")),
+        )
         .await;
     assert_eq!(status, 200);
     let third = shard.create("acme", &json!(null)).await;
@@ -76,10 +83,16 @@ async fn tenants_are_isolated() {
     assert_eq!(shard.list("globex").await, (200, json!({"items": []})));
     // A PUT by another tenant creates its own item; acme's stays as it was.
     let (status, _, _) = shard
-        .send(shard.req(Method::PUT, &path, Some("globex")).json(&json!("globex's")))
+        .send(
+            shard
+                .req(Method::PUT, &path, Some("globex"))
+                .json(&json!("globex's")),
+        )
         .await;
     assert_eq!(status, 200);
-    let (status, _, _) = shard.send(shard.req(Method::DELETE, &path, Some("initech"))).await;
+    let (status, _, _) = shard
+        .send(shard.req(Method::DELETE, &path, Some("initech")))
+        .await;
     assert_eq!(status, 204);
     let (_, _, acme) = shard.send(shard.req(Method::GET, &path, Some("acme"))).await;
     assert_eq!(acme["body"], json!({"secret": "acme's"}));
@@ -95,9 +108,17 @@ async fn bad_requests_get_json_errors() {
         (shard.req(Method::GET, "/items", None), 400),
         (shard.req(Method::POST, "/items", None).json(&json!({})), 400),
         (shard.req(Method::GET, "/items/x", Some("Not A Tenant")), 400),
-        (shard.req(Method::POST, "/items", Some("acme")).body("{not json"), 400),
+        (
+            shard.req(Method::POST, "/items", Some("acme")).body("{not json"),
+            400,
+        ),
         (shard.req(Method::POST, "/items", Some("acme")), 400),
-        (shard.req(Method::PUT, "/items/has.dot", Some("acme")).json(&json!(1)), 400),
+        (
+            shard
+                .req(Method::PUT, "/items/has.dot", Some("acme"))
+                .json(&json!(1)),
+            400,
+        ),
         (shard.req(Method::PATCH, "/items", Some("acme")), 405),
         (shard.req(Method::POST, "/items/x", Some("acme")), 405),
         (

@@ -11,8 +11,14 @@ fn item_requests(shard: &Running, tenant: &str, id: &str) -> Vec<(Method, reqwes
     vec![
         (Method::GET, shard.req(Method::GET, "/items", Some(tenant))),
         (Method::GET, shard.req(Method::GET, &one, Some(tenant))),
-        (Method::POST, shard.req(Method::POST, "/items", Some(tenant)).json(&json!(1))),
-        (Method::PUT, shard.req(Method::PUT, &one, Some(tenant)).json(&json!(2))),
+        (
+            Method::POST,
+            shard.req(Method::POST, "/items", Some(tenant)).json(&json!(1)),
+        ),
+        (
+            Method::PUT,
+            shard.req(Method::PUT, &one, Some(tenant)).json(&json!(2)),
+        ),
         (Method::DELETE, shard.req(Method::DELETE, &one, Some(tenant))),
         (Method::GET, shard.req(Method::GET, "/", Some(tenant))),
         (Method::POST, shard.req(Method::POST, "/wiki/x", Some(tenant))),
@@ -26,7 +32,10 @@ async fn a_frozen_tenant_reads_but_cannot_write_on_any_backend() {
     let b2 = start_in(dir.path(), "jira-us-east-1", "b2").await;
     let id = b1.create("acme", &json!("before")).await;
     let answer = b1.hook("freeze", json!({"tenant": "acme"})).await;
-    assert_eq!(answer, json!({"tenant": "acme", "frozen": true, "moved": null, "items": 1}));
+    assert_eq!(
+        answer,
+        json!({"tenant": "acme", "frozen": true, "moved": null, "items": 1})
+    );
     // The fence lives in the shard's file: the other backend honours it too.
     for shard in [&b1, &b2] {
         for (method, req) in item_requests(shard, "acme", &id) {
@@ -57,8 +66,13 @@ async fn a_frozen_tenant_reads_but_cannot_write_on_any_backend() {
 async fn a_released_tenant_gets_421_with_the_version_for_every_request() {
     let (_dir, shard) = start().await;
     let id = shard.create("acme", &json!("x")).await;
-    let answer = shard.hook("release", json!({"tenant": "acme", "version": 7})).await;
-    assert_eq!(answer, json!({"tenant": "acme", "frozen": false, "moved": 7, "items": 1}));
+    let answer = shard
+        .hook("release", json!({"tenant": "acme", "version": 7}))
+        .await;
+    assert_eq!(
+        answer,
+        json!({"tenant": "acme", "frozen": false, "moved": 7, "items": 1})
+    );
     for (method, req) in item_requests(&shard, "acme", &id) {
         let (status, headers, body) = shard.send(req).await;
         assert_eq!(status, 421, "{method} {body}");
@@ -70,10 +84,14 @@ async fn a_released_tenant_gets_421_with_the_version_for_every_request() {
     let resp = shard.req(Method::HEAD, "/", Some("acme")).send().await.unwrap();
     assert_eq!(resp.status(), 421);
     // An older release retried late does not lower the version; a newer one raises it.
-    shard.hook("release", json!({"tenant": "acme", "version": 5})).await;
+    shard
+        .hook("release", json!({"tenant": "acme", "version": 5}))
+        .await;
     let (_, headers, _) = shard.send(shard.req(Method::GET, "/items", Some("acme"))).await;
     assert_eq!(headers["tenant-moved"], "7");
-    let answer = shard.hook("release", json!({"tenant": "acme", "version": 9})).await;
+    let answer = shard
+        .hook("release", json!({"tenant": "acme", "version": 9}))
+        .await;
     assert_eq!(answer["moved"], 9);
     // Another tenant is untouched.
     assert_eq!(shard.list("globex").await.0, 200);
@@ -86,11 +104,15 @@ async fn export_then_import_moves_identical_items_and_delete_keeps_the_fence() {
     let source = start_in(dir.path(), "jira-us-east-1", "b1").await;
     let target = start_in(dir.path(), "jira-us-west-2", "b1").await;
     for n in 0..5 {
-        source.create("acme", &json!({"n": n, "nested": {"list": [n, "s"]}})).await;
+        source
+            .create("acme", &json!({"n": n, "nested": {"list": [n, "s"]}}))
+            .await;
     }
     source.create("globex", &json!("stays")).await;
     // The target held a stale fence from an earlier, rolled back attempt.
-    target.hook("release", json!({"tenant": "acme", "version": 3})).await;
+    target
+        .hook("release", json!({"tenant": "acme", "version": 3}))
+        .await;
     target.hook("freeze", json!({"tenant": "acme"})).await;
 
     source.hook("freeze", json!({"tenant": "acme"})).await;
@@ -101,7 +123,10 @@ async fn export_then_import_moves_identical_items_and_delete_keeps_the_fence() {
     assert_eq!(export["tenant"], "acme");
     assert_eq!(export["items"].as_array().unwrap().len(), 5);
     let answer = target.hook("import", export.clone()).await;
-    assert_eq!(answer, json!({"tenant": "acme", "frozen": false, "moved": null, "items": 5}));
+    assert_eq!(
+        answer,
+        json!({"tenant": "acme", "frozen": false, "moved": null, "items": 5})
+    );
     // Import is an upsert: again changes nothing.
     assert_eq!(target.hook("import", export.clone()).await, answer);
 
@@ -114,9 +139,14 @@ async fn export_then_import_moves_identical_items_and_delete_keeps_the_fence() {
     // The import cleared the target's fences: it takes writes.
     target.create("acme", &json!("new home")).await;
 
-    source.hook("release", json!({"tenant": "acme", "version": 12})).await;
+    source
+        .hook("release", json!({"tenant": "acme", "version": 12}))
+        .await;
     let answer = source.hook("delete", json!({"tenant": "acme"})).await;
-    assert_eq!(answer, json!({"tenant": "acme", "frozen": true, "moved": 12, "items": 0}));
+    assert_eq!(
+        answer,
+        json!({"tenant": "acme", "frozen": true, "moved": 12, "items": 0})
+    );
     assert_eq!(source.hook("delete", json!({"tenant": "acme"})).await, answer);
     let (status, _, empty) = source
         .send(source.req(Method::GET, "/mover/export?tenant=acme", None))
@@ -137,13 +167,23 @@ async fn fence_hooks_are_idempotent_and_survive_a_restart() {
     let (dir, shard) = start().await;
     let first = shard.hook("freeze", json!({"tenant": "acme"})).await;
     assert_eq!(shard.hook("freeze", json!({"tenant": "acme"})).await, first);
-    shard.hook("release", json!({"tenant": "acme", "version": 4})).await;
-    let released = shard.hook("release", json!({"tenant": "acme", "version": 4})).await;
-    assert_eq!(released, json!({"tenant": "acme", "frozen": true, "moved": 4, "items": 0}));
+    shard
+        .hook("release", json!({"tenant": "acme", "version": 4}))
+        .await;
+    let released = shard
+        .hook("release", json!({"tenant": "acme", "version": 4}))
+        .await;
+    assert_eq!(
+        released,
+        json!({"tenant": "acme", "frozen": true, "moved": 4, "items": 0})
+    );
     // Unfreeze lifts only the freeze; the tenant stays moved.
     let unfrozen = shard.hook("unfreeze", json!({"tenant": "acme"})).await;
     assert_eq!(shard.hook("unfreeze", json!({"tenant": "acme"})).await, unfrozen);
-    assert_eq!(unfrozen, json!({"tenant": "acme", "frozen": false, "moved": 4, "items": 0}));
+    assert_eq!(
+        unfrozen,
+        json!({"tenant": "acme", "frozen": false, "moved": 4, "items": 0})
+    );
     shard.stop().await;
 
     let again = start_in(dir.path(), "jira-us-east-1", "b1").await;
@@ -152,7 +192,10 @@ async fn fence_hooks_are_idempotent_and_survive_a_restart() {
     assert_eq!(headers["tenant-moved"], "4");
     // An empty import brings the tenant back without items.
     let back = again.hook("import", json!({"tenant": "acme", "items": []})).await;
-    assert_eq!(back, json!({"tenant": "acme", "frozen": false, "moved": null, "items": 0}));
+    assert_eq!(
+        back,
+        json!({"tenant": "acme", "frozen": false, "moved": null, "items": 0})
+    );
     assert_eq!(again.list("acme").await, (200, json!({"items": []})));
     again.stop().await;
 }
@@ -165,7 +208,12 @@ async fn bad_hook_requests_get_json_errors() {
         (post("/mover/freeze").json(&json!({})), 422),
         (post("/mover/freeze").json(&json!({"tenant": "Not Valid"})), 422),
         (post("/mover/freeze").body("{"), 415),
-        (post("/mover/freeze").header("content-type", "application/json").body("{"), 400),
+        (
+            post("/mover/freeze")
+                .header("content-type", "application/json")
+                .body("{"),
+            400,
+        ),
         (post("/mover/release").json(&json!({"tenant": "acme"})), 422),
         (
             post("/mover/import").json(&json!({"tenant": "acme", "items": [{"id": "a b", "body": 1}]})),
