@@ -60,6 +60,10 @@ pub enum Command {
         /// Listen address.
         #[arg(long)]
         listen: SocketAddr,
+        /// Directory of the shard's database (`shard-<shard>.db`); give every backend of a
+        /// shard the same one.
+        #[arg(long)]
+        data: PathBuf,
     },
 }
 
@@ -93,11 +97,13 @@ pub fn main() -> ExitCode {
             shard,
             backend,
             listen,
+            data,
         } => {
             let cfg = crate::demo::DemoShardConfig {
                 shard,
                 backend,
                 listen,
+                data_dir: data,
             };
             run_role(|shutdown| crate::demo::run(cfg, shutdown))
         }

@@ -1,23 +1,36 @@
 //! Demo shard backends: real HTTP servers standing in for a product shard in the dev stack and
 //! in tests.
 //!
-//! Every request except `GET /healthz` is answered with JSON naming the shard and backend and
-//! echoing what the edge forwarded (tenant, method, path, the internal headers), so tests can
-//! see exactly where a request landed and what it carried.
+//! A shard keeps per-tenant items (`items`) in one SQLite file shared by all its backends
+//! (`store`), honours ownership fences set by the mover hooks (`mover`), and answers every
+//! other request except `GET /healthz` with JSON naming the shard and backend and echoing what
+//! the edge forwarded (tenant, method, path, the internal headers), so tests can see exactly
+//! where a request landed and what it carried. Every answer carries
+//! `x-served-by: <shard>/<backend>`.
+
+mod items;
+mod mover;
+mod store;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What a demo shard backend calls itself and where it listens.
+use crate::tenant::{NameError, ShardId, TenantId};
+use store::ShardStore;
+
+/// What a demo shard backend calls itself, where it listens and where its shard keeps data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DemoShardConfig {
     /// The shard it stands in for (`jira-us-east-1`).
@@ -26,15 +39,130 @@ pub struct DemoShardConfig {
     pub backend: String,
     /// Listen address.
     pub listen: SocketAddr,
+    /// Directory of the shard's database (`shard-<shard>.db`), shared by the shard's backends.
+    pub data_dir: PathBuf,
 }
 
+/// Why a demo shard could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Binding or serving failed.
+    #[error("demo shard: {0}")]
+    Io(#[from] std::io::Error),
+    /// The shard id cannot name a database file.
+    #[error(transparent)]
+    Shard(#[from] NameError),
+    /// The shard's database could not be opened.
+    #[error("shard database {path}: {source}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+}
+
+/// The header naming who answered.
+const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
+/// The header of a 421: the catalogue version an edge must fetch at least.
+const TENANT_MOVED: HeaderName = HeaderName::from_static("tenant-moved");
+/// The header carrying the tenant, set by the edge.
+const TENANT_ID: &str = "x-tenant-id";
+
 /// Per-server state shared by the handlers.
-///
-/// The seam for per-tenant data: a later items store goes here, and its routes into [`router`].
-#[derive(Debug)]
 struct DemoState {
     shard: String,
     backend: String,
+    served_by: HeaderValue,
+    store: ShardStore,
+}
+
+/// Why a request was refused; one JSON answer `{"status", "error"}` per variant.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    /// Bad input: missing tenant, malformed JSON, a bad id.
+    #[error("{0}")]
+    BadRequest(String),
+    /// An extractor's rejection (body too large, wrong content type, ...).
+    #[error("{1}")]
+    Rejected(StatusCode, String),
+    /// No such item.
+    #[error("no such item")]
+    NotFound,
+    /// A method the path does not serve.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The tenant is frozen for a move: writes wait.
+    #[error("tenant is frozen for a move; retry shortly")]
+    Frozen,
+    /// The tenant lives elsewhere since this catalogue version.
+    #[error("tenant moved; fetch catalogue version {0} or later")]
+    Moved(u64),
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Internal(e.to_string())
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    status: u16,
+    error: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Failure::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Failure::Rejected(status, _) => *status,
+            Failure::NotFound => StatusCode::NOT_FOUND,
+            Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Failure::Frozen => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Moved(_) => StatusCode::MISDIRECTED_REQUEST,
+            Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() && !matches!(self, Failure::Frozen) {
+            tracing::error!(error = %self, "demo shard request failed");
+        }
+        let body = Json(ErrorBody {
+            status: status.as_u16(),
+            error: self.to_string(),
+        });
+        let mut resp = (status, body).into_response();
+        match self {
+            Failure::Frozen => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Failure::Moved(version) => {
+                resp.headers_mut()
+                    .insert(TENANT_MOVED, HeaderValue::from(version));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// The JSON 405 of a known path asked with a method it does not serve.
+async fn method_not_allowed() -> Failure {
+    Failure::MethodNotAllowed
+}
+
+/// The tenant a request is for: the `x-tenant-id` header the edge sets.
+fn tenant_of(headers: &HeaderMap) -> Result<TenantId, Failure> {
+    let raw = headers
+        .get(TENANT_ID)
+        .ok_or_else(|| Failure::BadRequest("missing x-tenant-id header".into()))?;
+    let raw = raw
+        .to_str()
+        .map_err(|_| Failure::BadRequest("x-tenant-id is not text".into()))?;
+    TenantId::new(raw).map_err(|e| Failure::BadRequest(e.to_string()))
 }
 
 /// The JSON echo of one request.
@@ -49,57 +177,95 @@ struct Echo<'a> {
 }
 
 /// Binds `cfg.listen` and serves until `shutdown` is cancelled.
-pub async fn run(cfg: DemoShardConfig, shutdown: CancellationToken) -> Result<(), std::io::Error> {
+pub async fn run(cfg: DemoShardConfig, shutdown: CancellationToken) -> Result<(), DemoError> {
     let listener = TcpListener::bind(cfg.listen).await?;
     serve(listener, cfg, shutdown).await
 }
 
 /// Serves on an already bound listener until `shutdown` is cancelled (for callers that bind
-/// port 0 and need the address first).
+/// port 0 and need the address first). Opens (creating if needed) the shard's database first.
 pub async fn serve(
     listener: TcpListener,
     cfg: DemoShardConfig,
     shutdown: CancellationToken,
-) -> Result<(), std::io::Error> {
+) -> Result<(), DemoError> {
     let addr = listener.local_addr()?;
+    let shard = ShardId::new(&cfg.shard)?;
+    let path = store::db_path(&cfg.data_dir, &shard);
+    let store = open_store(cfg.data_dir.clone(), path).await?;
     tracing::info!("demo shard {}/{} listening on {addr}", cfg.shard, cfg.backend);
+    let served_by = HeaderValue::try_from(format!("{}/{}", cfg.shard, cfg.backend))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     let state = Arc::new(DemoState {
         shard: cfg.shard,
         backend: cfg.backend,
+        served_by,
+        store,
     });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+        .await?;
+    Ok(())
+}
+
+/// Creates the data directory and opens the shard's database, off the async threads.
+async fn open_store(dir: PathBuf, path: PathBuf) -> Result<ShardStore, DemoError> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        ShardStore::open(&path).map_err(|source| DemoError::Store { path, source })
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 fn router(state: Arc<DemoState>) -> Router {
     Router::new()
         // Only GET is the health check; anything else on /healthz is echoed like any path.
         .route("/healthz", get(healthz).fallback(echo))
+        .merge(items::routes())
+        .nest("/mover", mover::routes())
         .fallback(echo)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), served_by))
         .with_state(state)
+}
+
+async fn served_by(State(state): State<Arc<DemoState>>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(SERVED_BY, state.served_by.clone());
+    resp
 }
 
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Echoes any other request, once the tenant's fences (if it names one) let it through.
 async fn echo(
     State(state): State<Arc<DemoState>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-) -> Json<serde_json::Value> {
+) -> Result<Json<serde_json::Value>, Failure> {
+    // Without a (valid) tenant there is no fence to honour: the echo shows what arrived.
+    if let Ok(tenant) = tenant_of(&headers) {
+        let unsafe_method = !method.is_safe();
+        state
+            .store
+            .read(move |c| store::fences(c, &tenant)?.check(unsafe_method))
+            .await?;
+    }
     let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
     let echo = Echo {
         shard: &state.shard,
         backend: &state.backend,
-        tenant: headers.get("x-tenant-id").map(|v| lossy(v.as_bytes())),
+        tenant: headers.get(TENANT_ID).map(|v| lossy(v.as_bytes())),
         method: method.as_str(),
         path,
         headers: forwarded_headers(&headers),
     };
-    Json(serde_json::to_value(echo).unwrap_or(serde_json::Value::Null))
+    Ok(Json(
+        serde_json::to_value(echo).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// The headers the edge is responsible for, by lowercase name; repeated ones joined by `, `.

@@ -1,9 +1,9 @@
 //! `tenant-edge dev`: the whole stack on loopback in one process, for a first run.
 //!
-//! Starts the demo shards named in the route file, the catalogue (in a data dir it creates),
-//! one TCS per dev region, and the edge; seeds realms, shards and the demo tenants; prints one
-//! banner; stops everything cleanly on Ctrl-C. The configs it uses are written into the data dir,
-//! so what runs here can be run role by role too.
+//! Starts the demo shards named in the route file (their items in `<data>/shards`), the
+//! catalogue (in a data dir it creates), one TCS per dev region, and the edge; seeds realms,
+//! shards and the demo tenants; prints one banner; stops everything cleanly on Ctrl-C. The
+//! configs it uses are written into the data dir, so what runs here can be run role by role too.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -121,6 +121,7 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
                 shard: shard.id.to_string(),
                 backend: format!("b{}", i + 1),
                 listen,
+                data_dir: args.data.join("shards"),
             };
             spawn_part(parts, crate::demo::run(cfg, shutdown.clone()));
         }

@@ -23,6 +23,8 @@ async fn demo_shard_subcommand_serves_and_stops_on_sigterm() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("shards");
     let child = Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
         .args([
             "demo-shard",
@@ -33,6 +35,8 @@ async fn demo_shard_subcommand_serves_and_stops_on_sigterm() {
             "--listen",
         ])
         .arg(addr.to_string())
+        .arg("--data")
+        .arg(&data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -53,6 +57,18 @@ async fn demo_shard_subcommand_serves_and_stops_on_sigterm() {
     assert_eq!(body["shard"], "jira-us-east-1");
     assert_eq!(body["backend"], "b2");
     assert_eq!(body["path"], "/browse/X-1");
+
+    // Items land in the shard's file in the data directory.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/items"))
+        .header("x-tenant-id", "acme")
+        .json(&serde_json::json!({"k": "v"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-served-by"], "jira-us-east-1/b2");
+    assert!(data.join("shard-jira-us-east-1.db").exists());
 
     let pid = child.0.id().to_string();
     assert!(Command::new("kill")

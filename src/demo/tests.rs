@@ -2,27 +2,42 @@ use serde_json::{json, Value};
 
 use super::*;
 
+mod items;
+mod mover;
+
+/// One demo shard backend serving on a loopback port.
 struct Running {
     base: String,
+    http: reqwest::Client,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    task: tokio::task::JoinHandle<Result<(), DemoError>>,
 }
 
-async fn start() -> Running {
+/// Starts backend `backend` of `shard` with its database in `dir`, and returns once it listens.
+async fn start_in(dir: &std::path::Path, shard: &str, backend: &str) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = DemoShardConfig {
-        shard: "jira-us-east-1".into(),
-        backend: "b1".into(),
+        shard: shard.into(),
+        backend: backend.into(),
         listen: addr,
+        data_dir: dir.to_path_buf(),
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(listener, cfg, shutdown.clone()));
     Running {
         base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
         shutdown,
         task,
     }
+}
+
+/// Backend `b1` of `jira-us-east-1` in a fresh temp dir (kept alive by the returned guard).
+async fn start() -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = start_in(dir.path(), "jira-us-east-1", "b1").await;
+    (dir, shard)
 }
 
 impl Running {
@@ -30,11 +45,63 @@ impl Running {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
     }
+
+    /// A request to `path`, for `tenant` when given.
+    fn req(&self, method: reqwest::Method, path: &str, tenant: Option<&str>) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match tenant {
+            Some(t) => r.header("x-tenant-id", t),
+            None => r,
+        }
+    }
+
+    /// Sends and returns status, headers and the JSON body (`Null` when there is none).
+    async fn send(&self, r: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        };
+        (status, headers, body)
+    }
+
+    /// POST `/items` for `tenant`; returns the new id.
+    async fn create(&self, tenant: &str, body: &Value) -> String {
+        let (status, _, answer) = self
+            .send(self.req(reqwest::Method::POST, "/items", Some(tenant)).json(body))
+            .await;
+        assert_eq!(status, 201, "{answer}");
+        answer["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A mover hook: POST `/mover/{hook}` with `body`; asserts 200 and returns the answer.
+    async fn hook(&self, hook: &str, body: Value) -> Value {
+        let (status, _, answer) = self
+            .send(
+                self.req(reqwest::Method::POST, &format!("/mover/{hook}"), None)
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(status, 200, "{hook}: {answer}");
+        answer
+    }
+
+    /// GET `/items` for `tenant`: status and the JSON answer.
+    async fn list(&self, tenant: &str) -> (u16, Value) {
+        let (status, _, body) = self
+            .send(self.req(reqwest::Method::GET, "/items", Some(tenant)))
+            .await;
+        (status, body)
+    }
 }
 
 #[tokio::test]
 async fn healthz_answers_ok() {
-    let shard = start().await;
+    let (_dir, shard) = start().await;
     let resp = reqwest::get(format!("{}/healthz", shard.base)).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "ok");
@@ -43,7 +110,7 @@ async fn healthz_answers_ok() {
 
 #[tokio::test]
 async fn echoes_who_it_is_and_what_it_received() {
-    let shard = start().await;
+    let (_dir, shard) = start().await;
     let resp = reqwest::Client::new()
         .post(format!("{}/wiki/x?a=1&b=2", shard.base))
         .header("x-tenant-id", "acme")
@@ -57,6 +124,7 @@ async fn echoes_who_it_is_and_what_it_received() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-served-by"], "jira-us-east-1/b1");
     let body: Value = resp.json().await.unwrap();
     let want = json!({
         "shard": "jira-us-east-1",
@@ -77,7 +145,7 @@ async fn echoes_who_it_is_and_what_it_received() {
 
 #[tokio::test]
 async fn tenant_is_null_without_the_header_and_non_get_healthz_is_echoed() {
-    let shard = start().await;
+    let (_dir, shard) = start().await;
     let resp = reqwest::Client::new()
         .delete(format!("{}/healthz", shard.base))
         .send()
@@ -99,10 +167,12 @@ async fn run_binds_and_stops_on_shutdown() {
         .unwrap()
         .local_addr()
         .unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let cfg = DemoShardConfig {
         shard: "s".into(),
         backend: "b".into(),
         listen: addr,
+        data_dir: dir.path().join("shards"),
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(cfg, shutdown.clone()));
@@ -124,10 +194,28 @@ async fn run_binds_and_stops_on_shutdown() {
 #[tokio::test]
 async fn run_reports_a_taken_port() {
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let cfg = DemoShardConfig {
         shard: "s".into(),
         backend: "b".into(),
         listen: taken.local_addr().unwrap(),
+        data_dir: dir.path().to_path_buf(),
     };
-    assert!(run(cfg, CancellationToken::new()).await.is_err());
+    let err = run(cfg, CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(err, DemoError::Io(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_shard_id_that_cannot_name_a_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = DemoShardConfig {
+        shard: "../escape".into(),
+        backend: "b".into(),
+        listen: listener.local_addr().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+    };
+    let err = serve(listener, cfg, CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(err, DemoError::Shard(_)), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -267,6 +267,8 @@ impl Stack {
             .map(|(id, _, _)| (id.to_string(), vec![free_port(), free_port()]))
             .collect();
         write_routes(&routes, "test-1", &backends);
+        let shard_data = dir.path().join("shards");
+        let shard_data = shard_data.to_str().unwrap();
         let mut shards = Vec::new();
         for (id, ports) in &backends {
             for (i, port) in ports.iter().enumerate() {
@@ -280,6 +282,8 @@ impl Stack {
                     &backend,
                     "--listen",
                     &listen,
+                    "--data",
+                    shard_data,
                 ];
                 shards.push(Proc::start(&format!("{id}/{backend}"), &args));
             }

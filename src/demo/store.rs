@@ -1,0 +1,244 @@
+//! The shard's durable store: one SQLite file per shard (`shard-<id>.db`), shared by every
+//! backend process of the shard, so data belongs to the shard and not to a backend.
+//!
+//! WAL with `synchronous=FULL`: an acknowledged write is on disk. Writes are `BEGIN IMMEDIATE`
+//! transactions that check the tenant's fences first, so a freeze committed by any backend
+//! stops every later write on every backend: an export taken after the freeze holds every
+//! write that was acknowledged. rusqlite blocks, so every call runs on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Failure;
+use crate::tenant::{ShardId, TenantId};
+
+const SCHEMA: &str = r"
+CREATE TABLE IF NOT EXISTS items (
+    tenant TEXT NOT NULL,
+    id     TEXT NOT NULL,
+    body   TEXT NOT NULL,
+    PRIMARY KEY (tenant, id)
+);
+-- kind is 'frozen' (unsafe methods refused) or 'moved' (everything refused; version is the
+-- catalogue version that no longer places the tenant here).
+CREATE TABLE IF NOT EXISTS fences (
+    tenant  TEXT NOT NULL,
+    kind    TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, kind)
+);
+";
+
+/// The file of `shard` inside `dir`.
+pub(super) fn db_path(dir: &Path, shard: &ShardId) -> PathBuf {
+    dir.join(format!("shard-{shard}.db"))
+}
+
+/// One stored item: its id and the JSON body as posted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct StoredItem {
+    /// Item id.
+    pub id: String,
+    /// The posted JSON.
+    pub body: Value,
+}
+
+/// What refuses requests for a tenant, if anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Fences {
+    /// Unsafe methods are refused.
+    pub frozen: bool,
+    /// Every request is refused: the tenant lives elsewhere since this catalogue version.
+    pub moved: Option<u64>,
+}
+
+impl Fences {
+    /// Refuses a request when a fence says so: moved beats frozen, frozen only stops writes.
+    pub fn check(self, unsafe_method: bool) -> Result<(), Failure> {
+        match self.moved {
+            Some(version) => Err(Failure::Moved(version)),
+            None if self.frozen && unsafe_method => Err(Failure::Frozen),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One connection on the shard's file, shared by the handlers of one process.
+#[derive(Clone)]
+pub(super) struct ShardStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl ShardStore {
+    /// Opens (creating if needed) the file at `path`. Blocks.
+    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        // The shard's other backend writes to the same file.
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a write that was acknowledged survives a crash or a power cut.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(ShardStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection, on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || f(&lock(&conn)))
+            .await
+            .map_err(|e| Failure::Internal(e.to_string()))?
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed when `f` succeeds.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, Failure>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, Failure> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&conn);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Failure::Internal(e.to_string()))?
+    }
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic mid-call dropped its transaction, which rolled back: the connection is sound.
+    conn.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The fences of `tenant`.
+pub(super) fn fences(c: &Connection, tenant: &TenantId) -> Result<Fences, Failure> {
+    let mut stmt = c.prepare_cached("SELECT kind, version FROM fences WHERE tenant = ?1")?;
+    let mut rows = stmt.query(params![tenant.as_str()])?;
+    let mut out = Fences::default();
+    while let Some(row) = rows.next()? {
+        let kind: String = row.get(0)?;
+        let version: i64 = row.get(1)?;
+        match kind.as_str() {
+            "frozen" => out.frozen = true,
+            "moved" => out.moved = Some(u64::try_from(version).unwrap_or(0)),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Sets the frozen fence (idempotent).
+pub(super) fn freeze(c: &Connection, tenant: &TenantId) -> Result<(), Failure> {
+    c.execute(
+        "INSERT OR IGNORE INTO fences (tenant, kind) VALUES (?1, 'frozen')",
+        params![tenant.as_str()],
+    )?;
+    Ok(())
+}
+
+/// Clears the frozen fence (idempotent); a moved fence stays.
+pub(super) fn unfreeze(c: &Connection, tenant: &TenantId) -> Result<(), Failure> {
+    c.execute(
+        "DELETE FROM fences WHERE tenant = ?1 AND kind = 'frozen'",
+        params![tenant.as_str()],
+    )?;
+    Ok(())
+}
+
+/// Sets the moved fence; its version only moves forward, so a late retry of an older release
+/// cannot lower it.
+pub(super) fn release(c: &Connection, tenant: &TenantId, version: u64) -> Result<(), Failure> {
+    let version = i64::try_from(version).map_err(|_| Failure::BadRequest("version too large".into()))?;
+    c.execute(
+        "INSERT INTO fences (tenant, kind, version) VALUES (?1, 'moved', ?2)
+         ON CONFLICT (tenant, kind) DO UPDATE SET version = max(version, excluded.version)",
+        params![tenant.as_str(), version],
+    )?;
+    Ok(())
+}
+
+/// Clears every fence of `tenant`: it lives here (again).
+pub(super) fn clear_fences(c: &Connection, tenant: &TenantId) -> Result<(), Failure> {
+    c.execute("DELETE FROM fences WHERE tenant = ?1", params![tenant.as_str()])?;
+    Ok(())
+}
+
+/// Every item of `tenant`, oldest first.
+pub(super) fn list(c: &Connection, tenant: &TenantId) -> Result<Vec<StoredItem>, Failure> {
+    let mut stmt = c.prepare_cached("SELECT id, body FROM items WHERE tenant = ?1 ORDER BY rowid")?;
+    let rows = stmt.query_map(params![tenant.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, body): (String, String) = row?;
+        out.push(StoredItem { id, body: raw(body)? });
+    }
+    Ok(out)
+}
+
+/// The item `id` of `tenant`, if any.
+pub(super) fn get(c: &Connection, tenant: &TenantId, id: &str) -> Result<Option<StoredItem>, Failure> {
+    let body: Option<String> = c
+        .prepare_cached("SELECT body FROM items WHERE tenant = ?1 AND id = ?2")?
+        .query_row(params![tenant.as_str(), id], |row| row.get(0))
+        .optional()?;
+    body.map(|body| {
+        Ok(StoredItem {
+            id: id.into(),
+            body: raw(body)?,
+        })
+    })
+    .transpose()
+}
+
+/// Creates or replaces one item.
+pub(super) fn upsert(c: &Connection, tenant: &TenantId, item: &StoredItem) -> Result<(), Failure> {
+    c.prepare_cached(
+        "INSERT INTO items (tenant, id, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body",
+    )?
+    .execute(params![tenant.as_str(), item.id, item.body.to_string()])?;
+    Ok(())
+}
+
+/// Deletes one item; returns whether it existed.
+pub(super) fn delete(c: &Connection, tenant: &TenantId, id: &str) -> Result<bool, Failure> {
+    let n = c.execute(
+        "DELETE FROM items WHERE tenant = ?1 AND id = ?2",
+        params![tenant.as_str(), id],
+    )?;
+    Ok(n > 0)
+}
+
+/// Deletes every item of `tenant`; returns how many there were.
+pub(super) fn delete_all(c: &Connection, tenant: &TenantId) -> Result<usize, Failure> {
+    Ok(c.execute("DELETE FROM items WHERE tenant = ?1", params![tenant.as_str()])?)
+}
+
+/// How many items `tenant` has.
+pub(super) fn count(c: &Connection, tenant: &TenantId) -> Result<u64, Failure> {
+    let n: i64 = c.query_row(
+        "SELECT count(*) FROM items WHERE tenant = ?1",
+        params![tenant.as_str()],
+        |row| row.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+fn raw(body: String) -> Result<Value, Failure> {
+    serde_json::from_str(&body).map_err(|e| Failure::Internal(format!("stored body: {e}")))
+}
