@@ -55,6 +55,12 @@ pub enum CtlCommand {
         #[command(subcommand)]
         cmd: RealmCmd,
     },
+    /// Tenant moves.
+    Migrations {
+        /// What to do with migrations.
+        #[command(subcommand)]
+        cmd: MigrationCmd,
+    },
     /// Prints the change log.
     Changes {
         /// Print changes after this sequence number.
@@ -144,6 +150,22 @@ pub enum RealmCmd {
     },
 }
 
+/// `ctl migrations ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum MigrationCmd {
+    /// Lists migrations, newest first.
+    List {
+        /// Only this tenant's.
+        #[arg(long, value_parser = TenantId::new)]
+        tenant: Option<TenantId>,
+    },
+    /// Prints a migration.
+    Get {
+        /// Migration id (`m-1`).
+        id: String,
+    },
+}
+
 /// Why a `ctl` command failed.
 #[derive(Debug, thiserror::Error)]
 enum CtlError {
@@ -193,6 +215,7 @@ impl CtlArgs {
             CtlCommand::Tenants { cmd } => tenants(&client, cmd).await,
             CtlCommand::Shards { cmd } => shards(&client, cmd).await,
             CtlCommand::Realms { cmd } => realms(&client, cmd).await,
+            CtlCommand::Migrations { cmd } => migrations(&client, cmd).await,
             CtlCommand::Changes { after, limit } => {
                 let page = client.changes(after, limit, None).await?;
                 Ok(output::changes(&page.changes))
@@ -237,6 +260,13 @@ async fn realms(client: &CatalogueClient, cmd: RealmCmd) -> Result<String, CtlEr
             client.delete_realm(&name).await?;
             format!("deleted realm {name}\n")
         }
+    })
+}
+
+async fn migrations(client: &CatalogueClient, cmd: MigrationCmd) -> Result<String, CtlError> {
+    Ok(match cmd {
+        MigrationCmd::List { tenant } => output::migrations(&client.list_migrations(tenant.as_ref()).await?),
+        MigrationCmd::Get { id } => pretty(&client.get_migration(&id).await?),
     })
 }
 

@@ -250,6 +250,7 @@ async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -
             id: shard.id.clone(),
             product: shard.product.clone(),
             regions: vec![shard.region.clone()],
+            mover: None,
         };
         client.put_shard(&doc).await?;
     }

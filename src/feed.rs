@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::{Host, IngressRecord, Placement, Product, Realm, Region, ShardId, TenantId};
+use crate::tenant::{
+    Host, IngressRecord, Placement, PlacementState, Product, Realm, Region, ShardId, TenantId,
+};
 
 /// A tenant as the catalogue stores it (`PUT /v1/tenants/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +53,9 @@ pub struct ShardDoc {
     pub product: Product,
     /// Regions holding the shard's data (a "global" shard has several).
     pub regions: Vec<Region>,
+    /// Base URL of the shard's mover hooks (`http://127.0.0.1:9100`), for tenant moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mover: Option<String>,
 }
 
 /// A realm: the regions a tenant's data may live in (`PUT /v1/realms/{name}`).
@@ -90,6 +95,121 @@ pub enum ChangeBody {
         /// The new document, or `None` when deleted.
         doc: Option<RealmDoc>,
     },
+    /// A migration was created or changed phase (migrations are never deleted).
+    Migration {
+        /// Migration id (`m-1`).
+        id: String,
+        /// The document after the change.
+        doc: MigrationDoc,
+    },
+}
+
+/// The phase of a tenant move: `planned -> frozen -> copying -> switched -> cleaning -> done`,
+/// or `rolled_back` from any phase before `switched`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Recorded; nothing has happened yet.
+    Planned,
+    /// The tenant's placement is frozen: writes get 503 while the move runs.
+    Frozen,
+    /// Data is being copied to the target shard.
+    Copying,
+    /// The tenant's placement names the target shard.
+    Switched,
+    /// The source shard's copy is being deleted.
+    Cleaning,
+    /// Finished.
+    Done,
+    /// Abandoned before the switch: the tenant is back, active, on the source shard.
+    RolledBack,
+}
+
+impl Phase {
+    /// Whether a migration may move from `self` to `to`.
+    pub fn can_become(self, to: Phase) -> bool {
+        use Phase::*;
+        matches!(
+            (self, to),
+            (Planned, Frozen)
+                | (Frozen, Copying)
+                | (Copying, Switched)
+                | (Switched, Cleaning)
+                | (Cleaning, Done)
+                | (Planned | Frozen | Copying, RolledBack)
+        )
+    }
+
+    /// Whether the migration is still open (neither done nor rolled back).
+    pub fn is_open(self) -> bool {
+        !matches!(self, Phase::Done | Phase::RolledBack)
+    }
+
+    /// The wire name (`rolled_back`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Planned => "planned",
+            Phase::Frozen => "frozen",
+            Phase::Copying => "copying",
+            Phase::Switched => "switched",
+            Phase::Cleaning => "cleaning",
+            Phase::Done => "done",
+            Phase::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A move of one tenant's product from shard `from` to shard `to` (`/v1/migrations/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationDoc {
+    /// Migration id, `m-<n>`.
+    pub id: String,
+    /// The tenant moved.
+    pub tenant: TenantId,
+    /// The product moved.
+    pub product: Product,
+    /// The shard the tenant's product was on when the migration was created.
+    pub from: ShardId,
+    /// The shard it moves to.
+    pub to: ShardId,
+    /// Where the move stands.
+    pub phase: Phase,
+    /// Starts at 1, bumped by every phase change (`If-Match` compares it).
+    pub version: u64,
+    /// Regions `to` has and `from` lacks: the only ones the copy writes to (sorted).
+    pub regions_to_add: Vec<Region>,
+    /// Regions `from` has and `to` lacks: the only ones the clean-up deletes from (sorted).
+    pub regions_to_remove: Vec<Region>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Time of the last phase change, milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// Body of `POST /v1/migrations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMigration {
+    /// The tenant to move.
+    pub tenant: TenantId,
+    /// The product to move.
+    pub product: Product,
+    /// The target shard.
+    pub to: ShardId,
+}
+
+/// Body of `PUT /v1/migrations/{id}/phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseChange {
+    /// The phase to move to.
+    pub phase: Phase,
 }
 
 /// One entry of the catalogue's change log.
@@ -121,6 +241,23 @@ pub struct HostLookup {
     pub seq: u64,
     /// The tenant naming that host.
     pub record: IngressRecord,
+}
+
+/// Answer to `GET /v1/views/{view}/tenants/{id}/placements/{product}` on a TCS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementLookup {
+    /// Tenant id.
+    pub tenant: TenantId,
+    /// Product.
+    pub product: Product,
+    /// The shard holding the product's data.
+    pub shard: ShardId,
+    /// Whether writes are allowed.
+    pub state: PlacementState,
+    /// The tenant's catalogue version.
+    pub version: u64,
+    /// The sequence the view was current to when it answered.
+    pub seq: u64,
 }
 
 /// Answer to `GET /v1/views/ingress/snapshot` on a TCS: the whole view at one sequence.
@@ -242,5 +379,68 @@ mod tests {
         let json = serde_json::to_string(&ev).unwrap();
         assert_eq!(json, r#"{"type":"heartbeat","seq":4,"last_event":3}"#);
         assert_eq!(serde_json::from_str::<ViewEvent>(&json).unwrap().seq(), 4);
+    }
+
+    #[test]
+    fn migration_change_and_phases_round_trip() {
+        let json = r#"{"seq":9,"kind":"migration","id":"m-1","doc":{"id":"m-1","tenant":"acme",
+            "product":"jira","from":"jira-us-east-1","to":"jira-us-west-2","phase":"rolled_back",
+            "version":3,"regions_to_add":["us-west-2"],"regions_to_remove":["us-east-1"],
+            "created_ms":1,"updated_ms":2}}"#;
+        let change: Change = serde_json::from_str(json).unwrap();
+        let ChangeBody::Migration { id, doc } = &change.body else {
+            panic!("not a migration: {change:?}");
+        };
+        assert_eq!(
+            (id.as_str(), doc.phase, doc.version),
+            ("m-1", Phase::RolledBack, 3)
+        );
+        let back: Change = serde_json::from_str(&serde_json::to_string(&change).unwrap()).unwrap();
+        assert_eq!(back, change);
+        assert_eq!(
+            serde_json::to_string(&Phase::RolledBack).unwrap(),
+            format!("\"{}\"", Phase::RolledBack)
+        );
+    }
+
+    #[test]
+    fn only_forward_steps_and_early_rollbacks_are_legal() {
+        use Phase::*;
+        let all = [Planned, Frozen, Copying, Switched, Cleaning, Done, RolledBack];
+        let legal: Vec<(Phase, Phase)> = all
+            .iter()
+            .flat_map(|&a| all.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| a.can_become(b))
+            .collect();
+        assert_eq!(
+            legal,
+            [
+                (Planned, Frozen),
+                (Planned, RolledBack),
+                (Frozen, Copying),
+                (Frozen, RolledBack),
+                (Copying, Switched),
+                (Copying, RolledBack),
+                (Switched, Cleaning),
+                (Cleaning, Done),
+            ]
+        );
+        assert_eq!(
+            all.iter().filter(|p| !p.is_open()).collect::<Vec<_>>(),
+            [&Done, &RolledBack]
+        );
+    }
+
+    #[test]
+    fn shard_mover_is_optional_and_omitted_when_absent() {
+        let plain: ShardDoc =
+            serde_json::from_str(r#"{"id":"s-1","product":"jira","regions":["us-east-1"]}"#).unwrap();
+        assert_eq!(plain.mover, None);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("mover"));
+        let hooked: ShardDoc = serde_json::from_str(
+            r#"{"id":"s-1","product":"jira","regions":["us-east-1"],"mover":"http://127.0.0.1:9100"}"#,
+        )
+        .unwrap();
+        assert_eq!(hooked.mover.as_deref(), Some("http://127.0.0.1:9100"));
     }
 }

@@ -9,7 +9,10 @@ mod tcs_support;
 
 use reqwest::StatusCode;
 use tcs_support::{config, del, put, seq_prev, Ndjson, Server, AUDIT_TOKEN, EDGE_TOKEN};
-use tenant_edge::feed::{ApiError, HostLookup, ViewEvent, ViewSnapshot};
+use tenant_edge::feed::{
+    ApiError, Change, ChangeBody, HostLookup, MigrationDoc, Phase, PlacementLookup, ViewEvent, ViewSnapshot,
+};
+use tenant_edge::tcs::view::Applied;
 use tenant_edge::tcs::Tcs;
 
 fn seeded() -> Tcs {
@@ -82,6 +85,92 @@ async fn auth_is_checked_before_anything_else() {
     );
     assert_eq!(
         srv.get("/v1/views/billing/snapshot", EDGE_TOKEN).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    srv.stop().await;
+}
+
+/// acme at version 2 with jira frozen on jira-us-east-1 (seq 4), then a migration change
+/// (seq 5) that only advances the view.
+fn with_placements() -> Tcs {
+    let tcs = seeded();
+    let view = tcs.ingress();
+    let mut acme = put(4, "acme", 2, &["acme.example.test"]);
+    if let ChangeBody::Tenant { doc: Some(doc), .. } = &mut acme.body {
+        doc.placements =
+            serde_json::from_str(r#"{"jira": {"shard": "jira-us-east-1", "state": "frozen"}}"#).unwrap();
+    }
+    assert_eq!(view.apply(&acme), Applied::Upserted);
+    let migration: MigrationDoc = serde_json::from_value(serde_json::json!({
+        "id": "m-1", "tenant": "acme", "product": "jira", "from": "jira-us-east-1",
+        "to": "jira-us-west-2", "phase": "frozen", "version": 2, "regions_to_add": ["us-west-2"],
+        "regions_to_remove": ["us-east-1"], "created_ms": 1, "updated_ms": 2}))
+    .unwrap();
+    assert_eq!(migration.phase, Phase::Frozen);
+    let change = Change {
+        seq: 5,
+        body: ChangeBody::Migration {
+            id: migration.id.clone(),
+            doc: migration,
+        },
+    };
+    assert_eq!(view.apply(&change), Applied::Advanced);
+    tcs
+}
+
+#[tokio::test]
+async fn placement_by_tenant_answers_200_404_400() {
+    let srv = Server::start(with_placements()).await;
+    let resp = srv
+        .get("/v1/views/ingress/tenants/acme/placements/jira", EDGE_TOKEN)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"tenant": "acme", "product": "jira", "shard": "jira-us-east-1",
+                           "state": "frozen", "version": 2, "seq": 5})
+    );
+    let _: PlacementLookup = serde_json::from_value(body).unwrap();
+
+    for missing in [
+        "tenants/nobody/placements/jira",
+        "tenants/acme/placements/confluence",
+    ] {
+        let resp = srv.get(&format!("/v1/views/ingress/{missing}"), EDGE_TOKEN).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{missing}");
+        assert_eq!(resp.json::<ApiError>().await.unwrap().status, 404);
+    }
+    // globex exists but has no placement at all.
+    let resp = srv
+        .get("/v1/views/ingress/tenants/globex/placements/jira", EDGE_TOKEN)
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    for bad in ["tenants/Acme!/placements/jira", "tenants/acme/placements/JIRA"] {
+        let resp = srv.get(&format!("/v1/views/ingress/{bad}"), EDGE_TOKEN).await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn placement_by_tenant_needs_a_consumer_of_the_view() {
+    let srv = Server::start(with_placements()).await;
+    let path = "/v1/views/ingress/tenants/acme/placements/jira";
+    let anonymous = srv.client.get(srv.url(path)).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        srv.get(path, "not-a-token").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let forbidden = srv.get(path, AUDIT_TOKEN).await;
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert_eq!(forbidden.json::<ApiError>().await.unwrap().status, 403);
+    assert_eq!(
+        srv.get("/v1/views/billing/tenants/acme/placements/jira", EDGE_TOKEN)
+            .await
+            .status(),
         StatusCode::NOT_FOUND
     );
     srv.stop().await;

@@ -1,5 +1,5 @@
 //! The catalogue's HTTP API (see the contract in the design): tenants with compare-and-set,
-//! the shard registry, realms, and the long-polled change log.
+//! the shard registry, realms, tenant moves (`migrations`), and the long-polled change log.
 //!
 //! Status codes: 201 created / 200 replaced, 404 unknown, 409 version conflict, host owned by
 //! another tenant or entity still in use, 422 invalid document (every problem listed), 400
@@ -7,6 +7,7 @@
 //! [`ApiError`], produced in one place: [`Failure`]'s `IntoResponse`.
 
 mod extract;
+mod migrations;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use self::extract::{Doc, Id, IfMatch, Params};
 use crate::catalogue::store::{Store, StoreError, Written};
 use crate::feed::{ApiError, ChangesPage, RealmDoc, ShardDoc, TenantDoc};
-use crate::tenant::{Realm, ShardId, TenantId};
+use crate::tenant::{Host, Realm, ShardId, TenantId};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
@@ -83,6 +84,9 @@ pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken) -> Router 
             "/v1/realms/{name}",
             get(get_realm).put(put_realm).delete(delete_realm),
         )
+        .route("/v1/migrations", get(migrations::list).post(migrations::create))
+        .route("/v1/migrations/{id}", get(migrations::get_one))
+        .route("/v1/migrations/{id}/phase", put(migrations::set_phase))
         .route("/v1/changes", get(changes))
         .fallback(|| async { Failure::Http(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
@@ -117,9 +121,10 @@ impl Failure {
             Failure::Http(status, _) => *status,
             Failure::Store(e) => match e {
                 StoreError::NotFound => StatusCode::NOT_FOUND,
-                StoreError::VersionConflict { .. } | StoreError::HostTaken { .. } | StoreError::InUse(_) => {
-                    StatusCode::CONFLICT
-                }
+                StoreError::VersionConflict { .. }
+                | StoreError::HostTaken { .. }
+                | StoreError::InUse(_)
+                | StoreError::MigrationOpen { .. } => StatusCode::CONFLICT,
                 StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -203,8 +208,21 @@ async fn delete_tenant(
     Ok((StatusCode::NO_CONTENT, etag(version)).into_response())
 }
 
-async fn list_tenants(State(s): State<AppState>) -> Result<Json<Vec<TenantDoc>>, Failure> {
-    Ok(Json(s.store.list_tenants().await?))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsQuery {
+    host: Option<Host>,
+}
+
+/// `GET /v1/tenants`: every tenant, or with `?host=H` the one owning H (or none).
+async fn list_tenants(
+    State(s): State<AppState>,
+    Params(q): Params<TenantsQuery>,
+) -> Result<Json<Vec<TenantDoc>>, Failure> {
+    Ok(Json(match q.host {
+        Some(host) => s.store.tenant_by_host(&host).await?.into_iter().collect(),
+        None => s.store.list_tenants().await?,
+    }))
 }
 
 async fn put_shard(

@@ -4,6 +4,7 @@
 //!
 //! rusqlite blocks, so every operation runs on tokio's blocking pool.
 
+mod migrations;
 mod registry;
 mod rows;
 mod schema;
@@ -17,8 +18,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::watch;
 
 use crate::catalogue::store::{Store, StoreError, Written};
-use crate::feed::{ChangesPage, RealmDoc, ShardDoc, TenantDoc};
-use crate::tenant::{Realm, ShardId, TenantId};
+use crate::feed::{ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Host, Realm, ShardId, TenantId};
 
 /// The file name of the catalogue database inside its data directory.
 pub const DB_FILE: &str = "catalogue.db";
@@ -81,6 +82,14 @@ impl SqliteStore {
         .await
         .map_err(StoreError::storage)?
     }
+}
+
+/// Wall-clock milliseconds since the Unix epoch, for the documents' timestamps only (never for
+/// ordering: the log's sequence does that).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Inner {
@@ -155,6 +164,36 @@ impl Store for SqliteStore {
 
     async fn list_realms(&self) -> Result<Vec<RealmDoc>, StoreError> {
         self.read(|c| rows::all_docs(c, "SELECT doc FROM realms ORDER BY name"))
+            .await
+    }
+
+    async fn tenant_by_host(&self, host: &Host) -> Result<Option<TenantDoc>, StoreError> {
+        let host = host.clone();
+        self.read(move |c| tenants::by_host(c, &host)).await
+    }
+
+    async fn create_migration(&self, req: NewMigration) -> Result<MigrationDoc, StoreError> {
+        self.write(move |c| migrations::create(c, req, now_ms())).await
+    }
+
+    async fn get_migration(&self, id: &str) -> Result<MigrationDoc, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| migrations::get(c, &id)).await
+    }
+
+    async fn list_migrations(&self, tenant: Option<&TenantId>) -> Result<Vec<MigrationDoc>, StoreError> {
+        let tenant = tenant.cloned();
+        self.read(move |c| migrations::list(c, tenant.as_ref())).await
+    }
+
+    async fn set_phase(
+        &self,
+        id: &str,
+        phase: Phase,
+        if_match: Option<u64>,
+    ) -> Result<MigrationDoc, StoreError> {
+        let id = id.to_owned();
+        self.write(move |c| migrations::set_phase(c, &id, phase, if_match, now_ms()))
             .await
     }
 

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::feed::{ChangesPage, RealmDoc, ShardDoc, TenantDoc};
+use crate::feed::{ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
 use crate::tenant::{Host, Realm, ShardId, TenantId};
 
 /// Why a store operation failed. The HTTP API maps each variant to one status code.
@@ -37,6 +37,12 @@ pub enum StoreError {
     /// The shard or realm is still referenced by tenants and cannot be deleted (409).
     #[error("{0}")]
     InUse(String),
+    /// The tenant's product already has a migration that is neither done nor rolled back (409).
+    #[error("migration {id} of this tenant's product is still open")]
+    MigrationOpen {
+        /// The open migration.
+        id: String,
+    },
     /// The backing store failed (500).
     #[error("storage: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -97,6 +103,30 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_realm(&self, name: &Realm) -> Result<(), StoreError>;
     /// Every realm, ordered by name.
     async fn list_realms(&self) -> Result<Vec<RealmDoc>, StoreError>;
+
+    /// The live tenant owning `host`, if any.
+    async fn tenant_by_host(&self, host: &Host) -> Result<Option<TenantDoc>, StoreError>;
+
+    /// Records a migration in phase `planned` (version 1), with the regions the copy adds and
+    /// the clean-up removes computed from the two shards. Refused with
+    /// [`StoreError::MigrationOpen`] while another migration of the tenant's product is open,
+    /// and with [`StoreError::Invalid`] when the tenant, product or target do not fit.
+    async fn create_migration(&self, req: NewMigration) -> Result<MigrationDoc, StoreError>;
+    /// The migration `id` (`m-<n>`).
+    async fn get_migration(&self, id: &str) -> Result<MigrationDoc, StoreError>;
+    /// Every migration (of `tenant` when given), newest first.
+    async fn list_migrations(&self, tenant: Option<&TenantId>) -> Result<Vec<MigrationDoc>, StoreError>;
+    /// Moves migration `id` to `phase` (only along [`Phase::can_become`], else
+    /// [`StoreError::Invalid`]); with `if_match`, only if its version is that. The tenant's
+    /// placement changes in the same transaction (frozen: state frozen; switched: on `to`,
+    /// active; rolled back: on `from`, active), and the log gets the migration change, then
+    /// the tenant change.
+    async fn set_phase(
+        &self,
+        id: &str,
+        phase: Phase,
+        if_match: Option<u64>,
+    ) -> Result<MigrationDoc, StoreError>;
 
     /// Up to `limit` changes with `seq > after`, in order, and the head when they were read.
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError>;

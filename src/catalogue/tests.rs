@@ -1,5 +1,7 @@
 //! Store tests on real SQLite files in temporary directories.
 
+mod migrations;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::json;

@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::feed::{RealmDoc, ShardDoc, TenantDoc};
-use crate::tenant::{Product, Realm, Region, ShardId, TenantId};
+use crate::feed::{MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{Placement, PlacementState, Product, Realm, Region, ShardId, TenantId};
 
 /// One placement of a tenant, with the stored document a shard or realm change must stay
 /// compatible with: the tenant's realm when a shard changes, the placement's shard when a realm
@@ -78,6 +78,73 @@ pub fn realm_problems(name: &Realm, doc: &RealmDoc, uses: &[PlacementOf<ShardDoc
         problems.extend(found.into_iter().map(|p| format!("tenant {}: {p}", u.tenant)));
     }
     problems
+}
+
+/// Problems of moving `req.product` of `req.tenant` to shard `req.to`, given what the store
+/// holds: the live tenant, its realm and the target shard (each absent when unknown).
+pub fn migration_problems(
+    req: &NewMigration,
+    tenant: Option<&TenantDoc>,
+    realm: Option<&RealmDoc>,
+    target: Option<&ShardDoc>,
+) -> Vec<String> {
+    let Some(tenant) = tenant else {
+        return vec![format!("unknown tenant {}", req.tenant)];
+    };
+    let mut problems = Vec::new();
+    match tenant.placements.get(&req.product) {
+        None => problems.push(format!("tenant {} has no {} placement", req.tenant, req.product)),
+        Some(p) if p.shard == req.to => problems.push(format!(
+            "tenant {}'s {} is already on shard {}",
+            req.tenant, req.product, req.to
+        )),
+        Some(_) => {}
+    }
+    match target {
+        None => problems.push(format!("unknown shard {}", req.to)),
+        Some(shard) => problems.extend(placement_problems(&req.product, shard, realm)),
+    }
+    problems
+}
+
+/// The regions a move from `source` to `target` adds (the target has them, the source not)
+/// and removes (the source has them, the target not), each sorted.
+pub fn region_delta(source: &ShardDoc, target: &ShardDoc) -> (Vec<Region>, Vec<Region>) {
+    let from: BTreeSet<&Region> = source.regions.iter().collect();
+    let to: BTreeSet<&Region> = target.regions.iter().collect();
+    let add = to.difference(&from).map(|r| (*r).clone()).collect();
+    let remove = from.difference(&to).map(|r| (*r).clone()).collect();
+    (add, remove)
+}
+
+/// The placement `m.product` of `tenant` gets when `m` enters `phase`: `None` when the phase
+/// leaves the tenant alone. Freezing and switching need the tenant still on `m.from`; a
+/// rollback of a tenant that is gone (or lost the product) has nothing to restore, so it
+/// must not be refused: a migration can always be closed before the switch.
+pub fn phase_placement(
+    m: &MigrationDoc,
+    phase: Phase,
+    tenant: Option<&TenantDoc>,
+) -> Result<Option<Placement>, Vec<String>> {
+    let current = tenant.and_then(|t| t.placements.get(&m.product));
+    let (shard, state) = match phase {
+        Phase::Frozen => (&m.from, PlacementState::Frozen),
+        Phase::Switched => (&m.to, PlacementState::Active),
+        Phase::RolledBack if current.is_none() => return Ok(None),
+        Phase::RolledBack => (&m.from, PlacementState::Active),
+        Phase::Planned | Phase::Copying | Phase::Cleaning | Phase::Done => return Ok(None),
+    };
+    match current {
+        None => Err(vec![format!("tenant {} no longer has {}", m.tenant, m.product)]),
+        Some(p) if p.shard != m.from && phase != Phase::RolledBack => Err(vec![format!(
+            "tenant {}'s {} is on shard {}, not on {}",
+            m.tenant, m.product, p.shard, m.from
+        )]),
+        Some(_) => Ok(Some(Placement {
+            shard: shard.clone(),
+            state,
+        })),
+    }
 }
 
 /// Whether `shard` may hold `product` for a tenant of `realm` (unchecked when the realm is

@@ -6,8 +6,10 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::feed::{ApiError, ChangesPage, RealmDoc, ShardDoc, TenantDoc};
-use crate::tenant::{Realm, ShardId, TenantId};
+use crate::feed::{
+    ApiError, ChangesPage, MigrationDoc, NewMigration, Phase, PhaseChange, RealmDoc, ShardDoc, TenantDoc,
+};
+use crate::tenant::{Host, Product, Realm, ShardId, TenantId};
 
 /// Time allowed for one request, long-polls aside (they get their wait on top).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,6 +97,59 @@ impl CatalogueClient {
     /// Every tenant.
     pub async fn list_tenants(&self) -> Result<Vec<TenantDoc>, ClientError> {
         self.json(self.request(Method::GET, "/v1/tenants")).await
+    }
+
+    /// The tenant owning `host`, if any.
+    pub async fn tenant_by_host(&self, host: &Host) -> Result<Option<TenantDoc>, ClientError> {
+        let req = self
+            .request(Method::GET, "/v1/tenants")
+            .query(&[("host", host.as_str())]);
+        let found: Vec<TenantDoc> = self.json(req).await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Records a move of `tenant`'s `product` to shard `to`, in phase `planned`.
+    pub async fn create_migration(
+        &self,
+        tenant: &TenantId,
+        product: &Product,
+        to: &ShardId,
+    ) -> Result<MigrationDoc, ClientError> {
+        let body = NewMigration {
+            tenant: tenant.clone(),
+            product: product.clone(),
+            to: to.clone(),
+        };
+        self.json(self.request(Method::POST, "/v1/migrations").json(&body))
+            .await
+    }
+
+    /// The migration `id`.
+    pub async fn get_migration(&self, id: &str) -> Result<MigrationDoc, ClientError> {
+        self.json(self.request(Method::GET, &format!("/v1/migrations/{id}")))
+            .await
+    }
+
+    /// Every migration (of `tenant` when given), newest first.
+    pub async fn list_migrations(&self, tenant: Option<&TenantId>) -> Result<Vec<MigrationDoc>, ClientError> {
+        let mut req = self.request(Method::GET, "/v1/migrations");
+        if let Some(t) = tenant {
+            req = req.query(&[("tenant", t.as_str())]);
+        }
+        self.json(req).await
+    }
+
+    /// Moves migration `id` to `phase`; with `if_match`, only if its version is that.
+    pub async fn set_phase(
+        &self,
+        id: &str,
+        phase: Phase,
+        if_match: Option<u64>,
+    ) -> Result<MigrationDoc, ClientError> {
+        let req = self
+            .request(Method::PUT, &format!("/v1/migrations/{id}/phase"))
+            .json(&PhaseChange { phase });
+        self.json(with_if_match(req, if_match)).await
     }
 
     /// Creates or replaces shard `doc.id`.

@@ -1,7 +1,7 @@
 //! What `ctl` prints: aligned tables for lists, pretty JSON for single documents.
 
-use crate::feed::{Change, ChangeBody, RealmDoc, ShardDoc, TenantDoc};
-use crate::tenant::PlacementState;
+use crate::feed::{Change, ChangeBody, MigrationDoc, RealmDoc, ShardDoc, TenantDoc};
+use crate::tenant::{PlacementState, Region};
 
 /// Rows under `headers`, columns padded to their widest cell (the last column unpadded).
 pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -69,23 +69,68 @@ pub(super) fn realms(docs: &[RealmDoc]) -> String {
     table(&["NAME", "REGIONS"], &rows)
 }
 
-/// `SEQ KIND ID VERSION OP`.
+/// `SEQ KIND ID VERSION OP`; a migration's op is the phase it entered.
 pub(super) fn changes(changes: &[Change]) -> String {
-    let rows: Vec<Vec<String>> = changes
+    let rows: Vec<Vec<String>> = changes.iter().map(change_row).collect();
+    table(&["SEQ", "KIND", "ID", "VERSION", "OP"], &rows)
+}
+
+fn change_row(c: &Change) -> Vec<String> {
+    let put_or_delete = |deleted: bool| if deleted { "delete" } else { "put" };
+    let (kind, id, version, op) = match &c.body {
+        ChangeBody::Tenant { id, version, doc } => (
+            "tenant",
+            id.to_string(),
+            version.to_string(),
+            put_or_delete(doc.is_none()),
+        ),
+        ChangeBody::Shard { id, doc } => (
+            "shard",
+            id.to_string(),
+            "-".to_owned(),
+            put_or_delete(doc.is_none()),
+        ),
+        ChangeBody::Realm { name, doc } => (
+            "realm",
+            name.to_string(),
+            "-".to_owned(),
+            put_or_delete(doc.is_none()),
+        ),
+        ChangeBody::Migration { id, doc } => (
+            "migration",
+            id.clone(),
+            doc.version.to_string(),
+            doc.phase.as_str(),
+        ),
+    };
+    vec![c.seq.to_string(), kind.to_owned(), id, version, op.to_owned()]
+}
+
+/// `ID TENANT PRODUCT FROM TO PHASE VERSION ADD REMOVE`, regions comma-separated (`-` if none).
+pub(super) fn migrations(docs: &[MigrationDoc]) -> String {
+    let regions = |r: &[Region]| if r.is_empty() { "-".to_owned() } else { joined(r) };
+    let rows: Vec<Vec<String>> = docs
         .iter()
-        .map(|c| {
-            let (kind, id, version, deleted) = match &c.body {
-                ChangeBody::Tenant { id, version, doc } => {
-                    ("tenant", id.to_string(), version.to_string(), doc.is_none())
-                }
-                ChangeBody::Shard { id, doc } => ("shard", id.to_string(), "-".to_owned(), doc.is_none()),
-                ChangeBody::Realm { name, doc } => ("realm", name.to_string(), "-".to_owned(), doc.is_none()),
-            };
-            let op = if deleted { "delete" } else { "put" };
-            vec![c.seq.to_string(), kind.to_owned(), id, version, op.to_owned()]
+        .map(|m| {
+            vec![
+                m.id.clone(),
+                m.tenant.to_string(),
+                m.product.to_string(),
+                m.from.to_string(),
+                m.to.to_string(),
+                m.phase.to_string(),
+                m.version.to_string(),
+                regions(&m.regions_to_add),
+                regions(&m.regions_to_remove),
+            ]
         })
         .collect();
-    table(&["SEQ", "KIND", "ID", "VERSION", "OP"], &rows)
+    table(
+        &[
+            "ID", "TENANT", "PRODUCT", "FROM", "TO", "PHASE", "VERSION", "ADD", "REMOVE",
+        ],
+        &rows,
+    )
 }
 
 fn joined<T: std::fmt::Display>(items: &[T]) -> String {

@@ -1,4 +1,5 @@
-//! The TCS HTTP API (axum): host lookups, view snapshots and the NDJSON change stream for
+//! The TCS HTTP API (axum): host lookups, placement lookups by tenant id (for the move
+//! orchestrator), view snapshots and the NDJSON change stream for
 //! authorised consumers, plus `/healthz`, `/readyz` and `/metrics`, and `/admin/faults` when
 //! fault injection is allowed. Injected faults touch only the `/v1/views/...` routes.
 
@@ -18,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::faults::{self, Faults, Injected};
 use super::view::{IngressView, SharedSnapshot};
 use super::{Consumer, Tcs};
-use crate::feed::ApiError;
-use crate::tenant::{Host, HostError, IngressRecord};
+use crate::feed::{ApiError, PlacementLookup};
+use crate::tenant::{Host, HostError, IngressRecord, NameError, Product, TenantId};
 
 /// The answer readiness needs: no successful poll for this long means the view may be stale.
 pub const READY_POLL_AGE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -35,6 +36,10 @@ struct AppState {
 pub fn router(tcs: Tcs, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/v1/views/{view}/hosts/{host}", get(lookup))
+        .route(
+            "/v1/views/{view}/tenants/{id}/placements/{product}",
+            get(placement),
+        )
         .route("/v1/views/{view}/snapshot", get(snapshot))
         .route("/v1/views/{view}/changes", get(changes))
         .route("/healthz", get(healthz))
@@ -67,6 +72,12 @@ pub enum ApiFailure {
     /// No tenant has this host.
     #[error("no tenant for host {0}")]
     UnknownHost(Host),
+    /// No tenant has this id, or it does not have this product.
+    #[error("tenant {0} has no {1} placement")]
+    UnknownPlacement(TenantId, Product),
+    /// A name in the path is not valid.
+    #[error("{0}")]
+    BadName(#[from] NameError),
     /// The host in the path is not a valid host name.
     #[error("bad host {0:?}: {1}")]
     BadHost(String, HostError),
@@ -86,8 +97,12 @@ impl ApiFailure {
         match self {
             ApiFailure::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiFailure::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiFailure::UnknownView(_) | ApiFailure::UnknownHost(_) => StatusCode::NOT_FOUND,
-            ApiFailure::BadHost(..) | ApiFailure::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiFailure::UnknownView(_) | ApiFailure::UnknownHost(_) | ApiFailure::UnknownPlacement(..) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiFailure::BadHost(..) | ApiFailure::BadQuery(_) | ApiFailure::BadName(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiFailure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Injected(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -199,6 +214,38 @@ async fn lookup(
             lookups.with_label_values(&[&view_name, "miss"]).inc();
             Err(ApiFailure::UnknownHost(host))
         }
+    }
+}
+
+/// Where one product of one tenant lives, by tenant id: what a move orchestrator checks.
+async fn placement(
+    State(app): State<AppState>,
+    Path((view_name, raw_id, raw_product)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiFailure> {
+    let faults = inject(&app.tcs).await?;
+    let view = authorize(&app.tcs, &headers, &view_name)?;
+    let id = TenantId::new(&raw_id)?;
+    let product = Product::new(&raw_product)?;
+    let found = if emptied(faults) {
+        None
+    } else {
+        view.tenant(id.as_str())
+    };
+    let answer = found.and_then(|(seq, record)| {
+        let p = record.placement(product.as_str())?;
+        Some(PlacementLookup {
+            tenant: record.id.clone(),
+            product: product.clone(),
+            shard: p.shard.clone(),
+            state: p.state,
+            version: record.version,
+            seq,
+        })
+    });
+    match answer {
+        Some(a) => Ok(json_response(StatusCode::OK, &a)),
+        None => Err(ApiFailure::UnknownPlacement(id, product)),
     }
 }
 

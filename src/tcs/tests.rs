@@ -50,6 +50,7 @@ fn shard(seq: u64) -> Change {
         id: id.clone(),
         product: Product::new("jira").unwrap(),
         regions: vec![Region::new("us-east-1").unwrap()],
+        mover: None,
     };
     Change {
         seq,

@@ -115,7 +115,8 @@ impl IngressView {
         st.seq = change.seq;
         let event = match &change.body {
             ChangeBody::Tenant { id, version, doc } => tenant_change(&mut st, change.seq, id, *version, doc),
-            ChangeBody::Shard { .. } | ChangeBody::Realm { .. } => None,
+            // Migrations reach the view through the tenant change written with them.
+            ChangeBody::Shard { .. } | ChangeBody::Realm { .. } | ChangeBody::Migration { .. } => None,
         };
         let Some(event) = event else {
             return Applied::Advanced;
@@ -146,6 +147,12 @@ impl IngressView {
     pub fn lookup(&self, host: &Host) -> Option<(u64, Arc<IngressRecord>)> {
         let st = self.read();
         let id = st.hosts.get(host)?;
+        st.records.get(id).map(|r| (st.seq, Arc::clone(r)))
+    }
+
+    /// The tenant `id`, with the seq the view is current to.
+    pub fn tenant(&self, id: &str) -> Option<(u64, Arc<IngressRecord>)> {
+        let st = self.read();
         st.records.get(id).map(|r| (st.seq, Arc::clone(r)))
     }
 

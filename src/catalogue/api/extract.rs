@@ -27,6 +27,13 @@ macro_rules! path_name {
 }
 path_name!(TenantId, ShardId, Realm);
 
+/// Migration ids are looked up as given: one of another shape is simply not found.
+impl PathName for String {
+    fn parse(raw: &str) -> Result<Self, NameError> {
+        Ok(raw.to_owned())
+    }
+}
+
 /// The `{id}` (or `{name}`) of the URL, validated: a malformed one is a 400.
 pub(super) struct Id<T>(pub T);
 

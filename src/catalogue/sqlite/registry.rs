@@ -5,7 +5,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::rows::{self, append, encode};
+use super::rows::{self, append, encode, invalid_if};
 use crate::catalogue::store::{StoreError, Written};
 use crate::catalogue::validate::{realm_problems, shard_problems, PlacementOf};
 use crate::feed::{ChangeBody, RealmDoc, ShardDoc};
@@ -138,14 +138,6 @@ fn placements_with<T: serde::de::DeserializeOwned>(
         })
     })
     .collect()
-}
-
-fn invalid_if(problems: Vec<String>) -> Result<(), StoreError> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(problems))
-    }
 }
 
 fn in_use(what: &str, users: &[String]) -> Result<(), StoreError> {

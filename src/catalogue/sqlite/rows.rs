@@ -23,6 +23,15 @@ pub(super) fn encode<T: Serialize>(doc: &T) -> Result<String, StoreError> {
     serde_json::to_string(doc).map_err(StoreError::storage)
 }
 
+/// `Invalid` carrying `problems`, unless there are none.
+pub(super) fn invalid_if(problems: Vec<String>) -> Result<(), StoreError> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(problems))
+    }
+}
+
 /// The realm `name`, if registered.
 pub(super) fn realm(conn: &Connection, name: &str) -> Result<Option<RealmDoc>, StoreError> {
     one_doc(conn, "SELECT doc FROM realms WHERE name = ?1", name)

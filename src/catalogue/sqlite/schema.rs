@@ -8,7 +8,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::catalogue::store::StoreError;
 
 /// Migration `i` brings `PRAGMA user_version` from `i` to `i + 1`. Append, never edit.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE realms (
     name TEXT PRIMARY KEY,
     doc  TEXT NOT NULL
@@ -45,7 +46,22 @@ CREATE TABLE changes (
     seq  INTEGER PRIMARY KEY,
     body TEXT NOT NULL
 );
-"];
+",
+    r"
+-- Tenant moves. Never deleted, so `n` (the number in the id `m-<n>`) is never reused.
+-- `open` is 1 until the migration is done or rolled back; the partial unique index backs
+-- the explicit one-open-migration-per-product check.
+CREATE TABLE migrations (
+    n       INTEGER PRIMARY KEY,
+    tenant  TEXT NOT NULL REFERENCES tenants(id),
+    product TEXT NOT NULL,
+    open    INTEGER NOT NULL,
+    doc     TEXT NOT NULL
+);
+CREATE UNIQUE INDEX migrations_open ON migrations(tenant, product) WHERE open = 1;
+CREATE INDEX migrations_tenant ON migrations(tenant, n);
+",
+];
 
 /// Opens (creating if needed) the catalogue database at `path` and brings its schema up to date.
 pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -78,4 +94,40 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
     tx.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_version(conn: &Connection) -> usize {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_file_of_the_first_schema_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalogue.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute("INSERT INTO realms (name, doc) VALUES ('us', '{}')", [])
+                .unwrap();
+        }
+        let conn = open(&path).unwrap();
+        assert_eq!(user_version(&conn), MIGRATIONS.len());
+        assert_eq!(MIGRATIONS.len(), 2);
+        let realms: u32 = conn
+            .query_row("SELECT COUNT(*) FROM realms", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(realms, 1, "the upgrade kept the data");
+        let migrations: u32 = conn
+            .query_row("SELECT COUNT(*) FROM migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(migrations, 0);
+        drop(conn);
+        // Opening an up-to-date file again runs nothing.
+        assert_eq!(user_version(&open(&path).unwrap()), MIGRATIONS.len());
+    }
 }

@@ -23,7 +23,8 @@ fn version_of(conn: &Connection, id: &TenantId) -> Result<(u64, bool), StoreErro
     Ok(row.map_or((0, false), |(version, deleted)| (version, !deleted)))
 }
 
-fn check_if_match(if_match: Option<u64>, current: u64) -> Result<(), StoreError> {
+/// `VersionConflict` unless `if_match` is absent or equals `current`.
+pub(super) fn check_if_match(if_match: Option<u64>, current: u64) -> Result<(), StoreError> {
     match if_match {
         Some(expected) if expected != current => Err(StoreError::VersionConflict { current }),
         _ => Ok(()),
@@ -92,12 +93,26 @@ pub(super) fn delete(conn: &Connection, id: &TenantId, if_match: Option<u64>) ->
 
 /// The live tenant `id`.
 pub(super) fn get(conn: &Connection, id: &TenantId) -> Result<TenantDoc, StoreError> {
+    find(conn, id)?.ok_or(StoreError::NotFound)
+}
+
+/// The live tenant `id`, if any.
+pub(super) fn find(conn: &Connection, id: &TenantId) -> Result<Option<TenantDoc>, StoreError> {
     rows::one_doc(
         conn,
         "SELECT doc FROM tenants WHERE id = ?1 AND deleted = 0",
         id.as_str(),
-    )?
-    .ok_or(StoreError::NotFound)
+    )
+}
+
+/// The live tenant owning `host`, if any.
+pub(super) fn by_host(conn: &Connection, host: &Host) -> Result<Option<TenantDoc>, StoreError> {
+    rows::one_doc(
+        conn,
+        "SELECT t.doc FROM tenant_hosts h JOIN tenants t ON t.id = h.tenant
+         WHERE h.host = ?1 AND t.deleted = 0",
+        host.as_str(),
+    )
 }
 
 /// Every live tenant, by id.

@@ -1,0 +1,213 @@
+//! The catalogue binary on a free loopback port, and helpers shared by its integration tests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, ETAG, IF_MATCH};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tenant-edge");
+
+/// A catalogue process on a free loopback port, killed when dropped.
+pub struct Catalogue {
+    pub child: Child,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Catalogue {
+    /// Starts the binary and returns once it has logged that it listens.
+    pub fn start(data: &Path) -> Self {
+        // Port 0 is not an option across a process boundary: pick a free port, then free it.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(BIN)
+            .args(["catalogue", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (ready, listening) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[catalogue] {line}");
+                if line.contains("catalogue listening on") {
+                    let _ = ready.send(());
+                }
+            }
+        });
+        // Returns at once if the process dies (the sender is dropped); the bound is a backstop.
+        listening.recv_timeout(Duration::from_secs(60)).unwrap();
+        Catalogue {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+        if_match: Option<&str>,
+    ) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_owned());
+        }
+        if let Some(m) = if_match {
+            req = req.header(IF_MATCH, m);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| format!("not JSON ({e}): {text}"))
+                .unwrap()
+        };
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.call(Method::POST, path, Some(&body.to_string()), None).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.call(Method::PUT, path, Some(&body.to_string()), None).await
+    }
+
+    pub async fn put_if(&self, path: &str, body: &Value, if_match: &str) -> Reply {
+        self.call(Method::PUT, path, Some(&body.to_string()), Some(if_match))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, if_match: Option<&str>) -> Reply {
+        self.call(Method::DELETE, path, None, if_match).await
+    }
+
+    /// Sends only the head of a PUT declaring a 2 MiB body and reads the answer: the limit must
+    /// be enforced before any body is read. (A client that really sends the body races the early
+    /// answer against the server closing the half-read connection.)
+    pub async fn declare_huge_body(&self, path: &str) -> (String, Value) {
+        let addr = self.base.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            2 << 20
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        // A server that waits for the body would never answer: bound the wait.
+        tokio::time::timeout(Duration::from_secs(20), conn.read_to_string(&mut answer))
+            .await
+            .map_err(|_| "no answer before the body was sent")
+            .unwrap()
+            .unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.lines().next().unwrap().to_owned();
+        (status, serde_json::from_str(body).unwrap())
+    }
+
+    /// Runs `tenant-edge ctl` against this catalogue.
+    pub fn ctl(&self, args: &[&str], stdin: &str) -> Output {
+        ctl_at(&self.base, args, stdin)
+    }
+}
+
+impl Drop for Catalogue {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn ctl_at(base: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(["ctl", "--catalogue", base])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+}
+
+impl Reply {
+    /// Asserts the status and, for errors, the JSON error body; returns the body.
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.json);
+        if status >= 400 {
+            assert_eq!(self.json["status"], status, "{}", self.json);
+            assert!(self.json["error"].is_string(), "{}", self.json);
+        }
+        self.json
+    }
+
+    pub fn etag(&self) -> &str {
+        self.headers.get(ETAG).unwrap().to_str().unwrap()
+    }
+}
+
+pub fn acme() -> Value {
+    json!({"id": "acme", "hosts": ["acme.example.test"], "realm": "us",
+           "placements": {"jira": {"shard": "jira-us-east-1"}}})
+}
+
+/// Realms us and eu, shards jira-us-east-1, jira-eu-west-1, confluence-us-east-1.
+pub async fn seed_registry(c: &Catalogue) {
+    c.put(
+        "/v1/realms/us",
+        &json!({"name": "us", "regions": ["us-east-1", "us-west-2"]}),
+    )
+    .await
+    .expect(201);
+    c.put(
+        "/v1/realms/eu",
+        &json!({"name": "eu", "regions": ["eu-west-1", "eu-central-1"]}),
+    )
+    .await
+    .expect(201);
+    for (id, product, region) in [
+        ("jira-us-east-1", "jira", "us-east-1"),
+        ("jira-eu-west-1", "jira", "eu-west-1"),
+        ("confluence-us-east-1", "confluence", "us-east-1"),
+    ] {
+        let doc = json!({"id": id, "product": product, "regions": [region]});
+        c.put(&format!("/v1/shards/{id}"), &doc).await.expect(201);
+    }
+}
