@@ -156,8 +156,14 @@ async fn regions(State(shared): State<Arc<Shared>>) -> Response {
             r
         })
         .collect();
-    Json(json!({ "applied_seq": shared.stream.applied.load(Ordering::Relaxed), "regions": regions }))
-        .into_response()
+    let (hedges, hedges_refused) = shared.cache.client().hedge_counts();
+    Json(json!({
+        "applied_seq": shared.stream.applied.load(Ordering::Relaxed),
+        "hedges": hedges,
+        "hedges_refused_by_budget": hedges_refused,
+        "regions": regions,
+    }))
+    .into_response()
 }
 
 /// What the cache holds and what the cache file did. Counting distinct tenants walks the
