@@ -5,6 +5,7 @@
 //! unreachable or the input file is unusable.
 
 mod client;
+mod migrate;
 mod output;
 
 use std::io::Read;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use self::client::{CatalogueClient, ClientError};
+pub use self::migrate::{MigrateArgs, MigrateError};
 use crate::feed::{RealmDoc, ShardDoc, TenantDoc};
 use crate::tenant::{Realm, ShardId, TenantId};
 
@@ -61,6 +63,8 @@ pub enum CtlCommand {
         #[command(subcommand)]
         cmd: MigrationCmd,
     },
+    /// Moves a tenant's product to another shard (or rolls the move back), resuming an open move.
+    Migrate(MigrateArgs),
     /// Prints the change log.
     Changes {
         /// Print changes after this sequence number.
@@ -173,6 +177,8 @@ enum CtlError {
     Client(#[from] ClientError),
     #[error("{path}: {detail}")]
     BadFile { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -184,6 +190,7 @@ impl CtlError {
             CtlError::Client(ClientError::Unreachable { .. })
             | CtlError::BadFile { .. }
             | CtlError::Runtime(_) => 2,
+            CtlError::Migrate(e) => e.exit_code(),
         }
     }
 }
@@ -216,6 +223,10 @@ impl CtlArgs {
             CtlCommand::Shards { cmd } => shards(&client, cmd).await,
             CtlCommand::Realms { cmd } => realms(&client, cmd).await,
             CtlCommand::Migrations { cmd } => migrations(&client, cmd).await,
+            CtlCommand::Migrate(args) => {
+                let m = migrate::run(&client, args).await?;
+                Ok(format!("{} {}\n", m.id, m.phase))
+            }
             CtlCommand::Changes { after, limit } => {
                 let page = client.changes(after, limit, None).await?;
                 Ok(output::changes(&page.changes))

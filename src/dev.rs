@@ -250,7 +250,8 @@ async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -
             id: shard.id.clone(),
             product: shard.product.clone(),
             regions: vec![shard.region.clone()],
-            mover: None,
+            // Both backends share the shard's data, so the first one's hooks serve the shard.
+            mover: shard.backends.first().map(|a| format!("http://{a}")),
         };
         client.put_shard(&doc).await?;
     }

@@ -291,7 +291,7 @@ impl Stack {
         let (catalogue, catalogue_url) = start_catalogue(dir.path());
         wait_ok(&format!("{catalogue_url}/healthz")).await;
         let http = reqwest::Client::new();
-        seed(&http, &catalogue_url).await;
+        seed(&http, &catalogue_url, &backends).await;
         let mut tcs = Vec::new();
         let mut tcs_urls = Vec::new();
         for region in ["us-east-1", "eu-west-1"] {
@@ -396,8 +396,9 @@ pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> (Proc, String
     (p, format!("http://127.0.0.1:{port}"))
 }
 
-/// Seeds realms, the dev shards and the demo tenants through the catalogue API.
-pub async fn seed(http: &reqwest::Client, url: &str) {
+/// Seeds realms, the dev shards (each shard's mover hooks on its first backend in `backends`)
+/// and the demo tenants through the catalogue API.
+pub async fn seed(http: &reqwest::Client, url: &str, backends: &[(String, Vec<u16>)]) {
     use serde_json::json;
     let put = |path: String, body: serde_json::Value| {
         let http = http.clone();
@@ -422,11 +423,11 @@ pub async fn seed(http: &reqwest::Client, url: &str) {
     )
     .await;
     for (id, product, region) in SHARDS {
-        put(
-            format!("{url}/v1/shards/{id}"),
-            json!({"id": id, "product": product, "regions": [region]}),
-        )
-        .await;
+        let mut doc = json!({"id": id, "product": product, "regions": [region]});
+        if let Some((_, ports)) = backends.iter().find(|(b, _)| b == id) {
+            doc["mover"] = json!(format!("http://127.0.0.1:{}", ports[0]));
+        }
+        put(format!("{url}/v1/shards/{id}"), doc).await;
     }
     for doc in tenant_edge::dev::demo_tenants().unwrap() {
         put(

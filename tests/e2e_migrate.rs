@@ -1,0 +1,314 @@
+//! `ctl migrate` against the whole stack, every role (and the orchestrator) a real process.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const SOURCE: &str = "jira-us-east-1";
+const TARGET: &str = "jira-us-west-2";
+
+/// What one `ctl` run printed, and whether it succeeded.
+struct Ran {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tenant-edge ctl --catalogue URL <args>` to completion.
+async fn ctl(stack: &Stack, args: &[&str]) -> Ran {
+    let out = tokio::process::Command::new(bin())
+        .args(["ctl", "--catalogue", &stack.catalogue_url])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let ran = Ran {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    println!("ctl {args:?}:\n{}{}", ran.stdout, ran.stderr);
+    ran
+}
+
+async fn migrate(stack: &Stack, tenant: &str, to: &str, extra: &[&str]) -> Ran {
+    let host = format!("{tenant}.example.test");
+    let mut args = vec!["migrate", "--host", &host, "--product", "jira", "--to", to];
+    args.extend_from_slice(extra);
+    ctl(stack, &args).await
+}
+
+/// The first backend port of `shard`: where its mover hooks are.
+fn hooks(stack: &Stack, shard: &str) -> String {
+    let ports = &stack.backends.iter().find(|(id, _)| id == shard).unwrap().1;
+    format!("http://127.0.0.1:{}/mover", ports[0])
+}
+
+async fn hook(stack: &Stack, shard: &str, name: &str, body: Value) -> Value {
+    let r = stack
+        .http
+        .post(format!("{}/{name}", hooks(stack, shard)))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{name}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn export(stack: &Stack, shard: &str, tenant: &str) -> Value {
+    let url = format!("{}/export?tenant={tenant}", hooks(stack, shard));
+    stack.http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Catalogue call: status and JSON body.
+async fn api(stack: &Stack, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = stack
+        .http
+        .request(method, format!("{}{path}", stack.catalogue_url));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn create(stack: &Stack, tenant: &str, to: &str) -> Value {
+    let body = json!({"tenant": tenant, "product": "jira", "to": to});
+    let (status, doc) = api(stack, reqwest::Method::POST, "/v1/migrations", Some(body)).await;
+    assert_eq!(status, 201, "{doc}");
+    doc
+}
+
+async fn set_phase(stack: &Stack, id: &str, phase: &str) {
+    let path = format!("/v1/migrations/{id}/phase");
+    let (status, doc) = api(
+        stack,
+        reqwest::Method::PUT,
+        &path,
+        Some(json!({ "phase": phase })),
+    )
+    .await;
+    assert_eq!(status, 200, "{doc}");
+}
+
+async fn phase(stack: &Stack, id: &str) -> String {
+    let (_, doc) = api(stack, reqwest::Method::GET, &format!("/v1/migrations/{id}"), None).await;
+    doc["phase"].as_str().unwrap().to_owned()
+}
+
+fn served_by(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+async fn post_item(stack: &Stack, host: &str, n: u64) -> reqwest::Response {
+    stack
+        .http
+        .post(format!("http://127.0.0.1:{}/items", stack.edge_http))
+        .header("host", host)
+        .json(&json!({ "n": n }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// What the client saw during the move.
+#[derive(Default)]
+struct Traffic {
+    acked: Vec<String>,
+    write_503s: Vec<Instant>,
+    other_errors: Vec<String>,
+    reads: u64,
+}
+
+/// Writes (and reads back the last write) every ~5 ms until `stop`.
+async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>) -> Traffic {
+    let mut t = Traffic::default();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let r = post_item(&stack, "acme.example.test", n).await;
+        match r.status().as_u16() {
+            201 => {
+                let v: Value = r.json().await.unwrap();
+                t.acked.push(v["id"].as_str().unwrap().to_owned());
+            }
+            503 => t.write_503s.push(Instant::now()),
+            s => t.other_errors.push(format!("POST {s}")),
+        }
+        if let Some(id) = t.acked.last() {
+            let r = stack.get("acme.example.test", &format!("/items/{id}")).await;
+            t.reads += 1;
+            if r.status() != 200 {
+                t.other_errors.push(format!("GET {id}: {}", r.status()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    t
+}
+
+/// A move under write traffic loses no acknowledged write, fails only writes (503) and only
+/// while frozen, and afterwards everything is served by the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_under_traffic_loses_no_acknowledged_write() {
+    let stack = Arc::new(Stack::start().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn(client(stack.clone(), stop.clone()));
+    // Some writes land on the source before the move.
+    eventually(Duration::from_secs(10), || async {
+        (export(&stack, SOURCE, "acme").await["items"].as_array()?.len() >= 5).then_some(())
+    })
+    .await;
+
+    let ran = migrate(&stack, "acme", TARGET, &["--drain-ms", "300"]).await;
+    assert!(ran.ok, "{}", ran.stderr);
+    for step in ["frozen", "copying", "switched", "cleaning", "done"] {
+        assert!(
+            ran.stdout.contains(&format!("[acme/jira] {step} (")),
+            "{}",
+            ran.stdout
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let t = traffic.await.unwrap();
+
+    let window = match (t.write_503s.first(), t.write_503s.last()) {
+        (Some(a), Some(b)) => format!("{:?}", b.duration_since(*a)),
+        _ => "none".to_owned(),
+    };
+    println!(
+        "acked writes {}, reads {}, 503 on writes {} (freeze window {window}), other errors {:?}",
+        t.acked.len(),
+        t.reads,
+        t.write_503s.len(),
+        t.other_errors
+    );
+    assert!(t.other_errors.is_empty(), "{:?}", t.other_errors);
+    assert!(!t.write_503s.is_empty(), "the freeze was never seen");
+    for id in &t.acked {
+        let r = stack.get("acme.example.test", &format!("/items/{id}")).await;
+        assert_eq!(r.status(), 200, "acknowledged write {id} lost");
+        assert!(served_by(&r).starts_with(TARGET), "{id}: {}", served_by(&r));
+    }
+    for _ in 0..50 {
+        let r = stack.get("acme.example.test", "/items").await;
+        assert_eq!(r.status(), 200);
+        assert!(served_by(&r).starts_with(TARGET), "{}", served_by(&r));
+    }
+    assert_eq!(export(&stack, SOURCE, "acme").await["items"], json!([]));
+}
+
+/// Rolling back from `copying` brings the tenant back at the source and empties the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_from_copying_brings_the_tenant_back_at_the_source() {
+    let stack = Stack::start().await;
+    assert_eq!(post_item(&stack, "acme.example.test", 1).await.status(), 201);
+    // An orchestrator got as far as copying (the import done) and died.
+    let m = create(&stack, "acme", TARGET).await;
+    let id = m["id"].as_str().unwrap();
+    hook(&stack, SOURCE, "freeze", json!({"tenant": "acme"})).await;
+    set_phase(&stack, id, "frozen").await;
+    set_phase(&stack, id, "copying").await;
+    let items = export(&stack, SOURCE, "acme").await;
+    hook(&stack, TARGET, "import", items).await;
+    assert_eq!(
+        export(&stack, TARGET, "acme").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let ran = migrate(&stack, "acme", TARGET, &["--rollback"]).await;
+    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.stdout.contains("[acme/jira] rolled_back ("), "{}", ran.stdout);
+    assert_eq!(phase(&stack, id).await, "rolled_back");
+    assert_eq!(export(&stack, TARGET, "acme").await["items"], json!([]));
+    // Once the edge learns the placement is active again, writes reach the source.
+    let by = eventually(Duration::from_secs(10), || async {
+        let r = post_item(&stack, "acme.example.test", 2).await;
+        (r.status() == 201).then(|| served_by(&r))
+    })
+    .await;
+    assert!(by.starts_with(SOURCE), "{by}");
+    // Nothing is left to roll back.
+    let again = migrate(&stack, "acme", TARGET, &["--rollback"]).await;
+    assert!(!again.ok);
+    assert!(again.stderr.contains("no open migration"), "{}", again.stderr);
+}
+
+/// A run that died after the freeze is resumed from the recorded phase to `done`; a move past
+/// the switch cannot be rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_move_resumes_from_its_recorded_phase() {
+    let stack = Stack::start().await;
+    assert_eq!(post_item(&stack, "initech.example.test", 1).await.status(), 201);
+    let m = create(&stack, "initech", TARGET).await;
+    let id = m["id"].as_str().unwrap();
+    hook(&stack, SOURCE, "freeze", json!({"tenant": "initech"})).await;
+    set_phase(&stack, id, "frozen").await;
+
+    let ran = migrate(&stack, "initech", TARGET, &["--drain-ms", "0"]).await;
+    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.stdout.contains(&format!("resuming {id}")), "{}", ran.stdout);
+    assert!(!ran.stdout.contains("[initech/jira] frozen ("), "{}", ran.stdout);
+    assert_eq!(phase(&stack, id).await, "done");
+    let (_, tenant) = api(&stack, reqwest::Method::GET, "/v1/tenants/initech", None).await;
+    assert_eq!(tenant["placements"]["jira"]["shard"], TARGET);
+    assert_eq!(
+        export(&stack, TARGET, "initech").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Past the switch: refused.
+    let back = create(&stack, "initech", SOURCE).await;
+    let back_id = back["id"].as_str().unwrap();
+    for p in ["frozen", "copying", "switched"] {
+        set_phase(&stack, back_id, p).await;
+    }
+    let ran = migrate(&stack, "initech", SOURCE, &["--rollback"]).await;
+    assert!(!ran.ok);
+    assert!(ran.stderr.contains("cannot be rolled back"), "{}", ran.stderr);
+}
+
+/// The catalogue's refusals reach the operator with their reason and a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_moves_fail_with_the_catalogues_reason() {
+    let stack = Stack::start().await;
+    let ran = migrate(&stack, "acme", "jira-eu-west-1", &[]).await;
+    assert!(!ran.ok);
+    assert!(ran.stderr.contains("422"), "{}", ran.stderr);
+
+    // Another shard inside the realm, so the second move is valid but for the open one.
+    let shard = json!({"id": "jira-us-west-3", "product": "jira", "regions": ["us-west-2"]});
+    let (status, _) = api(
+        &stack,
+        reqwest::Method::PUT,
+        "/v1/shards/jira-us-west-3",
+        Some(shard),
+    )
+    .await;
+    assert_eq!(status, 201);
+    create(&stack, "acme", TARGET).await;
+    let ran = migrate(&stack, "acme", "jira-us-west-3", &[]).await;
+    assert!(!ran.ok);
+    assert!(ran.stderr.contains("409"), "{}", ran.stderr);
+    // Neither refused run froze the source.
+    assert_eq!(post_item(&stack, "acme.example.test", 1).await.status(), 201);
+}
