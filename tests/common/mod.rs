@@ -164,10 +164,10 @@ pub async fn tcs_faults(http: &reqwest::Client, tcs_url: &str, faults: Option<se
     assert!(r.status().is_success(), "faults: {}", r.status());
 }
 
-/// Polls `url` until it answers 2xx (10 s at most).
+/// Polls `url` until it answers 2xx (60 s at most: a loaded machine starts fourteen processes per stack).
 pub async fn wait_ok(url: &str) {
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Ok(r) = http.get(url).timeout(Duration::from_millis(500)).send().await {
             if r.status().is_success() {
