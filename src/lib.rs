@@ -15,6 +15,7 @@
 //! - [`metrics`]: Prometheus metrics of the edge.
 //! - [`demo`]: demo shard backends for the dev stack and tests.
 //! - [`dev`]: the whole stack on loopback in one process (`tenant-edge dev`).
+//! - [`durable`]: crash-safe replacement of state files (temp file, fsync, rename).
 //! - [`ctl`]: the operator CLI over the catalogue API.
 //! - [`cli`]: command-line parsing and dispatch to the roles.
 
@@ -24,6 +25,7 @@ pub mod context;
 pub mod ctl;
 pub mod demo;
 pub mod dev;
+pub mod durable;
 pub mod edge;
 pub mod feed;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! The view snapshot file: written atomically so a crash leaves the old or the new file, never
 //! a torn one, and read back at start so TCS resumes tailing from its seq.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,53 +38,22 @@ pub enum SnapshotError {
 /// Writes `snap` to `path` atomically: temp file in the same directory, write, fsync, rename,
 /// fsync the directory.
 pub fn write_atomic(path: &Path, snap: &SharedSnapshot) -> Result<(), SnapshotError> {
-    let dir = parent_dir(path);
-    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-    let tmp = temp_path(path);
-    let result = write_temp(&tmp, snap).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(io_err("renaming to", path))?;
-        sync_dir(&dir)
-    });
-    if result.is_err() {
-        // Best effort: do not leave a stale temp file behind; the error that matters is `result`.
-        let _ = std::fs::remove_file(&tmp);
+    crate::durable::replace_file(path, |file| {
+        let mut out = std::io::BufWriter::new(file);
+        serde_json::to_writer(&mut out, snap)?;
+        out.flush().map_err(crate::durable::step("writing", path))?;
+        Ok(())
+    })
+}
+
+impl From<crate::durable::FileError> for SnapshotError {
+    fn from(e: crate::durable::FileError) -> Self {
+        SnapshotError::Io {
+            step: e.step,
+            path: e.path,
+            source: e.source,
+        }
     }
-    result
-}
-
-fn write_temp(tmp: &Path, snap: &SharedSnapshot) -> Result<(), SnapshotError> {
-    let file = std::fs::File::create(tmp).map_err(io_err("creating", tmp))?;
-    let mut out = std::io::BufWriter::new(file);
-    serde_json::to_writer(&mut out, snap)?;
-    let file = out
-        .into_inner()
-        .map_err(|e| io_err("writing", tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err("syncing", tmp))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    // Makes the rename itself durable.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing directory", dir))
-}
-
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp.{}", std::process::id()));
-    path.with_file_name(name)
-}
-
-fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
-    let path = path.to_owned();
-    move |source| SnapshotError::Io { step, path, source }
 }
 
 /// Reads a snapshot. A missing file is a first start; an unreadable or corrupt one is logged

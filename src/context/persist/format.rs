@@ -12,7 +12,7 @@
 //! chunks split at line ends, on several threads.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -71,27 +71,26 @@ pub fn write_atomic(
     written_ms: u64,
     records: &[Arc<IngressRecord>],
 ) -> Result<(), PersistError> {
-    let dir = parent_dir(path);
-    std::fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
-    let tmp = temp_path(path);
-    let result = write_temp(&tmp, seq, written_ms, records).and_then(|()| {
-        std::fs::rename(&tmp, path).map_err(io_err("renaming to", path))?;
-        sync_dir(&dir)
-    });
-    if result.is_err() {
-        // Best effort: the error that matters is `result`.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::durable::replace_file(path, |file| write_records(file, path, seq, written_ms, records))
 }
 
-fn write_temp(
+impl From<crate::durable::FileError> for PersistError {
+    fn from(e: crate::durable::FileError) -> Self {
+        PersistError::Io {
+            step: e.step,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+fn write_records(
+    file: &mut std::fs::File,
     tmp: &Path,
     seq: u64,
     written_ms: u64,
     records: &[Arc<IngressRecord>],
 ) -> Result<(), PersistError> {
-    let mut file = std::fs::File::create(tmp).map_err(io_err("creating", tmp))?;
     let header = Header {
         format: FORMAT.into(),
         version: VERSION,
@@ -120,7 +119,7 @@ fn write_temp(
     serde_json::to_writer(&mut buf, &trailer)?;
     buf.push(b'\n');
     file.write_all(&buf).map_err(io_err("writing", tmp))?;
-    file.sync_all().map_err(io_err("syncing", tmp))
+    Ok(())
 }
 
 /// Reads and checks a cache file. `Ok(None)`: there is none (a first start).
@@ -234,26 +233,6 @@ fn split_at_lines(body: &[u8], n: usize) -> Vec<&[u8]> {
         rest = tail;
     }
     chunks
-}
-
-fn sync_dir(dir: &Path) -> Result<(), PersistError> {
-    // Makes the rename itself durable.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("syncing directory", dir))
-}
-
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp.{}", std::process::id()));
-    path.with_file_name(name)
 }
 
 fn io_err(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PersistError {
