@@ -184,15 +184,7 @@ async fn catalogue_update_reaches_the_edge_without_restart() {
         (stack.get("hooli.example.test", "/").await.status() == 404).then_some(())
     })
     .await;
-    let admin: Value = stack
-        .http
-        .get(stack.admin("/admin/tenants/acme.example.test"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = stack.admin_json("/admin/tenants/acme.example.test").await;
     assert_eq!(admin["version"], 2);
     assert_eq!(admin["context"]["placements"]["jira"]["shard"], "jira-us-west-2");
 }
@@ -200,15 +192,10 @@ async fn catalogue_update_reaches_the_edge_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_file_hot_reload_keeps_old_snapshot_on_error() {
     let stack = Stack::start().await;
-    let routes = |s: &Stack| {
-        let url = s.admin("/admin/routes");
-        let http = s.http.clone();
-        async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
-    };
-    assert_eq!(routes(&stack).await["version"], "test-1");
+    assert_eq!(stack.admin_json("/admin/routes").await["version"], "test-1");
     write_routes(&stack.routes, "test-2", &stack.backends);
     eventually(Duration::from_secs(10), || async {
-        (routes(&stack).await["version"] == "test-2").then_some(())
+        (stack.admin_json("/admin/routes").await["version"] == "test-2").then_some(())
     })
     .await;
 
@@ -218,20 +205,12 @@ async fn route_file_hot_reload_keeps_old_snapshot_on_error() {
     )
     .unwrap();
     eventually(Duration::from_secs(10), || async {
-        let text = stack
-            .http
-            .get(stack.admin("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = stack.metrics().await;
         text.contains("tenant_edge_route_reloads_total{result=\"failed\"} 1")
             .then_some(())
     })
     .await;
-    assert_eq!(routes(&stack).await["version"], "test-2");
+    assert_eq!(stack.admin_json("/admin/routes").await["version"], "test-2");
     let (status, body) = stack.get_json("acme.example.test", "/").await;
     assert_eq!((status, shard_of(&body)), (200, "jira-us-east-1"));
 }

@@ -96,15 +96,7 @@ async fn an_edge_that_missed_the_switch_reroutes_on_421() {
     let r = post().await.unwrap();
     assert_eq!(r.status(), 201, "the retry reaches the target");
 
-    let metrics = stack
-        .http
-        .get(stack.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     assert!(
         metrics.contains("tenant_edge_tenant_moved_total{outcome=\"replayed\"} 1"),
         "{metrics}"

@@ -42,6 +42,20 @@ async fn wait_in_tcs(stack: &Stack, url: &str, host: &str) {
     .await;
 }
 
+/// Waits until the edge's `/admin/regions` shows `region` with trust `want`.
+async fn wait_for_trust(stack: &Stack, region: &str, want: &str) {
+    eventually(Duration::from_secs(10), || async {
+        let r = stack.admin_json("/admin/regions").await;
+        let found = r["regions"]
+            .as_array()?
+            .iter()
+            .find(|g| g["region"] == region)?
+            .clone();
+        (found["trust"] == want).then_some(())
+    })
+    .await;
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
@@ -91,15 +105,7 @@ async fn a_slow_local_region_does_not_slow_misses() {
         let (status, body) = stack.get_json(&host, "/").await;
         latencies.push(started.elapsed());
         assert_eq!(status, 200, "{host}: {body}");
-        let seen: Value = stack
-            .http
-            .get(stack.admin(&format!("/admin/tenants/{host}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let seen: Value = stack.admin_json(&format!("/admin/tenants/{host}")).await;
         assert_eq!(
             seen["region"], "eu-west-1",
             "{host}: the fast region's answer wins"
@@ -127,24 +133,7 @@ async fn an_emptied_region_is_distrusted_and_nothing_is_lost() {
     wait_in_tcs(&stack, &stack.tcs_urls[0], "umbrella.example.test").await;
     // The local region's table is emptied: it says 404 for everything.
     tcs_faults(&stack.http, &stack.tcs_urls[0], Some(json!({"empty": true}))).await;
-    eventually(Duration::from_secs(10), || async {
-        let r: Value = stack
-            .http
-            .get(stack.admin("/admin/regions"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let us = r["regions"]
-            .as_array()?
-            .iter()
-            .find(|g| g["region"] == "us-east-1")?
-            .clone();
-        (us["trust"] == "canary_missing").then_some(())
-    })
-    .await;
+    wait_for_trust(&stack, "us-east-1", "canary_missing").await;
     for host in KNOWN {
         let (status, body) = stack.get_json(host, "/").await;
         assert_eq!(status, 200, "{host} must not be lost: {body}");
@@ -152,39 +141,14 @@ async fn an_emptied_region_is_distrusted_and_nothing_is_lost() {
     let (status, body) = stack.get_json("umbrella.example.test", "/").await;
     assert_eq!(status, 200, "resolved through the trusted region: {body}");
     assert_eq!(body["shard"], "jira-us-west-2");
-    let metrics = stack
-        .http
-        .get(stack.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = stack.metrics().await;
     assert!(
         metrics.contains("tenant_edge_tcs_region_trust{region=\"us-east-1\"} 1"),
         "{metrics}"
     );
     // The region recovers and is trusted again.
     tcs_faults(&stack.http, &stack.tcs_urls[0], None).await;
-    eventually(Duration::from_secs(10), || async {
-        let r: Value = stack
-            .http
-            .get(stack.admin("/admin/regions"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let us = r["regions"]
-            .as_array()?
-            .iter()
-            .find(|g| g["region"] == "us-east-1")?
-            .clone();
-        (us["trust"] == "trusted").then_some(())
-    })
-    .await;
+    wait_for_trust(&stack, "us-east-1", "trusted").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,15 +183,7 @@ async fn a_frozen_placement_takes_effect_from_the_stream() {
         200,
         "reads still reach the source"
     );
-    let seen: Value = stack
-        .http
-        .get(stack.admin("/admin/tenants/initech.example.test"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let seen: Value = stack.admin_json("/admin/tenants/initech.example.test").await;
     assert_eq!(seen["origin"], "stream", "the change was pushed, not fetched");
 }
 

@@ -101,13 +101,7 @@ async fn a_restarted_edge_serves_known_tenants_from_its_file_with_every_tcs_down
     let r = stack.http.put(url).json(&doc).send().await.unwrap();
     assert_eq!(r.status(), 200);
     eventually(Duration::from_secs(30), || async {
-        let peek = stack
-            .http
-            .get(stack.admin("/admin/tenants/acme.example.test"))
-            .send()
-            .await
-            .ok()?;
-        let body: Value = peek.json().await.ok()?;
+        let body = stack.admin_json("/admin/tenants/acme.example.test").await;
         (body["version"] == 2).then_some(())
     })
     .await;

@@ -360,6 +360,24 @@ cache_file_interval_secs = {secs}
         format!("http://127.0.0.1:{}{path}", self.edge_admin)
     }
 
+    /// An admin answer of the edge as JSON, whatever its status (`Null` if it is not JSON).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        let r = self.http.get(self.admin(path)).send().await.unwrap();
+        r.json().await.unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The edge's Prometheus metrics.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn shard_proc(&mut self, id: &str, backend: usize) -> &mut Proc {
         let name = format!("{id}/b{backend}");
         self.shards.iter_mut().find(|p| p.name == name).unwrap()
