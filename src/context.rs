@@ -422,4 +422,6 @@ impl TenantCache {
 }
 
 #[cfg(test)]
+mod testing;
+#[cfg(test)]
 mod tests;

@@ -6,12 +6,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::testing::{self, del, put};
 use super::*;
-use crate::feed::{Change, ChangeBody, TenantDoc};
-use crate::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
-use crate::tenant::{Realm, Region, TenantId};
-
-const TOKEN: &str = "cache-test-token";
+use crate::feed::{ChangeBody, TenantDoc};
+use crate::tcs::Tcs;
 
 struct Fixture {
     tcs: Tcs,
@@ -30,57 +28,16 @@ async fn fixture() -> Fixture {
 }
 
 async fn fixture_with(lookup: LookupConfig) -> Fixture {
-    let config = TcsConfig {
-        region: Region::new("us-east-1").unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        // Nothing tails here: changes are applied directly through the view's applier.
-        catalogue: "http://127.0.0.1:9".into(),
-        snapshot: "unused.json".into(),
-        max_lag: 100,
-        allow_faults: false,
-        consumers: vec![ConsumerConfig {
-            name: "edge".into(),
-            token: TOKEN.into(),
-            views: vec!["ingress".into()],
-        }],
-    };
-    let tcs = Tcs::new(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let tcs = testing::tcs();
     let shutdown = CancellationToken::new();
-    let app = api::router(tcs.clone(), shutdown.clone());
-    let stop = shutdown.clone().cancelled_owned();
-    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
-    let endpoint = TcsEndpoint {
-        region: "us-east-1".into(),
-        url: format!("http://{addr}"),
-        token: TOKEN.into(),
-    };
-    let client = TcsClient::new(&[endpoint], "us-east-1", lookup).unwrap();
+    let url = testing::serve_on_loopback(&tcs, &shutdown).await;
+    let client = TcsClient::new(&[testing::endpoint("us-east-1", &url)], "us-east-1", lookup).unwrap();
     let cache = TenantCache::new(
         &CacheConfig::default(),
         Arc::new(client),
         EdgeMetrics::new().unwrap(),
     );
     Fixture { tcs, cache, shutdown }
-}
-
-fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Change {
-    let doc = TenantDoc {
-        id: TenantId::new(id).unwrap(),
-        hosts: hosts.iter().map(|h| Host::parse(h).unwrap()).collect(),
-        realm: Realm::new("us").unwrap(),
-        placements: Default::default(),
-        version,
-    };
-    Change {
-        seq,
-        body: ChangeBody::Tenant {
-            id: doc.id.clone(),
-            version,
-            doc: Some(doc),
-        },
-    }
 }
 
 fn record(id: &str, version: u64, hosts: &[&str]) -> IngressRecord {
@@ -292,57 +249,22 @@ async fn a_flood_of_unknown_hosts_cannot_evict_known_tenants() {
     );
 }
 
-fn del(seq: u64, id: &str, version: u64) -> Change {
-    Change {
-        seq,
-        body: ChangeBody::Tenant {
-            id: TenantId::new(id).unwrap(),
-            version,
-            doc: None,
-        },
-    }
-}
-
-/// Serves `tcs`'s API on `listener` until `stop` is cancelled.
-fn serve(tcs: &Tcs, listener: tokio::net::TcpListener, stop: CancellationToken) {
-    let app = api::router(tcs.clone(), stop.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
-    let config = TcsConfig {
-        region: Region::new("us-east-1").unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        catalogue: "http://127.0.0.1:9".into(),
-        snapshot: "unused.json".into(),
-        max_lag: 100,
-        allow_faults: false,
-        consumers: vec![ConsumerConfig {
-            name: "edge".into(),
-            token: TOKEN.into(),
-            views: vec!["ingress".into()],
-        }],
-    };
     // A ring of two events: whoever falls more than two events behind must resync.
-    let tcs = Tcs::with_capacities(config, 2, 64).unwrap();
+    let tcs = testing::tcs_with_ring(2);
     tcs.ingress().apply(&put(1, "acme", 1, &["acme.example.test"]));
     tcs.ingress()
         .apply(&put(2, "globex", 1, &["globex.example.test"]));
     let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = |region: &str, l: &tokio::net::TcpListener| TcsEndpoint {
-        region: region.into(),
-        url: format!("http://{}", l.local_addr().unwrap()),
-        token: TOKEN.into(),
-    };
-    let endpoints = [endpoint("us-east-1", &first), endpoint("eu-west-1", &second)];
+    let url = |l: &tokio::net::TcpListener| format!("http://{}", l.local_addr().unwrap());
+    let endpoints = [
+        testing::endpoint("us-east-1", &url(&first)),
+        testing::endpoint("eu-west-1", &url(&second)),
+    ];
     let stop_first = CancellationToken::new();
-    serve(&tcs, first, stop_first.clone());
+    testing::serve(&tcs, first, stop_first.clone());
 
     let client = Arc::new(TcsClient::new(&endpoints, "us-east-1", LookupConfig::default()).unwrap());
     let metrics = EdgeMetrics::new().unwrap();
@@ -379,7 +301,7 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
     tcs.ingress()
         .apply(&put(6, "another", 1, &["another.example.test"]));
     let stop_second = CancellationToken::new();
-    serve(&tcs, second, stop_second.clone());
+    testing::serve(&tcs, second, stop_second.clone());
 
     for _ in 0..1000 {
         if applied() >= 6 {

@@ -4,13 +4,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
-use crate::context::{CacheConfig, Origin, TcsClient, TcsEndpoint};
-use crate::feed::{Change, ChangeBody, TenantDoc};
+use crate::context::testing::{self, put};
+use crate::context::{CacheConfig, Origin, TcsClient};
 use crate::metrics::EdgeMetrics;
-use crate::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
-use crate::tenant::{Host, Placement, PlacementState, Product, Realm, Region, ShardId, TenantId};
-
-const TOKEN: &str = "persist-test-token";
+use crate::tcs::Tcs;
+use crate::tenant::{Host, Placement, PlacementState, Product, Realm, ShardId, TenantId};
 
 fn record(id: &str, version: u64, hosts: &[&str]) -> IngressRecord {
     let placements: BTreeMap<Product, Placement> = [(
@@ -32,11 +30,7 @@ fn record(id: &str, version: u64, hosts: &[&str]) -> IngressRecord {
 
 /// A cache whose TCS is `url` (nothing listens there unless a test serves one).
 fn cache_at(url: &str) -> Arc<TenantCache> {
-    let endpoint = TcsEndpoint {
-        region: "us-east-1".into(),
-        url: url.into(),
-        token: TOKEN.into(),
-    };
+    let endpoint = testing::endpoint("us-east-1", url);
     let client = TcsClient::new(&[endpoint], "us-east-1", crate::context::LookupConfig::default()).unwrap();
     Arc::new(TenantCache::new(
         &CacheConfig::default(),
@@ -283,45 +277,10 @@ async fn a_failed_write_is_reported_not_fatal() {
     assert!(report.last_error.is_some());
 }
 
-fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Change {
-    let doc = TenantDoc {
-        id: TenantId::new(id).unwrap(),
-        hosts: hosts.iter().map(|h| Host::parse(h).unwrap()).collect(),
-        realm: Realm::new("us").unwrap(),
-        placements: Default::default(),
-        version,
-    };
-    Change {
-        seq,
-        body: ChangeBody::Tenant {
-            id: doc.id.clone(),
-            version,
-            doc: Some(doc),
-        },
-    }
-}
-
 /// A TCS API on a loopback port, its view filled through the real applier.
 async fn serve_tcs(shutdown: &CancellationToken) -> (Tcs, String) {
-    let config = TcsConfig {
-        region: Region::new("us-east-1").unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        catalogue: "http://127.0.0.1:9".into(),
-        snapshot: "unused.json".into(),
-        max_lag: 100,
-        allow_faults: false,
-        consumers: vec![ConsumerConfig {
-            name: "edge".into(),
-            token: TOKEN.into(),
-            views: vec!["ingress".into()],
-        }],
-    };
-    let tcs = Tcs::new(config).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = api::router(tcs.clone(), shutdown.clone());
-    let stop = shutdown.clone().cancelled_owned();
-    tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop).await });
+    let tcs = testing::tcs();
+    let url = testing::serve_on_loopback(&tcs, shutdown).await;
     (tcs, url)
 }
 
@@ -374,11 +333,7 @@ async fn prewarm_without_any_tcs_keeps_what_the_file_gave() {
 
 #[test]
 fn a_presized_cache_keeps_the_configured_policy() {
-    let endpoint = TcsEndpoint {
-        region: "us-east-1".into(),
-        url: "http://127.0.0.1:9".into(),
-        token: TOKEN.into(),
-    };
+    let endpoint = testing::endpoint("us-east-1", "http://127.0.0.1:9");
     let client =
         Arc::new(TcsClient::new(&[endpoint], "us-east-1", crate::context::LookupConfig::default()).unwrap());
     let config = CacheConfig {
