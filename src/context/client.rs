@@ -417,8 +417,16 @@ impl TcsClient {
 
     /// Asks one region; the slot is held until the answer (or the drop of a losing request).
     async fn ask(&self, i: usize, host: &str, slot: Slot<'_>) -> (usize, Result<Answer, TcsError>) {
-        let answer = self.query(&self.regions[i], host).await;
+        let region = &self.regions[i];
+        let answer = self.query(region, host).await;
         drop(slot);
+        // The 404 share the trust checks judge counts real lookups only, not canary probes.
+        if let Ok(a) = &answer {
+            region.window_lookups.fetch_add(1, Ordering::Relaxed);
+            if matches!(a, Answer::NotFound) {
+                region.window_not_found.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         (i, answer)
     }
 
@@ -438,14 +446,9 @@ impl TcsClient {
         match resp.status().as_u16() {
             200 => {
                 let found = resp.json::<HostLookup>().await.map_err(transport)?;
-                region.window_lookups.fetch_add(1, Ordering::Relaxed);
                 Ok(Answer::Found(found))
             }
-            404 => {
-                region.window_lookups.fetch_add(1, Ordering::Relaxed);
-                region.window_not_found.fetch_add(1, Ordering::Relaxed);
-                Ok(Answer::NotFound)
-            }
+            404 => Ok(Answer::NotFound),
             status => Err(TcsError::Status {
                 region: region.name.clone(),
                 status,
@@ -456,18 +459,10 @@ impl TcsClient {
     /// Whether `region` knows `host` (for canary checks): `Some(true)` found, `Some(false)`
     /// a `404`, `None` no answer.
     pub(crate) async fn probe(&self, region: &Region, host: &str) -> Option<bool> {
-        let url = format!("{}/v1/views/ingress/hosts/{host}", region.base);
-        let resp = self
-            .http
-            .get(url)
-            .header("authorization", &region.auth)
-            .send()
-            .await
-            .ok()?;
-        match resp.status().as_u16() {
-            200 => Some(true),
-            404 => Some(false),
-            _ => None,
+        match self.query(region, host).await {
+            Ok(Answer::Found(_)) => Some(true),
+            Ok(Answer::NotFound) => Some(false),
+            Err(_) => None,
         }
     }
 
