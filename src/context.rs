@@ -77,6 +77,34 @@ pub struct Entry {
     pub origin: Origin,
     /// Region of the TCS that told it.
     pub region: Arc<str>,
+    /// `x-tenant-id` and `x-tenant-context-version` as header values, built once per entry so
+    /// that forwarding a request formats nothing.
+    pub id_header: http::HeaderValue,
+    /// See `id_header`.
+    pub version_header: http::HeaderValue,
+}
+
+impl Entry {
+    /// An entry for `record`, learnt now.
+    pub fn new(record: IngressRecord, origin: Origin, region: Arc<str>) -> Self {
+        Self::learnt_at(record, origin, region, Instant::now())
+    }
+
+    /// An entry for `record`, learnt at `learnt_at`.
+    pub fn learnt_at(record: IngressRecord, origin: Origin, region: Arc<str>, learnt_at: Instant) -> Self {
+        // Tenant ids are validated names: always a valid header value.
+        let id_header = http::HeaderValue::from_str(record.id.as_str())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+        let version_header = http::HeaderValue::from(record.version);
+        Entry {
+            record: Arc::new(record),
+            learnt_at,
+            origin,
+            region,
+            id_header,
+            version_header,
+        }
+    }
 }
 
 /// The answer for one host.
@@ -196,12 +224,7 @@ impl TenantCache {
         let answer = self.client.lookup(host, min_version).await;
         self.metrics.fill_latency.observe(started.elapsed().as_secs_f64());
         match answer? {
-            Lookup::Found { region, found } => Ok(Arc::new(Entry {
-                record: Arc::new(found.record),
-                learnt_at: Instant::now(),
-                origin: Origin::Fetch,
-                region,
-            })),
+            Lookup::Found { region, found } => Ok(Arc::new(Entry::new(found.record, Origin::Fetch, region))),
             Lookup::NotFound => Err(FillError::NotFound),
         }
     }
@@ -232,12 +255,7 @@ impl TenantCache {
         tokio::spawn(async move {
             match this.client.lookup(&host, 0).await {
                 Ok(Lookup::Found { region, found }) => {
-                    let entry = Entry {
-                        record: Arc::new(found.record),
-                        learnt_at: Instant::now(),
-                        origin: Origin::Fetch,
-                        region,
-                    };
+                    let entry = Entry::new(found.record, Origin::Fetch, region);
                     this.put_if_not_older(&host, Arc::new(entry)).await;
                 }
                 Ok(Lookup::NotFound) => this.positive.invalidate(&host).await,
@@ -328,12 +346,7 @@ impl TenantCache {
         region: &Arc<str>,
         origin: Origin,
     ) {
-        let entry = Arc::new(Entry {
-            record: Arc::new(record),
-            learnt_at: Instant::now(),
-            origin,
-            region: region.clone(),
-        });
+        let entry = Arc::new(Entry::new(record, origin, region.clone()));
         for host in &entry.record.hosts {
             let seen = Seen {
                 version: entry.record.version,

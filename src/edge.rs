@@ -159,13 +159,7 @@ impl EdgeState {
             .values()
             .map(|s| {
                 let backends = s.backends.iter().map(|&addr| registry.get(addr)).collect();
-                (
-                    s.id.clone(),
-                    Arc::new(ShardPool {
-                        shard: s.id.clone(),
-                        backends,
-                    }),
-                )
+                (s.id.clone(), Arc::new(ShardPool::new(s.id.clone(), backends)))
             })
             .collect::<HashMap<_, _>>();
         let live: HashSet<SocketAddr> = routes

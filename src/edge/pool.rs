@@ -154,8 +154,24 @@ impl Drop for InFlight {
 pub struct ShardPool {
     /// The shard.
     pub shard: ShardId,
+    /// The shard id as an `x-tenant-shard` header value, built once per snapshot.
+    pub shard_header: http::HeaderValue,
     /// Its backends, in route-file order.
     pub backends: Vec<Arc<Backend>>,
+}
+
+impl ShardPool {
+    /// A pool of `backends` for `shard`.
+    pub fn new(shard: ShardId, backends: Vec<Arc<Backend>>) -> Self {
+        // Shard ids are validated names: always a valid header value.
+        let shard_header = http::HeaderValue::from_str(shard.as_str())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+        ShardPool {
+            shard,
+            shard_header,
+            backends,
+        }
+    }
 }
 
 impl ShardPool {
@@ -247,12 +263,12 @@ mod tests {
 
     fn pool(n: u16) -> ShardPool {
         let reg = BackendRegistry::default();
-        ShardPool {
-            shard: ShardId::new("s").unwrap(),
-            backends: (0..n)
+        ShardPool::new(
+            ShardId::new("s").unwrap(),
+            (0..n)
                 .map(|i| reg.get(SocketAddr::from(([127, 0, 0, 1], 1000 + i))))
                 .collect(),
-        }
+        )
     }
 
     #[test]

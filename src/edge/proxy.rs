@@ -400,12 +400,11 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         strip_internal_headers(upstream);
         if let Some(entry) = &ctx.tenant {
-            let record = &entry.record;
-            upstream.insert_header("x-tenant-id", record.id.as_str())?;
-            upstream.insert_header("x-tenant-context-version", record.version)?;
+            upstream.insert_header("x-tenant-id", entry.id_header.clone())?;
+            upstream.insert_header("x-tenant-context-version", entry.version_header.clone())?;
         }
-        if let Some(shard) = ctx.pool.as_ref().map(|p| p.shard.as_str()) {
-            upstream.insert_header("x-tenant-shard", shard)?;
+        if let Some(pool) = &ctx.pool {
+            upstream.insert_header("x-tenant-shard", pool.shard_header.clone())?;
         }
         if let Some(id) = &ctx.request_id {
             upstream.insert_header("x-request-id", id.clone())?;

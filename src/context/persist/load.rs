@@ -111,12 +111,7 @@ fn keyed_entries(
     let learnt_at = Instant::now();
     let mut keyed = Vec::with_capacity(records.len());
     for record in records {
-        let entry = Arc::new(Entry {
-            record: Arc::new(record),
-            learnt_at,
-            origin,
-            region: region.clone(),
-        });
+        let entry = Arc::new(Entry::learnt_at(record, origin, region.clone(), learnt_at));
         for host in &entry.record.hosts {
             keyed.push((host.as_str().to_owned(), entry.clone()));
         }
