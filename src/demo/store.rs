@@ -80,10 +80,23 @@ impl ShardStore {
         let conn = Connection::open(path)?;
         // The shard's other backend writes to the same file.
         conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a write that was acknowledged survives a crash or a power cut.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        // Both backends open the file at once when a shard starts. Switching it to WAL takes an
+        // exclusive lock, and SQLite answers BUSY at once there instead of waiting for the busy
+        // handler: retry the setup for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match setup(&conn) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(
+                        e.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                done => break done?,
+            }
+        }
         Ok(ShardStore {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -241,4 +254,39 @@ pub(super) fn count(c: &Connection, tenant: &TenantId) -> Result<u64, Failure> {
 
 fn raw(body: String) -> Result<Value, Failure> {
     serde_json::from_str(&body).map_err(|e| Failure::Internal(format!("stored body: {e}")))
+}
+
+/// WAL, FULL sync and the schema; idempotent.
+fn setup(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a write that was acknowledged survives a crash or a power cut.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)
+}
+
+#[cfg(test)]
+mod open_tests {
+    use super::*;
+
+    #[test]
+    fn two_backends_opening_a_new_file_at_once_both_succeed() {
+        for _ in 0..30 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("shard-s.db");
+            let barrier = std::sync::Barrier::new(2);
+            std::thread::scope(|scope| {
+                let opens: Vec<_> = (0..2)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            ShardStore::open(&path).map(drop)
+                        })
+                    })
+                    .collect();
+                for open in opens {
+                    open.join().unwrap().unwrap();
+                }
+            });
+        }
+    }
 }
