@@ -1,5 +1,8 @@
 //! The `demo-shard` subcommand, run as a real process on loopback.
 
+#[path = "common/ports.rs"]
+mod ports;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,10 +22,7 @@ async fn get_json(url: &str) -> Option<serde_json::Value> {
 
 #[tokio::test]
 async fn demo_shard_subcommand_serves_and_stops_on_sigterm() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], ports::free_port()));
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("shards");
     let child = Command::new(env!("CARGO_BIN_EXE_tenant-edge"))

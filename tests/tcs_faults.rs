@@ -5,6 +5,9 @@
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 #![expect(clippy::panic, reason = "test helpers fail loudly")]
 
+#[path = "common/ports.rs"]
+mod ports;
+
 #[path = "support/tcs.rs"]
 #[expect(dead_code, reason = "shared with tcs_api.rs, which uses the rest")]
 mod tcs_support;
@@ -405,11 +408,7 @@ fn after_of(query: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A free loopback port: bound, then released, for a process that binds it itself.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
+use ports::free_port;
 
 /// A `tenant-edge` role as its own process, killed when dropped.
 struct Role(std::process::Child);

@@ -1,7 +1,9 @@
 //! The catalogue binary on a free loopback port, and helpers shared by its integration tests.
 
+#[path = "../common/ports.rs"]
+mod ports;
+
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -24,12 +26,8 @@ pub struct Catalogue {
 impl Catalogue {
     /// Starts the binary and returns once it has logged that it listens.
     pub fn start(data: &Path) -> Self {
-        // Port 0 is not an option across a process boundary: pick a free port, then free it.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Port 0 is not an option across a process boundary: pick one below the ephemeral range.
+        let port = ports::free_port();
         let mut child = Command::new(BIN)
             .args(["catalogue", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
