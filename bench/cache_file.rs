@@ -62,7 +62,7 @@ fn record(i: usize) -> IngressRecord {
         version: 1 + (i % 7) as u64,
         realm: or_exit(Realm::new(realm)),
         hosts: vec![or_exit(Host::parse(&format!("tenant-{i:07}.example.test")))],
-        placements,
+        placements: placements.into(),
     }
 }
 
@@ -96,8 +96,8 @@ fn restore(path: &Path) -> TenantCache {
     cache
 }
 
-/// CPU time of this process so far (user + system), from `/proc/self/stat` (Linux, 100 Hz).
-fn cpu() -> Duration {
+/// User and system CPU time of this process so far, from `/proc/self/stat` (Linux, 100 Hz).
+fn cpu_split() -> (Duration, Duration) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .rsplit(')')
@@ -106,25 +106,28 @@ fn cpu() -> Duration {
         .split_whitespace()
         .map(|f| f.parse().unwrap_or(0))
         .collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    let ticks = |i: usize| Duration::from_millis(fields.get(i).copied().unwrap_or(0) * 10);
+    (ticks(11), ticks(12))
 }
 
 /// Wall and CPU time of one phase, printed.
-struct Phase(&'static str, Instant, Duration);
+struct Phase(&'static str, Instant, (Duration, Duration));
 
 impl Phase {
     fn start(name: &'static str) -> Self {
-        Phase(name, Instant::now(), cpu())
+        Phase(name, Instant::now(), cpu_split())
     }
 
     fn end(self) {
-        let (wall, cpu) = (self.1.elapsed(), cpu().saturating_sub(self.2));
+        let (user, sys) = cpu_split();
+        let (user, sys) = (user.saturating_sub(self.2 .0), sys.saturating_sub(self.2 .1));
         println!(
-            "cache_file:   {:<28} wall {:>7.3} s, cpu {:>7.3} s",
+            "cache_file:   {:<28} wall {:>7.3} s, cpu {:>7.3} s (user {:.3}, system {:.3})",
             self.0,
-            wall.as_secs_f64(),
-            cpu.as_secs_f64()
+            self.1.elapsed().as_secs_f64(),
+            (user + sys).as_secs_f64(),
+            user.as_secs_f64(),
+            sys.as_secs_f64()
         );
     }
 }

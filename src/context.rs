@@ -6,15 +6,19 @@
 //! small negative cache, so a flood of random hosts cannot evict known tenants.
 
 mod client;
+mod known;
 pub mod persist;
 mod stream;
 mod trust;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
+
 use moka::future::Cache;
-use moka::ops::compute::Op;
 use serde::{Deserialize, Serialize};
 
 use crate::feed::ViewSnapshot;
@@ -82,6 +86,8 @@ pub struct Entry {
     pub id_header: http::HeaderValue,
     /// See `id_header`.
     pub version_header: http::HeaderValue,
+    /// When a request last used it, in ms after `learnt_at` (for the idle sweep).
+    last_used_ms: AtomicU64,
 }
 
 impl Entry {
@@ -103,7 +109,23 @@ impl Entry {
             region,
             id_header,
             version_header,
+            last_used_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Marks the entry used at `age`. Writes at most once a millisecond, so that hits on
+    /// several cores do not fight over the cache line.
+    #[inline]
+    fn touch(&self, age: Duration) {
+        let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        if self.last_used_ms.load(Ordering::Relaxed) != ms {
+            self.last_used_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// When a request last used it, as an age.
+    fn last_used(&self) -> Duration {
+        Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -128,7 +150,12 @@ enum FillError {
     NotFound,
     #[error(transparent)]
     Tcs(#[from] TcsError),
+    #[error("the fill task stopped: {0}")]
+    Stopped(String),
 }
+
+/// One fill in flight, awaited by every request that missed the same host.
+type PendingFill = Shared<BoxFuture<'static, Result<Arc<Entry>, Arc<FillError>>>>;
 
 /// The latest version the change stream saw for a host, kept briefly to close the race between
 /// a fill in flight and a newer pushed change.
@@ -141,33 +168,35 @@ struct Seen {
 /// The cache of tenant contexts by normalised host. Cloning is cheap and shares the caches.
 #[derive(Clone)]
 pub struct TenantCache {
-    positive: Cache<String, Arc<Entry>>,
+    known: Arc<known::Known>,
     negative: Cache<String, ()>,
     recent: Cache<String, Seen>,
-    /// Hosts with a background refresh in flight, so a hot stale entry is refreshed once.
-    refreshing: Cache<String, ()>,
+    /// Fills in flight by host, so that misses for one host make one fetch.
+    pending: Arc<Mutex<HashMap<Box<str>, PendingFill>>>,
+    /// Hosts with a background refresh in flight or recently failed, so a hot stale entry is
+    /// refreshed once, and at most every 30 s while TCS cannot answer.
+    refreshing: moka::sync::Cache<String, ()>,
     refresh_after: Duration,
     client: Arc<TcsClient>,
     metrics: EdgeMetrics,
 }
 
-/// The cache of known tenants, sized for `initial` hosts up front.
-fn positive_cache(config: &CacheConfig, initial: u64) -> Cache<String, Arc<Entry>> {
-    let mut builder = Cache::builder().max_capacity(config.max_entries);
-    if config.ttl_secs > 0 {
-        builder = builder.time_to_live(Duration::from_secs(config.ttl_secs));
-    }
-    if initial > 0 {
-        builder = builder.initial_capacity(usize::try_from(initial.min(config.max_entries)).unwrap_or(0));
-    }
-    builder.build()
-}
-
 impl TenantCache {
     /// Creates empty caches that fill from `client`.
     pub fn new(config: &CacheConfig, client: Arc<TcsClient>, metrics: EdgeMetrics) -> Self {
+        Self::with_capacity(config, client, metrics, 0)
+    }
+
+    /// [`TenantCache::new`] with room for `hosts` entries from the start, so that restoring a
+    /// million hosts never rehashes what is already there.
+    pub fn with_capacity(
+        config: &CacheConfig,
+        client: Arc<TcsClient>,
+        metrics: EdgeMetrics,
+        hosts: u64,
+    ) -> Self {
         TenantCache {
-            positive: positive_cache(config, 0),
+            known: Arc::new(known::Known::new(config, hosts)),
             negative: Cache::builder()
                 .max_capacity(config.negative_max_entries)
                 .time_to_live(Duration::from_secs(config.negative_ttl_secs))
@@ -176,7 +205,8 @@ impl TenantCache {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
-            refreshing: Cache::builder()
+            pending: Arc::default(),
+            refreshing: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
@@ -186,13 +216,24 @@ impl TenantCache {
         }
     }
 
+    /// The hot path: on a hit, calls `f` with the cached entry, lent rather than cloned, and
+    /// starts a background refresh when the entry is older than `refresh_after`. `None` on a
+    /// miss: then [`Self::resolve`].
+    #[inline]
+    pub fn with_hit<R>(&self, host: &str, f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
+        let (answer, stale) = self
+            .known
+            .with(host, |entry, age| (f(entry), age >= self.refresh_after))?;
+        self.metrics.cache_hits.inc();
+        if stale {
+            self.refresh_in_background(host);
+        }
+        Some(answer)
+    }
+
     /// Resolves a normalised host: a hit, a negative hit, or one coalesced fetch from TCS.
     pub async fn resolve(&self, host: &str) -> Result<Resolved, Unavailable> {
-        if let Some(entry) = self.positive.get(host).await {
-            self.metrics.cache_hits.inc();
-            if entry.learnt_at.elapsed() >= self.refresh_after {
-                self.refresh_in_background(host).await;
-            }
+        if let Some(entry) = self.with_hit(host, Arc::clone) {
             return Ok(Resolved::Found(entry));
         }
         if self.negative.contains_key(host) {
@@ -200,23 +241,56 @@ impl TenantCache {
             return Ok(Resolved::Unknown);
         }
         self.metrics.cache_misses.inc();
-        match self.positive.try_get_with_by_ref(host, self.fill(host)).await {
-            Ok(entry) => Ok(Resolved::Found(self.reconcile(host, entry).await)),
+        match self.pending_fill(host).await {
+            Ok(entry) => Ok(Resolved::Found(entry)),
             Err(e) => match &*e {
-                FillError::NotFound => {
-                    self.negative.insert(host.into(), ()).await;
-                    Ok(Resolved::Unknown)
-                }
-                FillError::Tcs(_) => {
-                    self.metrics.fill_failures.inc();
-                    Err(Unavailable(e.to_string()))
-                }
+                FillError::NotFound => Ok(Resolved::Unknown),
+                FillError::Tcs(_) | FillError::Stopped(_) => Err(Unavailable(e.to_string())),
             },
         }
     }
 
+    /// The fill in flight for `host`, or a new one. A fill runs as its own task, so it completes
+    /// (and caches its answer) even when every request waiting for it gives up.
+    fn pending_fill(&self, host: &str) -> PendingFill {
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(fill) = pending.get(host) {
+            return fill.clone();
+        }
+        let this = self.clone();
+        let key: Box<str> = host.into();
+        let task = tokio::spawn(async move {
+            let outcome = this.fill(&key).await;
+            match &outcome {
+                Ok(_) => {}
+                Err(FillError::NotFound) => this.negative.insert(key.to_string(), ()).await,
+                Err(_) => this.metrics.fill_failures.inc(),
+            }
+            this.pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&key);
+            outcome.map_err(Arc::new)
+        });
+        let fill = async move {
+            task.await
+                .unwrap_or_else(|e| Err(Arc::new(FillError::Stopped(e.to_string()))))
+        }
+        .boxed()
+        .shared();
+        pending.insert(host.into(), fill.clone());
+        fill
+    }
+
+    /// Fetches `host`, caches the answer unless a newer version is held, and prefers what the
+    /// change stream saw meanwhile when that is newer still.
     async fn fill(&self, host: &str) -> Result<Arc<Entry>, FillError> {
-        self.fill_at_least(host, 0).await
+        let filled = self.fill_at_least(host, 0).await?;
+        self.put_if_not_older(host, &filled);
+        Ok(self.reconcile(host, filled).await)
     }
 
     async fn fill_at_least(&self, host: &str, min_version: u64) -> Result<Arc<Entry>, FillError> {
@@ -233,10 +307,10 @@ impl TenantCache {
     /// newer (a shard said the tenant moved at that version). Not coalesced: it is rare, and a
     /// coalesced fill already in flight may predate the move.
     pub async fn refetch(&self, host: &str, min_version: u64) -> Result<Resolved, Unavailable> {
-        self.positive.invalidate(host).await;
+        self.known.remove(host);
         match self.fill_at_least(host, min_version).await {
             Ok(entry) => {
-                self.put_if_not_older(host, entry.clone()).await;
+                self.put_if_not_older(host, &entry);
                 Ok(Resolved::Found(entry))
             }
             Err(FillError::NotFound) => Ok(Resolved::Unknown),
@@ -244,39 +318,46 @@ impl TenantCache {
         }
     }
 
-    /// Starts one background refresh of `host` unless one is already running. The stale entry
-    /// keeps serving meanwhile; a failed refresh leaves it in place.
-    async fn refresh_in_background(&self, host: &str) {
-        if !self.refreshing.entry_by_ref(host).or_insert(()).await.is_fresh() {
+    /// Starts one background refresh of `host` unless one ran lately. The stale entry keeps
+    /// serving meanwhile; a failed refresh leaves it in place. Outside a tokio runtime (a
+    /// benchmark's plain thread) there is nothing to run it on, and the entry just serves.
+    fn refresh_in_background(&self, host: &str) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !self.refreshing.entry_by_ref(host).or_insert(()).is_fresh() {
             return;
         }
         let this = self.clone();
         let host = host.to_owned();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             match this.client.lookup(&host, 0).await {
                 Ok(Lookup::Found { region, found }) => {
                     let entry = Entry::new(found.record, Origin::Fetch, region);
-                    this.put_if_not_older(&host, Arc::new(entry)).await;
+                    this.put_if_not_older(&host, &Arc::new(entry));
+                    this.refreshing.invalidate(&host);
                 }
-                Ok(Lookup::NotFound) => this.positive.invalidate(&host).await,
+                Ok(Lookup::NotFound) => {
+                    this.known.remove(&host);
+                    this.refreshing.invalidate(&host);
+                }
+                // Left in `refreshing` until it expires: the next try waits that long.
                 Err(e) => tracing::debug!(host, error = %e, "background refresh failed; keeping the entry"),
             }
-            this.refreshing.invalidate(&host).await;
         });
     }
 
-    /// Like [`Self::put_if_newer`], but the same version replaces too (it renews the age).
-    async fn put_if_not_older(&self, host: &str, entry: Arc<Entry>) {
+    /// Caches `entry` unless a newer version is held; the same version replaces (it renews
+    /// the age).
+    fn put_if_not_older(&self, host: &str, entry: &Arc<Entry>) {
         let version = entry.record.version;
-        self.positive
-            .entry_by_ref(host)
-            .and_compute_with(|held| async move {
-                match held {
-                    Some(held) if held.value().record.version > version => Op::Nop,
-                    _ => Op::Put(entry),
-                }
-            })
-            .await;
+        self.known.write(host, entry, true, |held| held <= version);
+    }
+
+    /// Caches `entry` unless the same or a newer version is held.
+    fn put_if_newer(&self, host: &str, entry: &Arc<Entry>) {
+        let version = entry.record.version;
+        self.known.write(host, entry, true, |held| held < version);
     }
 
     /// A fill may have raced a newer pushed change: prefer what the stream saw, if newer.
@@ -284,11 +365,12 @@ impl TenantCache {
         match self.recent.get(host).await {
             Some(seen) if seen.version > filled.record.version => match seen.entry {
                 Some(newer) => {
-                    self.put_if_newer(host, newer.clone()).await;
+                    self.put_if_newer(host, &newer);
                     newer
                 }
                 None => {
-                    self.positive.invalidate(host).await;
+                    let version = seen.version;
+                    self.known.remove_if(host, |held| held < version);
                     filled
                 }
             },
@@ -301,9 +383,9 @@ impl TenantCache {
         &self.client
     }
 
-    /// What this edge holds for `host`, without fetching (for `/admin`).
-    pub async fn peek(&self, host: &str) -> Option<Arc<Entry>> {
-        self.positive.get(host).await
+    /// What this edge holds for `host`, without fetching or marking it used (for `/admin`).
+    pub fn peek(&self, host: &str) -> Option<Arc<Entry>> {
+        self.known.peek(host)
     }
 
     /// Whether `host` is remembered as unknown.
@@ -311,28 +393,14 @@ impl TenantCache {
         self.negative.contains_key(host)
     }
 
-    /// Number of cached contexts (approximate, as moka counts).
+    /// Number of cached hosts.
     pub fn len(&self) -> u64 {
-        self.positive.entry_count()
+        self.known.len() as u64
     }
 
     /// Whether the cache holds no context.
     pub fn is_empty(&self) -> bool {
-        self.positive.iter().next().is_none()
-    }
-
-    /// Inserts `entry` for `host` unless the cache already holds the same or a newer version.
-    async fn put_if_newer(&self, host: &str, entry: Arc<Entry>) {
-        let version = entry.record.version;
-        self.positive
-            .entry_by_ref(host)
-            .and_compute_with(|held| async move {
-                match held {
-                    Some(held) if held.value().record.version >= version => Op::Nop,
-                    _ => Op::Put(entry),
-                }
-            })
-            .await;
+        self.known.len() == 0
     }
 
     /// Applies a pushed record: every cached host of it gets the new version (when newer), hosts
@@ -347,17 +415,19 @@ impl TenantCache {
         origin: Origin,
     ) {
         let entry = Arc::new(Entry::new(record, origin, region.clone()));
+        let version = entry.record.version;
         for host in &entry.record.hosts {
             let seen = Seen {
-                version: entry.record.version,
+                version,
                 entry: Some(entry.clone()),
             };
             self.recent.insert(host.as_str().into(), seen).await;
             self.negative.invalidate(host.as_str()).await;
-            self.update_if_cached(host.as_str(), entry.clone()).await;
+            self.known
+                .write(host.as_str(), &entry, false, |held| held < version);
         }
         for host in removed {
-            self.drop_if_older(host.as_str(), entry.record.version).await;
+            self.known.remove_if(host.as_str(), |held| held < version);
         }
     }
 
@@ -367,39 +437,13 @@ impl TenantCache {
             self.recent
                 .insert(host.as_str().into(), Seen { version, entry: None })
                 .await;
-            self.drop_if_older(host.as_str(), version).await;
+            self.known.remove_if(host.as_str(), |held| held < version);
         }
-    }
-
-    /// Replaces a cached entry for `host` with a newer version; an absent host stays absent.
-    async fn update_if_cached(&self, host: &str, entry: Arc<Entry>) {
-        let version = entry.record.version;
-        self.positive
-            .entry_by_ref(host)
-            .and_compute_with(|held| async move {
-                match held {
-                    Some(held) if held.value().record.version < version => Op::Put(entry),
-                    _ => Op::Nop,
-                }
-            })
-            .await;
-    }
-
-    async fn drop_if_older(&self, host: &str, version: u64) {
-        self.positive
-            .entry_by_ref(host)
-            .and_compute_with(|held| async move {
-                match held {
-                    Some(held) if held.value().record.version < version => Op::Remove,
-                    _ => Op::Nop,
-                }
-            })
-            .await;
     }
 
     /// Drops whatever is cached for `host` (positive and negative).
     pub async fn forget(&self, host: &str) {
-        self.positive.invalidate(host).await;
+        self.known.remove(host);
         self.negative.invalidate(host).await;
     }
 
@@ -420,15 +464,14 @@ impl TenantCache {
                 self.apply_upsert(record, &[], region, Origin::Snapshot).await;
             }
         }
-        let stale: Vec<String> = self
-            .positive
-            .iter()
-            .map(|(k, _)| k)
-            .filter(|k| !live.contains(k.as_str()))
-            .map(|k| (*k).clone())
-            .collect();
+        let mut stale = Vec::new();
+        self.known.for_each(|host, _| {
+            if !live.contains(host) {
+                stale.push(host.to_owned());
+            }
+        });
         for host in stale {
-            self.positive.invalidate(&host).await;
+            self.known.remove(&host);
         }
         self.negative.invalidate_all();
     }

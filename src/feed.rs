@@ -38,7 +38,7 @@ impl TenantDoc {
             version: self.version,
             realm: self.realm.clone(),
             hosts: self.hosts.clone(),
-            placements: self.placements.clone(),
+            placements: (&self.placements).into(),
         }
     }
 }

@@ -268,13 +268,95 @@ pub struct IngressRecord {
     /// Every host that names this tenant.
     pub hosts: Vec<Host>,
     /// Product -> placement.
-    pub placements: BTreeMap<Product, Placement>,
+    pub placements: Placements,
 }
 
 impl IngressRecord {
     /// The placement of `product`, if the tenant has it.
     pub fn placement(&self, product: &str) -> Option<&Placement> {
         self.placements.get(product)
+    }
+}
+
+/// A tenant's placements by product, as the edge caches them: one small sorted slice (a tenant
+/// has a handful of products), a tenth of a map's memory with a million tenants held. On the
+/// wire it is a JSON object, like a map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placements(Box<[(Product, Placement)]>);
+
+impl Placements {
+    /// The placement of `product`.
+    pub fn get(&self, product: &str) -> Option<&Placement> {
+        self.0
+            .iter()
+            .find(|(p, _)| p.as_str() == product)
+            .map(|(_, placement)| placement)
+    }
+
+    /// Every product and its placement, by product name.
+    pub fn iter(&self) -> impl Iterator<Item = (&Product, &Placement)> {
+        self.0.iter().map(|(p, placement)| (p, placement))
+    }
+
+    /// Number of products placed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no product is placed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&BTreeMap<Product, Placement>> for Placements {
+    fn from(map: &BTreeMap<Product, Placement>) -> Self {
+        Placements(
+            map.iter()
+                .map(|(p, placement)| (p.clone(), placement.clone()))
+                .collect(),
+        )
+    }
+}
+
+impl From<BTreeMap<Product, Placement>> for Placements {
+    fn from(map: BTreeMap<Product, Placement>) -> Self {
+        Placements(map.into_iter().collect())
+    }
+}
+
+impl Serialize for Placements {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Placements {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Placements;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of product -> placement")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Placements, A::Error> {
+                let mut placed: Vec<(Product, Placement)> = Vec::with_capacity(map.size_hint().unwrap_or(2));
+                while let Some(entry) = map.next_entry::<Product, Placement>()? {
+                    placed.push(entry);
+                }
+                placed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                if let Some(w) = placed.windows(2).find(|w| w[0].0 == w[1].0) {
+                    return Err(serde::de::Error::custom(format!(
+                        "product {} placed twice",
+                        w[0].0
+                    )));
+                }
+                Ok(Placements(placed.into_boxed_slice()))
+            }
+        }
+        deserializer.deserialize_map(Visit)
     }
 }
 

@@ -145,7 +145,7 @@ pub async fn restore(cache: &Arc<TenantCache>, stream: &StreamStatus, file: Cach
                 Err(e) => e.to_string(),
                 Ok(Ok(_)) => String::new(),
             };
-            cache.positive.invalidate_all();
+            cache.known.clear();
             tracing::error!(reason, "ignoring the tenant-context cache file, starting empty");
             return;
         }

@@ -78,7 +78,7 @@ async fn miss_fills_then_hits_and_unknown_is_cached_apart() {
     ));
     assert_eq!(lookups(&f.tcs, "miss"), 1, "the unknown host is remembered");
     assert!(f.cache.is_known_unknown("nobody.example.test"));
-    assert!(f.cache.peek("nobody.example.test").await.is_none());
+    assert!(f.cache.peek("nobody.example.test").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +112,7 @@ async fn pushed_changes_only_move_forward_and_only_for_cached_hosts() {
     };
     push(2, &["acme.example.test"], vec![]).await;
     assert!(
-        f.cache.peek("acme.example.test").await.is_none(),
+        f.cache.peek("acme.example.test").is_none(),
         "a cold host is not inserted by a push"
     );
     f.cache
@@ -124,7 +124,7 @@ async fn pushed_changes_only_move_forward_and_only_for_cached_hosts() {
         .await;
     push(2, &["acme.example.test", "acme.example.net"], vec![]).await;
     assert_eq!(
-        f.cache.peek("acme.example.test").await.unwrap().record.version,
+        f.cache.peek("acme.example.test").unwrap().record.version,
         3,
         "older pushes change nothing"
     );
@@ -135,14 +135,14 @@ async fn pushed_changes_only_move_forward_and_only_for_cached_hosts() {
         vec![Host::parse("acme.example.test").unwrap()],
     )
     .await;
-    assert!(f.cache.peek("acme.example.test").await.is_none());
-    assert_eq!(f.cache.peek("acme.example.net").await.unwrap().record.version, 4);
+    assert!(f.cache.peek("acme.example.test").is_none());
+    assert_eq!(f.cache.peek("acme.example.net").unwrap().record.version, 4);
     // An older delete changes nothing; a newer one removes.
     let hosts = [Host::parse("acme.example.net").unwrap()];
     f.cache.apply_delete(&hosts, 4).await;
-    assert!(f.cache.peek("acme.example.net").await.is_some());
+    assert!(f.cache.peek("acme.example.net").is_some());
     f.cache.apply_delete(&hosts, 5).await;
-    assert!(f.cache.peek("acme.example.net").await.is_none());
+    assert!(f.cache.peek("acme.example.net").is_none());
 }
 
 #[tokio::test]
@@ -185,7 +185,7 @@ async fn a_fill_that_raced_a_newer_push_is_reconciled() {
         "the request in flight gets what was fetched"
     );
     assert!(
-        f.cache.peek("acme.example.test").await.is_none(),
+        f.cache.peek("acme.example.test").is_none(),
         "a newer delete wins over the fill"
     );
 }
@@ -311,12 +311,12 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
     }
     assert!(applied() >= 6, "the follower caught up through the second region");
     assert!(
-        cache.peek("globex.example.test").await.is_none(),
+        cache.peek("globex.example.test").is_none(),
         "the deleted tenant is not left behind"
     );
-    assert_eq!(cache.peek("acme.example.test").await.unwrap().record.version, 2);
+    assert_eq!(cache.peek("acme.example.test").unwrap().record.version, 2);
     assert!(
-        cache.peek("other.example.test").await.is_none(),
+        cache.peek("other.example.test").is_none(),
         "a resync does not load cold tenants"
     );
     assert_eq!(metrics.stream_events.with_label_values(&["resync"]).get(), 1);
@@ -339,12 +339,12 @@ async fn old_entries_refresh_in_the_background_and_a_failed_refresh_keeps_them()
     f.tcs.ingress().apply(&put(2, "acme", 2, &[host]));
     assert_eq!(version(&f.cache.resolve(host).await), Some(1));
     for _ in 0..500 {
-        if f.cache.peek(host).await.map(|e| e.record.version) == Some(2) {
+        if f.cache.peek(host).map(|e| e.record.version) == Some(2) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(f.cache.peek(host).await.unwrap().record.version, 2);
+    assert_eq!(f.cache.peek(host).unwrap().record.version, 2);
     // With TCS gone, refreshes fail and the entry stays.
     f.shutdown.cancel();
     for _ in 0..20 {
@@ -357,5 +357,5 @@ async fn old_entries_refresh_in_the_background_and_a_failed_refresh_keeps_them()
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(f.cache.peek(host).await.unwrap().record.version, 2);
+    assert_eq!(f.cache.peek(host).unwrap().record.version, 2);
 }

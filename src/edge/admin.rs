@@ -85,7 +85,7 @@ async fn tenant(State(shared): State<Arc<Shared>>, Path(raw): Path<String>) -> R
         )
             .into_response();
     };
-    match shared.cache.peek(host.as_str()).await {
+    match shared.cache.peek(host.as_str()) {
         Some(entry) => Json(json!({
             "host": host,
             "cached": true,

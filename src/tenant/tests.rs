@@ -90,3 +90,25 @@ proptest! {
         prop_assert_eq!(norm(&format!("{}:{}", name.to_uppercase(), port)), Ok(name));
     }
 }
+
+#[test]
+fn placements_read_and_write_as_an_object_sorted_by_product() {
+    let json = r#"{"wiki":{"shard":"wiki-1"},"jira":{"shard":"jira-1","state":"frozen"}}"#;
+    let placements: Placements = serde_json::from_str(json).unwrap();
+    assert_eq!(placements.len(), 2);
+    assert_eq!(placements.get("jira").unwrap().state, PlacementState::Frozen);
+    assert_eq!(placements.get("wiki").unwrap().shard.as_str(), "wiki-1");
+    assert!(placements.get("confluence").is_none());
+    let names: Vec<&str> = placements.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(names, ["jira", "wiki"]);
+    let written = serde_json::to_string(&placements).unwrap();
+    assert_eq!(serde_json::from_str::<Placements>(&written).unwrap(), placements);
+    assert!(written.starts_with(r#"{"jira":"#), "{written}");
+}
+
+#[test]
+fn a_product_placed_twice_is_refused() {
+    let json = r#"{"jira":{"shard":"a"},"jira":{"shard":"b"}}"#;
+    let err = serde_json::from_str::<Placements>(json).unwrap_err();
+    assert!(err.to_string().contains("placed twice"), "{err}");
+}
