@@ -60,8 +60,14 @@ pub enum Command {
         /// Listen address.
         #[arg(long)]
         listen: SocketAddr,
-        /// Directory of the shard's database (`shard-<shard>.db`); give every backend of a
-        /// shard the same one.
+        /// The product the shard serves.
+        #[arg(long, value_parser = crate::tenant::Product::new)]
+        product: crate::tenant::Product,
+        /// The regions holding the shard's data, home region first (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true, value_parser = crate::tenant::Region::new)]
+        regions: Vec<crate::tenant::Region>,
+        /// Directory of the shard's files (`shard-<shard>.db`, `data-<product>-<region>.db`);
+        /// give every backend of a shard, and every shard of the stack, the same one.
         #[arg(long)]
         data: PathBuf,
     },
@@ -97,12 +103,16 @@ pub fn main() -> ExitCode {
             shard,
             backend,
             listen,
+            product,
+            regions,
             data,
         } => {
             let cfg = crate::demo::DemoShardConfig {
                 shard,
                 backend,
                 listen,
+                product,
+                regions,
                 data_dir: data,
             };
             run_role(|shutdown| crate::demo::run(cfg, shutdown))

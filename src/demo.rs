@@ -1,8 +1,8 @@
 //! Demo shard backends: real HTTP servers standing in for a product shard in the dev stack and
 //! in tests.
 //!
-//! A shard keeps per-tenant items (`items`) in one SQLite file shared by all its backends
-//! (`store`), honours ownership fences set by the mover hooks (`mover`), and answers every
+//! A shard keeps per-tenant items (`items`) in SQLite files per data region, shared by all its
+//! backends and by the shards of the same product in the same region (`store`), honours ownership fences set by the mover hooks (`mover`), and answers every
 //! other request except `GET /healthz` with JSON naming the shard and backend and echoing what
 //! the edge forwarded (tenant, method, path, the internal headers), so tests can see exactly
 //! where a request landed and what it carried. Every answer carries
@@ -27,7 +27,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::tenant::{NameError, ShardId, TenantId};
+use crate::tenant::{NameError, Product, Region, ShardId, TenantId};
 use store::ShardStore;
 
 /// What a demo shard backend calls itself, where it listens and where its shard keeps data.
@@ -39,7 +39,13 @@ pub struct DemoShardConfig {
     pub backend: String,
     /// Listen address.
     pub listen: SocketAddr,
-    /// Directory of the shard's database (`shard-<shard>.db`), shared by the shard's backends.
+    /// The product it serves (names its region data files).
+    pub product: Product,
+    /// The regions holding its data, home region first (see `store`).
+    pub regions: Vec<Region>,
+    /// Directory of the shard's fence file (`shard-<shard>.db`) and of the region data files
+    /// (`data-<product>-<region>.db`), shared by the shard's backends and by shards of the same
+    /// product in the same regions.
     pub data_dir: PathBuf,
 }
 
@@ -52,6 +58,9 @@ pub enum DemoError {
     /// The shard id cannot name a database file.
     #[error(transparent)]
     Shard(#[from] NameError),
+    /// A shard keeps data in at least one region.
+    #[error("demo shard: no data region given")]
+    NoRegions,
     /// The shard's database could not be opened.
     #[error("shard database {path}: {source}")]
     Store {
@@ -191,8 +200,17 @@ pub async fn serve(
 ) -> Result<(), DemoError> {
     let addr = listener.local_addr()?;
     let shard = ShardId::new(&cfg.shard)?;
+    if cfg.regions.is_empty() {
+        return Err(DemoError::NoRegions);
+    }
     let path = store::db_path(&cfg.data_dir, &shard);
-    let store = open_store(cfg.data_dir.clone(), path).await?;
+    let store = open_store(
+        cfg.data_dir.clone(),
+        path,
+        cfg.product.clone(),
+        cfg.regions.clone(),
+    )
+    .await?;
     tracing::info!("demo shard {}/{} listening on {addr}", cfg.shard, cfg.backend);
     let served_by = HeaderValue::try_from(format!("{}/{}", cfg.shard, cfg.backend))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
@@ -209,10 +227,15 @@ pub async fn serve(
 }
 
 /// Creates the data directory and opens the shard's database, off the async threads.
-async fn open_store(dir: PathBuf, path: PathBuf) -> Result<ShardStore, DemoError> {
+async fn open_store(
+    dir: PathBuf,
+    path: PathBuf,
+    product: Product,
+    regions: Vec<Region>,
+) -> Result<ShardStore, DemoError> {
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
-        ShardStore::open(&path).map_err(|source| DemoError::Store { path, source })
+        ShardStore::open(&path, &product, &regions).map_err(|source| DemoError::Store { path, source })
     })
     .await
     .map_err(std::io::Error::other)?

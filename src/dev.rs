@@ -121,6 +121,8 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
                 shard: shard.id.to_string(),
                 backend: format!("b{}", i + 1),
                 listen,
+                product: shard.product.clone(),
+                regions: shard.data_regions.clone(),
                 data_dir: args.data.join("shards"),
             };
             spawn_part(parts, crate::demo::run(cfg, shutdown.clone()));
@@ -249,7 +251,7 @@ async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -
         let doc = ShardDoc {
             id: shard.id.clone(),
             product: shard.product.clone(),
-            regions: vec![shard.region.clone()],
+            regions: shard.data_regions.clone(),
             // Both backends share the shard's data, so the first one's hooks serve the shard.
             mover: shard.backends.first().map(|a| format!("http://{a}")),
         };

@@ -96,8 +96,11 @@ pub struct Shard {
     pub id: ShardId,
     /// The product it serves.
     pub product: Product,
-    /// Where it runs.
+    /// Where it runs (and its home data region).
     pub region: Region,
+    /// Every region holding its data, `region` first: one for most shards, several for a
+    /// multi-region ("global") shard.
+    pub data_regions: Vec<Region>,
     /// Its backends, in file order, without duplicates.
     pub backends: Vec<SocketAddr>,
 }
@@ -172,7 +175,7 @@ impl RouteSnapshot {
         self.shards.values().map(|s| s.backends.len()).sum()
     }
 
-    /// One line for humans: `ok: 2 products, 5 shards, 10 backends (version dev-1)`.
+    /// One line for humans: `ok: 2 products, 6 shards, 12 backends (version dev-1)`.
     pub fn summary(&self) -> String {
         format!(
             "ok: {} products, {} shards, {} backends (version {})",

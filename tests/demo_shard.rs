@@ -32,6 +32,10 @@ async fn demo_shard_subcommand_serves_and_stops_on_sigterm() {
             "jira-us-east-1",
             "--backend",
             "b2",
+            "--product",
+            "jira",
+            "--regions",
+            "us-east-1",
             "--listen",
         ])
         .arg(addr.to_string())

@@ -312,3 +312,153 @@ async fn refused_moves_fail_with_the_catalogues_reason() {
     // Neither refused run froze the source.
     assert_eq!(post_item(&stack, "acme.example.test", 1).await.status(), 201);
 }
+
+const MULTI: &str = "jira-us-multi";
+
+/// The tenant's item count in each data region of `shard`.
+async fn regions(stack: &Stack, shard: &str, tenant: &str) -> Value {
+    let url = format!("{}/regions?tenant={tenant}", hooks(stack, shard));
+    stack.http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Reads the tenant's items through the edge once it routes to `shard`; the item count.
+async fn items_via_edge_at(stack: &Stack, host: &str, shard: &str) -> usize {
+    eventually(Duration::from_secs(10), || async {
+        let r = stack
+            .http
+            .get(format!("http://127.0.0.1:{}/items", stack.edge_http))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 200 || !served_by(&r).starts_with(shard) {
+            return None;
+        }
+        let body: Value = r.json().await.unwrap();
+        Some(body["items"].as_array().unwrap().len())
+    })
+    .await
+}
+
+/// Single-region -> multi-region -> back: each way copies only the regions added and deletes
+/// only the regions dropped; the data in the shared region is never copied nor deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_between_overlapping_shards_touch_only_the_regions_that_differ() {
+    let stack = Stack::start().await;
+    for n in 0..3 {
+        assert_eq!(post_item(&stack, "acme.example.test", n).await.status(), 201);
+    }
+    assert_eq!(
+        regions(&stack, MULTI, "acme").await,
+        json!({"us-east-1": 3, "us-west-2": 0})
+    );
+
+    // jira-us-east-1 -> jira-us-multi: add us-west-2, remove nothing.
+    let ran = migrate(&stack, "acme", MULTI, &["--drain-ms", "100"]).await;
+    assert!(ran.ok, "{}", ran.stderr);
+    assert!(
+        ran.stdout
+            .contains("copied 3 items to jira-us-multi in us-west-2"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("nothing to delete"), "{}", ran.stdout);
+    let (_, list) = api(&stack, reqwest::Method::GET, "/v1/migrations?tenant=acme", None).await;
+    let there = &list.as_array().unwrap()[0];
+    assert_eq!(
+        (&there["regions_to_add"], &there["regions_to_remove"]),
+        (&json!(["us-west-2"]), &json!([]))
+    );
+    assert_eq!(
+        regions(&stack, MULTI, "acme").await,
+        json!({"us-east-1": 3, "us-west-2": 3})
+    );
+    assert_eq!(items_via_edge_at(&stack, "acme.example.test", MULTI).await, 3);
+    // A write at the multi-region shard lands in both its regions.
+    let r = post_item(&stack, "acme.example.test", 3).await;
+    assert_eq!(
+        (r.status().as_u16(), served_by(&r).starts_with(MULTI)),
+        (201, true)
+    );
+    assert_eq!(
+        regions(&stack, MULTI, "acme").await,
+        json!({"us-east-1": 4, "us-west-2": 4})
+    );
+
+    // And back: add nothing, remove us-west-2; us-east-1 keeps every item, the new one too.
+    let ran = migrate(&stack, "acme", SOURCE, &["--drain-ms", "100"]).await;
+    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.stdout.contains("nothing to copy"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("deleted from jira-us-multi in us-west-2"),
+        "{}",
+        ran.stdout
+    );
+    let (_, list) = api(&stack, reqwest::Method::GET, "/v1/migrations?tenant=acme", None).await;
+    let back = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["to"] == SOURCE)
+        .unwrap();
+    assert_eq!(
+        (&back["regions_to_add"], &back["regions_to_remove"]),
+        (&json!([]), &json!(["us-west-2"]))
+    );
+    assert_eq!(
+        regions(&stack, MULTI, "acme").await,
+        json!({"us-east-1": 4, "us-west-2": 0})
+    );
+    assert_eq!(items_via_edge_at(&stack, "acme.example.test", SOURCE).await, 4);
+}
+
+/// Rolling back a move into a multi-region shard deletes only what the copy added: the shared
+/// region holds the source's own data and stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_into_an_overlapping_shard_leaves_the_shared_region_whole() {
+    let stack = Stack::start().await;
+    for n in 0..2 {
+        assert_eq!(post_item(&stack, "acme.example.test", n).await.status(), 201);
+    }
+    // An orchestrator got as far as copying into us-west-2 and died.
+    let m = create(&stack, "acme", MULTI).await;
+    let id = m["id"].as_str().unwrap();
+    hook(&stack, SOURCE, "freeze", json!({"tenant": "acme"})).await;
+    set_phase(&stack, id, "frozen").await;
+    set_phase(&stack, id, "copying").await;
+    let mut items = export(&stack, SOURCE, "acme").await;
+    items["regions"] = json!(["us-west-2"]);
+    hook(&stack, MULTI, "import", items).await;
+    assert_eq!(
+        regions(&stack, MULTI, "acme").await,
+        json!({"us-east-1": 2, "us-west-2": 2})
+    );
+
+    let ran = migrate(&stack, "acme", MULTI, &["--rollback"]).await;
+    assert!(ran.ok, "{}", ran.stderr);
+    assert!(
+        ran.stdout.contains("target jira-us-multi emptied in us-west-2"),
+        "{}",
+        ran.stdout
+    );
+    assert_eq!(phase(&stack, id).await, "rolled_back");
+    assert_eq!(
+        regions(&stack, MULTI, "acme").await,
+        json!({"us-east-1": 2, "us-west-2": 0})
+    );
+    assert_eq!(
+        export(&stack, SOURCE, "acme").await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // The source serves and takes writes again once the edge learns the placement is active.
+    let by = eventually(Duration::from_secs(10), || async {
+        let r = post_item(&stack, "acme.example.test", 9).await;
+        (r.status() == 201).then(|| served_by(&r))
+    })
+    .await;
+    assert!(by.starts_with(SOURCE), "{by}");
+    assert_eq!(items_via_edge_at(&stack, "acme.example.test", SOURCE).await, 3);
+}

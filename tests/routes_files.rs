@@ -64,7 +64,7 @@ fn check_routes_accepts_the_dev_file() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         stdout.trim(),
-        "ok: 2 products, 5 shards, 10 backends (version dev-1)"
+        "ok: 2 products, 6 shards, 12 backends (version dev-1)"
     );
 }
 

@@ -4,6 +4,12 @@
 //! phase and carries on from there, and every step's hook is idempotent, so a run that died
 //! anywhere can simply be started again. Each phase change is a compare-and-set (`If-Match`)
 //! write, so two orchestrators cannot both advance the same migration.
+//!
+//! Copy and clean act on data regions, as the catalogue computed them when the move was planned:
+//! copy imports into `regions_to_add` only (the target's regions the source lacks), clean
+//! deletes from `regions_to_remove` only (the source's regions the target lacks), and a rollback
+//! deletes only what the copy added. Between overlapping shards the data in shared regions is
+//! never touched.
 
 use std::time::Duration;
 
@@ -13,7 +19,7 @@ use serde_json::json;
 
 use super::client::{CatalogueClient, ClientError};
 use crate::feed::{MigrationDoc, Phase};
-use crate::tenant::{Host, Product, ShardId, TenantId};
+use crate::tenant::{Host, Product, Region, ShardId, TenantId};
 
 /// Time allowed for one hook call; export and import carry a whole tenant.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -85,11 +91,14 @@ impl MigrateError {
     }
 }
 
-/// What export answers and import takes; items stay opaque JSON here.
+/// What export answers and import takes; items stay opaque JSON here. `regions`: where import
+/// writes.
 #[derive(Debug, Serialize, Deserialize)]
 struct Export {
     tenant: TenantId,
     items: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regions: Option<Vec<Region>>,
 }
 
 /// One shard's mover hooks.
@@ -201,8 +210,8 @@ impl Run<'_> {
                     (Phase::Copying, note)
                 }
                 Phase::Copying => {
-                    let count = self.copy(&m.tenant).await?;
-                    (Phase::Switched, format!("copied {count} items to {}", m.to))
+                    let note = self.copy(&m).await?;
+                    (Phase::Switched, note)
                 }
                 Phase::Switched => {
                     // The tenant's version now is the one carrying the switch: whoever the
@@ -214,8 +223,13 @@ impl Run<'_> {
                     (Phase::Cleaning, note)
                 }
                 Phase::Cleaning => {
-                    self.hook(&self.source, "delete", &m.tenant).await?;
-                    (Phase::Done, format!("source {} copy deleted", m.from))
+                    let note = if m.regions_to_remove.is_empty() {
+                        format!("nothing to delete: {} keeps every region of {}", m.to, m.from)
+                    } else {
+                        self.delete(&self.source, &m.tenant, &m.regions_to_remove).await?;
+                        format!("deleted from {} in {}", m.from, joined(&m.regions_to_remove))
+                    };
+                    (Phase::Done, note)
                 }
                 Phase::Done | Phase::RolledBack => return Ok(m),
             };
@@ -231,9 +245,16 @@ impl Run<'_> {
                 phase: m.phase,
             });
         }
-        self.hook(&self.target, "delete", &m.tenant).await?;
+        // Only what the copy added: the regions the target shares with the source hold the
+        // source's own data.
+        let emptied = if m.regions_to_add.is_empty() {
+            "nothing copied".to_owned()
+        } else {
+            self.delete(&self.target, &m.tenant, &m.regions_to_add).await?;
+            format!("target {} emptied in {}", m.to, joined(&m.regions_to_add))
+        };
         self.hook(&self.source, "unfreeze", &m.tenant).await?;
-        let note = format!("target {} emptied, source {} unfrozen", m.to, m.from);
+        let note = format!("{emptied}, source {} unfrozen", m.from);
         self.advance(&m, Phase::RolledBack, &note).await
     }
 
@@ -244,8 +265,40 @@ impl Run<'_> {
         Ok(m)
     }
 
-    /// Exports the tenant from the source and imports it into the target; the item count.
-    async fn copy(&self, tenant: &TenantId) -> Result<usize, MigrateError> {
+    /// Copies the tenant into the regions the target adds (exported from the source's home
+    /// region), and makes the target accept it; the progress note.
+    async fn copy(&self, m: &MigrationDoc) -> Result<String, MigrateError> {
+        if m.regions_to_add.is_empty() {
+            let nothing = Export {
+                tenant: m.tenant.clone(),
+                items: Vec::new(),
+                regions: Some(Vec::new()),
+            };
+            self.call(&self.target, "import", Method::POST, &nothing).await?;
+            return Ok(format!(
+                "nothing to copy: {} already holds every region of {}",
+                m.to, m.from
+            ));
+        }
+        let mut export = self.export(&m.tenant).await?;
+        let count = export.items.len();
+        export.regions = Some(m.regions_to_add.clone());
+        self.call(&self.target, "import", Method::POST, &export).await?;
+        Ok(format!(
+            "copied {count} items to {} in {}",
+            m.to,
+            joined(&m.regions_to_add)
+        ))
+    }
+
+    /// Deletes the tenant's items from `regions` of `mover`'s shard.
+    async fn delete(&self, mover: &Mover, tenant: &TenantId, regions: &[Region]) -> Result<(), MigrateError> {
+        let body = json!({ "tenant": tenant, "regions": regions });
+        self.call(mover, "delete", Method::POST, &body).await
+    }
+
+    /// Every item of the tenant at the source.
+    async fn export(&self, tenant: &TenantId) -> Result<Export, MigrateError> {
         let url = format!("{}/mover/export", self.source.base);
         let fail = |detail: String| MigrateError::Hook {
             shard: self.source.shard.clone(),
@@ -261,10 +314,7 @@ impl Run<'_> {
             .await
             .map_err(|e| fail(e.to_string()))?;
         let resp = checked(resp).await.map_err(fail)?;
-        let export: Export = resp.json().await.map_err(|e| fail(e.to_string()))?;
-        let count = export.items.len();
-        self.call(&self.target, "import", Method::POST, &export).await?;
-        Ok(count)
+        resp.json().await.map_err(|e| fail(e.to_string()))
     }
 
     /// A hook whose body is `{"tenant"}`.
@@ -296,6 +346,10 @@ impl Run<'_> {
             .map_err(|e| fail(e.to_string()))?;
         checked(resp).await.map_err(fail).map(drop)
     }
+}
+
+fn joined(regions: &[Region]) -> String {
+    regions.iter().map(Region::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// `resp` when it is a success; otherwise its status and body as the reason.

@@ -89,11 +89,13 @@ async fn create(
         body: parse_body(body)?,
     };
     let id = item.id.clone();
+    let dbs = state.store.schemas(None)?;
     state
         .store
         .write(move |tx| {
             store::fences(tx, &tenant)?.check(true)?;
-            store::upsert(tx, &tenant, &item)
+            dbs.iter()
+                .try_for_each(|db| store::upsert(tx, db, &tenant, &item))
         })
         .await?;
     let location = [(header::LOCATION, format!("/items/{id}"))];
@@ -112,7 +114,7 @@ async fn list(State(state): State<Arc<DemoState>>, headers: HeaderMap) -> Result
         .store
         .read(move |c| {
             store::fences(c, &t)?.check(false)?;
-            store::list(c, &t)
+            store::list(c, store::HOME, &t)
         })
         .await?;
     let items: Vec<Item> = stored.into_iter().map(|s| Item::new(&tenant, s)).collect();
@@ -130,7 +132,7 @@ async fn read(
         .store
         .read(move |c| {
             store::fences(c, &t)?.check(false)?;
-            store::get(c, &t, &id)
+            store::get(c, store::HOME, &t, &id)
         })
         .await?;
     stored
@@ -151,11 +153,12 @@ async fn replace(
         body: parse_body(body)?,
     };
     let (t, stored) = (tenant.clone(), item.clone());
+    let dbs = state.store.schemas(None)?;
     state
         .store
         .write(move |tx| {
             store::fences(tx, &t)?.check(true)?;
-            store::upsert(tx, &t, &stored)
+            dbs.iter().try_for_each(|db| store::upsert(tx, db, &t, &stored))
         })
         .await?;
     Ok(Json(Item::new(&tenant, item)))
@@ -167,11 +170,13 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Failure> {
     let tenant = tenant_of(&headers)?;
+    let dbs = state.store.schemas(None)?;
     state
         .store
         .write(move |tx| {
             store::fences(tx, &tenant)?.check(true)?;
-            store::delete(tx, &tenant, &id)
+            dbs.iter()
+                .try_for_each(|db| store::delete(tx, db, &tenant, &id).map(drop))
         })
         .await?;
     // Deleting an absent item succeeds too: DELETE is idempotent, and a replayed one must not

@@ -3,8 +3,13 @@
 //! fence) and delete its items. Every hook is idempotent, so the orchestrator can resume a move
 //! by calling the hook of the recorded phase again.
 //!
+//! Import and delete act on data regions: copy adds data to the regions a move adds, clean
+//! removes it from the regions a move drops (`"regions"`, default: every region of the shard).
+//! `GET /mover/regions?tenant=` says how many items the tenant has in each region.
+//!
 //! Operator-only in a real deployment; on the shard's one listener here, for the demo.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -16,15 +21,23 @@ use serde::{Deserialize, Serialize};
 use super::items::{check_id, MAX_BODY};
 use super::store::{self, Fences, StoredItem};
 use super::{method_not_allowed, DemoState, Failure};
-use crate::tenant::TenantId;
+use crate::tenant::{Region, TenantId};
 
 /// An import carries a whole tenant: allow many full-size items.
 const MAX_IMPORT: usize = 256 * MAX_BODY;
 
-/// `{"tenant"}`: the body of freeze, unfreeze and delete, and the query of export.
+/// `{"tenant"}`: the body of freeze and unfreeze, and the query of export and regions.
 #[derive(Debug, Deserialize)]
 struct TenantOnly {
     tenant: TenantId,
+}
+
+/// `{"tenant", "regions"?}`: the body of delete.
+#[derive(Debug, Deserialize)]
+struct InRegions {
+    tenant: TenantId,
+    /// The data regions to act on; every region of the shard when absent.
+    regions: Option<Vec<Region>>,
 }
 
 /// `{"tenant", "version"}`: the body of release.
@@ -34,20 +47,25 @@ struct Release {
     version: u64,
 }
 
-/// `{"tenant", "items": [{"id", "body"}]}`: what export answers and import takes.
+/// `{"tenant", "items": [{"id", "body"}], "regions"?}`: what export answers and import takes
+/// (import writes to `regions`, every region of the shard when absent).
 #[derive(Debug, Serialize, Deserialize)]
 struct Export {
     tenant: TenantId,
     items: Vec<StoredItem>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regions: Option<Vec<Region>>,
 }
 
-/// What every state-changing hook answers: the tenant's state on this shard afterwards.
+/// What every state-changing hook answers: the tenant's state on this shard afterwards, with
+/// its item count in each data region (`items`: the home region's).
 #[derive(Debug, Serialize)]
 struct HookAnswer {
     tenant: TenantId,
     frozen: bool,
     moved: Option<u64>,
     items: u64,
+    regions: BTreeMap<Region, u64>,
 }
 
 /// The hooks, under `/mover`.
@@ -59,6 +77,7 @@ pub(super) fn routes() -> Router<Arc<DemoState>> {
         .route("/delete", post(delete).fallback(method_not_allowed))
         .route("/import", post(import).fallback(method_not_allowed))
         .route("/export", get(export).fallback(method_not_allowed))
+        .route("/regions", get(regions).fallback(method_not_allowed))
         .fallback(|| async { Failure::NotFound })
         .layer(DefaultBodyLimit::max(MAX_IMPORT))
 }
@@ -73,20 +92,35 @@ async fn hook<F>(state: &DemoState, tenant: TenantId, change: F) -> Result<Json<
 where
     F: FnOnce(&rusqlite::Connection, &TenantId) -> Result<(), Failure> + Send + 'static,
 {
+    let regions = state.store.regions().to_vec();
     state
         .store
         .write(move |tx| {
             change(tx, &tenant)?;
             let Fences { frozen, moved } = store::fences(tx, &tenant)?;
-            let items = store::count(tx, &tenant)?;
+            let counted = counts(tx, &regions, &tenant)?;
             Ok(Json(HookAnswer {
                 tenant,
                 frozen,
                 moved,
-                items,
+                items: counted.first().map_or(0, |(_, n)| *n),
+                regions: counted.into_iter().collect(),
             }))
         })
         .await
+}
+
+/// The tenant's item count in each of `regions` (the shard's, home first).
+fn counts(
+    c: &rusqlite::Connection,
+    regions: &[Region],
+    tenant: &TenantId,
+) -> Result<Vec<(Region, u64)>, Failure> {
+    regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Ok((r.clone(), store::count(c, &store::schema(i), tenant)?)))
+        .collect()
 }
 
 async fn freeze(
@@ -111,30 +145,59 @@ async fn release(
     hook(&state, tenant, move |c, t| store::release(c, t, version)).await
 }
 
-/// Deletes the tenant's items; the fences stay, so a released tenant keeps answering 421.
+/// Deletes the tenant's items from the given regions; the fences stay, so a released tenant
+/// keeps answering 421.
 async fn delete(
     State(state): State<Arc<DemoState>>,
-    b: Result<Json<TenantOnly>, JsonRejection>,
+    b: Result<Json<InRegions>, JsonRejection>,
 ) -> Result<Json<HookAnswer>, Failure> {
-    hook(&state, body(b)?.tenant, |c, t| store::delete_all(c, t).map(drop)).await
+    let InRegions { tenant, regions } = body(b)?;
+    let dbs = state.store.schemas(regions.as_deref())?;
+    hook(&state, tenant, move |c, t| {
+        dbs.iter()
+            .try_for_each(|db| store::delete_all(c, db, t).map(drop))
+    })
+    .await
 }
 
-/// Upserts the items and clears the tenant's fences: it lives here now (or again).
+/// Upserts the items into the given regions and clears the tenant's fences: it lives here now
+/// (or again). With no regions (a move between shards that share every region) only the fences
+/// change.
 async fn import(
     State(state): State<Arc<DemoState>>,
     b: Result<Json<Export>, JsonRejection>,
 ) -> Result<Json<HookAnswer>, Failure> {
-    let Export { tenant, items } = body(b)?;
+    let Export {
+        tenant,
+        items,
+        regions,
+    } = body(b)?;
     for item in &items {
         check_id(&item.id)?;
     }
+    let dbs = state.store.schemas(regions.as_deref())?;
     hook(&state, tenant, move |c, t| {
-        for item in &items {
-            store::upsert(c, t, item)?;
+        for db in &dbs {
+            for item in &items {
+                store::upsert(c, db, t, item)?;
+            }
         }
         store::clear_fences(c, t)
     })
     .await
+}
+
+/// The tenant's item count in each data region of the shard.
+async fn regions(
+    State(state): State<Arc<DemoState>>,
+    q: Result<Query<TenantOnly>, QueryRejection>,
+) -> Result<Json<BTreeMap<Region, u64>>, Failure> {
+    let Query(TenantOnly { tenant }) = q.map_err(|r| Failure::Rejected(r.status(), r.body_text()))?;
+    let regions = state.store.regions().to_vec();
+    state
+        .store
+        .read(move |c| Ok(Json(counts(c, &regions, &tenant)?.into_iter().collect())))
+        .await
 }
 
 /// Every item of the tenant, whatever its fences: export runs while the tenant is frozen.
@@ -146,8 +209,12 @@ async fn export(
     state
         .store
         .read(move |c| {
-            let items = store::list(c, &tenant)?;
-            Ok(Json(Export { tenant, items }))
+            let items = store::list(c, store::HOME, &tenant)?;
+            Ok(Json(Export {
+                tenant,
+                items,
+                regions: None,
+            }))
         })
         .await
 }

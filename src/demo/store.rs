@@ -1,29 +1,46 @@
-//! The shard's durable store: one SQLite file per shard (`shard-<id>.db`), shared by every
-//! backend process of the shard, so data belongs to the shard and not to a backend.
+//! The shard's durable store, modelled on how the seeds' shards keep data in regions.
 //!
-//! WAL with `synchronous=FULL`: an acknowledged write is on disk. Writes are `BEGIN IMMEDIATE`
-//! transactions that check the tenant's fences first, so a freeze committed by any backend
-//! stops every later write on every backend: an export taken after the freeze holds every
-//! write that was acknowledged. rusqlite blocks, so every call runs on tokio's blocking pool.
+//! - `shard-<id>.db`: the shard's fences (who it still owns), shared by every backend of the
+//!   shard, so ownership belongs to the shard and not to a backend.
+//! - `data-<product>-<region>.db`: one product's items in one region, shared by every shard of
+//!   the product whose data spans that region. A multi-region shard writes each item to every
+//!   one of its regions and reads from its home region (the first). Moving a tenant between
+//!   overlapping shards therefore copies only into the regions the target adds and deletes only
+//!   from the regions it drops: the data in shared regions is already where it must be.
+//!
+//! One connection per process opens the shard file and attaches the region files (`r0` is the
+//! home region). WAL with `synchronous=FULL` everywhere: an acknowledged write is on disk in
+//! every region. Writes are `BEGIN IMMEDIATE` transactions that check the tenant's fences
+//! first, so a freeze committed by any backend stops every later write on every backend: an
+//! export taken after the freeze holds every write that was acknowledged. In WAL mode SQLite
+//! commits each attached file atomically but not the set as one: a crash in the middle of a
+//! commit can leave one region with a write that was never acknowledged (as with any
+//! replication that acknowledges after every replica). rusqlite blocks, so every call runs on
+//! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, DatabaseName, OptionalExtension, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Failure;
-use crate::tenant::{ShardId, TenantId};
+use crate::tenant::{Product, Region, ShardId, TenantId};
 
-const SCHEMA: &str = r"
-CREATE TABLE IF NOT EXISTS items (
+/// A region file's schema, created in attached schema `{db}`.
+const ITEMS: &str = r"
+CREATE TABLE IF NOT EXISTS {db}.items (
     tenant TEXT NOT NULL,
     id     TEXT NOT NULL,
     body   TEXT NOT NULL,
     PRIMARY KEY (tenant, id)
 );
+";
+
+/// The shard file's schema.
+const SCHEMA: &str = r"
 -- kind is 'frozen' (unsafe methods refused) or 'moved' (everything refused; version is the
 -- catalogue version that no longer places the tenant here).
 CREATE TABLE IF NOT EXISTS fences (
@@ -34,9 +51,22 @@ CREATE TABLE IF NOT EXISTS fences (
 );
 ";
 
-/// The file of `shard` inside `dir`.
+/// The fence file of `shard` inside `dir`.
 pub(super) fn db_path(dir: &Path, shard: &ShardId) -> PathBuf {
     dir.join(format!("shard-{shard}.db"))
+}
+
+/// The items file of `product` in `region` inside `dir`.
+pub(super) fn region_path(dir: &Path, product: &Product, region: &Region) -> PathBuf {
+    dir.join(format!("data-{product}-{region}.db"))
+}
+
+/// The attached schema of the home region, where reads and exports go.
+pub(super) const HOME: &str = "r0";
+
+/// The attached schema holding data region number `i` of the shard (`r0`: home).
+pub(super) fn schema(i: usize) -> String {
+    format!("r{i}")
 }
 
 /// One stored item: its id and the JSON body as posted.
@@ -68,24 +98,35 @@ impl Fences {
     }
 }
 
-/// One connection on the shard's file, shared by the handlers of one process.
+/// One connection on the shard's files, shared by the handlers of one process.
 #[derive(Clone)]
 pub(super) struct ShardStore {
     conn: Arc<Mutex<Connection>>,
+    /// The data regions, home first; region `i` is attached as [`schema`]`(i)`.
+    regions: Arc<[Region]>,
 }
 
 impl ShardStore {
-    /// Opens (creating if needed) the file at `path`. Blocks.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+    /// Opens (creating if needed) the fence file at `path` and the items file of each of
+    /// `regions` for `product` beside it. Blocks.
+    pub fn open(path: &Path, product: &Product, regions: &[Region]) -> Result<Self, rusqlite::Error> {
         let conn = Connection::open(path)?;
-        // The shard's other backend writes to the same file.
+        // The shard's other backend, and other shards in the same regions, write to the same files.
         conn.busy_timeout(Duration::from_secs(5))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for (i, region) in regions.iter().enumerate() {
+            let file = region_path(dir, product, region);
+            conn.execute(
+                "ATTACH DATABASE ?1 AS ?2",
+                params![file.to_string_lossy(), schema(i)],
+            )?;
+        }
         // Both backends open the file at once when a shard starts. Switching it to WAL takes an
         // exclusive lock, and SQLite answers BUSY at once there instead of waiting for the busy
         // handler: retry the setup for a while.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            match setup(&conn) {
+            match setup(&conn, regions.len()) {
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if matches!(
                         e.code,
@@ -99,7 +140,31 @@ impl ShardStore {
         }
         Ok(ShardStore {
             conn: Arc::new(Mutex::new(conn)),
+            regions: regions.into(),
         })
+    }
+
+    /// The data regions, home first.
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    /// The schemas of `wanted` (all regions when `None`); an error names a region this shard
+    /// does not keep data in.
+    pub fn schemas(&self, wanted: Option<&[Region]>) -> Result<Vec<String>, Failure> {
+        let Some(wanted) = wanted else {
+            return Ok((0..self.regions.len()).map(schema).collect());
+        };
+        wanted
+            .iter()
+            .map(|r| {
+                self.regions
+                    .iter()
+                    .position(|mine| mine == r)
+                    .map(schema)
+                    .ok_or_else(|| Failure::BadRequest(format!("{r} is not a data region of this shard")))
+            })
+            .collect()
     }
 
     /// Runs `f` on the connection, on the blocking pool.
@@ -191,9 +256,11 @@ pub(super) fn clear_fences(c: &Connection, tenant: &TenantId) -> Result<(), Fail
     Ok(())
 }
 
-/// Every item of `tenant`, oldest first.
-pub(super) fn list(c: &Connection, tenant: &TenantId) -> Result<Vec<StoredItem>, Failure> {
-    let mut stmt = c.prepare_cached("SELECT id, body FROM items WHERE tenant = ?1 ORDER BY rowid")?;
+/// Every item of `tenant` in schema `db`, oldest first.
+pub(super) fn list(c: &Connection, db: &str, tenant: &TenantId) -> Result<Vec<StoredItem>, Failure> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT id, body FROM {db}.items WHERE tenant = ?1 ORDER BY rowid"
+    ))?;
     let rows = stmt.query_map(params![tenant.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let mut out = Vec::new();
     for row in rows {
@@ -203,10 +270,17 @@ pub(super) fn list(c: &Connection, tenant: &TenantId) -> Result<Vec<StoredItem>,
     Ok(out)
 }
 
-/// The item `id` of `tenant`, if any.
-pub(super) fn get(c: &Connection, tenant: &TenantId, id: &str) -> Result<Option<StoredItem>, Failure> {
+/// The item `id` of `tenant` in schema `db`, if any.
+pub(super) fn get(
+    c: &Connection,
+    db: &str,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<Option<StoredItem>, Failure> {
     let body: Option<String> = c
-        .prepare_cached("SELECT body FROM items WHERE tenant = ?1 AND id = ?2")?
+        .prepare_cached(&format!(
+            "SELECT body FROM {db}.items WHERE tenant = ?1 AND id = ?2"
+        ))?
         .query_row(params![tenant.as_str(), id], |row| row.get(0))
         .optional()?;
     body.map(|body| {
@@ -218,34 +292,37 @@ pub(super) fn get(c: &Connection, tenant: &TenantId, id: &str) -> Result<Option<
     .transpose()
 }
 
-/// Creates or replaces one item.
-pub(super) fn upsert(c: &Connection, tenant: &TenantId, item: &StoredItem) -> Result<(), Failure> {
-    c.prepare_cached(
-        "INSERT INTO items (tenant, id, body) VALUES (?1, ?2, ?3)
-         ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body",
-    )?
+/// Creates or replaces one item in schema `db`.
+pub(super) fn upsert(c: &Connection, db: &str, tenant: &TenantId, item: &StoredItem) -> Result<(), Failure> {
+    c.prepare_cached(&format!(
+        "INSERT INTO {db}.items (tenant, id, body) VALUES (?1, ?2, ?3)
+         ON CONFLICT (tenant, id) DO UPDATE SET body = excluded.body"
+    ))?
     .execute(params![tenant.as_str(), item.id, item.body.to_string()])?;
     Ok(())
 }
 
-/// Deletes one item; returns whether it existed.
-pub(super) fn delete(c: &Connection, tenant: &TenantId, id: &str) -> Result<bool, Failure> {
+/// Deletes one item from schema `db`; returns whether it existed.
+pub(super) fn delete(c: &Connection, db: &str, tenant: &TenantId, id: &str) -> Result<bool, Failure> {
     let n = c.execute(
-        "DELETE FROM items WHERE tenant = ?1 AND id = ?2",
+        &format!("DELETE FROM {db}.items WHERE tenant = ?1 AND id = ?2"),
         params![tenant.as_str(), id],
     )?;
     Ok(n > 0)
 }
 
-/// Deletes every item of `tenant`; returns how many there were.
-pub(super) fn delete_all(c: &Connection, tenant: &TenantId) -> Result<usize, Failure> {
-    Ok(c.execute("DELETE FROM items WHERE tenant = ?1", params![tenant.as_str()])?)
+/// Deletes every item of `tenant` from schema `db`; returns how many there were.
+pub(super) fn delete_all(c: &Connection, db: &str, tenant: &TenantId) -> Result<usize, Failure> {
+    Ok(c.execute(
+        &format!("DELETE FROM {db}.items WHERE tenant = ?1"),
+        params![tenant.as_str()],
+    )?)
 }
 
-/// How many items `tenant` has.
-pub(super) fn count(c: &Connection, tenant: &TenantId) -> Result<u64, Failure> {
+/// How many items `tenant` has in schema `db`.
+pub(super) fn count(c: &Connection, db: &str, tenant: &TenantId) -> Result<u64, Failure> {
     let n: i64 = c.query_row(
-        "SELECT count(*) FROM items WHERE tenant = ?1",
+        &format!("SELECT count(*) FROM {db}.items WHERE tenant = ?1"),
         params![tenant.as_str()],
         |row| row.get(0),
     )?;
@@ -256,12 +333,36 @@ fn raw(body: String) -> Result<Value, Failure> {
     serde_json::from_str(&body).map_err(|e| Failure::Internal(format!("stored body: {e}")))
 }
 
-/// WAL, FULL sync and the schema; idempotent.
-fn setup(conn: &Connection) -> Result<(), rusqlite::Error> {
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: a write that was acknowledged survives a crash or a power cut.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.execute_batch(SCHEMA)
+/// WAL, FULL sync and the schemas of the shard file and of `regions` attached region files;
+/// idempotent.
+fn setup(conn: &Connection, regions: usize) -> Result<(), rusqlite::Error> {
+    let schemas: Vec<String> = (0..regions).map(schema).collect();
+    let dbs = std::iter::once(DatabaseName::Main).chain(schemas.iter().map(|s| DatabaseName::Attached(s)));
+    for db in dbs {
+        conn.pragma_update(Some(db), "journal_mode", "WAL")?;
+        // FULL: a write that was acknowledged survives a crash or a power cut.
+        conn.pragma_update(Some(db), "synchronous", "FULL")?;
+    }
+    for s in &schemas {
+        conn.execute_batch(&ITEMS.replace("{db}", s))?;
+    }
+    conn.execute_batch(SCHEMA)?;
+    // Files of the one-file-per-shard layout kept items beside the fences: they move to the
+    // home region once.
+    let legacy: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'items'",
+        [],
+        |row| row.get(0),
+    )?;
+    if legacy {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT OR IGNORE INTO r0.items (tenant, id, body) SELECT tenant, id, body FROM main.items;
+             DROP TABLE main.items;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -279,7 +380,11 @@ mod open_tests {
                     .map(|_| {
                         scope.spawn(|| {
                             barrier.wait();
-                            ShardStore::open(&path).map(drop)
+                            let regions = [
+                                Region::new("us-east-1").unwrap(),
+                                Region::new("us-west-2").unwrap(),
+                            ];
+                            ShardStore::open(&path, &Product::new("jira").unwrap(), &regions).map(drop)
                         })
                     })
                     .collect();
@@ -288,5 +393,29 @@ mod open_tests {
                 }
             });
         }
+    }
+
+    #[test]
+    fn items_of_a_one_file_shard_move_to_its_home_region() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shard-s.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE items (tenant TEXT NOT NULL, id TEXT NOT NULL, body TEXT NOT NULL,
+                                 PRIMARY KEY (tenant, id));
+             INSERT INTO items VALUES ('acme', 'a', '1'), ('acme', 'b', '2');",
+        )
+        .unwrap();
+        drop(old);
+        let regions = [Region::new("us-east-1").unwrap()];
+        let store = ShardStore::open(&path, &Product::new("jira").unwrap(), &regions).unwrap();
+        let conn = lock(&store.conn);
+        let acme = TenantId::new("acme").unwrap();
+        assert_eq!(count(&conn, HOME, &acme).unwrap(), 2);
+        drop(conn);
+        drop(store);
+        // Opening again finds nothing left to move and keeps the items.
+        let store = ShardStore::open(&path, &Product::new("jira").unwrap(), &regions).unwrap();
+        assert_eq!(count(&lock(&store.conn), HOME, &acme).unwrap(), 2);
     }
 }

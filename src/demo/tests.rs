@@ -13,16 +13,38 @@ struct Running {
     task: tokio::task::JoinHandle<Result<(), DemoError>>,
 }
 
-/// Starts backend `backend` of `shard` with its database in `dir`, and returns once it listens.
+/// The data regions of the test shards: `jira-us-multi` spans both US regions; the others
+/// hold data in the region their id ends with (us-east-1 for any other name).
+fn regions_of(shard: &str) -> Vec<Region> {
+    let names: &[&str] = match shard {
+        "jira-us-multi" => &["us-east-1", "us-west-2"],
+        "jira-us-west-2" => &["us-west-2"],
+        _ => &["us-east-1"],
+    };
+    names.iter().map(|r| Region::new(r).unwrap()).collect()
+}
+
+fn config(
+    shard: &str,
+    backend: &str,
+    listen: std::net::SocketAddr,
+    dir: &std::path::Path,
+) -> DemoShardConfig {
+    DemoShardConfig {
+        shard: shard.into(),
+        backend: backend.into(),
+        listen,
+        product: Product::new("jira").unwrap(),
+        regions: regions_of(shard),
+        data_dir: dir.to_path_buf(),
+    }
+}
+
+/// Starts backend `backend` of `shard` with its files in `dir`, and returns once it listens.
 async fn start_in(dir: &std::path::Path, shard: &str, backend: &str) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cfg = DemoShardConfig {
-        shard: shard.into(),
-        backend: backend.into(),
-        listen: addr,
-        data_dir: dir.to_path_buf(),
-    };
+    let cfg = config(shard, backend, addr, dir);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(serve(listener, cfg, shutdown.clone()));
     Running {
@@ -168,12 +190,7 @@ async fn run_binds_and_stops_on_shutdown() {
         .local_addr()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DemoShardConfig {
-        shard: "s".into(),
-        backend: "b".into(),
-        listen: addr,
-        data_dir: dir.path().join("shards"),
-    };
+    let cfg = config("s", "b", addr, &dir.path().join("shards"));
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(cfg, shutdown.clone()));
     let url = format!("http://{addr}/healthz");
@@ -195,12 +212,7 @@ async fn run_binds_and_stops_on_shutdown() {
 async fn run_reports_a_taken_port() {
     let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DemoShardConfig {
-        shard: "s".into(),
-        backend: "b".into(),
-        listen: taken.local_addr().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-    };
+    let cfg = config("s", "b", taken.local_addr().unwrap(), dir.path());
     let err = run(cfg, CancellationToken::new()).await.unwrap_err();
     assert!(matches!(err, DemoError::Io(_)), "{err}");
 }
@@ -209,12 +221,7 @@ async fn run_reports_a_taken_port() {
 async fn a_shard_id_that_cannot_name_a_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cfg = DemoShardConfig {
-        shard: "../escape".into(),
-        backend: "b".into(),
-        listen: listener.local_addr().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-    };
+    let cfg = config("../escape", "b", listener.local_addr().unwrap(), dir.path());
     let err = serve(listener, cfg, CancellationToken::new()).await.unwrap_err();
     assert!(matches!(err, DemoError::Shard(_)), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

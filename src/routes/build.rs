@@ -225,19 +225,56 @@ fn shards(
         let region = Region::new(&s.region).map_err(|e| problems.push(&at, e)).ok();
         let id = ShardId::new(&s.id).map_err(|e| problems.push(&at, e)).ok();
         let backends = backends(&s.backends, &at, problems);
-        if let (Some(id), Some(product), Some(region)) = (id, product, region) {
+        let data_regions = region
+            .as_ref()
+            .and_then(|r| data_regions(r, &s.data_regions, &at, problems));
+        if let (Some(id), Some(product), Some(region), Some(data_regions)) =
+            (id, product, region, data_regions)
+        {
             shards.insert(
                 id.clone(),
                 Shard {
                     id,
                     product,
                     region,
+                    data_regions,
                     backends,
                 },
             );
         }
     }
     shards
+}
+
+/// `region` first, then the other data regions in file order; `region` must be among them when
+/// they are given.
+fn data_regions(region: &Region, input: &[String], at: &str, problems: &mut Problems) -> Option<Vec<Region>> {
+    if input.is_empty() {
+        return Some(vec![region.clone()]);
+    }
+    if !input.iter().any(|r| r == region.as_str()) {
+        problems.push(
+            at,
+            format_args!("data_regions must include the shard's region {region}"),
+        );
+    }
+    let mut out = vec![region.clone()];
+    let mut ok = true;
+    for raw in input {
+        match Region::new(raw) {
+            Ok(r) if out.contains(&r) => {
+                if r != *region {
+                    problems.push(at, format_args!("data region {r} listed twice"));
+                }
+            }
+            Ok(r) => out.push(r),
+            Err(e) => {
+                problems.push(at, e);
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 fn backends(input: &[String], at: &str, problems: &mut Problems) -> Vec<SocketAddr> {

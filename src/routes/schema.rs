@@ -65,5 +65,8 @@ pub(crate) struct ShardToml {
     pub id: String,
     pub product: String,
     pub region: String,
+    /// Regions holding the shard's data; default: `region` alone.
+    #[serde(default)]
+    pub data_regions: Vec<String>,
     pub backends: Vec<String>,
 }

@@ -50,8 +50,11 @@ fn dev_file_is_the_contract_stack() {
     assert_eq!(s.version, "dev-1");
     assert_eq!(
         s.summary(),
-        "ok: 2 products, 5 shards, 10 backends (version dev-1)"
+        "ok: 2 products, 6 shards, 12 backends (version dev-1)"
     );
+    let multi = s.shard("jira-us-multi").unwrap();
+    let regions: Vec<&str> = multi.data_regions.iter().map(|r| r.as_str()).collect();
+    assert_eq!(regions, ["us-east-1", "us-west-2"]);
     let shard = s.shard("confluence-eu-west-1").unwrap();
     assert_eq!(shard.product.as_str(), "confluence");
     assert_eq!(shard.region.as_str(), "eu-west-1");
@@ -184,6 +187,42 @@ backends = ["10.0.0.1:80"]
         expected.len(),
         "unexpected extra problems:\n{}",
         p.join("\n")
+    );
+}
+
+/// `MINIMAL` with `data_regions = [list]` on its shard.
+fn with_data_regions(list: &str) -> String {
+    MINIMAL.replace(
+        "region = \"us-east-1\"\n",
+        &format!("region = \"us-east-1\"\ndata_regions = [{list}]\n"),
+    )
+}
+
+fn data_regions_of(text: &str) -> Vec<String> {
+    let s = snapshot(text);
+    let shard = s.shard("jira-us-east-1").unwrap();
+    shard.data_regions.iter().map(|r| r.to_string()).collect()
+}
+
+#[test]
+fn data_regions_default_to_the_region_and_must_include_it() {
+    assert_eq!(data_regions_of(MINIMAL), ["us-east-1"]);
+    // Home first, whatever the order in the file.
+    assert_eq!(
+        data_regions_of(&with_data_regions(r#""us-west-2", "us-east-1""#)),
+        ["us-east-1", "us-west-2"]
+    );
+    assert_has(
+        &problems(&with_data_regions(r#""us-west-2""#)),
+        "data_regions must include the shard's region us-east-1",
+    );
+    assert_has(
+        &problems(&with_data_regions(r#""us-east-1", "eu-west-1", "eu-west-1""#)),
+        "data region eu-west-1 listed twice",
+    );
+    assert_has(
+        &problems(&with_data_regions(r#""us-east-1", "Not A Region""#)),
+        "shards[0] (jira-us-east-1)",
     );
 }
 

@@ -193,14 +193,24 @@ where
     }
 }
 
-/// The shards of the dev contract: id, product, region.
-pub const SHARDS: [(&str, &str, &str); 5] = [
+/// The shards of the dev stack: id, product, region.
+pub const SHARDS: [(&str, &str, &str); 6] = [
     ("jira-us-east-1", "jira", "us-east-1"),
     ("jira-us-west-2", "jira", "us-west-2"),
     ("jira-eu-west-1", "jira", "eu-west-1"),
     ("confluence-us-east-1", "confluence", "us-east-1"),
     ("confluence-eu-west-1", "confluence", "eu-west-1"),
+    ("jira-us-multi", "jira", "us-east-1"),
 ];
+
+/// The regions holding `shard`'s data, home first: `jira-us-multi` spans both US regions.
+pub fn data_regions(shard: &str) -> Vec<&'static str> {
+    match SHARDS.iter().find(|s| s.0 == shard) {
+        Some(("jira-us-multi", _, _)) => vec!["us-east-1", "us-west-2"],
+        Some((_, _, region)) => vec![region],
+        None => panic!("unknown test shard {shard}"),
+    }
+}
 
 /// Writes a route file for `shards` (id -> backend ports) into `path`.
 pub fn write_routes(path: &Path, version: &str, backends: &[(String, Vec<u16>)]) {
@@ -213,8 +223,11 @@ pub fn write_routes(path: &Path, version: &str, backends: &[(String, Vec<u16>)])
     for (id, ports) in backends {
         let (_, product, region) = SHARDS.iter().find(|s| s.0 == id).unwrap();
         let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let regions: Vec<String> = data_regions(id).iter().map(|r| format!("\"{r}\"")).collect();
         text.push_str(&format!(
-            "\n[[shards]]\nid = \"{id}\"\nproduct = \"{product}\"\nregion = \"{region}\"\nbackends = [{}]\n",
+            "\n[[shards]]\nid = \"{id}\"\nproduct = \"{product}\"\nregion = \"{region}\"\n\
+             data_regions = [{}]\nbackends = [{}]\n",
+            regions.join(", "),
             list.join(", ")
         ));
     }
@@ -266,6 +279,8 @@ impl Stack {
         let shard_data = shard_data.to_str().unwrap();
         let mut shards = Vec::new();
         for (id, ports) in &backends {
+            let product = SHARDS.iter().find(|s| s.0 == id).unwrap().1;
+            let regions = data_regions(id).join(",");
             for (i, port) in ports.iter().enumerate() {
                 let listen = addr(*port).to_string();
                 let backend = format!("b{}", i + 1);
@@ -277,6 +292,10 @@ impl Stack {
                     &backend,
                     "--listen",
                     &listen,
+                    "--product",
+                    product,
+                    "--regions",
+                    &regions,
                     "--data",
                     shard_data,
                 ];
@@ -435,8 +454,8 @@ pub async fn seed(http: &reqwest::Client, url: &str, backends: &[(String, Vec<u1
         json!({"name": "eu", "regions": ["eu-west-1", "eu-central-1"]}),
     )
     .await;
-    for (id, product, region) in SHARDS {
-        let mut doc = json!({"id": id, "product": product, "regions": [region]});
+    for (id, product, _) in SHARDS {
+        let mut doc = json!({"id": id, "product": product, "regions": data_regions(id)});
         if let Some((_, ports)) = backends.iter().find(|(b, _)| b == id) {
             doc["mover"] = json!(format!("http://127.0.0.1:{}", ports[0]));
         }

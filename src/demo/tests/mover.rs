@@ -34,7 +34,7 @@ async fn a_frozen_tenant_reads_but_cannot_write_on_any_backend() {
     let answer = b1.hook("freeze", json!({"tenant": "acme"})).await;
     assert_eq!(
         answer,
-        json!({"tenant": "acme", "frozen": true, "moved": null, "items": 1})
+        json!({"tenant": "acme", "frozen": true, "moved": null, "items": 1, "regions": {"us-east-1": 1}})
     );
     // The fence lives in the shard's file: the other backend honours it too.
     for shard in [&b1, &b2] {
@@ -71,7 +71,7 @@ async fn a_released_tenant_gets_421_with_the_version_for_every_request() {
         .await;
     assert_eq!(
         answer,
-        json!({"tenant": "acme", "frozen": false, "moved": 7, "items": 1})
+        json!({"tenant": "acme", "frozen": false, "moved": 7, "items": 1, "regions": {"us-east-1": 1}})
     );
     for (method, req) in item_requests(&shard, "acme", &id) {
         let (status, headers, body) = shard.send(req).await;
@@ -125,7 +125,7 @@ async fn export_then_import_moves_identical_items_and_delete_keeps_the_fence() {
     let answer = target.hook("import", export.clone()).await;
     assert_eq!(
         answer,
-        json!({"tenant": "acme", "frozen": false, "moved": null, "items": 5})
+        json!({"tenant": "acme", "frozen": false, "moved": null, "items": 5, "regions": {"us-west-2": 5}})
     );
     // Import is an upsert: again changes nothing.
     assert_eq!(target.hook("import", export.clone()).await, answer);
@@ -145,7 +145,7 @@ async fn export_then_import_moves_identical_items_and_delete_keeps_the_fence() {
     let answer = source.hook("delete", json!({"tenant": "acme"})).await;
     assert_eq!(
         answer,
-        json!({"tenant": "acme", "frozen": true, "moved": 12, "items": 0})
+        json!({"tenant": "acme", "frozen": true, "moved": 12, "items": 0, "regions": {"us-east-1": 0}})
     );
     assert_eq!(source.hook("delete", json!({"tenant": "acme"})).await, answer);
     let (status, _, empty) = source
@@ -175,14 +175,14 @@ async fn fence_hooks_are_idempotent_and_survive_a_restart() {
         .await;
     assert_eq!(
         released,
-        json!({"tenant": "acme", "frozen": true, "moved": 4, "items": 0})
+        json!({"tenant": "acme", "frozen": true, "moved": 4, "items": 0, "regions": {"us-east-1": 0}})
     );
     // Unfreeze lifts only the freeze; the tenant stays moved.
     let unfrozen = shard.hook("unfreeze", json!({"tenant": "acme"})).await;
     assert_eq!(shard.hook("unfreeze", json!({"tenant": "acme"})).await, unfrozen);
     assert_eq!(
         unfrozen,
-        json!({"tenant": "acme", "frozen": false, "moved": 4, "items": 0})
+        json!({"tenant": "acme", "frozen": false, "moved": 4, "items": 0, "regions": {"us-east-1": 0}})
     );
     shard.stop().await;
 
@@ -194,7 +194,7 @@ async fn fence_hooks_are_idempotent_and_survive_a_restart() {
     let back = again.hook("import", json!({"tenant": "acme", "items": []})).await;
     assert_eq!(
         back,
-        json!({"tenant": "acme", "frozen": false, "moved": null, "items": 0})
+        json!({"tenant": "acme", "frozen": false, "moved": null, "items": 0, "regions": {"us-east-1": 0}})
     );
     assert_eq!(again.list("acme").await, (200, json!({"items": []})));
     again.stop().await;
@@ -231,4 +231,72 @@ async fn bad_hook_requests_get_json_errors() {
     // Nothing was imported by the refused import.
     assert_eq!(shard.list("acme").await, (200, json!({"items": []})));
     shard.stop().await;
+}
+
+/// The tenant's item count in each data region of `shard`.
+async fn regions(shard: &Running, tenant: &str) -> Value {
+    let url = format!("/mover/regions?tenant={tenant}");
+    let (status, _, counts) = shard.send(shard.req(Method::GET, &url, None)).await;
+    assert_eq!(status, 200);
+    counts
+}
+
+#[tokio::test]
+async fn overlapping_shards_share_the_data_of_their_common_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let single = start_in(dir.path(), "jira-us-east-1", "b1").await;
+    let multi = start_in(dir.path(), "jira-us-multi", "b1").await;
+    for n in 0..3 {
+        single.create("acme", &json!({ "n": n })).await;
+    }
+    // The multi-region shard already sees acme's data in us-east-1, its home region.
+    assert_eq!(
+        regions(&multi, "acme").await,
+        json!({"us-east-1": 3, "us-west-2": 0})
+    );
+    assert_eq!(multi.list("acme").await, single.list("acme").await);
+
+    // Copy adds one region: only us-west-2 is written.
+    let (_, _, export) = single
+        .send(single.req(Method::GET, "/mover/export?tenant=acme", None))
+        .await;
+    let mut import = export.clone();
+    import["regions"] = json!(["us-west-2"]);
+    let answer = multi.hook("import", import).await;
+    assert_eq!(answer["regions"], json!({"us-east-1": 3, "us-west-2": 3}));
+
+    // A multi-region shard writes every item to each of its regions.
+    multi.create("acme", &json!("written at the multi shard")).await;
+    assert_eq!(
+        regions(&multi, "acme").await,
+        json!({"us-east-1": 4, "us-west-2": 4})
+    );
+    assert_eq!(single.list("acme").await.1["items"].as_array().unwrap().len(), 4);
+
+    // Clean removes one region and leaves the shared one alone.
+    let answer = multi
+        .hook("delete", json!({"tenant": "acme", "regions": ["us-west-2"]}))
+        .await;
+    assert_eq!(answer["regions"], json!({"us-east-1": 4, "us-west-2": 0}));
+    assert_eq!(single.list("acme").await.1["items"].as_array().unwrap().len(), 4);
+
+    // A region the shard does not keep data in is refused, and nothing changes.
+    for hook in ["delete", "import"] {
+        let body = json!({"tenant": "acme", "items": [], "regions": ["eu-west-1"]});
+        let (status, _, err) = multi
+            .send(
+                multi
+                    .req(Method::POST, &format!("/mover/{hook}"), None)
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(status, 400, "{hook}: {err}");
+        assert!(err["error"].as_str().unwrap().contains("eu-west-1"), "{err}");
+    }
+    assert_eq!(
+        regions(&multi, "acme").await,
+        json!({"us-east-1": 4, "us-west-2": 0})
+    );
+    single.stop().await;
+    multi.stop().await;
 }
