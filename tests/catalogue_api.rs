@@ -4,10 +4,6 @@
 #![expect(clippy::unwrap_used, reason = "test helpers fail the test by unwrapping")]
 
 #[path = "support/catalogue.rs"]
-#[expect(
-    dead_code,
-    reason = "shared with catalogue_migrations.rs, which uses the rest"
-)]
 mod catalogue_support;
 
 use std::net::TcpListener;
@@ -223,6 +219,65 @@ async fn a_restart_keeps_everything_and_ctl_reads_it() {
     drop(c);
     let unreachable = ctl_at(&unused_base(), &["tenants", "list"], "");
     assert_eq!(unreachable.status.code(), Some(2), "{unreachable:?}");
+}
+
+fn numbered(i: usize) -> Value {
+    json!({"id": format!("t{i}"), "hosts": [format!("t{i}.example.test")], "realm": "us",
+           "placements": {"jira": {"shard": "jira-us-east-1"}}})
+}
+
+#[tokio::test]
+async fn bulk_import_is_all_or_nothing_and_logs_every_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalogue::start(dir.path());
+    seed_registry(&c).await;
+    let head = c.get("/healthz").await.expect(200)["head"].as_u64().unwrap();
+
+    // One bad document refuses the whole batch, naming it.
+    let mut batch: Vec<Value> = (0..3).map(numbered).collect();
+    batch[1]["placements"]["jira"]["shard"] = json!("jira-eu-west-1");
+    let refused = c.post("/v1/tenants", &json!(batch)).await.expect(422);
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains("tenants[1] (t1)") && error.contains("outside realm us"),
+        "{refused}"
+    );
+    c.get("/v1/tenants/t0").await.expect(404);
+    // Two documents claiming one host: a conflict, nothing written.
+    let mut clash: Vec<Value> = (0..2).map(numbered).collect();
+    clash[1]["hosts"] = json!(["t0.example.test"]);
+    c.post("/v1/tenants", &json!(clash)).await.expect(409);
+    assert_eq!(c.get("/healthz").await.expect(200)["head"], head);
+
+    let written = c
+        .post("/v1/tenants", &json!((0..3).map(numbered).collect::<Vec<_>>()))
+        .await
+        .expect(200);
+    assert_eq!(written, json!({"written": 3, "head": head + 3}));
+    assert_eq!(c.get("/v1/tenants/t2").await.expect(200)["version"], 1);
+    let changes = c.get(&format!("/v1/changes?after={head}")).await.expect(200);
+    assert_eq!(changes["changes"].as_array().unwrap().len(), 3, "{changes}");
+
+    // `ctl tenants import`: JSON lines in batches, a progress line per batch; existing tenants
+    // are replaced (a new version), new ones created.
+    let lines: String = (1..6).map(|i| format!("{}\n", numbered(i))).collect();
+    let out = c.ctl(&["tenants", "import", "--batch", "2", "-"], &lines);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("imported ") && l.ends_with("/s)"))
+            .count(),
+        3,
+        "{stdout}"
+    );
+    assert!(stdout.contains("imported 5 tenants in"), "{stdout}");
+    assert_eq!(c.get("/v1/tenants/t2").await.expect(200)["version"], 2);
+    assert_eq!(c.get("/v1/tenants/t5").await.expect(200)["version"], 1);
+    let bad = c.ctl(&["tenants", "import", "-"], "{\"id\": \"t9\"}\nnot json\n");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 1"), "{bad:?}");
 }
 
 /// A loopback URL where nothing listens.

@@ -28,6 +28,9 @@ use crate::tenant::{Host, Realm, ShardId, TenantId};
 
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// Largest body of a bulk import (`POST /v1/tenants`): tens of thousands of tenants.
+pub const MAX_IMPORT: usize = 64 << 20;
 /// Changes per page when the reader names no `limit`.
 pub const DEFAULT_LIMIT: usize = 1000;
 /// Largest `limit` honoured.
@@ -69,7 +72,12 @@ pub fn router(store: Arc<dyn Store>) -> Router {
 pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/v1/tenants", get(list_tenants))
+        .route(
+            "/v1/tenants",
+            get(list_tenants)
+                .post(import_tenants)
+                .layer(DefaultBodyLimit::max(MAX_IMPORT)),
+        )
         .route(
             "/v1/tenants/{id}",
             get(get_tenant).put(put_tenant).delete(delete_tenant),
@@ -192,6 +200,23 @@ async fn put_tenant(
 ) -> Answer {
     let w = s.store.put_tenant(id, doc, if_match).await?;
     Ok((etag(w.doc.version), written(w)).into_response())
+}
+
+/// What a bulk import answers.
+#[derive(Serialize)]
+struct Imported {
+    written: usize,
+    head: u64,
+}
+
+/// `POST /v1/tenants`: a JSON array of tenant documents, written in one transaction.
+async fn import_tenants(State(s): State<AppState>, Doc(docs): Doc<Vec<TenantDoc>>) -> Answer {
+    let written = s.store.put_tenants(docs).await?;
+    Ok(Json(Imported {
+        written,
+        head: s.store.head(),
+    })
+    .into_response())
 }
 
 async fn get_tenant(State(s): State<AppState>, Id(id): Id<TenantId>) -> Answer {

@@ -113,6 +113,27 @@ impl Store for SqliteStore {
         self.write(move |c| tenants::put(c, &id, doc, if_match)).await
     }
 
+    async fn put_tenants(&self, docs: Vec<TenantDoc>) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let n = docs.len();
+            for (i, doc) in docs.into_iter().enumerate() {
+                let id = doc.id.clone();
+                tenants::put(c, &id, doc, None).map_err(|e| match e {
+                    StoreError::Invalid(problems) => StoreError::Invalid(
+                        problems
+                            .into_iter()
+                            .map(|p| format!("tenants[{i}] ({id}): {p}"))
+                            .collect(),
+                    ),
+                    // Conflicts name the host and its owner already.
+                    other => other,
+                })?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     async fn get_tenant(&self, id: &TenantId) -> Result<TenantDoc, StoreError> {
         let id = id.clone();
         self.read(move |c| tenants::get(c, &id)).await

@@ -79,6 +79,10 @@ pub trait Store: Send + Sync + 'static {
         doc: TenantDoc,
         if_match: Option<u64>,
     ) -> Result<Written<TenantDoc>, StoreError>;
+    /// Creates or replaces every tenant of `docs` in one transaction, each as
+    /// [`Store::put_tenant`] without `If-Match` would; all or nothing. A rule broken names the
+    /// index and id of its document. Returns how many were written.
+    async fn put_tenants(&self, docs: Vec<TenantDoc>) -> Result<usize, StoreError>;
     /// The live tenant `id`.
     async fn get_tenant(&self, id: &TenantId) -> Result<TenantDoc, StoreError>;
     /// Deletes tenant `id` (keeping a tombstone) and returns the version of the delete.

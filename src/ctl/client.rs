@@ -48,6 +48,15 @@ impl ClientError {
     }
 }
 
+/// What a bulk import answered.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub struct Imported {
+    /// Tenants written.
+    pub written: usize,
+    /// The change log's head after the write.
+    pub head: u64,
+}
+
 /// A client of one catalogue (`http://127.0.0.1:7000`).
 #[derive(Debug, Clone)]
 pub struct CatalogueClient {
@@ -73,6 +82,13 @@ impl CatalogueClient {
     pub async fn put_tenant(&self, doc: &TenantDoc, if_match: Option<u64>) -> Result<TenantDoc, ClientError> {
         let req = self.request(Method::PUT, &format!("/v1/tenants/{}", doc.id));
         self.json(with_if_match(req.json(doc), if_match)).await
+    }
+
+    /// Creates or replaces every tenant of `docs` in one catalogue transaction (all or
+    /// nothing); the number written and the log head after it.
+    pub async fn put_tenants(&self, docs: &[TenantDoc]) -> Result<Imported, ClientError> {
+        self.json(self.request(Method::POST, "/v1/tenants").json(docs))
+            .await
     }
 
     /// The tenant `id`.
