@@ -40,3 +40,11 @@ certs:
 	  -addext "subjectAltName=DNS:*.example.test,DNS:example.test,DNS:localhost" \
 	  -addext "basicConstraints=critical,CA:FALSE" \
 	  -addext "extendedKeyUsage=serverAuth"
+
+## The race: tenant-edge against nginx, HAProxy and a bare pingora passthrough, one worker each
+## (bench/race.py; results in bench/results/). About 8 minutes; bench-quick about 1.5.
+bench: deps
+	python3 bench/race.py
+
+bench-quick: deps
+	python3 bench/race.py --quick

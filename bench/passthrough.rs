@@ -1,0 +1,48 @@
+//! The floor the race in `bench/race.py` measures against: a bare pingora proxy that forwards
+//! every request to one backend, built with the same server settings as the edge (the same
+//! `ServerConf`, one service, HTTP/1.1 keep-alive to the backend), and nothing else.
+//!
+//! `cargo build --release --example passthrough`, then
+//! `target/release/examples/passthrough LISTEN BACKEND [THREADS]`.
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::HttpPeer;
+
+struct Passthrough {
+    backend: std::net::SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Passthrough {
+    type CTX = ();
+
+    fn new_ctx(&self) -> Self::CTX {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.backend, false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(backend)) = (args.get(1), args.get(2).and_then(|b| b.parse().ok())) else {
+        eprintln!("usage: passthrough LISTEN BACKEND [THREADS]");
+        std::process::exit(2);
+    };
+    let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, Passthrough { backend }, "passthrough");
+    service.add_tcp(listen);
+    server.add_service(service);
+    server.run_forever();
+}

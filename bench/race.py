@@ -1,0 +1,610 @@
+#!/usr/bin/env python3
+"""The race: tenant-edge against nginx, HAProxy and a bare pingora passthrough, side by side.
+
+`make bench` (about 8 minutes) or `make bench-quick` (about 1.5 minutes). Every proxy runs with
+one worker in front of the same nginx backend, with the same tenant map (10 000 hosts); the
+proxies take turns within one run, so a noisy neighbour hits them all alike. For each proxy:
+
+- saturation throughput: wrk, 1 thread, 32 keep-alive connections, a random tenant host per
+  request (median over the rounds);
+- CPU per request: the proxy's user + system time from /proc over the wrk run, divided by the
+  requests served;
+- peak RSS (VmHWM) of the proxy's processes;
+- latency at fixed rates: oha with latency correction (coordinated omission accounted for),
+  p50 / p99 / p99.9, also going direct to the backend, so the latency each proxy adds is seen.
+
+Writes bench/results/<date>.json and .png (latency against offered rate), and prints a
+markdown table with ratios against nginx. It installs what it lacks (wrk, nginx, haproxy and
+matplotlib from apt, oha with cargo) and builds tenant-edge and the passthrough in release.
+Standard library only, apart from matplotlib for the plot.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+STARTED = time.monotonic()
+EDGE_TOKEN = "bench-edge-token"
+
+
+def log(message):
+    print(f"[race {time.monotonic() - STARTED:6.1f}s] {message}", flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+
+def cargo_bin(name):
+    found = shutil.which(name)
+    if found:
+        return found
+    home = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin" / name
+    return str(home) if home.exists() else None
+
+
+def ensure_tools():
+    missing = [p for p, exe in (("wrk", "wrk"), ("nginx", "nginx"), ("haproxy", "haproxy")) if not shutil.which(exe)]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log("installing matplotlib with pip (for the plot)")
+        pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=False)
+        if pip.returncode != 0:
+            log("pip could not install matplotlib: the run goes on without a plot")
+    if missing:
+        log(f"installing {', '.join(missing)} with apt-get")
+        if os.geteuid() != 0:
+            sys.exit(f"race: need {', '.join(missing)}; run as root or install them first")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", *missing], stdout=subprocess.DEVNULL)
+    if not cargo_bin("oha"):
+        log("installing oha with cargo (a few minutes, once)")
+        run(["cargo", "install", "oha", "--locked", "--quiet"])
+    return cargo_bin("oha")
+
+
+def build():
+    log("building tenant-edge and the passthrough (release)")
+    run(["cargo", "build", "--release", "--quiet", "--bin", "tenant-edge", "--example", "passthrough"], cwd=ROOT)
+    return ROOT / "target" / "release" / "tenant-edge", ROOT / "target" / "release" / "examples" / "passthrough"
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Procs:
+    """Every process the race started; all are stopped on exit, whatever happens."""
+
+    def __init__(self, logs):
+        self.logs = logs
+        self.running = []
+
+    def start(self, name, cmd):
+        out = open(self.logs / f"{name}.log", "wb")
+        p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.running.append((name, p))
+        return p
+
+    def stop(self):
+        for _, p in reversed(self.running):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for _, p in self.running:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait_http(url, host=None, timeout=60, want=200, proc=None):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"race: {proc.args[0]} exited with {proc.returncode} before {url} answered (see its log)")
+        try:
+            req = urllib.request.Request(url, headers={"Host": host} if host else {})
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == want:
+                    return r.read()
+                last = r.status
+        except Exception as e:  # noqa: BLE001 (anything: it is not up yet)
+            last = e
+        time.sleep(0.1)
+    sys.exit(f"race: {url} not ready within {timeout}s: {last}")
+
+
+def tree(pid):
+    """`pid` and its children (nginx's workers)."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def peak_rss_mib(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# The contestants
+
+
+def tenant_docs(n):
+    for i in range(n):
+        yield {
+            "id": f"t{i}",
+            "hosts": [f"t{i}.bench.test"],
+            "realm": "bench",
+            "placements": {"jira": {"shard": "bench-jira"}},
+        }
+
+
+def start_backend(procs, work):
+    port = free_port()
+    (work / "backend").mkdir()
+    conf = work / "backend" / "nginx.conf"
+    conf.write_text(
+        f"""worker_processes 1;
+daemon off;
+pid {work}/backend/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path {work}/backend/body;
+    proxy_temp_path {work}/backend/proxy;
+    fastcgi_temp_path {work}/backend/fastcgi;
+    uwsgi_temp_path {work}/backend/uwsgi;
+    scgi_temp_path {work}/backend/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+    )
+    p = procs.start("backend", ["nginx", "-p", work / "backend", "-c", conf, "-e", "stderr"])
+    wait_http(f"http://127.0.0.1:{port}/", proc=p)
+    return port, p
+
+
+def start_tenant_edge(procs, work, exe, backend, tenants):
+    d = work / "tenant-edge"
+    d.mkdir()
+    cat_port, tcs_port, http, admin = free_port(), free_port(), free_port(), free_port()
+    catalogue = f"http://127.0.0.1:{cat_port}"
+    procs.start("catalogue", [exe, "catalogue", "--listen", f"127.0.0.1:{cat_port}", "--data", d / "catalogue"])
+    wait_http(f"{catalogue}/healthz")
+
+    def put(path, doc):
+        req = urllib.request.Request(
+            f"{catalogue}{path}", data=json.dumps(doc).encode(), method="PUT", headers={"content-type": "application/json"}
+        )
+        urllib.request.urlopen(req, timeout=10).read()
+
+    put("/v1/realms/bench", {"name": "bench", "regions": ["us-east-1"]})
+    put("/v1/shards/bench-jira", {"id": "bench-jira", "product": "jira", "regions": ["us-east-1"]})
+    docs = d / "tenants.jsonl"
+    with docs.open("w") as f:
+        for doc in tenant_docs(tenants):
+            f.write(json.dumps(doc) + "\n")
+    log(f"importing {tenants} tenants into the catalogue")
+    run([exe, "ctl", "--catalogue", catalogue, "tenants", "import", docs], stdout=subprocess.DEVNULL)
+    (d / "tcs.toml").write_text(
+        f"""region = "us-east-1"
+listen = "127.0.0.1:{tcs_port}"
+catalogue = "{catalogue}"
+snapshot = "{d}/tcs.json"
+
+[[consumers]]
+name = "edge"
+token = "{EDGE_TOKEN}"
+views = ["ingress"]
+"""
+    )
+    procs.start("tcs", [exe, "tcs", "--config", d / "tcs.toml"])
+    wait_http(f"http://127.0.0.1:{tcs_port}/readyz", timeout=120)
+    (d / "routes.toml").write_text(
+        f"""version = "bench"
+
+[[products]]
+name = "jira"
+prefixes = ["/"]
+
+[[products]]
+name = "confluence"
+prefixes = ["/wiki"]
+
+[[shards]]
+id = "bench-jira"
+product = "jira"
+region = "us-east-1"
+backends = ["127.0.0.1:{backend}"]
+"""
+    )
+    (d / "edge.toml").write_text(
+        f"""region = "us-east-1"
+listen_http = "127.0.0.1:{http}"
+admin = "127.0.0.1:{admin}"
+routes = "{d}/routes.toml"
+threads = 1
+access_log = false
+prewarm = true
+
+[[tcs]]
+region = "us-east-1"
+url = "http://127.0.0.1:{tcs_port}"
+token = "{EDGE_TOKEN}"
+"""
+    )
+    p = procs.start("tenant-edge", [exe, "proxy", "--config", d / "edge.toml"])
+    wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=120, proc=p)
+    wait_http(f"http://127.0.0.1:{http}/", host="t1.bench.test")
+    cached = json.loads(wait_http(f"http://127.0.0.1:{admin}/readyz"))["cached_tenants"]
+    log(f"tenant-edge ready, {cached} tenants cached (prewarmed)")
+    return http, p
+
+
+def start_passthrough(procs, exe, backend):
+    port = free_port()
+    p = procs.start("passthrough", [exe, f"127.0.0.1:{port}", f"127.0.0.1:{backend}", "1"])
+    wait_http(f"http://127.0.0.1:{port}/", proc=p)
+    return port, p
+
+
+def start_nginx(procs, work, backend, tenants):
+    d = work / "nginx"
+    d.mkdir()
+    port = free_port()
+    with (d / "tenants.map").open("w") as f:
+        for i in range(tenants):
+            f.write(f"t{i}.bench.test t{i};\n")
+    (d / "nginx.conf").write_text(
+        f"""worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    map_hash_max_size 65536;
+    map_hash_bucket_size 128;
+    map $host $tenant {{
+        hostnames;
+        default "";
+        include {d}/tenants.map;
+    }}
+    upstream bench_jira {{
+        server 127.0.0.1:{backend};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            if ($tenant = "") {{ return 404; }}
+            proxy_pass http://bench_jira;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header x-tenant-id $tenant;
+            proxy_set_header x-forwarded-host $host;
+        }}
+    }}
+}}
+"""
+    )
+    p = procs.start("nginx", ["nginx", "-p", d, "-c", d / "nginx.conf", "-e", "stderr"])
+    wait_http(f"http://127.0.0.1:{port}/", host="t1.bench.test", proc=p)
+    return port, p
+
+
+def start_haproxy(procs, work, backend, tenants):
+    d = work / "haproxy"
+    d.mkdir()
+    port = free_port()
+    with (d / "tenants.map").open("w") as f:
+        for i in range(tenants):
+            f.write(f"t{i}.bench.test t{i}\n")
+    (d / "haproxy.cfg").write_text(
+        f"""global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+
+frontend edge
+    bind 127.0.0.1:{port}
+    http-request set-var(txn.tenant) req.hdr(host),lower,map({d}/tenants.map)
+    http-request return status 404 if !{{ var(txn.tenant) -m found }}
+    http-request set-header x-tenant-id %[var(txn.tenant)]
+    http-request set-header x-forwarded-host %[req.hdr(host)]
+    default_backend bench_jira
+
+backend bench_jira
+    server b1 127.0.0.1:{backend}
+"""
+    )
+    p = procs.start("haproxy", ["haproxy", "-db", "-f", d / "haproxy.cfg"])
+    wait_http(f"http://127.0.0.1:{port}/", host="t1.bench.test", proc=p)
+    return port, p
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
+def wrk_script(work, tenants):
+    hosts = work / "hosts.txt"
+    hosts.write_text("".join(f"t{i}.bench.test\n" for i in range(tenants)))
+    script = work / "hosts.lua"
+    script.write_text(
+        f"""local hosts = {{}}
+for line in io.lines("{hosts}") do hosts[#hosts + 1] = line end
+math.randomseed(42)
+request = function()
+  return wrk.format("GET", "/", {{ ["Host"] = hosts[math.random(#hosts)] }})
+end
+"""
+    )
+    return script
+
+
+def saturate(port, pid, script, seconds):
+    before = cpu_seconds(pid)
+    out = subprocess.run(
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    cpu = cpu_seconds(pid) - before
+    requests = errors = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if "requests in" in line:
+            requests = int(parts[0])
+        if line.strip().startswith("Non-2xx or 3xx responses:"):
+            errors += int(parts[-1])
+        if line.strip().startswith("Socket errors:"):
+            errors += sum(int(x.rstrip(",")) for x in parts if x.rstrip(",").isdigit())
+    return {
+        "rps": requests / seconds,
+        "requests": requests,
+        "errors": errors,
+        "cpu_us_per_req": cpu * 1e6 / max(requests, 1),
+    }
+
+
+def fixed_rate(oha, port, rate, seconds):
+    out = subprocess.run(
+        [
+            oha, "-z", f"{seconds}s", "-q", str(rate), "-c", "32", "--latency-correction", "--no-tui",
+            "--output-format", "json", "-H", "Host: t1.bench.test", f"http://127.0.0.1:{port}/",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    ok = sum(n for code, n in data.get("statusCodeDistribution", {}).items() if code.startswith("2"))
+    return {
+        "rate": rate,
+        "achieved": data["summary"]["requestsPerSec"],
+        "ok": ok,
+        "p50_us": pct["p50"] * 1e6,
+        "p99_us": pct["p99"] * 1e6,
+        "p999_us": pct["p99.9"] * 1e6,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def table(results):
+    sat = results["saturation"]
+    base = sat.get("nginx")
+    lines = [
+        "| proxy | req/s (wrk) | vs nginx | CPU µs/req | vs nginx | peak RSS MiB | p50 / p99 / p99.9 µs at 5 000 req/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in results["proxies"]:
+        s = sat[name]
+        at5k = next((r for r in results["latency"].get(name, []) if r["rate"] == 5000), None)
+        lat = f"{at5k['p50_us']:.0f} / {at5k['p99_us']:.0f} / {at5k['p999_us']:.0f}" if at5k else "-"
+        rps_ratio = f"{s['rps'] / base['rps']:.2f}x" if base else "-"
+        cpu_ratio = f"{s['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x" if base else "-"
+        lines.append(
+            f"| {name} | {s['rps']:,.0f} | {rps_ratio} | {s['cpu_us_per_req']:.1f} | {cpu_ratio} | "
+            f"{results['rss_mib'][name]:.0f} | {lat} |"
+        )
+    direct = next((r for r in results["latency"].get("direct", []) if r["rate"] == 5000), None)
+    if direct:
+        lines.append(
+            f"| direct to the backend | | | | | | {direct['p50_us']:.0f} / {direct['p99_us']:.0f} / "
+            f"{direct['p999_us']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, runs in results["latency"].items():
+        rates = [r["rate"] for r in runs]
+        for ax, key in zip(axes, ("p50_us", "p99_us")):
+            ax.plot(rates, [r[key] for r in runs], marker="o", label=name)
+    for ax, title in zip(axes, ("p50", "p99")):
+        ax.set_title(f"{title} latency against offered rate")
+        ax.set_xlabel("offered rate (req/s)")
+        ax.set_ylabel("µs")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"hot scenario, {results['tenants']} tenants, one worker each ({results['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"wrote {path}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="about a minute and a half: one round, short runs")
+    ap.add_argument("--tenants", type=int, default=10_000)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    args = ap.parse_args()
+    rounds, wrk_s, oha_s, rates = (1, 5, 4, [1000, 5000]) if args.quick else (3, 15, 10, [1000, 5000, 10000])
+
+    oha = ensure_tools()
+    edge_exe, passthrough_exe = build()
+    work = Path(tempfile.mkdtemp(prefix="race-"))
+    logs = work / "logs"
+    logs.mkdir()
+    procs = Procs(logs)
+    try:
+        backend, _ = start_backend(procs, work)
+        contestants = {}
+        contestants["tenant-edge"] = start_tenant_edge(procs, work, edge_exe, backend, args.tenants)
+        contestants["passthrough"] = start_passthrough(procs, passthrough_exe, backend)
+        contestants["nginx"] = start_nginx(procs, work, backend, args.tenants)
+        contestants["haproxy"] = start_haproxy(procs, work, backend, args.tenants)
+        script = wrk_script(work, args.tenants)
+        log("warming every proxy up (2 s of wrk each)")
+        for port, pid in contestants.values():
+            saturate(port, pid.pid, script, 2)
+
+        runs = {name: [] for name in contestants}
+        for r in range(rounds):
+            order = list(contestants)
+            random.Random(r).shuffle(order)
+            for name in order:
+                port, p = contestants[name]
+                s = saturate(port, p.pid, script, wrk_s)
+                runs[name].append(s)
+                log(
+                    f"round {r + 1}/{rounds} {name:<12} {s['rps']:>9,.0f} req/s  "
+                    f"{s['cpu_us_per_req']:5.1f} µs CPU/req  {s['errors']} errors"
+                )
+        saturation = {
+            name: {
+                "rps": statistics.median(x["rps"] for x in rs),
+                "cpu_us_per_req": statistics.median(x["cpu_us_per_req"] for x in rs),
+                "errors": sum(x["errors"] for x in rs),
+                "runs": rs,
+            }
+            for name, rs in runs.items()
+        }
+        latency = {}
+        targets = {**contestants, "direct": (backend, None)}
+        for rate in rates:
+            for name, (port, _) in targets.items():
+                res = fixed_rate(oha, port, rate, oha_s)
+                latency.setdefault(name, []).append(res)
+                log(
+                    f"{rate:>6} req/s {name:<12} p50 {res['p50_us']:7.0f} µs  p99 {res['p99_us']:7.0f} µs  "
+                    f"p99.9 {res['p999_us']:7.0f} µs"
+                )
+        rss = {name: peak_rss_mib(p.pid) for name, (_, p) in contestants.items()}
+    finally:
+        procs.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"kept {work}")
+
+    date = datetime.date.today().isoformat()
+    results = {
+        "date": date,
+        "scenario": "hot",
+        "quick": args.quick,
+        "tenants": args.tenants,
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "settings": {"rounds": rounds, "wrk_seconds": wrk_s, "oha_seconds": oha_s, "connections": 32},
+        "proxies": list(contestants),
+        "saturation": saturation,
+        "latency": latency,
+        "rss_mib": rss,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / (date + ("-quick" if args.quick else ""))
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {stem.with_suffix('.json')}")
+    plot(results, stem.with_suffix(".png"))
+    print()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
