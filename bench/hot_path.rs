@@ -12,11 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use pingora::http::RequestHeader;
 use tenant_edge::context::{
     CacheConfig, LookupConfig, Origin, Resolved, TcsClient, TcsEndpoint, TenantCache,
 };
+use tenant_edge::edge::{place, target, BackendRegistry, EdgeState};
 use tenant_edge::metrics::EdgeMetrics;
-use tenant_edge::routes::{normalize_path, RouteStore};
+use tenant_edge::routes::{normalize_path, RouteSnapshot, RouteStore};
 use tenant_edge::tenant::{normalize_host, IngressRecord, MAX_HOST_LEN};
 
 fn host(c: &mut Criterion) {
@@ -119,6 +121,57 @@ fn cache_hit(c: &mut Criterion) {
     }
 }
 
+/// The whole per-request decision on a hit, without I/O: Host and path from the request
+/// header -> tenant (cache) -> product -> placement -> shard pool -> backend -> pingora peer.
+fn decision(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|_| std::process::exit(1));
+    let text = include_str!("../routes/dev.toml");
+    let Ok(routes) = RouteSnapshot::from_toml_str(text) else {
+        return;
+    };
+    let Ok(metrics) = EdgeMetrics::new() else { return };
+    let state = EdgeState::build(Arc::new(routes), &BackendRegistry::default(), &metrics);
+    let endpoint = TcsEndpoint {
+        region: "us-east-1".into(),
+        url: "http://127.0.0.1:9".into(),
+        token: "t".into(),
+    };
+    let Ok(client) = TcsClient::new(&[endpoint], "us-east-1", LookupConfig::default()) else {
+        return;
+    };
+    let cache = TenantCache::new(&CacheConfig::default(), Arc::new(client), metrics);
+    let Ok(record) = serde_json::from_str::<IngressRecord>(
+        r#"{"id":"acme","version":1,"realm":"us","hosts":["acme.example.test"],
+            "placements":{"jira":{"shard":"jira-us-east-1"}}}"#,
+    ) else {
+        return;
+    };
+    rt.block_on(cache.restore(vec![record], &"us-east-1".into(), Origin::Snapshot));
+    let Ok(mut req) = RequestHeader::build("GET", b"/browse/ENG-1", None) else {
+        return;
+    };
+    if req.insert_header("host", "Acme.Example.Test:8080").is_err() {
+        return;
+    }
+    let _guard = rt.enter();
+    c.bench_function("request_decision", |b| {
+        b.iter(|| {
+            let mut buf = [0u8; MAX_HOST_LEN];
+            let Ok((host, product, _)) = target(&state, black_box(&req), &mut buf) else {
+                return None;
+            };
+            let pool = cache
+                .with_hit(host, |e| place(&state, product, e, &req.method))?
+                .ok()?;
+            let (_, backend) = pool.pick(0)?;
+            Some(backend.peer())
+        })
+    });
+}
+
 /// Runs `work` for each host on its own thread at once; the wall time of the pair.
 fn on_two_threads(hosts: [&str; 2], work: impl Fn(&str) + Sync) -> std::time::Duration {
     let started = Instant::now();
@@ -131,5 +184,5 @@ fn on_two_threads(hosts: [&str; 2], work: impl Fn(&str) + Sync) -> std::time::Du
     started.elapsed()
 }
 
-criterion_group!(benches, host, path, cache_hit);
+criterion_group!(benches, host, path, cache_hit, decision);
 criterion_main!(benches);

@@ -40,8 +40,11 @@ fn main() {
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, Passthrough { backend }, "passthrough");
+    let mut service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Passthrough { backend },
+        "passthrough",
+    );
     service.add_tcp(listen);
     server.add_service(service);
     server.run_forever();

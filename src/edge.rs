@@ -27,7 +27,7 @@ use crate::routes::{RouteSnapshot, RouteStore};
 use crate::tenant::ShardId;
 
 pub use pool::{Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
-pub use proxy::{EdgeProxy, RequestCtx};
+pub use proxy::{place, target, EdgeProxy, Reject, RequestCtx};
 
 /// The edge's configuration file (`tenant-edge proxy --config edge.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]

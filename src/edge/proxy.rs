@@ -20,7 +20,7 @@ use pingora::upstreams::peer::HttpPeer;
 use super::pool::{InFlight, ShardPool};
 use super::{EdgeState, Shared};
 use crate::context::{Entry, Resolved};
-use crate::routes::normalize_path;
+use crate::routes::{normalize_path, ProductRoute};
 use crate::tenant::{normalize_host, PlacementState, MAX_HOST_LEN};
 
 /// How long a client should wait before retrying a 503 of ours, in seconds.
@@ -62,11 +62,67 @@ pub struct RequestCtx {
 }
 
 /// Why the edge answered itself instead of forwarding.
-#[derive(Debug, Clone, Copy)]
-struct Reject {
-    status: u16,
-    reason: &'static str,
-    retry_after: Option<&'static str>,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    /// The status answered.
+    pub status: u16,
+    /// The reason, in the JSON body.
+    pub reason: &'static str,
+    /// `Retry-After`, for 503s a client should retry.
+    pub retry_after: Option<&'static str>,
+}
+
+/// Steps 1-2 of the request path, without I/O: the normalised host (in `buf`), the product by
+/// path, and the path to forward when normalising changed it.
+pub fn target<'s, 'b>(
+    state: &'s EdgeState,
+    req: &RequestHeader,
+    buf: &'b mut [u8; MAX_HOST_LEN],
+) -> Result<(&'b str, &'s ProductRoute, Option<String>), Reject> {
+    let host = request_host(req, buf)?;
+    let path = normalize_path(req.uri.path()).map_err(|_| reject(400, "malformed path"))?;
+    let product = state
+        .routes
+        .match_path(&path)
+        .ok_or(reject(404, "no product serves this path"))?;
+    let rewritten = match &path {
+        Cow::Owned(p) => Some(with_query(p, req.uri.query())),
+        Cow::Borrowed(_) => None,
+    };
+    Ok((host, product, rewritten))
+}
+
+/// Step 4, without I/O: the pool of the shard holding `entry`'s `product`, if `method` may go
+/// there now and the shard has a healthy backend.
+pub fn place(
+    state: &EdgeState,
+    product: &ProductRoute,
+    entry: &Entry,
+    method: &http::Method,
+) -> Result<Arc<ShardPool>, Reject> {
+    let placement = entry
+        .record
+        .placement(product.name.as_str())
+        .ok_or(reject(404, "product not provisioned for this tenant"))?;
+    if placement.state == PlacementState::Frozen && !is_safe(method) {
+        return Err(Reject {
+            status: 503,
+            reason: "tenant is being moved; writes are paused",
+            retry_after: Some(RETRY_AFTER_FROZEN),
+        });
+    }
+    let pool = state
+        .pool(placement.shard.as_str())
+        .ok_or(reject(503, "shard has no route"))?;
+    // Decided here rather than in `upstream_peer`, so the answer keeps the connection open.
+    if pool.pick(0).is_none() {
+        return Err(Reject {
+            status: 503,
+            reason: "no healthy backend for the shard",
+            retry_after: Some(RETRY_AFTER_OUTAGE),
+        });
+    }
+    Ok(pool)
 }
 
 const fn reject(status: u16, reason: &'static str) -> Reject {
@@ -109,17 +165,10 @@ impl EdgeProxy {
     async fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Reject> {
         let req = session.req_header();
         let mut buf = [0u8; MAX_HOST_LEN];
-        let host = request_host(req, &mut buf)?;
-        let path = normalize_path(req.uri.path()).map_err(|_| reject(400, "malformed path"))?;
         let state = self.shared.state.load_full();
-        let product = state
-            .routes
-            .match_path(&path)
-            .ok_or(reject(404, "no product serves this path"))?;
+        let (host, product, rewritten) = target(&state, req, &mut buf)?;
         ctx.product = Some(product.index);
-        if let Cow::Owned(p) = &path {
-            ctx.rewritten_path = Some(with_query(p, req.uri.query()));
-        }
+        ctx.rewritten_path = rewritten;
         let entry = match self.shared.cache.resolve(host).await {
             Ok(Resolved::Found(entry)) => entry,
             Ok(Resolved::Unknown) => return Err(reject(404, "unknown host")),
@@ -132,28 +181,7 @@ impl EdgeProxy {
                 });
             }
         };
-        let placement = entry
-            .record
-            .placement(product.name.as_str())
-            .ok_or(reject(404, "product not provisioned for this tenant"))?;
-        if placement.state == PlacementState::Frozen && !is_safe(&req.method) {
-            return Err(Reject {
-                status: 503,
-                reason: "tenant is being moved; writes are paused",
-                retry_after: Some(RETRY_AFTER_FROZEN),
-            });
-        }
-        let pool = state
-            .pool(placement.shard.as_str())
-            .ok_or(reject(503, "shard has no route"))?;
-        // Decided here rather than in `upstream_peer`, so the answer keeps the connection open.
-        if pool.pick(0).is_none() {
-            return Err(Reject {
-                status: 503,
-                reason: "no healthy backend for the shard",
-                retry_after: Some(RETRY_AFTER_OUTAGE),
-            });
-        }
+        let pool = place(&state, product, &entry, &req.method)?;
         ctx.host = HeaderValue::from_str(host).ok();
         ctx.pool = Some(pool);
         ctx.tenant = Some(entry);

@@ -1,0 +1,77 @@
+//! The per-request decision on a cache hit (Host -> tenant -> product -> shard -> backend)
+//! allocates nothing in our code. Counted with an instrumented allocator, in a test binary of
+//! its own so no other test allocates meanwhile.
+
+#![expect(clippy::unwrap_used, reason = "test setup fails loudly")]
+
+use std::alloc::System;
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use tenant_edge::context::{CacheConfig, LookupConfig, Origin, TcsClient, TcsEndpoint, TenantCache};
+use tenant_edge::edge::{place, target, BackendRegistry, EdgeState};
+use tenant_edge::metrics::EdgeMetrics;
+use tenant_edge::routes::RouteSnapshot;
+use tenant_edge::tenant::{IngressRecord, MAX_HOST_LEN};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+fn request(host: &str, path: &str) -> RequestHeader {
+    let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+    r.insert_header("host", host).unwrap();
+    r
+}
+
+/// One request's decision, as the proxy makes it on a hit: the shard's pool and a backend.
+fn decide(state: &EdgeState, cache: &TenantCache, req: &RequestHeader) -> Option<u16> {
+    let mut buf = [0u8; MAX_HOST_LEN];
+    let (host, product, rewritten) = target(state, req, &mut buf).ok()?;
+    assert!(rewritten.is_none());
+    let pool = cache
+        .with_hit(host, |entry| place(state, product, entry, &req.method))?
+        .ok()?;
+    let (_, backend) = pool.pick(0)?;
+    Some(backend.addr.port())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cache_hit_decision_allocates_nothing() {
+    let routes = RouteSnapshot::from_toml_str(include_str!("../routes/dev.toml")).unwrap();
+    let metrics = EdgeMetrics::new().unwrap();
+    let state = EdgeState::build(Arc::new(routes), &BackendRegistry::default(), &metrics);
+    let endpoint = TcsEndpoint {
+        region: "us-east-1".into(),
+        url: "http://127.0.0.1:9".into(),
+        token: "t".into(),
+    };
+    let client = TcsClient::new(&[endpoint], "us-east-1", LookupConfig::default()).unwrap();
+    let cache = TenantCache::new(&CacheConfig::default(), Arc::new(client), metrics);
+    let record: IngressRecord = serde_json::from_str(
+        r#"{"id":"acme","version":1,"realm":"us","hosts":["acme.example.test"],
+            "placements":{"jira":{"shard":"jira-us-east-1"},"confluence":{"shard":"confluence-us-east-1"}}}"#,
+    )
+    .unwrap();
+    cache
+        .restore(vec![record], &"us-east-1".into(), Origin::Snapshot)
+        .await;
+    let jira = request("Acme.Example.Test:8080", "/browse/ENG-1");
+    let wiki = request("acme.example.test", "/wiki/spaces/ENG");
+
+    // The first decision on a thread may set up per-thread state (epoch slot, counter shard).
+    assert!(matches!(decide(&state, &cache, &jira), Some(9100 | 9101)));
+    assert!(matches!(decide(&state, &cache, &wiki), Some(9106 | 9107)));
+
+    let region = Region::new(GLOBAL);
+    for _ in 0..1000 {
+        assert!(decide(&state, &cache, &jira).is_some());
+        assert!(decide(&state, &cache, &wiki).is_some());
+    }
+    let used = region.change();
+    assert_eq!(
+        (used.allocations, used.reallocations),
+        (0, 0),
+        "2000 decisions allocated: {used:?}"
+    );
+}
