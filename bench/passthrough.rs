@@ -3,7 +3,9 @@
 //! `ServerConf`, one service, HTTP/1.1 keep-alive to the backend), and nothing else.
 //!
 //! `cargo build --release --example passthrough`, then
-//! `target/release/examples/passthrough LISTEN BACKEND [THREADS]`.
+//! `target/release/examples/passthrough LISTEN BACKEND [THREADS] [steal|nosteal]`: the last
+//! argument picks pingora's runtime flavour (work stealing, pingora's default, or one
+//! single-threaded runtime per thread), as the edge's `work_stealing` setting does.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -29,12 +31,14 @@ impl ProxyHttp for Passthrough {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(backend)) = (args.get(1), args.get(2).and_then(|b| b.parse().ok())) else {
-        eprintln!("usage: passthrough LISTEN BACKEND [THREADS]");
+        eprintln!("usage: passthrough LISTEN BACKEND [THREADS] [steal|nosteal]");
         std::process::exit(2);
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let work_stealing = args.get(4).is_none_or(|f| f != "nosteal");
     let conf = ServerConf {
         threads,
+        work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(2),
         ..ServerConf::default()

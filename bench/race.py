@@ -301,7 +301,8 @@ token = "{EDGE_TOKEN}"
 
 def start_passthrough(procs, exe, backend):
     port = free_port()
-    p = procs.start("passthrough", [exe, f"127.0.0.1:{port}", f"127.0.0.1:{backend}", "1"])
+    # The edge's runtime settings: one thread, no work stealing.
+    p = procs.start("passthrough", [exe, f"127.0.0.1:{port}", f"127.0.0.1:{backend}", "1", "nosteal"])
     wait_http(f"http://127.0.0.1:{port}/", proc=p)
     return port, p
 

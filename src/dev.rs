@@ -193,6 +193,7 @@ fn edge_config(args: &DevArgs, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
         admin: loopback(ports::EDGE_ADMIN),
         routes: args.routes.clone(),
         threads: 2,
+        work_stealing: false,
         access_log: true,
         cache_file: Some(args.data.join("edge-cache.json")),
         cache_file_interval_secs: 30,
