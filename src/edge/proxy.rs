@@ -182,7 +182,11 @@ impl EdgeProxy {
             }
         };
         let pool = place(&state, product, &entry, &req.method)?;
-        ctx.host = HeaderValue::from_str(host).ok();
+        // The request's own value when it is already normalised (the common case): no copy.
+        ctx.host = match req.headers.get(HOST) {
+            Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
+            _ => HeaderValue::from_str(host).ok(),
+        };
         ctx.pool = Some(pool);
         ctx.tenant = Some(entry);
         ctx.state = Some(state);
@@ -313,6 +317,17 @@ fn request_host<'b>(req: &RequestHeader, buf: &'b mut [u8; MAX_HOST_LEN]) -> Res
     normalize_host(raw, buf).map_err(|_| reject(400, "malformed Host header"))
 }
 
+/// An address as a header value, formatted on the stack.
+fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 45];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 45 bytes hold any IPv6 address in text.
+    let _ = write!(cursor, "{ip}");
+    let len = usize::try_from(cursor.position()).unwrap_or(0);
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 fn with_query(path: &str, query: Option<&str>) -> String {
     match query {
         Some(q) => format!("{path}?{q}"),
@@ -438,7 +453,7 @@ impl ProxyHttp for EdgeProxy {
             upstream.insert_header("x-request-id", id.clone())?;
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+            upstream.insert_header("x-forwarded-for", ip_header(ip))?;
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
@@ -572,6 +587,14 @@ mod tests {
     fn host_of(r: &RequestHeader) -> Result<String, u16> {
         let mut buf = [0u8; MAX_HOST_LEN];
         request_host(r, &mut buf).map(str::to_owned).map_err(|r| r.status)
+    }
+
+    #[test]
+    fn addresses_format_as_header_values() {
+        let v6: std::net::IpAddr = "2001:db8:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
+        assert_eq!(ip_header(v6).to_str().unwrap(), v6.to_string());
+        let v4: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(ip_header(v4).to_str().unwrap(), "127.0.0.1");
     }
 
     #[test]
