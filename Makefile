@@ -42,7 +42,8 @@ certs:
 	  -addext "extendedKeyUsage=serverAuth"
 
 ## The race: tenant-edge against nginx, HAProxy and a bare pingora passthrough, one worker each
-## (bench/race.py; results in bench/results/). About 8 minutes; bench-quick about 1.5.
+## over HTTP/1.1, HTTPS and HTTP/2 (bench/race.py; results in bench/results/). About 10 minutes;
+## bench-quick (HTTP/1.1 only) about 1.5.
 bench: deps
 	python3 bench/race.py
 

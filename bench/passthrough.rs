@@ -3,9 +3,10 @@
 //! `ServerConf`, one service, HTTP/1.1 keep-alive to the backend), and nothing else.
 //!
 //! `cargo build --release --example passthrough`, then
-//! `target/release/examples/passthrough LISTEN BACKEND [THREADS] [steal|nosteal]`: the last
-//! argument picks pingora's runtime flavour (work stealing, pingora's default, or one
-//! single-threaded runtime per thread), as the edge's `work_stealing` setting does.
+//! `target/release/examples/passthrough LISTEN BACKEND [THREADS] [steal|nosteal] [TLS CERT KEY]`:
+//! the fourth argument picks pingora's runtime flavour (work stealing, pingora's default, or one
+//! single-threaded runtime per thread), as the edge's `work_stealing` setting does; the last three
+//! add a TLS listener with HTTP/2 by ALPN, set up as the edge's.
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -31,7 +32,7 @@ impl ProxyHttp for Passthrough {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(backend)) = (args.get(1), args.get(2).and_then(|b| b.parse().ok())) else {
-        eprintln!("usage: passthrough LISTEN BACKEND [THREADS] [steal|nosteal]");
+        eprintln!("usage: passthrough LISTEN BACKEND [THREADS] [steal|nosteal] [TLS CERT KEY]");
         std::process::exit(2);
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
@@ -50,6 +51,14 @@ fn main() {
         "passthrough",
     );
     service.add_tcp(listen);
+    if let (Some(addr), Some(cert), Some(key)) = (args.get(5), args.get(6), args.get(7)) {
+        let Ok(mut tls) = pingora::listeners::tls::TlsSettings::intermediate(cert, key) else {
+            eprintln!("passthrough: cannot load {cert} / {key}");
+            std::process::exit(2);
+        };
+        tls.enable_h2();
+        service.add_tls_with_settings(addr, None, tls);
+    }
     server.add_service(service);
     server.run_forever();
 }

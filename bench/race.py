@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The race: tenant-edge against nginx, HAProxy and a bare pingora passthrough, side by side.
 
-`make bench` (about 8 minutes) or `make bench-quick` (about 1.5 minutes). Every proxy runs with
+`make bench` (about 10 minutes: hot, tls, h2) or `make bench-quick` (about 1.5 minutes: hot). Every proxy runs with
 one worker in front of the same nginx backend, with the same tenant map (10 000 hosts); the
 proxies take turns within one run, so a noisy neighbour hits them all alike. For each proxy:
 
@@ -13,8 +13,10 @@ proxies take turns within one run, so a noisy neighbour hits them all alike. For
 - latency at fixed rates: oha with latency correction (coordinated omission accounted for),
   p50 / p99 / p99.9, also going direct to the backend, so the latency each proxy adds is seen.
 
-Writes bench/results/<date>.json and .png (latency against offered rate), and prints a
-markdown table with ratios against nginx. It installs what it lacks (wrk, nginx, haproxy and
+Scenarios (`--scenarios`, default all): hot (HTTP/1.1, the headline, with the latency runs),
+tls (HTTPS keep-alive, wrk) and h2 (HTTP/2 over TLS, oha). Writes bench/results/<date>.json
+and .png (latency against offered rate), and prints a markdown table per scenario with ratios
+against nginx. It installs what it lacks (wrk, nginx, haproxy and
 matplotlib from apt, oha with cargo) and builds tenant-edge and the passthrough in release.
 Standard library only, apart from matplotlib for the plot.
 """
@@ -219,13 +221,16 @@ http {{
     )
     p = procs.start("backend", ["nginx", "-p", work / "backend", "-c", conf, "-e", "stderr"])
     wait_http(f"http://127.0.0.1:{port}/", proc=p)
-    return port, p
+    return port
+
+
+CERT, KEY = ROOT / "certs" / "dev.crt", ROOT / "certs" / "dev.key"
 
 
 def start_tenant_edge(procs, work, exe, backend, tenants):
     d = work / "tenant-edge"
     d.mkdir()
-    cat_port, tcs_port, http, admin = free_port(), free_port(), free_port(), free_port()
+    cat_port, tcs_port, http, admin, https = free_port(), free_port(), free_port(), free_port(), free_port()
     catalogue = f"http://127.0.0.1:{cat_port}"
     procs.start("catalogue", [exe, "catalogue", "--listen", f"127.0.0.1:{cat_port}", "--data", d / "catalogue"])
     wait_http(f"{catalogue}/healthz")
@@ -279,6 +284,9 @@ backends = ["127.0.0.1:{backend}"]
     (d / "edge.toml").write_text(
         f"""region = "us-east-1"
 listen_http = "127.0.0.1:{http}"
+listen_https = "127.0.0.1:{https}"
+cert = "{CERT}"
+key = "{KEY}"
 admin = "127.0.0.1:{admin}"
 routes = "{d}/routes.toml"
 threads = 1
@@ -296,21 +304,24 @@ token = "{EDGE_TOKEN}"
     wait_http(f"http://127.0.0.1:{http}/", host="t1.bench.test")
     cached = json.loads(wait_http(f"http://127.0.0.1:{admin}/readyz"))["cached_tenants"]
     log(f"tenant-edge ready, {cached} tenants cached (prewarmed)")
-    return http, p
+    return {"http": http, "https": https, "proc": p}
 
 
 def start_passthrough(procs, exe, backend):
-    port = free_port()
-    # The edge's runtime settings: one thread, no work stealing.
-    p = procs.start("passthrough", [exe, f"127.0.0.1:{port}", f"127.0.0.1:{backend}", "1", "nosteal"])
+    port, tls = free_port(), free_port()
+    # The edge's runtime settings: one thread, no work stealing; TLS with HTTP/2 as the edge's.
+    p = procs.start(
+        "passthrough",
+        [exe, f"127.0.0.1:{port}", f"127.0.0.1:{backend}", "1", "nosteal", f"127.0.0.1:{tls}", CERT, KEY],
+    )
     wait_http(f"http://127.0.0.1:{port}/", proc=p)
-    return port, p
+    return {"http": port, "https": tls, "proc": p}
 
 
 def start_nginx(procs, work, backend, tenants):
     d = work / "nginx"
     d.mkdir()
-    port = free_port()
+    port, tls = free_port(), free_port()
     with (d / "tenants.map").open("w") as f:
         for i in range(tenants):
             f.write(f"t{i}.bench.test t{i};\n")
@@ -341,6 +352,9 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls} ssl http2;
+        ssl_certificate {CERT};
+        ssl_certificate_key {KEY};
         location / {{
             if ($tenant = "") {{ return 404; }}
             proxy_pass http://bench_jira;
@@ -355,13 +369,14 @@ http {{
     )
     p = procs.start("nginx", ["nginx", "-p", d, "-c", d / "nginx.conf", "-e", "stderr"])
     wait_http(f"http://127.0.0.1:{port}/", host="t1.bench.test", proc=p)
-    return port, p
+    return {"http": port, "https": tls, "proc": p}
 
 
 def start_haproxy(procs, work, backend, tenants):
     d = work / "haproxy"
     d.mkdir()
-    port = free_port()
+    port, tls = free_port(), free_port()
+    (d / "cert.pem").write_bytes(CERT.read_bytes() + KEY.read_bytes())
     with (d / "tenants.map").open("w") as f:
         for i in range(tenants):
             f.write(f"t{i}.bench.test t{i}\n")
@@ -379,6 +394,7 @@ defaults
 
 frontend edge
     bind 127.0.0.1:{port}
+    bind 127.0.0.1:{tls} ssl crt {d}/cert.pem alpn h2,http/1.1
     http-request set-var(txn.tenant) req.hdr(host),lower,map({d}/tenants.map)
     http-request return status 404 if !{{ var(txn.tenant) -m found }}
     http-request set-header x-tenant-id %[var(txn.tenant)]
@@ -391,7 +407,7 @@ backend bench_jira
     )
     p = procs.start("haproxy", ["haproxy", "-db", "-f", d / "haproxy.cfg"])
     wait_http(f"http://127.0.0.1:{port}/", host="t1.bench.test", proc=p)
-    return port, p
+    return {"http": port, "https": tls, "proc": p}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,10 +430,10 @@ end
     return script
 
 
-def saturate(port, pid, script, seconds):
+def saturate(url, pid, script, seconds):
     before = cpu_seconds(pid)
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}/"],
+        ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", script, url],
         check=True,
         capture_output=True,
         text=True,
@@ -436,6 +452,34 @@ def saturate(port, pid, script, seconds):
         "rps": requests / seconds,
         "requests": requests,
         "errors": errors,
+        "cpu_us_per_req": cpu * 1e6 / max(requests, 1),
+    }
+
+
+def saturate_h2(oha, port, pid, seconds):
+    """HTTP/2 over TLS, 32 connections with up to 8 streams each, one host: oha as fast as it can.
+    The tenant host goes in the URL (oha would send a `Host` header that disagrees with
+    `:authority`), connected to the proxy's port."""
+    before = cpu_seconds(pid)
+    out = subprocess.run(
+        [
+            oha, "-z", f"{seconds}s", "-c", "32", "-p", "8", "--http2", "--insecure", "--no-tui",
+            "--output-format", "json", "--connect-to", f"t1.bench.test:443:127.0.0.1:{port}",
+            "https://t1.bench.test/",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    cpu = cpu_seconds(pid) - before
+    data = json.loads(out)
+    dist = data.get("statusCodeDistribution", {})
+    requests = sum(dist.values())
+    ok = sum(n for code, n in dist.items() if code.startswith("2"))
+    return {
+        "rps": requests / seconds,
+        "requests": requests,
+        "errors": requests - ok,
         "cpu_us_per_req": cpu * 1e6 / max(requests, 1),
     }
 
@@ -467,28 +511,29 @@ def fixed_rate(oha, port, rate, seconds):
 # Report
 
 
-def table(results):
-    sat = results["saturation"]
+def table(results, scenario="hot"):
+    sat = results["scenarios"][scenario]["saturation"]
     base = sat.get("nginx")
     lines = [
-        "| proxy | req/s (wrk) | vs nginx | CPU µs/req | vs nginx | peak RSS MiB | p50 / p99 / p99.9 µs at 5 000 req/s |",
-        "|---|---|---|---|---|---|---|",
+        "| proxy | req/s | vs nginx | CPU µs/req | vs nginx | peak RSS MiB | p50 / p99 / p99.9 µs at 5 000 req/s | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in results["proxies"]:
         s = sat[name]
         at5k = next((r for r in results["latency"].get(name, []) if r["rate"] == 5000), None)
+        at5k = at5k if scenario == "hot" else None
         lat = f"{at5k['p50_us']:.0f} / {at5k['p99_us']:.0f} / {at5k['p999_us']:.0f}" if at5k else "-"
         rps_ratio = f"{s['rps'] / base['rps']:.2f}x" if base else "-"
         cpu_ratio = f"{s['cpu_us_per_req'] / base['cpu_us_per_req']:.2f}x" if base else "-"
         lines.append(
             f"| {name} | {s['rps']:,.0f} | {rps_ratio} | {s['cpu_us_per_req']:.1f} | {cpu_ratio} | "
-            f"{results['rss_mib'][name]:.0f} | {lat} |"
+            f"{results['rss_mib'][name]:.0f} | {lat} | {s['errors']} |"
         )
     direct = next((r for r in results["latency"].get("direct", []) if r["rate"] == 5000), None)
-    if direct:
+    if direct and scenario == "hot":
         lines.append(
             f"| direct to the backend | | | | | | {direct['p50_us']:.0f} / {direct['p99_us']:.0f} / "
-            f"{direct['p999_us']:.0f} |"
+            f"{direct['p999_us']:.0f} | |"
         )
     return "\n".join(lines)
 
@@ -520,12 +565,60 @@ def plot(results, path):
     log(f"wrote {path}")
 
 
+SCENARIOS = {
+    "hot": "HTTP/1.1 keep-alive, a random cached tenant per request (wrk)",
+    "tls": "HTTPS (TLS 1.3) keep-alive, a random cached tenant per request (wrk)",
+    "h2": "HTTP/2 over TLS, 32 connections x 8 streams, one tenant (oha)",
+}
+
+
+def run_scenario(scenario, contestants, script, oha, rounds, seconds):
+    """Saturation of every contestant in shuffled rounds; the medians."""
+    log(f"scenario {scenario}: {SCENARIOS[scenario]}")
+    runs = {name: [] for name in contestants}
+    for r in range(rounds):
+        order = list(contestants)
+        random.Random(r).shuffle(order)
+        for name in order:
+            c = contestants[name]
+            pid = c["proc"].pid
+            if scenario == "hot":
+                s = saturate(f"http://127.0.0.1:{c['http']}/", pid, script, seconds)
+            elif scenario == "tls":
+                s = saturate(f"https://127.0.0.1:{c['https']}/", pid, script, seconds)
+            else:
+                s = saturate_h2(oha, c["https"], pid, seconds)
+            runs[name].append(s)
+            log(
+                f"{scenario} round {r + 1}/{rounds} {name:<12} {s['rps']:>9,.0f} req/s  "
+                f"{s['cpu_us_per_req']:5.1f} µs CPU/req  {s['errors']} errors"
+            )
+    return {
+        name: {
+            "rps": statistics.median(x["rps"] for x in rs),
+            "cpu_us_per_req": statistics.median(x["cpu_us_per_req"] for x in rs),
+            "errors": sum(x["errors"] for x in rs),
+            "runs": rs,
+        }
+        for name, rs in runs.items()
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="about a minute and a half: one round, short runs")
+    ap.add_argument("--quick", action="store_true", help="about a minute and a half: hot only, one round, short runs")
+    ap.add_argument(
+        "--scenarios",
+        default=None,
+        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all; hot with --quick)",
+    )
     ap.add_argument("--tenants", type=int, default=10_000)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = ap.parse_args()
+    scenarios = (args.scenarios or ("hot" if args.quick else ",".join(SCENARIOS))).split(",")
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        sys.exit(f"race: unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     rounds, wrk_s, oha_s, rates = (1, 5, 4, [1000, 5000]) if args.quick else (3, 15, 10, [1000, 5000, 10000])
 
     oha = ensure_tools()
@@ -534,8 +627,10 @@ def main():
     logs = work / "logs"
     logs.mkdir()
     procs = Procs(logs)
+    results_by_scenario = {}
+    latency = {}
     try:
-        backend, _ = start_backend(procs, work)
+        backend = start_backend(procs, work)
         contestants = {}
         contestants["tenant-edge"] = start_tenant_edge(procs, work, edge_exe, backend, args.tenants)
         contestants["passthrough"] = start_passthrough(procs, passthrough_exe, backend)
@@ -543,41 +638,27 @@ def main():
         contestants["haproxy"] = start_haproxy(procs, work, backend, args.tenants)
         script = wrk_script(work, args.tenants)
         log("warming every proxy up (2 s of wrk each)")
-        for port, pid in contestants.values():
-            saturate(port, pid.pid, script, 2)
+        for c in contestants.values():
+            saturate(f"http://127.0.0.1:{c['http']}/", c["proc"].pid, script, 2)
 
-        runs = {name: [] for name in contestants}
-        for r in range(rounds):
-            order = list(contestants)
-            random.Random(r).shuffle(order)
-            for name in order:
-                port, p = contestants[name]
-                s = saturate(port, p.pid, script, wrk_s)
-                runs[name].append(s)
-                log(
-                    f"round {r + 1}/{rounds} {name:<12} {s['rps']:>9,.0f} req/s  "
-                    f"{s['cpu_us_per_req']:5.1f} µs CPU/req  {s['errors']} errors"
-                )
-        saturation = {
-            name: {
-                "rps": statistics.median(x["rps"] for x in rs),
-                "cpu_us_per_req": statistics.median(x["cpu_us_per_req"] for x in rs),
-                "errors": sum(x["errors"] for x in rs),
-                "runs": rs,
+        for scenario in scenarios:
+            # TLS and HTTP/2 runs are shorter: they add a comparison, not the headline.
+            seconds = wrk_s if scenario == "hot" else max(wrk_s // 2, 4)
+            results_by_scenario[scenario] = {
+                "what": SCENARIOS[scenario],
+                "saturation": run_scenario(scenario, contestants, script, oha, rounds, seconds),
             }
-            for name, rs in runs.items()
-        }
-        latency = {}
-        targets = {**contestants, "direct": (backend, None)}
-        for rate in rates:
-            for name, (port, _) in targets.items():
-                res = fixed_rate(oha, port, rate, oha_s)
-                latency.setdefault(name, []).append(res)
-                log(
-                    f"{rate:>6} req/s {name:<12} p50 {res['p50_us']:7.0f} µs  p99 {res['p99_us']:7.0f} µs  "
-                    f"p99.9 {res['p999_us']:7.0f} µs"
-                )
-        rss = {name: peak_rss_mib(p.pid) for name, (_, p) in contestants.items()}
+        if "hot" in scenarios:
+            targets = {**{n: c["http"] for n, c in contestants.items()}, "direct": backend}
+            for rate in rates:
+                for name, port in targets.items():
+                    res = fixed_rate(oha, port, rate, oha_s)
+                    latency.setdefault(name, []).append(res)
+                    log(
+                        f"{rate:>6} req/s {name:<12} p50 {res['p50_us']:7.0f} µs  p99 {res['p99_us']:7.0f} µs  "
+                        f"p99.9 {res['p999_us']:7.0f} µs"
+                    )
+        rss = {name: peak_rss_mib(c["proc"].pid) for name, c in contestants.items()}
     finally:
         procs.stop()
         if not args.keep:
@@ -588,13 +669,12 @@ def main():
     date = datetime.date.today().isoformat()
     results = {
         "date": date,
-        "scenario": "hot",
         "quick": args.quick,
         "tenants": args.tenants,
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
         "settings": {"rounds": rounds, "wrk_seconds": wrk_s, "oha_seconds": oha_s, "connections": 32},
         "proxies": list(contestants),
-        "saturation": saturation,
+        "scenarios": results_by_scenario,
         "latency": latency,
         "rss_mib": rss,
     }
@@ -602,9 +682,11 @@ def main():
     stem = RESULTS / (date + ("-quick" if args.quick else ""))
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"wrote {stem.with_suffix('.json')}")
-    plot(results, stem.with_suffix(".png"))
-    print()
-    print(table(results))
+    if latency:
+        plot(results, stem.with_suffix(".png"))
+    for scenario in scenarios:
+        print(f"\n{scenario}: {SCENARIOS[scenario]}\n")
+        print(table(results, scenario))
 
 
 if __name__ == "__main__":
