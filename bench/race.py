@@ -227,12 +227,15 @@ http {{
 CERT, KEY = ROOT / "certs" / "dev.crt", ROOT / "certs" / "dev.key"
 
 
-def start_tenant_edge(procs, work, exe, backend, tenants):
-    d = work / "tenant-edge"
+def start_tenant_edge(procs, work, exe, backend, tenants, name="tenant-edge", max_entries=None):
+    """A whole tenant-edge stack: catalogue with `tenants` tenants (bulk import), one TCS region,
+    the edge. Without `max_entries` the edge prewarms every tenant; with it the cache is bounded
+    and starts cold, so misses go to TCS."""
+    d = work / name
     d.mkdir()
     cat_port, tcs_port, http, admin, https = free_port(), free_port(), free_port(), free_port(), free_port()
     catalogue = f"http://127.0.0.1:{cat_port}"
-    procs.start("catalogue", [exe, "catalogue", "--listen", f"127.0.0.1:{cat_port}", "--data", d / "catalogue"])
+    procs.start(f"{name}-catalogue", [exe, "catalogue", "--listen", f"127.0.0.1:{cat_port}", "--data", d / "catalogue"])
     wait_http(f"{catalogue}/healthz")
 
     def put(path, doc):
@@ -247,8 +250,9 @@ def start_tenant_edge(procs, work, exe, backend, tenants):
     with docs.open("w") as f:
         for doc in tenant_docs(tenants):
             f.write(json.dumps(doc) + "\n")
-    log(f"importing {tenants} tenants into the catalogue")
+    log(f"{name}: importing {tenants:,} tenants into the catalogue")
     run([exe, "ctl", "--catalogue", catalogue, "tenants", "import", docs], stdout=subprocess.DEVNULL)
+    log(f"{name}: imported; waiting for TCS to catch up")
     (d / "tcs.toml").write_text(
         f"""region = "us-east-1"
 listen = "127.0.0.1:{tcs_port}"
@@ -261,8 +265,8 @@ token = "{EDGE_TOKEN}"
 views = ["ingress"]
 """
     )
-    procs.start("tcs", [exe, "tcs", "--config", d / "tcs.toml"])
-    wait_http(f"http://127.0.0.1:{tcs_port}/readyz", timeout=120)
+    procs.start(f"{name}-tcs", [exe, "tcs", "--config", d / "tcs.toml"])
+    wait_http(f"http://127.0.0.1:{tcs_port}/readyz", timeout=900)
     (d / "routes.toml").write_text(
         f"""version = "bench"
 
@@ -291,7 +295,8 @@ admin = "127.0.0.1:{admin}"
 routes = "{d}/routes.toml"
 threads = 1
 access_log = false
-prewarm = true
+prewarm = {"false" if max_entries else "true"}
+{f"[cache]{chr(10)}max_entries = {max_entries}{chr(10)}" if max_entries else ""}
 
 [[tcs]]
 region = "us-east-1"
@@ -299,12 +304,12 @@ url = "http://127.0.0.1:{tcs_port}"
 token = "{EDGE_TOKEN}"
 """
     )
-    p = procs.start("tenant-edge", [exe, "proxy", "--config", d / "edge.toml"])
+    p = procs.start(name, [exe, "proxy", "--config", d / "edge.toml"])
     wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=120, proc=p)
     wait_http(f"http://127.0.0.1:{http}/", host="t1.bench.test")
     cached = json.loads(wait_http(f"http://127.0.0.1:{admin}/readyz"))["cached_tenants"]
-    log(f"tenant-edge ready, {cached} tenants cached (prewarmed)")
-    return {"http": http, "https": https, "proc": p}
+    log(f"{name} ready, {cached} tenants cached")
+    return {"http": http, "https": https, "admin": admin, "proc": p}
 
 
 def start_passthrough(procs, exe, backend):
@@ -414,10 +419,12 @@ backend bench_jira
 # Load
 
 
-def wrk_script(work, tenants):
-    hosts = work / "hosts.txt"
-    hosts.write_text("".join(f"t{i}.bench.test\n" for i in range(tenants)))
-    script = work / "hosts.lua"
+def wrk_script(work, tenants, name="hosts"):
+    hosts = work / f"{name}.txt"
+    with hosts.open("w") as f:
+        for i in range(tenants):
+            f.write(f"t{i}.bench.test\n")
+    script = work / f"{name}.lua"
     script.write_text(
         f"""local hosts = {{}}
 for line in io.lines("{hosts}") do hosts[#hosts + 1] = line end
@@ -482,6 +489,48 @@ def saturate_h2(oha, port, pid, seconds):
         "errors": requests - ok,
         "cpu_us_per_req": cpu * 1e6 / max(requests, 1),
     }
+
+
+def edge_metrics(admin):
+    """The edge's cache counters and fill-latency histogram (cumulative buckets)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5).read().decode()
+    out = {"buckets": {}}
+    for line in text.splitlines():
+        line = line.removeprefix("tenant_edge_")
+        if line.startswith("tenant_cache_hits_total "):
+            out["hits"] = float(line.split()[-1])
+        elif line.startswith("tenant_cache_misses_total "):
+            out["misses"] = float(line.split()[-1])
+        elif line.startswith("tenant_cache_fill_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out["buckets"][le] = float(line.split()[-1])
+    return out
+
+
+def quantile_bound(before, after, q):
+    """The upper bound of the histogram bucket holding quantile `q` of what happened between."""
+    deltas = [(float("inf") if le == "+Inf" else float(le), after[le] - before.get(le, 0)) for le in after]
+    deltas.sort()
+    total = deltas[-1][1] if deltas else 0
+    for le, n in deltas:
+        if total and n >= q * total:
+            return le
+    return None
+
+
+def cold(edge, script, seconds):
+    """Random hosts over every tenant into a bounded cache: throughput, miss share, fill latency."""
+    url = f"http://127.0.0.1:{edge['http']}/"
+    saturate(url, edge["proc"].pid, script, max(seconds // 3, 3))  # fill the cache to its bound
+    before = edge_metrics(edge["admin"])
+    s = saturate(url, edge["proc"].pid, script, seconds)
+    after = edge_metrics(edge["admin"])
+    misses = after["misses"] - before["misses"]
+    hits = after["hits"] - before["hits"]
+    s["miss_share"] = misses / max(hits + misses, 1)
+    s["fill_p50_le_s"] = quantile_bound(before["buckets"], after["buckets"], 0.5)
+    s["fill_p99_le_s"] = quantile_bound(before["buckets"], after["buckets"], 0.99)
+    return s
 
 
 def fixed_rate(oha, port, rate, seconds):
@@ -569,6 +618,7 @@ SCENARIOS = {
     "hot": "HTTP/1.1 keep-alive, a random cached tenant per request (wrk)",
     "tls": "HTTPS (TLS 1.3) keep-alive, a random cached tenant per request (wrk)",
     "h2": "HTTP/2 over TLS, 32 connections x 8 streams, one tenant (oha)",
+    "cold": "tenant-edge alone: a big catalogue, random hosts over all of it, a bounded cache (misses go to TCS)",
 }
 
 
@@ -613,6 +663,8 @@ def main():
         help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all; hot with --quick)",
     )
     ap.add_argument("--tenants", type=int, default=10_000)
+    ap.add_argument("--cold-tenants", type=int, default=1_000_000, help="tenants in the cold scenario's catalogue")
+    ap.add_argument("--cold-cache", type=int, default=100_000, help="the cold edge's max_entries")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = ap.parse_args()
     scenarios = (args.scenarios or ("hot" if args.quick else ",".join(SCENARIOS))).split(",")
@@ -641,7 +693,7 @@ def main():
         for c in contestants.values():
             saturate(f"http://127.0.0.1:{c['http']}/", c["proc"].pid, script, 2)
 
-        for scenario in scenarios:
+        for scenario in [s for s in scenarios if s != "cold"]:
             # TLS and HTTP/2 runs are shorter: they add a comparison, not the headline.
             seconds = wrk_s if scenario == "hot" else max(wrk_s // 2, 4)
             results_by_scenario[scenario] = {
@@ -659,6 +711,28 @@ def main():
                         f"p99.9 {res['p999_us']:7.0f} µs"
                     )
         rss = {name: peak_rss_mib(c["proc"].pid) for name, c in contestants.items()}
+        if "cold" in scenarios:
+            edge = start_tenant_edge(
+                procs, work, edge_exe, backend, args.cold_tenants, name="cold-edge", max_entries=args.cold_cache
+            )
+            script = wrk_script(work, args.cold_tenants, "cold-hosts")
+            s = cold(edge, script, wrk_s)
+            hot = results_by_scenario.get("hot", {}).get("saturation", {}).get("tenant-edge")
+            s["vs_hot"] = s["rps"] / hot["rps"] if hot else None
+            s["peak_rss_mib"] = peak_rss_mib(edge["proc"].pid)
+            results_by_scenario["cold"] = {
+                "what": SCENARIOS["cold"],
+                "tenants": args.cold_tenants,
+                "max_entries": args.cold_cache,
+                "tenant-edge": s,
+            }
+            share = f"{s['vs_hot']:.0%} of hot" if s["vs_hot"] else "no hot run to compare"
+            log(
+                f"cold {s['rps']:,.0f} req/s ({share}), "
+                f"{s['cpu_us_per_req']:.1f} µs CPU/req, "
+                f"{s['miss_share']:.0%} misses, fill p50 <= {s['fill_p50_le_s']} s, p99 <= {s['fill_p99_le_s']} s, "
+                f"{s['errors']} errors"
+            )
     finally:
         procs.stop()
         if not args.keep:
@@ -686,7 +760,19 @@ def main():
         plot(results, stem.with_suffix(".png"))
     for scenario in scenarios:
         print(f"\n{scenario}: {SCENARIOS[scenario]}\n")
-        print(table(results, scenario))
+        if scenario == "cold":
+            c = results_by_scenario["cold"]
+            s = c["tenant-edge"]
+            print("| tenants | cache | req/s | vs hot | CPU µs/req | misses | fill p50 | fill p99 | errors |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            vs_hot = f"{s['vs_hot']:.0%}" if s["vs_hot"] else "-"
+            print(
+                f"| {c['tenants']:,} | {c['max_entries']:,} | {s['rps']:,.0f} | {vs_hot} | {s['cpu_us_per_req']:.1f} | "
+                f"{s['miss_share']:.0%} | <= {s['fill_p50_le_s'] * 1e6:.0f} µs | <= {s['fill_p99_le_s'] * 1e6:.0f} µs | "
+                f"{s['errors']} |"
+            )
+        else:
+            print(table(results, scenario))
 
 
 if __name__ == "__main__":
