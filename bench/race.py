@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The race: tenant-edge against nginx, HAProxy and a bare pingora passthrough, side by side.
 
-`make bench` (about 10 minutes: hot, tls, h2) or `make bench-quick` (about 1.5 minutes: hot). Every proxy runs with
+`make bench` (about 12 minutes: hot, tls, h2, cold) or `make bench-quick` (about 1.5 minutes: hot). Every proxy runs with
 one worker in front of the same nginx backend, with the same tenant map (10 000 hosts); the
 proxies take turns within one run, so a noisy neighbour hits them all alike. For each proxy:
 
@@ -14,7 +14,8 @@ proxies take turns within one run, so a noisy neighbour hits them all alike. For
   p50 / p99 / p99.9, also going direct to the backend, so the latency each proxy adds is seen.
 
 Scenarios (`--scenarios`, default all): hot (HTTP/1.1, the headline, with the latency runs),
-tls (HTTPS keep-alive, wrk) and h2 (HTTP/2 over TLS, oha). Writes bench/results/<date>.json
+tls (HTTPS keep-alive, wrk), h2 (HTTP/2 over TLS, oha) and cold (tenant-edge alone: 1 000 000
+tenants, a bounded cache, misses to TCS). Writes bench/results/<date>.json
 and .png (latency against offered rate), and prints a markdown table per scenario with ratios
 against nginx. It installs what it lacks (wrk, nginx, haproxy and
 matplotlib from apt, oha with cargo) and builds tenant-edge and the passthrough in release.
