@@ -42,8 +42,8 @@ certs:
 	  -addext "extendedKeyUsage=serverAuth"
 
 ## The race: tenant-edge against nginx, HAProxy and a bare pingora passthrough, one worker each
-## over HTTP/1.1, HTTPS and HTTP/2, plus a cold 1M-tenant scenario (bench/race.py; results in
-## bench/results/). About 12 minutes;
+## over HTTP/1.1, HTTPS and HTTP/2, plus cold (1M tenants) and churn scenarios (bench/race.py;
+## results in bench/results/). About 13 minutes;
 ## bench-quick (HTTP/1.1 only) about 1.5.
 bench: deps
 	python3 bench/race.py

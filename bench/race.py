@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The race: tenant-edge against nginx, HAProxy and a bare pingora passthrough, side by side.
 
-`make bench` (about 12 minutes: hot, tls, h2, cold) or `make bench-quick` (about 1.5 minutes: hot). Every proxy runs with
+`make bench` (about 13 minutes: hot, tls, h2, cold, churn) or `make bench-quick` (about 1.5 minutes: hot). Every proxy runs with
 one worker in front of the same nginx backend, with the same tenant map (10 000 hosts); the
 proxies take turns within one run, so a noisy neighbour hits them all alike. For each proxy:
 
@@ -14,8 +14,9 @@ proxies take turns within one run, so a noisy neighbour hits them all alike. For
   p50 / p99 / p99.9, also going direct to the backend, so the latency each proxy adds is seen.
 
 Scenarios (`--scenarios`, default all): hot (HTTP/1.1, the headline, with the latency runs),
-tls (HTTPS keep-alive, wrk), h2 (HTTP/2 over TLS, oha) and cold (tenant-edge alone: 1 000 000
-tenants, a bounded cache, misses to TCS). Writes bench/results/<date>.json
+tls (HTTPS keep-alive, wrk), h2 (HTTP/2 over TLS, oha), cold (tenant-edge alone: 1 000 000
+tenants, a bounded cache, misses to TCS) and churn (tenant-edge alone: the hot load with 100
+catalogue writes/s, write-to-edge delay). Writes bench/results/<date>.json
 and .png (latency against offered rate), and prints a markdown table per scenario with ratios
 against nginx. It installs what it lacks (wrk, nginx, haproxy and
 matplotlib from apt, oha with cargo) and builds tenant-edge and the passthrough in release.
@@ -310,7 +311,7 @@ token = "{EDGE_TOKEN}"
     wait_http(f"http://127.0.0.1:{http}/", host="t1.bench.test")
     cached = json.loads(wait_http(f"http://127.0.0.1:{admin}/readyz"))["cached_tenants"]
     log(f"{name} ready, {cached} tenants cached")
-    return {"http": http, "https": https, "admin": admin, "proc": p}
+    return {"http": http, "https": https, "admin": admin, "catalogue": catalogue, "proc": p}
 
 
 def start_passthrough(procs, exe, backend):
@@ -534,6 +535,77 @@ def cold(edge, script, seconds):
     return s
 
 
+def churn(edge, script, tenants, seconds, rate=100):
+    """The hot wrk load on the edge while a writer replaces random tenants in the catalogue at
+    `rate` per second; each write is timed from sending it until the edge's admin API shows the
+    version the catalogue returned (watched by a second thread, so writes keep their pace)."""
+    import http.client
+    import threading
+
+    pending, delays, failures = [], [], []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def call(conn, method, path, body=None):
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"content-type": "application/json"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+
+    def writer():
+        cat = http.client.HTTPConnection(edge["catalogue"].removeprefix("http://"), timeout=5)
+        rng = random.Random(7)
+        next_at = time.monotonic()
+        while not stop.is_set():
+            i = rng.randrange(tenants)
+            # The same document again: the catalogue bumps the version, and the change travels.
+            doc = {"id": f"t{i}", "hosts": [f"t{i}.bench.test"], "realm": "bench",
+                   "placements": {"jira": {"shard": "bench-jira"}}}
+            started = time.monotonic()
+            status, stored = call(cat, "PUT", f"/v1/tenants/t{i}", doc)
+            if status in (200, 201):
+                with lock:
+                    pending.append((f"t{i}.bench.test", stored["version"], started))
+            else:
+                failures.append(status)
+            next_at += 1 / rate
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def watcher():
+        adm = http.client.HTTPConnection(f"127.0.0.1:{edge['admin']}", timeout=5)
+        while not stop.is_set() or pending:
+            with lock:
+                todo = list(pending)
+            if not todo:
+                time.sleep(0.001)
+                continue
+            for host, version, started in todo:
+                status, seen = call(adm, "GET", f"/admin/tenants/{host}")
+                now = time.monotonic()
+                if (status == 200 and seen.get("version", 0) >= version) or now - started > 10:
+                    with lock:
+                        pending.remove((host, version, started))
+                    if now - started > 10:
+                        failures.append("late")
+                    else:
+                        delays.append((now - started) * 1000)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=watcher)]
+    for t in threads:
+        t.start()
+    try:
+        s = saturate(f"http://127.0.0.1:{edge['http']}/", edge["proc"].pid, script, seconds)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    delays.sort()
+    pick = lambda q: delays[min(len(delays) - 1, int(q * len(delays)))] if delays else None  # noqa: E731
+    s.update(writes=len(delays), write_failures=len(failures), delay_p50_ms=pick(0.5), delay_p99_ms=pick(0.99),
+             delay_max_ms=delays[-1] if delays else None)
+    return s
+
+
 def fixed_rate(oha, port, rate, seconds):
     out = subprocess.run(
         [
@@ -620,6 +692,7 @@ SCENARIOS = {
     "tls": "HTTPS (TLS 1.3) keep-alive, a random cached tenant per request (wrk)",
     "h2": "HTTP/2 over TLS, 32 connections x 8 streams, one tenant (oha)",
     "cold": "tenant-edge alone: a big catalogue, random hosts over all of it, a bounded cache (misses go to TCS)",
+    "churn": "tenant-edge alone: the hot load while the catalogue takes 100 writes/s (write-to-edge delay)",
 }
 
 
@@ -694,7 +767,7 @@ def main():
         for c in contestants.values():
             saturate(f"http://127.0.0.1:{c['http']}/", c["proc"].pid, script, 2)
 
-        for scenario in [s for s in scenarios if s != "cold"]:
+        for scenario in [s for s in scenarios if s not in ("cold", "churn")]:
             # TLS and HTTP/2 runs are shorter: they add a comparison, not the headline.
             seconds = wrk_s if scenario == "hot" else max(wrk_s // 2, 4)
             results_by_scenario[scenario] = {
@@ -711,6 +784,16 @@ def main():
                         f"{rate:>6} req/s {name:<12} p50 {res['p50_us']:7.0f} µs  p99 {res['p99_us']:7.0f} µs  "
                         f"p99.9 {res['p999_us']:7.0f} µs"
                     )
+        if "churn" in scenarios:
+            s = churn(contestants["tenant-edge"], script, args.tenants, wrk_s)
+            hot = results_by_scenario.get("hot", {}).get("saturation", {}).get("tenant-edge")
+            s["vs_hot"] = s["rps"] / hot["rps"] if hot else None
+            results_by_scenario["churn"] = {"what": SCENARIOS["churn"], "tenant-edge": s}
+            log(
+                f"churn {s['rps']:,.0f} req/s, {s['cpu_us_per_req']:.1f} µs CPU/req; {s['writes']} writes, "
+                f"write -> edge p50 {s['delay_p50_ms']} ms, p99 {s['delay_p99_ms']} ms, "
+                f"{s['write_failures']} failed or late, {s['errors']} request errors"
+            )
         rss = {name: peak_rss_mib(c["proc"].pid) for name, c in contestants.items()}
         if "cold" in scenarios:
             edge = start_tenant_edge(
@@ -761,7 +844,17 @@ def main():
         plot(results, stem.with_suffix(".png"))
     for scenario in scenarios:
         print(f"\n{scenario}: {SCENARIOS[scenario]}\n")
-        if scenario == "cold":
+        if scenario == "churn":
+            s = results_by_scenario["churn"]["tenant-edge"]
+            print("| req/s | vs hot | CPU µs/req | writes | write -> edge p50 | p99 | max | failed or late | errors |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            vs_hot = f"{s['vs_hot']:.0%}" if s["vs_hot"] else "-"
+            ms = lambda v: f"{v:.1f} ms" if v is not None else "-"  # noqa: E731
+            print(
+                f"| {s['rps']:,.0f} | {vs_hot} | {s['cpu_us_per_req']:.1f} | {s['writes']} | {ms(s['delay_p50_ms'])} | "
+                f"{ms(s['delay_p99_ms'])} | {ms(s['delay_max_ms'])} | {s['write_failures']} | {s['errors']} |"
+            )
+        elif scenario == "cold":
             c = results_by_scenario["cold"]
             s = c["tenant-edge"]
             print("| tenants | cache | req/s | vs hot | CPU µs/req | misses | fill p50 | fill p99 | errors |")
