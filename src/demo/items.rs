@@ -89,14 +89,9 @@ async fn create(
         body: parse_body(body)?,
     };
     let id = item.id.clone();
-    let dbs = state.store.schemas(None)?;
     state
         .store
-        .write(move |tx| {
-            store::fences(tx, &tenant)?.check(true)?;
-            dbs.iter()
-                .try_for_each(|db| store::upsert(tx, db, &tenant, &item))
-        })
+        .write_everywhere(tenant, move |tx, db, t| store::upsert(tx, db, t, &item))
         .await?;
     let location = [(header::LOCATION, format!("/items/{id}"))];
     Ok((
@@ -152,14 +147,10 @@ async fn replace(
         id,
         body: parse_body(body)?,
     };
-    let (t, stored) = (tenant.clone(), item.clone());
-    let dbs = state.store.schemas(None)?;
+    let stored = item.clone();
     state
         .store
-        .write(move |tx| {
-            store::fences(tx, &t)?.check(true)?;
-            dbs.iter().try_for_each(|db| store::upsert(tx, db, &t, &stored))
-        })
+        .write_everywhere(tenant.clone(), move |tx, db, t| store::upsert(tx, db, t, &stored))
         .await?;
     Ok(Json(Item::new(&tenant, item)))
 }
@@ -170,14 +161,9 @@ async fn remove(
     Path(id): Path<String>,
 ) -> Result<StatusCode, Failure> {
     let tenant = tenant_of(&headers)?;
-    let dbs = state.store.schemas(None)?;
     state
         .store
-        .write(move |tx| {
-            store::fences(tx, &tenant)?.check(true)?;
-            dbs.iter()
-                .try_for_each(|db| store::delete(tx, db, &tenant, &id).map(drop))
-        })
+        .write_everywhere(tenant, move |tx, db, t| store::delete(tx, db, t, &id).map(drop))
         .await?;
     // Deleting an absent item succeeds too: DELETE is idempotent, and a replayed one must not
     // turn into an error.

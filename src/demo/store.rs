@@ -104,6 +104,8 @@ pub(super) struct ShardStore {
     conn: Arc<Mutex<Connection>>,
     /// The data regions, home first; region `i` is attached as [`schema`]`(i)`.
     regions: Arc<[Region]>,
+    /// Their schema names, built once.
+    schemas: Arc<[String]>,
 }
 
 impl ShardStore {
@@ -141,6 +143,7 @@ impl ShardStore {
         Ok(ShardStore {
             conn: Arc::new(Mutex::new(conn)),
             regions: regions.into(),
+            schemas: (0..regions.len()).map(schema).collect(),
         })
     }
 
@@ -153,18 +156,32 @@ impl ShardStore {
     /// does not keep data in.
     pub fn schemas(&self, wanted: Option<&[Region]>) -> Result<Vec<String>, Failure> {
         let Some(wanted) = wanted else {
-            return Ok((0..self.regions.len()).map(schema).collect());
+            return Ok(self.schemas.to_vec());
         };
         wanted
             .iter()
             .map(|r| {
-                self.regions
-                    .iter()
-                    .position(|mine| mine == r)
-                    .map(schema)
-                    .ok_or_else(|| Failure::BadRequest(format!("{r} is not a data region of this shard")))
+                let i =
+                    self.regions.iter().position(|mine| mine == r).ok_or_else(|| {
+                        Failure::BadRequest(format!("{r} is not a data region of this shard"))
+                    })?;
+                Ok(self.schemas[i].clone())
             })
             .collect()
+    }
+
+    /// One write for `tenant` applied in every data region, in one transaction, once the
+    /// tenant's fences allow writes: how a multi-region shard keeps its regions alike.
+    pub async fn write_everywhere<F>(&self, tenant: TenantId, f: F) -> Result<(), Failure>
+    where
+        F: Fn(&Connection, &str, &TenantId) -> Result<(), Failure> + Send + 'static,
+    {
+        let dbs = Arc::clone(&self.schemas);
+        self.write(move |tx| {
+            fences(tx, &tenant)?.check(true)?;
+            dbs.iter().try_for_each(|db| f(tx, db, &tenant))
+        })
+        .await
     }
 
     /// Runs `f` on the connection, on the blocking pool.
