@@ -1,6 +1,7 @@
 //! The floor the race in `bench/race.py` measures against: a bare pingora proxy that forwards
 //! every request to one backend, built with the same server settings as the edge (the same
-//! `ServerConf`, one service, HTTP/1.1 keep-alive to the backend), and nothing else.
+//! `ServerConf`, from `edge::server_conf`; one service, HTTP/1.1 keep-alive to the backend), and
+//! nothing else.
 //!
 //! `cargo build --release --example passthrough`, then
 //! `target/release/examples/passthrough LISTEN BACKEND [THREADS] [steal|nosteal] [TLS CERT KEY]`:
@@ -11,7 +12,6 @@
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
 
 struct Passthrough {
@@ -37,13 +37,7 @@ fn main() {
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
     let work_stealing = args.get(4).is_none_or(|f| f != "nosteal");
-    let conf = ServerConf {
-        threads,
-        work_stealing,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(2),
-        ..ServerConf::default()
-    };
+    let conf = tenant_edge::edge::server_conf(threads, work_stealing);
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let mut service = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -367,6 +367,18 @@ async fn health_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
+/// How the edge runs pingora: `threads` workers, work stealing or one runtime per thread, a
+/// short shutdown. Public so that benchmarks run a bare pingora with exactly these settings.
+pub fn server_conf(threads: usize, work_stealing: bool) -> pingora::server::configuration::ServerConf {
+    pingora::server::configuration::ServerConf {
+        threads,
+        work_stealing,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
 mod server {
     //! The pingora server, run on its own thread with its own runtimes.
 
@@ -374,7 +386,6 @@ mod server {
 
     use async_trait::async_trait;
     use pingora::listeners::tls::TlsSettings;
-    use pingora::server::configuration::ServerConf;
     use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
     use tokio_util::sync::CancellationToken;
 
@@ -393,14 +404,8 @@ mod server {
 
     /// Builds the server with its listeners; fails early on busy ports or bad TLS files.
     pub(super) fn build(cfg: &EdgeConfig, shared: Arc<Shared>) -> Result<Server, EdgeError> {
-        let conf = ServerConf {
-            threads: cfg.threads,
-            work_stealing: cfg.work_stealing,
-            grace_period_seconds: Some(0),
-            graceful_shutdown_timeout_seconds: Some(2),
-            ..ServerConf::default()
-        };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
+        let mut server =
+            Server::new_with_opt_and_conf(None, super::server_conf(cfg.threads, cfg.work_stealing));
         let mut service = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
             EdgeProxy::new(shared),
