@@ -477,7 +477,8 @@ impl TenantCache {
     }
 }
 
+/// Test helpers shared with the TCS tests: catalogue change builders, a TCS on loopback.
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

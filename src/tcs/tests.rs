@@ -8,41 +8,14 @@ use super::config::TcsConfig;
 use super::snapshot;
 use super::view::{Applied, Backlog, IngressView};
 use super::TcsError;
-use crate::feed::{Change, ChangeBody, ShardDoc, TenantDoc, ViewEvent, ViewSnapshot};
-use crate::tenant::{Host, Product, Region, ShardId, TenantId};
+use crate::feed::{Change, ChangeBody, ShardDoc, ViewEvent, ViewSnapshot};
+use crate::tenant::{Host, Product, Region, ShardId};
 
 fn host(s: &str) -> Host {
     Host::parse(s).unwrap()
 }
 
-fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Change {
-    let doc = TenantDoc {
-        id: TenantId::new(id).unwrap(),
-        hosts: hosts.iter().map(|h| host(h)).collect(),
-        realm: crate::tenant::Realm::new("us").unwrap(),
-        placements: Default::default(),
-        version,
-    };
-    Change {
-        seq,
-        body: ChangeBody::Tenant {
-            id: doc.id.clone(),
-            version,
-            doc: Some(doc),
-        },
-    }
-}
-
-fn del(seq: u64, id: &str, version: u64) -> Change {
-    Change {
-        seq,
-        body: ChangeBody::Tenant {
-            id: TenantId::new(id).unwrap(),
-            version,
-            doc: None,
-        },
-    }
-}
+use crate::context::testing::{del, put};
 
 fn shard(seq: u64) -> Change {
     let id = ShardId::new("jira-us-east-1").unwrap();
