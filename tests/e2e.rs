@@ -142,24 +142,10 @@ async fn catalogue_update_reaches_the_edge_without_restart() {
     let started = Instant::now();
     let doc = json!({"id": "acme", "hosts": ["acme.example.test"], "realm": "us",
         "placements": {"jira": {"shard": "jira-us-west-2"}, "confluence": {"shard": "confluence-us-east-1"}}});
-    let r = stack
-        .http
-        .put(format!("{}/v1/tenants/acme", stack.catalogue_url))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(stack.put_tenant(&doc).await.0, 200);
     let hooli = json!({"id": "hooli", "hosts": ["hooli.example.test"], "realm": "us",
         "placements": {"jira": {"shard": "jira-us-east-1"}}});
-    let r = stack
-        .http
-        .put(format!("{}/v1/tenants/hooli", stack.catalogue_url))
-        .json(&hooli)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(stack.put_tenant(&hooli).await.0, 201);
     eventually(Duration::from_secs(10), || async {
         let (_, body) = stack.get_json("acme.example.test", "/").await;
         (shard_of(&body) == "jira-us-west-2").then_some(())
@@ -298,14 +284,7 @@ async fn tcs_restart_resumes_from_its_snapshot_file() {
     wait_ok(&format!("{}/healthz", stack.catalogue_url)).await;
     let doc = json!({"id": "globex", "hosts": ["globex.example.test", "globex2.example.test"], "realm": "eu",
         "placements": {"jira": {"shard": "jira-eu-west-1"}}});
-    let r = stack
-        .http
-        .put(format!("{}/v1/tenants/globex", stack.catalogue_url))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(stack.put_tenant(&doc).await.0, 200);
     let url2 = format!(
         "{}/v1/views/ingress/hosts/globex2.example.test",
         stack.tcs_urls[0]

@@ -33,15 +33,9 @@ async fn an_edge_that_missed_the_switch_reroutes_on_421() {
             placements["confluence"] = json!({"shard": c});
         }
         let doc = json!({"id": id, "hosts": [format!("{id}.example.test")], "realm": "us", "placements": placements});
-        let r = stack
-            .http
-            .put(format!("{}/v1/tenants/{id}", stack.catalogue_url))
-            .json(&doc)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        versions.push(r.json::<Value>().await.unwrap()["version"].as_u64().unwrap());
+        let (status, stored) = stack.put_tenant(&doc).await;
+        assert_eq!(status, 200);
+        versions.push(stored["version"].as_u64().unwrap());
     }
     // The other region has the switch; the source shard fences both tenants off.
     let lookup = format!(

@@ -15,15 +15,9 @@ const KNOWN: [&str; 3] = ["acme.example.test", "globex.example.test", "initech.e
 async fn put_tenant(stack: &Stack, id: &str, shard: &str) -> u64 {
     let doc = json!({"id": id, "hosts": [format!("{id}.example.test")], "realm": "us",
         "placements": {"jira": {"shard": shard}}});
-    let r = stack
-        .http
-        .put(format!("{}/v1/tenants/{id}", stack.catalogue_url))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    r.json::<Value>().await.unwrap()["version"].as_u64().unwrap()
+    let (status, stored) = stack.put_tenant(&doc).await;
+    assert!((200..300).contains(&status), "{status}");
+    stored["version"].as_u64().unwrap()
 }
 
 /// Waits until the TCS at `url` answers a lookup of `host` (faults aside).
@@ -157,14 +151,7 @@ async fn a_frozen_placement_takes_effect_from_the_stream() {
     assert_eq!(stack.get("initech.example.test", "/").await.status(), 200);
     let doc = json!({"id": "initech", "hosts": ["initech.example.test"], "realm": "us",
         "placements": {"jira": {"shard": "jira-us-east-1", "state": "frozen"}}});
-    let r = stack
-        .http
-        .put(format!("{}/v1/tenants/initech", stack.catalogue_url))
-        .json(&doc)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(stack.put_tenant(&doc).await.0, 200);
     let post = || {
         stack
             .http

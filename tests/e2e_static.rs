@@ -97,9 +97,7 @@ async fn a_restarted_edge_serves_known_tenants_from_its_file_with_every_tcs_down
     stack.tcs[0].restart();
     let doc = json!({"id": "acme", "hosts": ["acme.example.test", "acme2.example.test"], "realm": "us",
         "placements": {"jira": {"shard": "jira-us-east-1"}}});
-    let url = format!("{}/v1/tenants/acme", stack.catalogue_url);
-    let r = stack.http.put(url).json(&doc).send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(stack.put_tenant(&doc).await.0, 200);
     eventually(Duration::from_secs(30), || async {
         let body = stack.admin_json("/admin/tenants/acme.example.test").await;
         (body["version"] == 2).then_some(())

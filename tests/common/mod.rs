@@ -375,6 +375,22 @@ cache_file_interval_secs = {secs}
     }
 
     /// An admin answer of the edge as JSON, whatever its status (`Null` if it is not JSON).
+    /// Creates or replaces a tenant through the catalogue API: status and the stored document.
+    pub async fn put_tenant(&self, doc: &serde_json::Value) -> (u16, serde_json::Value) {
+        let id = doc["id"].as_str().unwrap();
+        let r = self
+            .http
+            .put(format!("{}/v1/tenants/{id}", self.catalogue_url))
+            .json(doc)
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json().await.unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         let r = self.http.get(self.admin(path)).send().await.unwrap();
         r.json().await.unwrap_or(serde_json::Value::Null)
