@@ -55,6 +55,12 @@ async fn push(cache: &TenantCache, record: IngressRecord) {
     cache.restore(vec![record], &region, Origin::Stream).await;
 }
 
+/// Puts `record` in the cache as a restore from the cache file would.
+async fn from_file(cache: &TenantCache, record: IngressRecord) {
+    let region: Arc<str> = "file".into();
+    cache.restore(vec![record], &region, Origin::File).await;
+}
+
 async fn version_of(cache: &TenantCache, host: &str) -> Option<u64> {
     cache.peek(host).map(|e| e.record.version)
 }
@@ -120,14 +126,7 @@ async fn file_round_trip_restores_every_host_with_its_record() {
 async fn restore_never_moves_a_host_backwards() {
     let cache = cache();
     push(&cache, record("acme", 4, &["acme.example.test"])).await;
-    let region: Arc<str> = "file".into();
-    cache
-        .restore(
-            vec![record("acme", 3, &["acme.example.test"])],
-            &region,
-            Origin::File,
-        )
-        .await;
+    from_file(&cache, record("acme", 3, &["acme.example.test"])).await;
     assert_eq!(version_of(&cache, "acme.example.test").await, Some(4));
 }
 
@@ -316,14 +315,7 @@ async fn prewarm_without_any_tcs_keeps_what_the_file_gave() {
     let cache = cache();
     let stream = status_of(&cache);
     stream.applied.store(12, Ordering::Release);
-    let region: Arc<str> = "file".into();
-    cache
-        .restore(
-            vec![record("acme", 1, &["acme.example.test"])],
-            &region,
-            Origin::File,
-        )
-        .await;
+    from_file(&cache, record("acme", 1, &["acme.example.test"])).await;
     let file = FileStatus::new(None);
     assert!(!prewarm(&cache, &stream, &file).await);
     assert_eq!(stream.applied.load(Ordering::Acquire), 12);
