@@ -1,7 +1,7 @@
 //! The floor the race in `bench/race.py` measures against: a bare pingora proxy that forwards
 //! every request to one backend, built with the same server settings as the edge (the same
-//! `ServerConf`, from `edge::server_conf`; one service, HTTP/1.1 keep-alive to the backend), and
-//! nothing else.
+//! `ServerConf`, from `edge::server_conf`; the same backend connection settings, from
+//! `edge::backend_peer`; one service, HTTP/1.1 keep-alive to the backend), and nothing else.
 //!
 //! `cargo build --release --example passthrough`, then
 //! `target/release/examples/passthrough LISTEN BACKEND [THREADS] [steal|nosteal] [TLS CERT KEY]`:
@@ -25,7 +25,7 @@ impl ProxyHttp for Passthrough {
     fn new_ctx(&self) -> Self::CTX {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.backend, false, String::new())))
+        Ok(Box::new(tenant_edge::edge::backend_peer(self.backend)))
     }
 }
 

@@ -26,7 +26,7 @@ use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
 use crate::tenant::ShardId;
 
-pub use pool::{Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
+pub use pool::{backend_peer, Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
 pub use proxy::{place, target, EdgeProxy, Reject, RequestCtx};
 
 /// The edge's configuration file (`tenant-edge proxy --config edge.toml`).

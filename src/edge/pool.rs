@@ -47,15 +47,21 @@ pub struct Backend {
     probe_streak: AtomicU32,
 }
 
+/// How the edge connects to a backend: plain HTTP/1.1, a 1 s connect timeout (2 s with retries),
+/// idle pooled connections closed after 60 s.
+pub fn backend_peer(addr: SocketAddr) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(Duration::from_secs(1));
+    peer.options.total_connection_timeout = Some(Duration::from_secs(2));
+    peer.options.idle_timeout = Some(Duration::from_secs(60));
+    peer
+}
+
 impl Backend {
     fn new(addr: SocketAddr) -> Self {
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(1));
-        peer.options.total_connection_timeout = Some(Duration::from_secs(2));
-        peer.options.idle_timeout = Some(Duration::from_secs(60));
         Backend {
             addr,
-            peer,
+            peer: backend_peer(addr),
             // Healthy until a probe says otherwise, so a fresh edge serves at once.
             healthy: AtomicBool::new(true),
             outstanding: AtomicUsize::new(0),
