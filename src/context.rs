@@ -5,6 +5,7 @@
 //! pushes every change so entries stay fresh without expiring. Unknown hosts live in a separate
 //! small negative cache, so a flood of random hosts cannot evict known tenants.
 
+mod batch;
 mod client;
 mod known;
 pub mod persist;

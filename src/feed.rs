@@ -234,6 +234,25 @@ pub struct ChangesPage {
     pub head: u64,
 }
 
+/// Body of `POST /v1/views/ingress/hosts` on a TCS: many host lookups in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostBatch {
+    /// Normalised hosts, at most [`MAX_HOST_BATCH`].
+    pub hosts: Vec<String>,
+}
+
+/// The most hosts one [`HostBatch`] may hold.
+pub const MAX_HOST_BATCH: usize = 1024;
+
+/// Answer to `POST /v1/views/ingress/hosts`: one entry per host asked, in order; `null` for a
+/// host no tenant has (or that is not a valid host name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostBatchAnswer {
+    /// What each host names.
+    pub results: Vec<Option<HostLookup>>,
+}
+
 /// Answer to `GET /v1/views/ingress/hosts/{host}` on a TCS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostLookup {

@@ -10,7 +10,7 @@ mod tcs_support;
 use reqwest::StatusCode;
 use tcs_support::{config, del, put, seq_prev, Ndjson, Server, AUDIT_TOKEN, EDGE_TOKEN};
 use tenant_edge::feed::{
-    ApiError, Change, ChangeBody, HostLookup, MigrationDoc, Phase, PlacementLookup, ViewEvent, ViewSnapshot,
+    ApiError, Change, ChangeBody, HostBatchAnswer, HostLookup, MigrationDoc, Phase, PlacementLookup, ViewEvent, ViewSnapshot,
 };
 use tenant_edge::tcs::view::Applied;
 use tenant_edge::tcs::Tcs;
@@ -47,6 +47,52 @@ async fn lookup_answers_200_404_400() {
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(resp.json::<ApiError>().await.unwrap().status, 400);
     }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn batch_lookup_answers_each_host_in_order() {
+    let srv = Server::start(seeded()).await;
+    let post = |body: serde_json::Value, token: &'static str| {
+        srv.client
+            .post(srv.url("/v1/views/ingress/hosts"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let hosts = ["globex.example.test", "nobody.example.test", "ACME.example.test.", "bad!host", "acme.example.test"];
+    let resp = post(serde_json::json!({ "hosts": hosts }), EDGE_TOKEN).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: HostBatchAnswer = resp.json().await.unwrap();
+    let ids: Vec<Option<&str>> = answer
+        .results
+        .iter()
+        .map(|r| r.as_ref().map(|f| f.record.id.as_str()))
+        .collect();
+    assert_eq!(ids, [Some("globex"), None, Some("acme"), None, Some("acme")]);
+    assert!(answer.results.iter().flatten().all(|f| f.seq == 3));
+
+    let empty = post(serde_json::json!({ "hosts": [] }), EDGE_TOKEN).await.unwrap();
+    assert_eq!(empty.json::<HostBatchAnswer>().await.unwrap().results.len(), 0);
+
+    let too_many = vec!["acme.example.test"; tenant_edge::feed::MAX_HOST_BATCH + 1];
+    for bad in [
+        serde_json::json!({ "hosts": too_many }),
+        serde_json::json!({ "hosts": "acme.example.test" }),
+        serde_json::json!({ "hosts": [], "extra": 1 }),
+    ] {
+        let resp = post(bad, EDGE_TOKEN).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(resp.json::<ApiError>().await.unwrap().status, 400);
+    }
+    let unauthorised = srv
+        .client
+        .post(srv.url("/v1/views/ingress/hosts"))
+        .json(&serde_json::json!({ "hosts": hosts }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorised.status(), StatusCode::UNAUTHORIZED);
     srv.stop().await;
 }
 

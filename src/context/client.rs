@@ -4,7 +4,8 @@
 //! A miss asks the local region and one random other region, at once or after a hedge delay;
 //! the first valid answer wins and the other request is dropped (its stream is reset). A `404`
 //! counts only from a region the trust checks ([`super::trust`]) have not flagged, so an
-//! emptied table cannot make the edge believe tenants are gone.
+//! emptied table cannot make the edge believe tenants are gone. Lookups to one region that
+//! pile up share requests ([`super::batch`]).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use super::batch::Batcher;
 use crate::feed::{HostLookup, ViewSnapshot};
 
 /// One TCS region an edge may ask.
@@ -53,6 +55,11 @@ pub struct LookupConfig {
     pub min_samples: u64,
     /// Entries older than this are refreshed in the background while they keep serving.
     pub refresh_after_secs: u64,
+    /// Most hosts one batched lookup request carries.
+    pub batch_max_hosts: usize,
+    /// Batched lookup requests out at once per region; lookups arriving while all are out wait
+    /// for the next one.
+    pub batches_in_flight: usize,
 }
 
 impl Default for LookupConfig {
@@ -68,20 +75,22 @@ impl Default for LookupConfig {
             not_found_tolerance: 0.2,
             min_samples: 20,
             refresh_after_secs: 300,
+            batch_max_hosts: 64,
+            batches_in_flight: 4,
         }
     }
 }
 
 /// Why a TCS did not give a usable answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TcsError {
     /// Connection, timeout or body error.
     #[error("tcs {region}: {source}")]
     Transport {
         /// The region asked.
         region: Arc<str>,
-        /// The underlying error.
-        source: reqwest::Error,
+        /// The underlying error (shared by every lookup of a batch).
+        source: Arc<reqwest::Error>,
     },
     /// An answer that is neither 200 nor 404.
     #[error("tcs {region}: unexpected status {status}")]
@@ -108,6 +117,20 @@ pub enum TcsError {
     /// Every region is at its in-flight limit, or none is configured.
     #[error("no tcs region has capacity")]
     NoCapacity,
+    /// An answer that does not fit the question.
+    #[error("tcs {region}: {reason}")]
+    Protocol {
+        /// The region asked.
+        region: Arc<str>,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The lookup's batch was dropped unanswered (its runtime shut down).
+    #[error("tcs {region}: lookup abandoned")]
+    Abandoned {
+        /// The region asked.
+        region: Arc<str>,
+    },
 }
 
 /// The answer of a lookup by host.
@@ -163,6 +186,7 @@ pub(crate) struct Region {
     pub(crate) window_not_found: AtomicU64,
     /// Lookups skipped because the region was at its in-flight limit.
     pub(crate) shed: AtomicU64,
+    batcher: Batcher,
 }
 
 impl Region {
@@ -244,7 +268,7 @@ impl HedgeBudget {
 }
 
 /// What one region said.
-enum Answer {
+pub(crate) enum Answer {
     Found(HostLookup),
     NotFound,
 }
@@ -265,24 +289,11 @@ pub struct TcsClient {
 impl TcsClient {
     /// Builds a client; `local` is asked first.
     pub fn new(endpoints: &[TcsEndpoint], local: &str, config: LookupConfig) -> Result<Self, reqwest::Error> {
-        let mut regions: Vec<Region> = endpoints
-            .iter()
-            .map(|e| Region {
-                name: e.region.as_str().into(),
-                base: e.url.trim_end_matches('/').to_owned(),
-                auth: format!("Bearer {}", e.token),
-                trust: AtomicU8::new(Trust::Trusted as u8),
-                in_flight: AtomicUsize::new(0),
-                window_lookups: AtomicU64::new(0),
-                window_not_found: AtomicU64::new(0),
-                shed: AtomicU64::new(0),
-            })
-            .collect();
-        regions.sort_by_key(|r| &*r.name != local);
         let timeout = Duration::from_millis(config.timeout_ms);
         // One multiplexed connection per region, kept open by pings, so a miss never pays for
         // a handshake.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .http2_prior_knowledge()
             .http2_keep_alive_interval(Duration::from_secs(10))
             .http2_keep_alive_while_idle(true)
@@ -296,6 +307,34 @@ impl TcsClient {
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .build()?;
+        let mut regions: Vec<Region> = endpoints
+            .iter()
+            .map(|e| {
+                let name: Arc<str> = e.region.as_str().into();
+                let base = e.url.trim_end_matches('/').to_owned();
+                let auth = format!("Bearer {}", e.token);
+                let batcher = Batcher::new(
+                    http.clone(),
+                    &base,
+                    &auth,
+                    name.clone(),
+                    config.batch_max_hosts,
+                    config.batches_in_flight,
+                );
+                Region {
+                    name,
+                    base,
+                    auth,
+                    trust: AtomicU8::new(Trust::Trusted as u8),
+                    in_flight: AtomicUsize::new(0),
+                    window_lookups: AtomicU64::new(0),
+                    window_not_found: AtomicU64::new(0),
+                    shed: AtomicU64::new(0),
+                    batcher,
+                }
+            })
+            .collect();
+        regions.sort_by_key(|r| &*r.name != local);
         let budget = HedgeBudget::new(config.hedge_budget_percent);
         Ok(TcsClient {
             regions,
@@ -418,7 +457,7 @@ impl TcsClient {
     /// Asks one region; the slot is held until the answer (or the drop of a losing request).
     async fn ask(&self, i: usize, host: &str, slot: Slot<'_>) -> (usize, Result<Answer, TcsError>) {
         let region = &self.regions[i];
-        let answer = self.query(region, host).await;
+        let answer = region.batcher.lookup(host).await;
         drop(slot);
         // The 404 share the trust checks judge counts real lookups only, not canary probes.
         if let Ok(a) = &answer {
@@ -430,36 +469,10 @@ impl TcsClient {
         (i, answer)
     }
 
-    async fn query(&self, region: &Region, host: &str) -> Result<Answer, TcsError> {
-        let url = format!("{}/v1/views/ingress/hosts/{host}", region.base);
-        let transport = |source| TcsError::Transport {
-            region: region.name.clone(),
-            source,
-        };
-        let resp = self
-            .http
-            .get(url)
-            .header("authorization", &region.auth)
-            .send()
-            .await
-            .map_err(transport)?;
-        match resp.status().as_u16() {
-            200 => {
-                let found = resp.json::<HostLookup>().await.map_err(transport)?;
-                Ok(Answer::Found(found))
-            }
-            404 => Ok(Answer::NotFound),
-            status => Err(TcsError::Status {
-                region: region.name.clone(),
-                status,
-            }),
-        }
-    }
-
     /// Whether `region` knows `host` (for canary checks): `Some(true)` found, `Some(false)`
     /// a `404`, `None` no answer.
     pub(crate) async fn probe(&self, region: &Region, host: &str) -> Option<bool> {
-        match self.query(region, host).await {
+        match region.batcher.lookup(host).await {
             Ok(Answer::Found(_)) => Some(true),
             Ok(Answer::NotFound) => Some(false),
             Err(_) => None,
@@ -504,7 +517,7 @@ impl TcsClient {
         let url = format!("{}/v1/views/ingress/snapshot", region.base);
         let transport = |source| TcsError::Transport {
             region: region.name.clone(),
-            source,
+            source: Arc::new(source),
         };
         let resp = self
             .stream_http

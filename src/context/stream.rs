@@ -152,7 +152,7 @@ impl Follower<'_> {
         let url = format!("{}/v1/views/ingress/changes?after={after}", self.region.base);
         let transport = |source| TcsError::Transport {
             region: self.region.name.clone(),
-            source,
+            source: Arc::new(source),
         };
         let resp = self
             .client

@@ -14,13 +14,22 @@ pub(crate) const TOKEN: &str = "cache-test-token";
 /// A TCS for region `us-east-1` with an event ring of `ring` events. Nothing tails a
 /// catalogue: tests apply changes through `tcs.ingress().apply`.
 pub(crate) fn tcs_with_ring(ring: usize) -> Tcs {
+    tcs_with(ring, false)
+}
+
+/// A TCS whose faults may be set (through [`Tcs::faults`]).
+pub(crate) fn tcs_with_faults() -> Tcs {
+    tcs_with(crate::tcs::view::DEFAULT_RING_CAPACITY, true)
+}
+
+fn tcs_with(ring: usize, allow_faults: bool) -> Tcs {
     let config = TcsConfig {
         region: Region::new("us-east-1").unwrap(),
         listen: "127.0.0.1:0".parse().unwrap(),
         catalogue: "http://127.0.0.1:9".into(),
         snapshot: "unused.json".into(),
         max_lag: 100,
-        allow_faults: false,
+        allow_faults,
         consumers: vec![ConsumerConfig {
             name: "edge".into(),
             token: TOKEN.into(),

@@ -359,3 +359,41 @@ async fn old_entries_refresh_in_the_background_and_a_failed_refresh_keeps_them()
     }
     assert_eq!(f.cache.peek(host).unwrap().record.version, 2);
 }
+
+#[tokio::test]
+async fn misses_that_pile_up_share_one_request() {
+    let tcs = testing::tcs_with_faults();
+    let shutdown = CancellationToken::new();
+    let url = testing::serve_on_loopback(&tcs, &shutdown).await;
+    let lookup = LookupConfig {
+        batches_in_flight: 1,
+        ..LookupConfig::default()
+    };
+    let client = TcsClient::new(&[testing::endpoint("us-east-1", &url)], "us-east-1", lookup).unwrap();
+    let cache = TenantCache::new(&CacheConfig::default(), Arc::new(client), EdgeMetrics::new().unwrap());
+    let hosts: Vec<String> = (0..40).map(|i| format!("t{i}.example.test")).collect();
+    for (i, host) in hosts.iter().enumerate() {
+        tcs.ingress().apply(&put(i as u64 + 1, &format!("t{i}"), 1, &[host.as_str()]));
+    }
+    // Every answer takes 200 ms, so the misses arriving behind the first request queue up.
+    let slow = crate::tcs::faults::Faults {
+        latency_ms: 200,
+        ..Default::default()
+    };
+    tcs.faults().set(slow).unwrap();
+    let unknown = cache.resolve("nobody.example.test");
+    let known = futures::future::join_all(hosts.iter().map(|h| cache.resolve(h)));
+    let (unknown, known) = tokio::join!(unknown, known);
+    assert!(matches!(unknown, Ok(Resolved::Unknown)));
+    for (i, r) in known.iter().enumerate() {
+        let Ok(Resolved::Found(entry)) = r else {
+            panic!("{} not found: {:?}", hosts[i], r.as_ref().err());
+        };
+        assert_eq!(entry.record.id.as_str(), format!("t{i}"));
+    }
+    let batches = tcs.metrics().lookup_batches.with_label_values(&["ingress"]).get();
+    assert!(batches <= 3, "41 misses took {batches} requests");
+    assert_eq!(lookups(&tcs, "hit"), 40);
+    assert_eq!(lookups(&tcs, "miss"), 1);
+    shutdown.cancel();
+}

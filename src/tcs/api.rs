@@ -1,4 +1,4 @@
-//! The TCS HTTP API (axum): host lookups, placement lookups by tenant id (for the move
+//! The TCS HTTP API (axum): host lookups (one, or a batch), placement lookups by tenant id (for the move
 //! orchestrator), view snapshots and the NDJSON change stream for
 //! authorised consumers, plus `/healthz`, `/readyz` and `/metrics`, and `/admin/faults` when
 //! fault injection is allowed. Injected faults touch only the `/v1/views/...` routes.
@@ -11,7 +11,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::faults::{self, Faults, Injected};
 use super::view::{IngressView, SharedSnapshot};
 use super::{Consumer, Tcs};
-use crate::feed::{ApiError, PlacementLookup};
+use crate::feed::{ApiError, HostBatch, PlacementLookup, MAX_HOST_BATCH};
 use crate::tenant::{Host, HostError, IngressRecord, NameError, Product, TenantId};
 
 /// The answer readiness needs: no successful poll for this long means the view may be stale.
@@ -36,6 +36,7 @@ struct AppState {
 pub fn router(tcs: Tcs, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/v1/views/{view}/hosts/{host}", get(lookup))
+        .route("/v1/views/{view}/hosts", post(lookup_many))
         .route(
             "/v1/views/{view}/tenants/{id}/placements/{product}",
             get(placement),
@@ -84,6 +85,9 @@ pub enum ApiFailure {
     /// Malformed query string.
     #[error("bad query: {0}")]
     BadQuery(String),
+    /// Malformed request body.
+    #[error("bad body: {0}")]
+    BadBody(String),
     /// An injected fault (see [`faults`]).
     #[error(transparent)]
     Injected(#[from] Injected),
@@ -100,7 +104,7 @@ impl ApiFailure {
             ApiFailure::UnknownView(_) | ApiFailure::UnknownHost(_) | ApiFailure::UnknownPlacement(..) => {
                 StatusCode::NOT_FOUND
             }
-            ApiFailure::BadHost(..) | ApiFailure::BadQuery(_) | ApiFailure::BadName(_) => {
+            ApiFailure::BadHost(..) | ApiFailure::BadQuery(_) | ApiFailure::BadBody(_) | ApiFailure::BadName(_) => {
                 StatusCode::BAD_REQUEST
             }
             ApiFailure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -215,6 +219,49 @@ async fn lookup(
             Err(ApiFailure::UnknownHost(host))
         }
     }
+}
+
+/// Serialises exactly like [`crate::feed::HostBatchAnswer`] without copying the shared records.
+#[derive(Serialize)]
+struct BatchRef<'a> {
+    results: Vec<Option<LookupRef<'a>>>,
+}
+
+/// Many host lookups in one request (what an edge sends when misses pile up): one entry per
+/// host, in order, `null` for an unknown or invalid host. All are read at one view sequence.
+async fn lookup_many(
+    State(app): State<AppState>,
+    Path(view_name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiFailure> {
+    let faults = inject(&app.tcs).await?;
+    let view = authorize(&app.tcs, &headers, &view_name)?;
+    let batch: HostBatch = serde_json::from_slice(&body).map_err(|e| ApiFailure::BadBody(e.to_string()))?;
+    if batch.hosts.len() > MAX_HOST_BATCH {
+        return Err(ApiFailure::BadBody(format!(
+            "{} hosts; at most {MAX_HOST_BATCH} per request",
+            batch.hosts.len()
+        )));
+    }
+    let hosts: Vec<Option<Host>> = batch.hosts.iter().map(|h| Host::parse(h).ok()).collect();
+    let (seq, found) = if emptied(faults) {
+        (view.seq(), vec![None; hosts.len()])
+    } else {
+        view.lookup_many(hosts.iter().map(Option::as_ref))
+    };
+    let hits = found.iter().filter(|r| r.is_some()).count();
+    app.tcs.metrics().lookup_batches.with_label_values(&[&view_name]).inc();
+    let lookups = &app.tcs.metrics().lookups;
+    lookups.with_label_values(&[&view_name, "hit"]).inc_by(hits as u64);
+    lookups
+        .with_label_values(&[&view_name, "miss"])
+        .inc_by((found.len() - hits) as u64);
+    let results = found
+        .iter()
+        .map(|r| r.as_ref().map(|record| LookupRef { seq, record }))
+        .collect();
+    Ok(json_response(StatusCode::OK, &BatchRef { results }))
 }
 
 /// Where one product of one tenant lives, by tenant id: what a move orchestrator checks.

@@ -17,6 +17,9 @@ pub struct TcsMetrics {
     pub events: IntCounterVec,
     /// Host lookups, by view and result `hit`/`miss` (`tcs_lookups_total`).
     pub lookups: IntCounterVec,
+    /// Batched lookup requests, by view (`tcs_lookup_batches_total`); lookups per batch is
+    /// the lookups they answered over this.
+    pub lookup_batches: IntCounterVec,
     /// Failed catalogue polls (`tcs_tail_errors_total`).
     pub tail_errors: IntCounter,
     /// Open change-stream subscriptions (`tcs_subscribers`).
@@ -50,6 +53,10 @@ impl TcsMetrics {
                 Opts::new("lookups_total", "Host lookups answered"),
                 &["view", "result"],
             )?,
+            lookup_batches: IntCounterVec::new(
+                Opts::new("lookup_batches_total", "Batched lookup requests answered"),
+                &["view"],
+            )?,
             tail_errors: IntCounter::new("tail_errors_total", "Failed catalogue polls")?,
             subscribers: IntGauge::new("subscribers", "Open change-stream subscriptions")?,
             faults_active: IntGauge::new("faults_active", "1 while any injected fault is set")?,
@@ -70,6 +77,7 @@ impl TcsMetrics {
         r.register(Box::new(self.lag.clone()))?;
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.lookups.clone()))?;
+        r.register(Box::new(self.lookup_batches.clone()))?;
         r.register(Box::new(self.tail_errors.clone()))?;
         r.register(Box::new(self.subscribers.clone()))?;
         r.register(Box::new(self.faults_active.clone()))?;

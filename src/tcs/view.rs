@@ -150,6 +150,22 @@ impl IngressView {
         st.records.get(id).map(|r| (st.seq, Arc::clone(r)))
     }
 
+    /// What each of `hosts` names, under one read of the view, with the seq it is current to.
+    pub fn lookup_many<'h>(
+        &self,
+        hosts: impl IntoIterator<Item = Option<&'h Host>>,
+    ) -> (u64, Vec<Option<Arc<IngressRecord>>>) {
+        let st = self.read();
+        let found = hosts
+            .into_iter()
+            .map(|host| {
+                let id = st.hosts.get(host?)?;
+                st.records.get(id).cloned()
+            })
+            .collect();
+        (st.seq, found)
+    }
+
     /// The tenant `id`, with the seq the view is current to.
     pub fn tenant(&self, id: &str) -> Option<(u64, Arc<IngressRecord>)> {
         let st = self.read();
