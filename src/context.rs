@@ -261,6 +261,16 @@ impl TenantCache {
         if let Some(fill) = pending.get(host) {
             return fill.clone();
         }
+        // A fill caches its answer before it leaves `pending`: one that ended since the caller
+        // missed has left it here, and must not be fetched again.
+        let settled = match self.known.peek(host) {
+            Some(entry) => Some(Ok(entry)),
+            None if self.negative.contains_key(host) => Some(Err(Arc::new(FillError::NotFound))),
+            None => None,
+        };
+        if let Some(outcome) = settled {
+            return futures::future::ready(outcome).boxed().shared();
+        }
         let this = self.clone();
         let key: Box<str> = host.into();
         let task = tokio::spawn(async move {

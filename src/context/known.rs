@@ -18,6 +18,11 @@ use super::{CacheConfig, Entry};
 
 type Map = papaya::HashMap<Box<str>, Arc<Entry>, foldhash::fast::RandomState>;
 
+/// A sweep frees this share of `max` (1/16): a sweep walks the whole map, so under a steady
+/// stream of misses into a full cache the walk is paid once per `max / 16` misses. (At 1/64 the
+/// sweep was a third of the edge's CPU with 100 000 entries and 10 000 misses a second.)
+const SWEEP_SHARE: usize = 16;
+
 /// Known tenant contexts, bounded by an idle-time sweep.
 pub(super) struct Known {
     map: Map,
@@ -47,7 +52,7 @@ impl Known {
                 .hasher(foldhash::fast::RandomState::default())
                 .build(),
             max,
-            low_water: max - max / 64,
+            low_water: max - max / SWEEP_SHARE,
             ttl: (config.ttl_secs > 0).then(|| Duration::from_secs(config.ttl_secs)),
             sweeping: AtomicBool::new(false),
         }
@@ -168,11 +173,12 @@ impl Known {
     /// Drops expired entries, then the longest-idle ones until the map is at its low-water mark.
     fn sweep(&self) {
         let started = Instant::now();
+        let now = started;
         let guard = self.map.guard();
         let mut idle: Vec<(Duration, &str, &Arc<Entry>)> = Vec::with_capacity(self.map.len());
         let mut expired = 0;
         for (host, entry) in self.map.iter(&guard) {
-            let age = entry.learnt_at.elapsed();
+            let age = now.saturating_duration_since(entry.learnt_at);
             if self.ttl.is_some_and(|ttl| age >= ttl) {
                 let _ = self
                     .map
@@ -269,7 +275,7 @@ mod tests {
         }
         // Over the bound by one: the sweep drops the idlest down to the low-water mark.
         k.write("new", &entry("new", 1, Instant::now()), true, |_| true);
-        assert_eq!(k.len(), 63);
+        assert_eq!(k.len(), 64 - 64 / SWEEP_SHARE);
         assert!(k.peek("new").is_some());
         for i in 0..8 {
             assert!(k.peek(&format!("t{i}")).is_some(), "t{i} was used and must stay");
