@@ -6,8 +6,12 @@
 //! goes out at once, alone; lookups arriving while `in_flight` batches are out wait for the next
 //! one and go together (at most `max_hosts`) in one `POST /v1/views/ingress/hosts`. So an idle
 //! edge adds no delay, and a busy one sends fewer, fuller requests.
+//!
+//! The queue's task runs on the runtime of the first lookup (a proxy thread) and opens its own
+//! connection there, so that a lookup and its connection never wake each other across threads.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -23,7 +27,9 @@ struct Job {
 /// Where and how a region's batches are sent.
 #[derive(Debug)]
 struct Target {
-    http: reqwest::Client,
+    /// The client to use when the queue's task cannot build its own.
+    shared_http: reqwest::Client,
+    timeout: Duration,
     url: String,
     auth: String,
     region: Arc<str>,
@@ -43,6 +49,7 @@ pub(crate) struct Batcher {
 impl Batcher {
     pub(crate) fn new(
         http: reqwest::Client,
+        timeout: Duration,
         base: &str,
         auth: &str,
         region: Arc<str>,
@@ -51,7 +58,8 @@ impl Batcher {
     ) -> Self {
         Batcher {
             target: Arc::new(Target {
-                http,
+                shared_http: http,
+                timeout,
                 url: format!("{base}/v1/views/ingress/hosts"),
                 auth: auth.to_owned(),
                 region,
@@ -91,6 +99,10 @@ impl Batcher {
 
 /// Takes jobs off the queue: whatever waited while every batch slot was taken goes together.
 async fn drain(target: Arc<Target>, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let http = super::client::lookup_http(target.timeout).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "lookup client not built; sharing the edge's");
+        target.shared_http.clone()
+    });
     let slots = Arc::new(Semaphore::new(target.in_flight));
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -108,18 +120,18 @@ async fn drain(target: Arc<Target>, mut queue: mpsc::UnboundedReceiver<Job>) {
         if jobs.is_empty() {
             continue;
         }
-        let target = target.clone();
+        let (target, http) = (target.clone(), http.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            target.send(jobs).await;
+            target.send(&http, jobs).await;
         });
     }
 }
 
 impl Target {
-    async fn send(&self, jobs: Vec<Job>) {
+    async fn send(&self, http: &reqwest::Client, jobs: Vec<Job>) {
         let hosts = jobs.iter().map(|job| job.host.to_string()).collect();
-        match self.ask(HostBatch { hosts }, jobs.len()).await {
+        match self.ask(http, HostBatch { hosts }, jobs.len()).await {
             Ok(results) => {
                 for (job, found) in jobs.into_iter().zip(results) {
                     let answer = found.map_or(Answer::NotFound, Answer::Found);
@@ -135,13 +147,17 @@ impl Target {
         }
     }
 
-    async fn ask(&self, batch: HostBatch, n: usize) -> Result<Vec<Option<crate::feed::HostLookup>>, TcsError> {
+    async fn ask(
+        &self,
+        http: &reqwest::Client,
+        batch: HostBatch,
+        n: usize,
+    ) -> Result<Vec<Option<crate::feed::HostLookup>>, TcsError> {
         let transport = |source| TcsError::Transport {
             region: self.region.clone(),
             source: Arc::new(source),
         };
-        let resp = self
-            .http
+        let resp = http
             .post(&self.url)
             .header("authorization", &self.auth)
             .json(&batch)

@@ -273,6 +273,21 @@ pub(crate) enum Answer {
     NotFound,
 }
 
+/// The client for lookups and pings: one multiplexed connection per region, kept open by
+/// HTTP/2 pings, so a miss never pays for a handshake.
+pub(crate) fn lookup_http(timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .http2_prior_knowledge()
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_while_idle(true)
+        .pool_idle_timeout(None)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .build()
+}
+
 /// Keeps one pooled HTTP/2 connection per region open and asks regions for tenant contexts.
 #[derive(Debug)]
 pub struct TcsClient {
@@ -292,16 +307,7 @@ impl TcsClient {
         let timeout = Duration::from_millis(config.timeout_ms);
         // One multiplexed connection per region, kept open by pings, so a miss never pays for
         // a handshake.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .http2_prior_knowledge()
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .http2_keep_alive_while_idle(true)
-            .pool_idle_timeout(None)
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .build()?;
+        let http = lookup_http(timeout)?;
         // The change stream is long-lived: no overall timeout, only on connect.
         let stream_http = reqwest::Client::builder()
             .connect_timeout(timeout)
@@ -315,6 +321,7 @@ impl TcsClient {
                 let auth = format!("Bearer {}", e.token);
                 let batcher = Batcher::new(
                     http.clone(),
+                    timeout,
                     &base,
                     &auth,
                     name.clone(),
