@@ -25,6 +25,9 @@ use tenant_edge::tenant::{
     Host, IngressRecord, Placement, PlacementState, Product, Realm, ShardId, TenantId,
 };
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exits instead of panicking: benches follow the crate's lints.
 fn or_exit<T, E: std::fmt::Debug>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| {

@@ -29,6 +29,9 @@ impl ProxyHttp for Passthrough {
     }
 }
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(listen), Some(backend)) = (args.get(1), args.get(2).and_then(|b| b.parse().ok())) else {
