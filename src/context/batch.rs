@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::client::{Answer, TcsError};
-use crate::feed::{HostBatch, HostBatchAnswer};
+use crate::feed::{HostBatch, HostBatchAnswer, MAX_HOST_BATCH};
 
 /// One lookup waiting for its batch.
 struct Job {
@@ -63,7 +63,8 @@ impl Batcher {
                 url: format!("{base}/v1/views/ingress/hosts"),
                 auth: auth.to_owned(),
                 region,
-                max_hosts: max_hosts.max(1),
+                // A TCS refuses bigger batches.
+                max_hosts: max_hosts.clamp(1, MAX_HOST_BATCH),
                 in_flight: in_flight.max(1),
             }),
             queue: Mutex::new(None),
