@@ -10,7 +10,8 @@ mod tcs_support;
 use reqwest::StatusCode;
 use tcs_support::{config, del, put, seq_prev, Ndjson, Server, AUDIT_TOKEN, EDGE_TOKEN};
 use tenant_edge::feed::{
-    ApiError, Change, ChangeBody, HostBatchAnswer, HostLookup, MigrationDoc, Phase, PlacementLookup, ViewEvent, ViewSnapshot,
+    ApiError, Change, ChangeBody, HostBatchAnswer, HostLookup, MigrationDoc, Phase, PlacementLookup,
+    ViewEvent, ViewSnapshot,
 };
 use tenant_edge::tcs::view::Applied;
 use tenant_edge::tcs::Tcs;
@@ -60,8 +61,16 @@ async fn batch_lookup_answers_each_host_in_order() {
             .json(&body)
             .send()
     };
-    let hosts = ["globex.example.test", "nobody.example.test", "ACME.example.test.", "bad!host", "acme.example.test"];
-    let resp = post(serde_json::json!({ "hosts": hosts }), EDGE_TOKEN).await.unwrap();
+    let hosts = [
+        "globex.example.test",
+        "nobody.example.test",
+        "ACME.example.test.",
+        "bad!host",
+        "acme.example.test",
+    ];
+    let resp = post(serde_json::json!({ "hosts": hosts }), EDGE_TOKEN)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let answer: HostBatchAnswer = resp.json().await.unwrap();
     let ids: Vec<Option<&str>> = answer
@@ -72,7 +81,9 @@ async fn batch_lookup_answers_each_host_in_order() {
     assert_eq!(ids, [Some("globex"), None, Some("acme"), None, Some("acme")]);
     assert!(answer.results.iter().flatten().all(|f| f.seq == 3));
 
-    let empty = post(serde_json::json!({ "hosts": [] }), EDGE_TOKEN).await.unwrap();
+    let empty = post(serde_json::json!({ "hosts": [] }), EDGE_TOKEN)
+        .await
+        .unwrap();
     assert_eq!(empty.json::<HostBatchAnswer>().await.unwrap().results.len(), 0);
 
     let too_many = vec!["acme.example.test"; tenant_edge::feed::MAX_HOST_BATCH + 1];

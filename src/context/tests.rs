@@ -370,10 +370,15 @@ async fn misses_that_pile_up_share_one_request() {
         ..LookupConfig::default()
     };
     let client = TcsClient::new(&[testing::endpoint("us-east-1", &url)], "us-east-1", lookup).unwrap();
-    let cache = TenantCache::new(&CacheConfig::default(), Arc::new(client), EdgeMetrics::new().unwrap());
+    let cache = TenantCache::new(
+        &CacheConfig::default(),
+        Arc::new(client),
+        EdgeMetrics::new().unwrap(),
+    );
     let hosts: Vec<String> = (0..40).map(|i| format!("t{i}.example.test")).collect();
     for (i, host) in hosts.iter().enumerate() {
-        tcs.ingress().apply(&put(i as u64 + 1, &format!("t{i}"), 1, &[host.as_str()]));
+        tcs.ingress()
+            .apply(&put(i as u64 + 1, &format!("t{i}"), 1, &[host.as_str()]));
     }
     // Every answer takes 200 ms, so the misses arriving behind the first request queue up.
     let slow = crate::tcs::faults::Faults {

@@ -707,7 +707,13 @@ mod tests {
     fn addresses_format_as_header_values() {
         let v6: std::net::IpAddr = "2001:db8:ffff:ffff:ffff:ffff:255.255.255.255".parse().unwrap();
         assert_eq!(ip_header(v6).to_str().unwrap(), v6.to_string());
-        for v4 in ["127.0.0.1", "0.0.0.0", "10.9.99.100", "255.255.255.255", "192.168.1.20"] {
+        for v4 in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "10.9.99.100",
+            "255.255.255.255",
+            "192.168.1.20",
+        ] {
             let ip: std::net::IpAddr = v4.parse().unwrap();
             assert_eq!(ip_header(ip).to_str().unwrap(), v4);
         }
@@ -761,8 +767,17 @@ mod tests {
         let mut wire = Vec::new();
         r.header_to_h1_wire(&mut wire);
         let wire = String::from_utf8(wire).unwrap().to_ascii_lowercase();
-        for line in ["host: a.test", "accept: text/plain", "cookie: a=1", "cookie: b=2", "x-tenant-id: t1"] {
-            assert!(wire.contains(&format!("{line}\r\n")), "{line} missing from {wire}");
+        for line in [
+            "host: a.test",
+            "accept: text/plain",
+            "cookie: a=1",
+            "cookie: b=2",
+            "x-tenant-id: t1",
+        ] {
+            assert!(
+                wire.contains(&format!("{line}\r\n")),
+                "{line} missing from {wire}"
+            );
         }
         assert_eq!(r.method, http::Method::POST);
         assert_eq!(r.raw_path(), b"/wiki/a%20b?x=1");
@@ -833,6 +848,8 @@ mod tests {
         let unique: std::collections::HashSet<_> = all.iter().map(|v| v.as_bytes().to_vec()).collect();
         assert_eq!(unique.len(), n);
         let prefix = format!("{:08x}", other.prefix);
-        assert!(take(&other).iter().all(|v| v.to_str().unwrap().starts_with(&prefix)));
+        assert!(take(&other)
+            .iter()
+            .all(|v| v.to_str().unwrap().starts_with(&prefix)));
     }
 }

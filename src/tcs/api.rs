@@ -104,9 +104,10 @@ impl ApiFailure {
             ApiFailure::UnknownView(_) | ApiFailure::UnknownHost(_) | ApiFailure::UnknownPlacement(..) => {
                 StatusCode::NOT_FOUND
             }
-            ApiFailure::BadHost(..) | ApiFailure::BadQuery(_) | ApiFailure::BadBody(_) | ApiFailure::BadName(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiFailure::BadHost(..)
+            | ApiFailure::BadQuery(_)
+            | ApiFailure::BadBody(_)
+            | ApiFailure::BadName(_) => StatusCode::BAD_REQUEST,
             ApiFailure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiFailure::Injected(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -251,9 +252,15 @@ async fn lookup_many(
         view.lookup_many(hosts.iter().map(Option::as_ref))
     };
     let hits = found.iter().filter(|r| r.is_some()).count();
-    app.tcs.metrics().lookup_batches.with_label_values(&[&view_name]).inc();
+    app.tcs
+        .metrics()
+        .lookup_batches
+        .with_label_values(&[&view_name])
+        .inc();
     let lookups = &app.tcs.metrics().lookups;
-    lookups.with_label_values(&[&view_name, "hit"]).inc_by(hits as u64);
+    lookups
+        .with_label_values(&[&view_name, "hit"])
+        .inc_by(hits as u64);
     lookups
         .with_label_values(&[&view_name, "miss"])
         .inc_by((found.len() - hits) as u64);
