@@ -288,7 +288,9 @@ pub(crate) fn lookup_http(timeout: Duration) -> reqwest::Result<reqwest::Client>
         .build()
 }
 
-/// Keeps one pooled HTTP/2 connection per region open and asks regions for tenant contexts.
+/// Asks regions for tenant contexts: lookups go through each region's batch queue (which keeps
+/// its own HTTP/2 connection on the thread it runs on); `http` carries the health pings, and is
+/// what a queue falls back to if it cannot build its own client.
 #[derive(Debug)]
 pub struct TcsClient {
     pub(crate) regions: Vec<Region>,
