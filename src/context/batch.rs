@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::client::{Answer, TcsError};
-use crate::feed::{HostBatch, HostBatchAnswer, MAX_HOST_BATCH};
+use crate::feed::{HostBatch, HostBatchAnswer, HostLookup, MAX_HOST_BATCH};
 
 /// One lookup waiting for its batch.
 struct Job {
@@ -153,7 +153,7 @@ impl Target {
         http: &reqwest::Client,
         batch: HostBatch,
         n: usize,
-    ) -> Result<Vec<Option<crate::feed::HostLookup>>, TcsError> {
+    ) -> Result<Vec<Option<HostLookup>>, TcsError> {
         let transport = |source| TcsError::Transport {
             region: self.region.clone(),
             source: Arc::new(source),

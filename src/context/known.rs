@@ -65,7 +65,7 @@ impl Known {
         let guard = self.map.guard();
         let entry = self.map.get(host, &guard)?;
         let age = entry.learnt_at.elapsed();
-        if self.ttl.is_some_and(|ttl| age >= ttl) {
+        if self.expired(age) {
             let _ = self
                 .map
                 .remove_if(host, |_, held| Arc::ptr_eq(held, entry), &guard);
@@ -75,12 +75,16 @@ impl Known {
         Some(f(entry, age))
     }
 
+    /// Whether an entry of this age is past its time to live.
+    fn expired(&self, age: Duration) -> bool {
+        self.ttl.is_some_and(|ttl| age >= ttl)
+    }
+
     /// The entry for `host`, without marking it used (for `/admin` and tests).
     pub(super) fn peek(&self, host: &str) -> Option<Arc<Entry>> {
         let guard = self.map.guard();
         let entry = self.map.get(host, &guard)?;
-        let expired = self.ttl.is_some_and(|ttl| entry.learnt_at.elapsed() >= ttl);
-        (!expired).then(|| entry.clone())
+        (!self.expired(entry.learnt_at.elapsed())).then(|| entry.clone())
     }
 
     /// Writes `entry` for `host` when `replace(held version)` says so, or when nothing is held
@@ -172,14 +176,13 @@ impl Known {
 
     /// Drops expired entries, then the longest-idle ones until the map is at its low-water mark.
     fn sweep(&self) {
-        let started = Instant::now();
-        let now = started;
+        let now = Instant::now();
         let guard = self.map.guard();
         let mut idle: Vec<(Duration, &str, &Arc<Entry>)> = Vec::with_capacity(self.map.len());
         let mut expired = 0;
         for (host, entry) in self.map.iter(&guard) {
             let age = now.saturating_duration_since(entry.learnt_at);
-            if self.ttl.is_some_and(|ttl| age >= ttl) {
+            if self.expired(age) {
                 let _ = self
                     .map
                     .remove_if(&**host, |_, held| Arc::ptr_eq(held, entry), &guard);
@@ -202,7 +205,7 @@ impl Known {
             expired,
             evicted = excess,
             held = self.map.len(),
-            took_us = started.elapsed().as_micros() as u64,
+            took_us = now.elapsed().as_micros() as u64,
             "swept the tenant cache"
         );
     }

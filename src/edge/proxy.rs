@@ -447,7 +447,9 @@ const ADDED_HEADERS: usize = 7;
 fn edit_request_headers(req: &mut RequestHeader, edit: impl FnOnce(&mut HeaderMap)) {
     let raw = (!req.raw_path_is_utf8()).then(|| req.raw_path().to_vec());
     let end_stream = req.send_end_stream();
-    let mut parts = http::request::Parts::from(std::mem::replace(req, empty_request()));
+    // A request without headers stands in while the parts are out; it allocates nothing.
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
     edit(&mut parts.headers);
     *req = RequestHeader::from(parts);
     if let Some(raw) = raw {
@@ -466,11 +468,6 @@ fn edit_response_headers(resp: &mut ResponseHeader, edit: impl FnOnce(&mut Heade
     let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
     edit(&mut parts.headers);
     *resp = ResponseHeader::from(parts);
-}
-
-/// A request without headers, to stand in while the real one's parts are out; allocates nothing.
-fn empty_request() -> RequestHeader {
-    RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
 #[async_trait]

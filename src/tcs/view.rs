@@ -62,6 +62,13 @@ struct State {
     forgotten_upto: u64,
 }
 
+impl State {
+    /// The record of the tenant `host` names.
+    fn record_for(&self, host: &Host) -> Option<&Arc<IngressRecord>> {
+        self.records.get(self.hosts.get(host)?)
+    }
+}
+
 /// The `ingress` view: routing facts of every tenant, kept current by [`IngressView::apply`].
 #[derive(Debug)]
 pub struct IngressView {
@@ -146,8 +153,7 @@ impl IngressView {
     /// The tenant a normalised host names, with the seq the view is current to.
     pub fn lookup(&self, host: &Host) -> Option<(u64, Arc<IngressRecord>)> {
         let st = self.read();
-        let id = st.hosts.get(host)?;
-        st.records.get(id).map(|r| (st.seq, Arc::clone(r)))
+        st.record_for(host).map(|r| (st.seq, Arc::clone(r)))
     }
 
     /// What each of `hosts` names, under one read of the view, with the seq it is current to.
@@ -158,10 +164,7 @@ impl IngressView {
         let st = self.read();
         let found = hosts
             .into_iter()
-            .map(|host| {
-                let id = st.hosts.get(host?)?;
-                st.records.get(id).cloned()
-            })
+            .map(|host| st.record_for(host?).cloned())
             .collect();
         (st.seq, found)
     }
