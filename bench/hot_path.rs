@@ -16,7 +16,7 @@ use pingora::http::RequestHeader;
 use tenant_edge::context::{
     CacheConfig, LookupConfig, Origin, Resolved, TcsClient, TcsEndpoint, TenantCache,
 };
-use tenant_edge::edge::{place, target, BackendRegistry, EdgeState};
+use tenant_edge::edge::{place, target, BackendRegistry, EdgeState, RequestView};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::routes::{normalize_path, RouteSnapshot, RouteStore};
 use tenant_edge::tenant::{normalize_host, IngressRecord, MAX_HOST_LEN};
@@ -160,7 +160,7 @@ fn decision(c: &mut Criterion) {
     c.bench_function("request_decision", |b| {
         b.iter(|| {
             let mut buf = [0u8; MAX_HOST_LEN];
-            let Ok((host, product, _)) = target(&state, black_box(&req), &mut buf) else {
+            let Ok((host, product, _)) = target(&state, &RequestView::of(black_box(&req)), &mut buf) else {
                 return None;
             };
             let pool = cache

@@ -204,6 +204,7 @@ fn edge_config(args: &DevArgs, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
             ..Default::default()
         },
         tcs,
+        http1: Default::default(),
     }
 }
 

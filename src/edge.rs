@@ -6,6 +6,7 @@
 //! handles resolved per product.
 
 mod admin;
+pub mod h1;
 mod pool;
 mod proxy;
 
@@ -26,8 +27,9 @@ use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
 use crate::tenant::ShardId;
 
+pub use h1::Http1Config;
 pub use pool::{backend_peer, Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
-pub use proxy::{place, target, EdgeProxy, Reject, RequestCtx};
+pub use proxy::{place, target, EdgeProxy, Reject, RequestCtx, RequestView};
 
 /// The edge's configuration file (`tenant-edge proxy --config edge.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +82,9 @@ pub struct EdgeConfig {
     pub lookup: LookupConfig,
     /// The TCS regions to ask, with this edge's token for each.
     pub tcs: Vec<TcsEndpoint>,
+    /// The lean HTTP/1.1 path: limits and timeouts.
+    #[serde(default)]
+    pub http1: Http1Config,
 }
 
 fn default_threads() -> usize {
@@ -141,7 +146,7 @@ impl EdgeConfig {
         if self.cache_file_interval_secs == 0 {
             return Err("cache_file_interval_secs must be at least 1".into());
         }
-        Ok(())
+        self.http1.check()
     }
 }
 
@@ -387,8 +392,10 @@ mod server {
     use async_trait::async_trait;
     use pingora::listeners::tls::TlsSettings;
     use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+    use pingora::services::listening::Service;
     use tokio_util::sync::CancellationToken;
 
+    use super::h1::H1App;
     use super::{EdgeConfig, EdgeError, EdgeProxy, Shared};
 
     /// Turns our cancellation token into pingora's shutdown signal.
@@ -406,11 +413,11 @@ mod server {
     pub(super) fn build(cfg: &EdgeConfig, shared: Arc<Shared>) -> Result<Server, EdgeError> {
         let mut server =
             Server::new_with_opt_and_conf(None, super::server_conf(cfg.threads, cfg.work_stealing));
-        let mut service = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            EdgeProxy::new(shared),
-            "edge",
-        );
+        // The lean HTTP/1.1 path serves both listeners; the general proxy beside it takes
+        // HTTP/2 and the requests the lean path hands over.
+        let general = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(shared.clone()));
+        let app = H1App::new(shared, general, &cfg.http1);
+        let mut service = Service::new("edge".to_string(), app);
         check_free(cfg.listen_http)?;
         service.add_tcp(&cfg.listen_http.to_string());
         if let (Some(addr), Some(cert), Some(key)) = (cfg.listen_https, &cfg.cert, &cfg.key) {

@@ -24,8 +24,8 @@ use crate::routes::{normalize_path, ProductRoute};
 use crate::tenant::{normalize_host, PlacementState, MAX_HOST_LEN};
 
 /// How long a client should wait before retrying a 503 of ours, in seconds.
-const RETRY_AFTER_OUTAGE: &str = "1";
-const RETRY_AFTER_FROZEN: &str = "2";
+pub(super) const RETRY_AFTER_OUTAGE: &str = "1";
+pub(super) const RETRY_AFTER_FROZEN: &str = "2";
 
 /// The edge proxy; everything it reads per request sits behind one `ArcSwap` in [`Shared`].
 pub struct EdgeProxy {
@@ -72,21 +72,52 @@ pub struct Reject {
     pub retry_after: Option<&'static str>,
 }
 
+/// What the decision reads of a request, borrowed from whichever parser read it: pingora's
+/// (HTTP/2, and the HTTP/1 requests the lean path hands over) or the lean HTTP/1 path's.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'r> {
+    /// The value of the `Host` field.
+    pub host: Option<&'r [u8]>,
+    /// There was more than one `Host` field.
+    pub hosts_repeated: bool,
+    /// The authority of an absolute-form target, or HTTP/2's `:authority`.
+    pub authority: Option<&'r [u8]>,
+    /// The path of the target.
+    pub path: &'r str,
+    /// Its query, without the `?`.
+    pub query: Option<&'r str>,
+}
+
+impl<'r> RequestView<'r> {
+    /// The view of a pingora request header.
+    pub fn of(req: &'r RequestHeader) -> Self {
+        let mut hosts = req.headers.get_all(HOST).iter();
+        let host = hosts.next().map(HeaderValue::as_bytes);
+        RequestView {
+            host,
+            hosts_repeated: hosts.next().is_some(),
+            authority: req.uri.authority().map(|a| a.as_str().as_bytes()),
+            path: req.uri.path(),
+            query: req.uri.query(),
+        }
+    }
+}
+
 /// Steps 1-2 of the request path, without I/O: the normalised host (in `buf`), the product by
 /// path, and the path to forward when normalising changed it.
 pub fn target<'s, 'b>(
     state: &'s EdgeState,
-    req: &RequestHeader,
+    req: &RequestView<'_>,
     buf: &'b mut [u8; MAX_HOST_LEN],
 ) -> Result<(&'b str, &'s ProductRoute, Option<String>), Reject> {
     let host = request_host(req, buf)?;
-    let path = normalize_path(req.uri.path()).map_err(|_| reject(400, "malformed path"))?;
+    let path = normalize_path(req.path).map_err(|_| reject(400, "malformed path"))?;
     let product = state
         .routes
         .match_path(&path)
         .ok_or(reject(404, "no product serves this path"))?;
     let rewritten = match &path {
-        Cow::Owned(p) => Some(with_query(p, req.uri.query())),
+        Cow::Owned(p) => Some(with_query(p, req.query)),
         Cow::Borrowed(_) => None,
     };
     Ok((host, product, rewritten))
@@ -125,7 +156,7 @@ pub fn place(
     Ok(pool)
 }
 
-const fn reject(status: u16, reason: &'static str) -> Reject {
+pub(super) const fn reject(status: u16, reason: &'static str) -> Reject {
     Reject {
         status,
         reason,
@@ -137,7 +168,7 @@ const fn reject(status: u16, reason: &'static str) -> Reject {
 ///
 /// Each thread takes [`ID_BATCH`] numbers at a time and writes them into one shared buffer, so
 /// that an id costs no allocation: the request, the upstream header and the answer share it.
-struct RequestIds {
+pub(super) struct RequestIds {
     prefix: u32,
     counter: AtomicU64,
 }
@@ -157,14 +188,14 @@ thread_local! {
 }
 
 impl RequestIds {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         RequestIds {
             prefix: rand::random(),
             counter: AtomicU64::new(0),
         }
     }
 
-    fn next(&self) -> HeaderValue {
+    pub(super) fn next(&self) -> HeaderValue {
         ID_BATCHES.with_borrow_mut(|batch| {
             let batch = match batch {
                 Some(b) if b.prefix == self.prefix && b.next < ID_BATCH => b,
@@ -200,7 +231,7 @@ impl EdgeProxy {
         let req = session.req_header();
         let mut buf = [0u8; MAX_HOST_LEN];
         let state = self.shared.state.load_full();
-        let (host, product, rewritten) = target(&state, req, &mut buf)?;
+        let (host, product, rewritten) = target(&state, &RequestView::of(req), &mut buf)?;
         ctx.product = Some(product.index);
         ctx.rewritten_path = rewritten;
         let entry = match self.shared.cache.resolve(host).await {
@@ -232,7 +263,7 @@ impl EdgeProxy {
     /// else becomes 503 + Retry-After, so that a client retries rather than writes twice.
     async fn on_tenant_moved(&self, session: &Session, ctx: &mut RequestCtx, version: u64) -> Result<()> {
         let rerouted = if ctx.replays == 0 {
-            self.reroute(ctx, version).await
+            self.reroute(ctx, &session.req_header().method, version).await
         } else {
             false
         };
@@ -268,29 +299,18 @@ impl EdgeProxy {
     }
 
     /// Refetches the context at `version` or newer and points `ctx` at the new shard's pool.
-    /// False when no newer context names another shard.
-    async fn reroute(&self, ctx: &mut RequestCtx, version: u64) -> bool {
-        let (Some(host), Some(product), Some(state)) = (ctx.host.clone(), ctx.product, ctx.state.clone())
+    /// False when no newer context names another shard that may take the request now.
+    async fn reroute(&self, ctx: &mut RequestCtx, method: &http::Method, version: u64) -> bool {
+        let (Some(host), Some(product), Some(state), Some(old)) =
+            (ctx.host.clone(), ctx.product, ctx.state.clone(), ctx.pool.clone())
         else {
             return false;
         };
         let Ok(host) = host.to_str() else { return false };
-        let entry = match self.shared.cache.refetch(host, version).await {
-            Ok(Resolved::Found(entry)) => entry,
-            Ok(Resolved::Unknown) | Err(_) => return false,
-        };
-        let Some(product) = state.routes.products.get(product) else {
+        let Some((entry, pool)) = relocate(&self.shared, &state, host, product, &old, version, method).await
+        else {
             return false;
         };
-        let Some(placement) = entry.record.placement(product.name.as_str()) else {
-            return false;
-        };
-        let Some(pool) = state.pool(placement.shard.as_str()) else {
-            return false;
-        };
-        if ctx.pool.as_ref().is_some_and(|old| old.shard == pool.shard) {
-            return false;
-        }
         ctx.in_flight = None;
         ctx.tried = 0;
         ctx.pool = Some(pool);
@@ -305,10 +325,9 @@ impl EdgeProxy {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let body = Bytes::from(format!(
-            r#"{{"status":{},"reason":"{}","request_id":"{}"}}"#,
-            r.status, r.reason, id
-        ));
+        let mut body = Vec::with_capacity(96);
+        error_json(&mut body, r, id);
+        let body = Bytes::from(body);
         let mut resp = ResponseHeader::build(r.status, Some(5))?;
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
@@ -324,27 +343,57 @@ impl EdgeProxy {
     }
 }
 
+/// After a shard's 421 `tenant-moved: V`: the tenant's context at version V or newer, and the
+/// pool of the shard it now names, through the same checks as the first placement ([`place`]:
+/// the freeze, a healthy backend). None when no newer context names another shard that may
+/// take the request now.
+pub(super) async fn relocate(
+    shared: &Shared,
+    state: &EdgeState,
+    host: &str,
+    product: usize,
+    old: &ShardPool,
+    version: u64,
+    method: &http::Method,
+) -> Option<(Arc<Entry>, Arc<ShardPool>)> {
+    let entry = match shared.cache.refetch(host, version).await {
+        Ok(Resolved::Found(entry)) => entry,
+        Ok(Resolved::Unknown) | Err(_) => return None,
+    };
+    let product = state.routes.products.get(product)?;
+    let pool = place(state, product, &entry, method).ok()?;
+    (pool.shard != old.shard).then_some((entry, pool))
+}
+
+/// The JSON body of every answer the edge gives itself: `{"status","reason","request_id"}`.
+pub(super) fn error_json(out: &mut Vec<u8>, r: Reject, request_id: &str) {
+    use std::io::Write;
+    // Reasons are static text without quotes; request ids are hex.
+    let _ = write!(
+        out,
+        r#"{{"status":{},"reason":"{}","request_id":"{}"}}"#,
+        r.status, r.reason, request_id
+    );
+}
+
 /// The normalised host of a request: one `Host` header, or the authority of an absolute-form
 /// URI / h2 `:authority`; both present must agree.
-fn request_host<'b>(req: &RequestHeader, buf: &'b mut [u8; MAX_HOST_LEN]) -> Result<&'b str, Reject> {
-    let mut hosts = req.headers.get_all(HOST).iter();
-    let header = hosts.next();
-    if hosts.next().is_some() {
+fn request_host<'b>(req: &RequestView<'_>, buf: &'b mut [u8; MAX_HOST_LEN]) -> Result<&'b str, Reject> {
+    if req.hosts_repeated {
         return Err(reject(400, "more than one Host header"));
     }
-    let authority = req.uri.authority().map(|a| a.as_str().as_bytes());
-    let raw = match (header, authority) {
+    let raw = match (req.host, req.authority) {
         (Some(h), Some(a)) => {
             let mut other = [0u8; MAX_HOST_LEN];
             let a = normalize_host(a, &mut other).map_err(|_| reject(400, "malformed authority"))?;
-            let h = normalize_host(h.as_bytes(), buf).map_err(|_| reject(400, "malformed Host header"))?;
+            let h = normalize_host(h, buf).map_err(|_| reject(400, "malformed Host header"))?;
             return if a == h {
                 Ok(h)
             } else {
                 Err(reject(400, "Host header and authority differ"))
             };
         }
-        (Some(h), None) => h.as_bytes(),
+        (Some(h), None) => h,
         (None, Some(a)) => a,
         (None, None) => return Err(reject(400, "missing Host header")),
     };
@@ -353,7 +402,7 @@ fn request_host<'b>(req: &RequestHeader, buf: &'b mut [u8; MAX_HOST_LEN]) -> Res
 
 /// An address as a header value, formatted on the stack (IPv4 by hand: `fmt` costs more than
 /// the rest of the header work).
-fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
+pub(super) fn ip_header(ip: std::net::IpAddr) -> HeaderValue {
     // 45 bytes hold any IPv6 address in text.
     let mut buf = [0u8; 45];
     let len = match ip {
@@ -394,7 +443,7 @@ fn with_query(path: &str, query: Option<&str>) -> String {
     }
 }
 
-fn is_idempotent(method: &http::Method) -> bool {
+pub(super) fn is_idempotent(method: &http::Method) -> bool {
     is_safe(method) || matches!(*method, http::Method::PUT | http::Method::DELETE)
 }
 
@@ -697,7 +746,9 @@ mod tests {
 
     fn host_of(r: &RequestHeader) -> Result<String, u16> {
         let mut buf = [0u8; MAX_HOST_LEN];
-        request_host(r, &mut buf).map(str::to_owned).map_err(|r| r.status)
+        request_host(&RequestView::of(r), &mut buf)
+            .map(str::to_owned)
+            .map_err(|r| r.status)
     }
 
     #[test]
