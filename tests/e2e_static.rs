@@ -48,6 +48,7 @@ async fn wait_for_proxy(stack: &Stack) {
 async fn a_restarted_edge_serves_known_tenants_from_its_file_with_every_tcs_down() {
     let options = StackOptions {
         cache_file_interval_secs: Some(3600),
+        ..Default::default()
     };
     let mut stack = Stack::start_with(options).await;
     warm(&stack).await;
@@ -111,6 +112,7 @@ async fn a_restarted_edge_serves_known_tenants_from_its_file_with_every_tcs_down
 async fn the_cache_file_is_written_periodically_without_a_shutdown() {
     let options = StackOptions {
         cache_file_interval_secs: Some(1),
+        ..Default::default()
     };
     let mut stack = Stack::start_with(options).await;
     warm(&stack).await;

@@ -297,7 +297,7 @@ impl H1App {
             conn.served += 1;
             let close = self.one(io, conn, &head).await || *shutdown.borrow();
             if close {
-                let _ = io.shutdown().await;
+                linger(io, &mut conn.buf).await;
                 return Next::Close;
             }
         }
@@ -373,8 +373,9 @@ impl H1App {
         match decided {
             Ok(()) => self.forward(io, conn, head, &mut ex).await,
             Err(r) => {
-                // An unread body cannot be skipped safely without reading it: close.
-                ex.close |= head.framing != Framing::Empty;
+                // An unread body cannot be skipped safely without reading it, and a malformed
+                // request may have been framed otherwise by its sender: close.
+                ex.close |= head.framing != Framing::Empty || r.status == 400;
                 self.answer(io, conn, &mut ex, r).await;
                 conn.buf.consume(head.len);
             }
@@ -858,7 +859,7 @@ impl H1App {
     /// Refuses what was read with `status` and closes: the framing can no longer be trusted.
     async fn refuse_and_close<S>(&self, io: &mut S, conn: &mut Conn, status: u16, reason: &'static str)
     where
-        S: AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let id = self.ids.next();
         write_error(
@@ -873,7 +874,7 @@ impl H1App {
         );
         let _ = io.write_all(&conn.out).await;
         let _ = io.flush().await;
-        let _ = io.shutdown().await;
+        linger(io, &mut conn.buf).await;
         let state = self.shared.state.load();
         state.count(None, status, None);
         if self.shared.access_log {
@@ -921,6 +922,29 @@ pub fn view<'b>(buf: &'b [u8], head: &RequestHead) -> RequestView<'b> {
         },
         query: head.query.as_ref().map(text),
     }
+}
+
+/// Closes our side, then reads and discards what the client is still sending for a moment, so
+/// that the answer is not lost to a reset (a close with unread bytes resets the connection).
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, buf: &mut Buf) {
+    const LINGER: Duration = Duration::from_millis(500);
+    const MAX_DISCARD: usize = 256 * 1024;
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let n = buf.filled().len();
+    buf.consume(n);
+    let mut discarded = 0;
+    let _ = tokio::time::timeout(LINGER, async {
+        while discarded < MAX_DISCARD {
+            let space = buf.space(1, CLIENT_BUF);
+            match io.read(space).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Why no answer head came from a backend.

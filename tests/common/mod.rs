@@ -10,6 +10,7 @@
 )]
 
 mod ports;
+pub mod recorder;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -241,6 +242,8 @@ pub fn write_routes(path: &Path, version: &str, backends: &[(String, Vec<u16>)])
 pub struct StackOptions {
     /// Give the edge a cache file (`Stack::edge_cache_file`), written every this many seconds.
     pub cache_file_interval_secs: Option<u64>,
+    /// TOML appended to the edge's config after its top-level keys (tables such as `[http1]`).
+    pub edge_extra: String,
 }
 
 /// The whole stack, each role its own process.
@@ -328,7 +331,7 @@ cache_file_interval_secs = {secs}
                 edge_cache_file.display()
             ),
             None => String::new(),
-        };
+        } + &options.edge_extra;
         let Edge {
             proc: edge,
             http: edge_http,

@@ -58,7 +58,7 @@ impl Buf {
             self.start = 0;
         }
         if self.data.len() - self.end < want && self.data.len() < max {
-            let len = (self.end + want).clamp(self.data.len() * 2, max);
+            let len = (self.end + want).max(self.data.len() * 2).min(max);
             self.data.resize(len, 0);
         }
         &mut self.data[self.end..]

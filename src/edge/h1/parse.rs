@@ -139,6 +139,7 @@ pub fn request(
         Err(httparse::Error::Token | httparse::Error::NewLine) if buf.len() > limits.max_head => {
             return Err(refuse(431, "request head too large"))
         }
+        Err(httparse::Error::Token) if has_high_bytes_in_line(buf) => return not_utf8(buf, limits, drop),
         Err(_) => return Err(refuse(400, "malformed request head")),
     };
     if len > limits.max_head {
@@ -180,9 +181,6 @@ pub fn request(
         }
     };
     let shift = |r: Range<usize>| r.start + target_at..r.end + target_at;
-    if !target.is_ascii() && std::str::from_utf8(target.as_bytes()).is_err() {
-        special = special.or(Some(Special::NotUtf8));
-    }
 
     let mut fields_seen = Fields::default();
     for (i, h) in req.headers.iter().enumerate() {
@@ -276,6 +274,37 @@ pub fn request(
         special,
         fields,
     }))
+}
+
+/// Whether the request line has bytes above 0x7f (httparse takes only UTF-8 targets).
+fn has_high_bytes_in_line(buf: &[u8]) -> bool {
+    let line = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
+    buf[..line].iter().any(|&b| b >= 0x80)
+}
+
+/// A target with bytes that are not UTF-8 (Latin-1 from old clients): the head is checked with
+/// those bytes masked, and the request goes to the general proxy, which forwards the target
+/// byte for byte. Rare, so the copy is fine.
+fn not_utf8(
+    buf: &[u8],
+    limits: Limits,
+    drop: &mut Vec<Range<usize>>,
+) -> Result<Parsed<RequestHead>, Refusal> {
+    let line = memchr::memchr(b'\n', buf).unwrap_or(buf.len());
+    let mut masked = buf.to_vec();
+    for b in &mut masked[..line] {
+        if *b >= 0x80 {
+            *b = b'x';
+        }
+    }
+    // Same length, so every range found in the copy holds for `buf`.
+    match request(&masked, limits, drop)? {
+        Parsed::Complete(mut head) => {
+            head.special = Some(Special::NotUtf8);
+            Ok(Parsed::Complete(head))
+        }
+        Parsed::Partial => Ok(Parsed::Partial),
+    }
 }
 
 /// A request head is incomplete: wait for more, unless it is already over a limit.
@@ -449,13 +478,14 @@ fn classify(name: &[u8]) -> Field {
         10 if is(b"connection") => Field::Connection,
         10 if is(b"keep-alive") => Field::HopByHop,
         16 if is(b"proxy-connection") => Field::HopByHop,
+        16 if is(b"x-forwarded-host") => Field::Internal,
         2 if is(b"te") => Field::HopByHop,
         7 if is(b"trailer") => Field::HopByHop,
         7 if is(b"upgrade") => Field::Upgrade,
         6 if is(b"expect") => Field::Expect,
         12 if is(b"x-request-id") => Field::RequestId,
         15 if is(b"x-forwarded-for") => Field::Internal,
-        17 if is(b"x-forwarded-host") || is(b"x-forwarded-proto") => Field::Internal,
+        17 if is(b"x-forwarded-proto") => Field::Internal,
         n if n > 9 && internal_prefix(&name[..9]) => Field::Internal,
         _ => Field::Other,
     }
