@@ -156,7 +156,8 @@ pub struct EdgeState {
     pub routes: Arc<RouteSnapshot>,
     /// Health-check and ejection settings of this snapshot.
     pub health: HealthSettings,
-    pools: HashMap<ShardId, Arc<ShardPool>>,
+    /// By shard id, hashed with foldhash: looked up once per request.
+    pools: HashMap<ShardId, Arc<ShardPool>, foldhash::fast::RandomState>,
     counters: Vec<RequestCounters>,
     latency: Vec<Histogram>,
 }
@@ -171,7 +172,7 @@ impl EdgeState {
                 let backends = s.backends.iter().map(|&addr| registry.get(addr)).collect();
                 (s.id.clone(), Arc::new(ShardPool::new(s.id.clone(), backends)))
             })
-            .collect::<HashMap<_, _>>();
+            .collect::<HashMap<_, _, _>>();
         let live: HashSet<SocketAddr> = routes
             .shards
             .values()

@@ -20,9 +20,11 @@ mod upstream;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::IpAddr;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -207,10 +209,15 @@ struct Conn {
     /// `x-forwarded-for` and `x-forwarded-proto`, rendered once per connection.
     forwarded: Vec<u8>,
     served: u64,
+    /// When the connection last went idle (accepted, or answered).
+    idle_since: tokio::time::Instant,
+    /// The connection's one timer, for every wait it does (see [`expired`]).
+    timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Conn {
     fn new(client: Option<IpAddr>, tls: bool) -> Self {
+        let now = tokio::time::Instant::now();
         let mut forwarded = Vec::with_capacity(80);
         if let Some(ip) = client {
             forwarded.extend_from_slice(b"x-forwarded-for: ");
@@ -229,6 +236,8 @@ impl Conn {
             out: Vec::with_capacity(256),
             forwarded,
             served: 0,
+            idle_since: now,
+            timer: Box::pin(tokio::time::sleep_until(now + Duration::from_secs(86_400))),
         }
     }
 }
@@ -256,6 +265,8 @@ struct Exchange {
     rewritten: Option<String>,
     status: u16,
     upstream: Option<Duration>,
+    /// When the backend's answer head arrived.
+    answered: Option<Instant>,
     /// The client connection cannot carry another request.
     close: bool,
 }
@@ -273,12 +284,22 @@ enum BodyError {
 
 impl H1App {
     /// Serves requests until the connection closes, or one must go to the general proxy.
-    async fn serve<S>(&self, io: &mut S, conn: &mut Conn, shutdown: &mut ShutdownWatch) -> Next
+    async fn serve<S>(&self, io: &mut S, conn: &mut Conn, watch: &mut ShutdownWatch) -> Next
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        // One future for the connection's life, polled only while it idles between requests.
+        let mut shutdown: Shutdown<'_> = Box::pin(async move {
+            while watch.changed().await.is_ok() {
+                if *watch.borrow() {
+                    return;
+                }
+            }
+            // The server is gone without a shutdown signal: pingora drops its tasks.
+            std::future::pending::<()>().await;
+        });
         loop {
-            let head = match self.read_head(io, conn, shutdown).await {
+            let head = match self.read_head(io, conn, &mut shutdown).await {
                 Ok(head) => head,
                 Err(NoHead::Quiet) => return Next::Close,
                 Err(NoHead::Refused(r)) => {
@@ -295,7 +316,7 @@ impl H1App {
                 return Next::HandOff;
             }
             conn.served += 1;
-            let close = self.one(io, conn, &head).await || *shutdown.borrow();
+            let close = self.one(io, conn, &head).await;
             if close {
                 linger(io, &mut conn.buf).await;
                 return Next::Close;
@@ -308,22 +329,22 @@ impl H1App {
         &self,
         io: &mut S,
         conn: &mut Conn,
-        shutdown: &mut ShutdownWatch,
+        shutdown: &mut Shutdown<'_>,
     ) -> Result<RequestHead, NoHead>
     where
         S: AsyncRead + Unpin,
     {
         let limits = self.settings.limits;
         // The first request's head is timed from the accept; later ones from their first byte.
-        let mut deadline = (conn.served == 0).then(|| tokio::time::Instant::now() + self.settings.header);
+        let mut deadline = (conn.served == 0).then(|| conn.idle_since + self.settings.header);
         loop {
             if !conn.buf.is_empty() {
-                deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.settings.header);
                 match parse::request(conn.buf.filled(), limits, &mut conn.drop) {
                     Ok(Parsed::Complete(head)) => return Ok(head),
                     Ok(Parsed::Partial) => {}
                     Err(r) => return Err(NoHead::Refused(r)),
                 }
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.settings.header);
             }
             let partial = !conn.buf.is_empty();
             let space = conn.buf.space(1024, limits.max_head + 1);
@@ -333,20 +354,19 @@ impl H1App {
                     reason: "request head too large",
                 }));
             }
-            let read = match deadline {
-                Some(at) => tokio::time::timeout_at(at, io.read(space)).await,
-                None => {
-                    tokio::select! {
-                        r = tokio::time::timeout(self.settings.keepalive, io.read(space)) => r,
-                        _ = shutdown.changed() => return Err(NoHead::Quiet),
-                    }
+            let idle = deadline.is_none();
+            let until = deadline.unwrap_or(conn.idle_since + self.settings.keepalive);
+            let read = tokio::select! {
+                biased;
+                read = io.read(space) => read,
+                () = expired(&mut conn.timer, until) => {
+                    return Err(if partial { NoHead::TimedOut } else { NoHead::Quiet });
                 }
+                () = shutdown.as_mut(), if idle => return Err(NoHead::Quiet),
             };
             match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Quiet),
-                Ok(Ok(n)) => conn.buf.filled_by(n),
-                Err(_) if partial => return Err(NoHead::TimedOut),
-                Err(_) => return Err(NoHead::Quiet),
+                Ok(0) | Err(_) => return Err(NoHead::Quiet),
+                Ok(n) => conn.buf.filled_by(n),
             }
         }
     }
@@ -367,6 +387,7 @@ impl H1App {
             rewritten: None,
             status: 0,
             upstream: None,
+            answered: None,
             close: head.close,
         };
         let decided = self.decide(conn.buf.filled(), head, &mut ex).await;
@@ -381,6 +402,9 @@ impl H1App {
             }
         }
         self.log(&ex, head);
+        conn.idle_since = ex
+            .answered
+            .map_or_else(tokio::time::Instant::now, tokio::time::Instant::from_std);
         ex.close
     }
 
@@ -462,7 +486,9 @@ impl H1App {
             let addr = flight_backend.backend().addr;
             drop(flight_backend);
             if reusable {
-                upstream::checkin(addr, up, self.settings.idle);
+                // When the answer's head came: close enough to when the connection went idle.
+                let at = ex.answered.unwrap_or_else(Instant::now);
+                upstream::checkin(addr, up, self.settings.idle, at);
             }
             return;
         }
@@ -534,7 +560,7 @@ impl H1App {
             let pooled = if fresh_retry {
                 None
             } else {
-                upstream::checkout(backend.addr, self.settings.idle)
+                upstream::checkout(backend.addr)
             };
             let mut up = match pooled {
                 Some(up) => up,
@@ -557,20 +583,22 @@ impl H1App {
             let wrote = self.write_request(conn, head, ex, &mut up).await;
             let result = match wrote {
                 Ok(()) => match self.forward_request_body(io, conn, head, &mut up).await {
-                    Ok(()) => self.read_response_head(conn, head, &mut up).await,
+                    Ok(()) => self.read_response_head(conn, head, &mut up, started).await,
                     Err(BodyError::Framing(e)) => {
                         tracing::debug!(error = %e, "client body refused");
                         return Err(reject(400, "malformed chunked body"));
                     }
                     Err(BodyError::Read) => return Err(reject(400, "request body incomplete")),
                     // The backend may have answered before taking the whole body.
-                    Err(BodyError::Write) => self.read_response_head(conn, head, &mut up).await,
+                    Err(BodyError::Write) => self.read_response_head(conn, head, &mut up, started).await,
                 },
                 Err(e) => Err(Upstream502::Io(e)),
             };
             match result {
                 Ok(resp) => {
-                    ex.upstream = Some(started.elapsed());
+                    let now = Instant::now();
+                    ex.upstream = Some(now.duration_since(started));
+                    ex.answered = Some(now);
                     return Ok((up, resp, flight));
                 }
                 Err(Upstream502::Io(e)) if up.reused && replayable && !fresh_retry => {
@@ -710,8 +738,9 @@ impl H1App {
         conn: &mut Conn,
         head: &RequestHead,
         up: &mut Upstream,
+        started: Instant,
     ) -> Result<ResponseHead, Upstream502> {
-        let deadline = tokio::time::Instant::now() + self.settings.upstream;
+        let deadline = tokio::time::Instant::from_std(started) + self.settings.upstream;
         loop {
             if !up.buf.is_empty() {
                 match parse::response(
@@ -743,7 +772,12 @@ impl H1App {
                     reason: "response head too large",
                 }));
             }
-            match tokio::time::timeout_at(deadline, up.io.read(space)).await {
+            let read = tokio::select! {
+                biased;
+                read = up.io.read(space) => Ok(read),
+                () = expired(&mut conn.timer, deadline) => Err(()),
+            };
+            match read {
                 Ok(Ok(0)) if had => {
                     return Err(Upstream502::Refused(Refusal {
                         status: 502,
@@ -921,6 +955,28 @@ pub fn view<'b>(buf: &'b [u8], head: &RequestHead) -> RequestView<'b> {
             text(&head.path)
         },
         query: head.query.as_ref().map(text),
+    }
+}
+
+/// The server's shutdown, as one future per connection.
+type Shutdown<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Waits on a connection's one timer until `deadline`.
+///
+/// The timer is moved earlier when a wait needs it, never later: a wait with a later deadline
+/// lets it fire, sees that its own deadline is not reached, and only then sets it again. So a
+/// connection whose deadlines move forward with every request (the keep-alive wait, a backend's
+/// answer) re-arms its timer about once per timeout, not once per request.
+async fn expired(timer: &mut Pin<Box<tokio::time::Sleep>>, deadline: tokio::time::Instant) {
+    if timer.deadline() > deadline {
+        timer.as_mut().reset(deadline);
+    }
+    loop {
+        timer.as_mut().await;
+        if timer.deadline() >= deadline {
+            return;
+        }
+        timer.as_mut().reset(deadline);
     }
 }
 

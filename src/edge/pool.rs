@@ -81,6 +81,25 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed) && self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
+    /// [`Backend::usable`] now, reading the clock only while an ejection is recorded (and
+    /// clearing it once over), so that picking among healthy backends reads no clock.
+    fn usable_now(&self) -> bool {
+        if !self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if until > now_ms() {
+            return false;
+        }
+        let _ = self
+            .ejected_until_ms
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        true
+    }
+
     /// Whether the active checks consider it healthy.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -185,8 +204,7 @@ impl ShardPool {
     /// in `tried`. Returns the backend's index too, for the caller's `tried` mask.
     pub fn pick(&self, tried: u64) -> Option<(usize, &Arc<Backend>)> {
         let n = self.backends.len();
-        let now = now_ms();
-        let ok = |i: usize| (i >= 64 || tried & (1 << i) == 0) && self.backends[i].usable(now);
+        let ok = |i: usize| (i >= 64 || tried & (1 << i) == 0) && self.backends[i].usable_now();
         let (a, b) = match n {
             0 => return None,
             1 => (0, 0),

@@ -145,8 +145,6 @@ pub fn request(
     if len > limits.max_head {
         return Err(refuse(431, "request head too large"));
     }
-    let head = &buf[..len];
-    strict_line_ends(head).map_err(|()| refuse(400, "bare CR or LF in the request head"))?;
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(refuse(400, "malformed request line"));
     };
@@ -161,6 +159,9 @@ pub fn request(
         Some(h) => at(h.name.as_bytes()),
         None => len - 2,
     };
+    let names = req.headers.iter().map(|h| at(h.name.as_bytes()));
+    crlf_only(buf, line_start, fields, names, len)
+        .map_err(|()| refuse(400, "bare LF in the request head"))?;
     let method = http::Method::from_bytes(method.as_bytes()).map_err(|_| refuse(400, "malformed method"))?;
     let mut special = (version == 0).then_some(Special::Http10);
     let form = target_form(target.as_bytes(), &method)?;
@@ -343,8 +344,6 @@ pub fn response(
         Ok(_) => return Err(bad("response head too large")),
         Err(_) => return Err(bad("malformed response head")),
     };
-    let head = &buf[..len];
-    strict_line_ends(head).map_err(|()| bad("bare CR or LF in the response head"))?;
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Err(bad("malformed status line"));
     };
@@ -357,6 +356,8 @@ pub fn response(
     if !buf.starts_with(b"HTTP/") {
         return Err(bad("malformed status line"));
     }
+    let names = resp.headers.iter().map(|h| at(h.name.as_bytes()));
+    crlf_only(buf, 0, fields, names, len).map_err(|()| bad("bare LF in the response head"))?;
     let mut seen = Fields::default();
     let mut tenant_moved = None;
     for (i, h) in resp.headers.iter().enumerate() {
@@ -543,20 +544,32 @@ pub fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Every LF of a head is preceded by a CR, and every CR followed by an LF.
-fn strict_line_ends(head: &[u8]) -> Result<(), ()> {
-    let mut crs = 0;
-    for i in memchr::memchr_iter(b'\n', head) {
-        if i == 0 || head[i - 1] != b'\r' {
+/// Every line of a head ends in CRLF, never a bare LF (httparse takes either, and refuses a
+/// bare CR itself). httparse ends a line at every LF and field values cannot hold one, so the
+/// LFs of a head are exactly: those of the empty lines before the start line (`start`), the
+/// one before each field (`fields` is the first field, `names` where each starts), the
+/// last field's, and the empty line's. Checking those bytes is all it takes, without a scan of the head.
+fn crlf_only(
+    buf: &[u8],
+    start: usize,
+    fields: usize,
+    names: impl Iterator<Item = usize>,
+    len: usize,
+) -> Result<(), ()> {
+    let crlf = |end: usize| end >= 2 && buf[end - 2..end] == *b"\r\n";
+    let leading = &buf[..start];
+    if leading.len() % 2 != 0 || leading.chunks(2).any(|pair| pair != b"\r\n") {
+        return Err(());
+    }
+    if !crlf(fields) || !crlf(len - 2) || !crlf(len) {
+        return Err(());
+    }
+    for name in names {
+        if !crlf(name) {
             return Err(());
         }
-        crs += 1;
     }
-    if memchr::memchr_iter(b'\r', head).count() == crs {
-        Ok(())
-    } else {
-        Err(())
-    }
+    Ok(())
 }
 
 /// The forms of a request target (RFC 9112 §3.2), as ranges of the target.

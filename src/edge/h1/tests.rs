@@ -66,6 +66,16 @@ fn request_lines_and_limits() {
     assert_eq!(req("GET /a\rb HTTP/1.1\r\nHost: a\r\n\r\n").map(|_| ()), Err(400));
     assert_eq!(req("GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n").map(|_| ()), Err(400));
     assert_eq!(req("GET / HTTP/1.1\nHost: a\n\n").map(|_| ()), Err(400));
+    for bare in [
+        "GET / HTTP/1.1\r\nHost: a\n\r\n",
+        "GET / HTTP/1.1\nHost: a\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX: 1\nY: 2\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\n\n",
+        "\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert_eq!(req(bare).map(|_| ()), Err(400), "{bare:?}");
+    }
+    assert!(req("\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
     assert_eq!(req("GET / HTTP/1.1\r\n\r\n").map(|_| ()), Err(400), "no Host");
     let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(80));
     assert_eq!(req(&long).map(|_| ()), Err(414));

@@ -38,7 +38,7 @@ struct Idle {
 
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<SocketAddr, Vec<Idle>>,
+    idle: HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>,
     swept: Option<Instant>,
 }
 
@@ -46,12 +46,13 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// An idle connection to `addr` that still looks open, if this thread has one.
-pub fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<Upstream> {
+/// An idle connection to `addr` that still looks open, if this thread has one. (Connections
+/// idle past their time are dropped by the sweep, at most a second late.)
+pub fn checkout(addr: SocketAddr) -> Option<Upstream> {
     POOL.with_borrow_mut(|pool| {
         let list = pool.idle.get_mut(&addr)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < idle_timeout && is_open(&idle.conn.io) {
+            if is_open(&idle.conn.io) {
                 let mut conn = idle.conn;
                 conn.reused = true;
                 return Some(conn);
@@ -61,15 +62,14 @@ pub fn checkout(addr: SocketAddr, idle_timeout: Duration) -> Option<Upstream> {
     })
 }
 
-/// Gives a connection that finished an exchange cleanly back to this thread's pool.
-pub fn checkin(addr: SocketAddr, mut conn: Upstream, idle_timeout: Duration) {
+/// Gives a connection that finished an exchange cleanly, at `now`, back to this thread's pool.
+pub fn checkin(addr: SocketAddr, mut conn: Upstream, idle_timeout: Duration, now: Instant) {
     if !conn.buf.is_empty() {
         // The backend sent more than its answer: the connection's framing is lost.
         return;
     }
     conn.buf.consume(0);
     POOL.with_borrow_mut(|pool| {
-        let now = Instant::now();
         if pool
             .swept
             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
