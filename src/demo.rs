@@ -245,6 +245,7 @@ fn router(state: Arc<DemoState>) -> Router {
     Router::new()
         // Only GET is the health check; anything else on /healthz is echoed like any path.
         .route("/healthz", get(healthz).fallback(echo))
+        .route("/ws/echo", get(ws_echo))
         .merge(items::routes())
         .nest("/mover", mover::routes())
         .fallback(echo)
@@ -260,6 +261,27 @@ async fn served_by(State(state): State<Arc<DemoState>>, req: Request, next: Next
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// A WebSocket that echoes every text message back, prefixed with the tenant the edge named
+/// on the upgrade request (`-` for none): proves the upgrade went through the edge as a tunnel.
+async fn ws_echo(ws: axum::extract::ws::WebSocketUpgrade, headers: HeaderMap) -> Response {
+    use axum::extract::ws::Message;
+    let tenant = headers
+        .get(TENANT_ID)
+        .map_or_else(|| "-".to_owned(), |v| lossy(v.as_bytes()));
+    ws.on_upgrade(move |mut socket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            let reply = match msg {
+                Message::Text(text) => Message::Text(format!("{tenant}: {}", text.as_str()).into()),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// Echoes any other request, once the tenant's fences (if it names one) let it through.

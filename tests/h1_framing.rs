@@ -525,3 +525,25 @@ async fn slow_clients_are_timed_out() {
         .unwrap();
     assert_eq!(read_answers(&mut conn, 1).await.responses[0].status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooled_connection_is_retried_once_on_a_fresh_one_when_idempotent() {
+    let (stack, recorder) = stack_with_recorder().await;
+    let stale = format!("GET /again HTTP/1.1\r\n{HOST}x-answer: stale\r\n\r\n");
+    // The warm-up left a pooled connection; the backend drops it as this request arrives,
+    // before answering: the edge sends it again on a fresh connection.
+    let answers = exchange(stack.edge_http, stale.as_bytes(), 1).await;
+    assert_eq!(answers.responses[0].status, 200);
+    let seen = recorder.take();
+    assert_eq!(
+        seen.len(),
+        2,
+        "sent twice: once on the stale connection, once fresh"
+    );
+    assert_eq!(seen[0], seen[1], "the same bytes both times");
+    // A request with a body is never sent twice.
+    let post = format!("POST /items HTTP/1.1\r\n{HOST}x-answer: stale\r\nContent-Length: 2\r\n\r\nok");
+    let answers = exchange(stack.edge_http, post.as_bytes(), 1).await;
+    assert_eq!(answers.responses[0].status, 502);
+    assert_eq!(recorder.take().len(), 1);
+}

@@ -3,8 +3,6 @@
 //! view of its slices and the decision functions the proxy itself calls. Counted with an
 //! instrumented allocator, in a test binary of its own so no other test allocates meanwhile.
 
-#![expect(clippy::unwrap_used, reason = "test setup fails loudly")]
-
 use std::alloc::System;
 use std::sync::Arc;
 

@@ -39,7 +39,10 @@ pub fn answer(name: &str) -> &'static [u8] {
 
 /// Whether the connection stays open after the answer `name`.
 fn keeps_open(name: &str) -> bool {
-    matches!(name, "" | "ok" | "own-request-id" | "interim" | "chunked-ext")
+    matches!(
+        name,
+        "" | "ok" | "own-request-id" | "interim" | "chunked-ext" | "stale"
+    )
 }
 
 /// A running recording backend.
@@ -78,6 +81,7 @@ impl Recorder {
 
 async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
     let mut buf = Vec::new();
+    let mut served = 0;
     loop {
         let Some((len, answer_name, health)) = next_request(&mut conn, &mut buf).await else {
             return;
@@ -85,6 +89,11 @@ async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
         let raw: Vec<u8> = buf.drain(..len).collect();
         if !health {
             seen.lock().unwrap().push(raw);
+        }
+        served += 1;
+        if answer_name == "stale" && served > 1 {
+            // As a backend that timed out an idle connection just as a request arrived.
+            return;
         }
         let answer = if health {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]
@@ -156,4 +165,116 @@ async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A backend for large bodies that keeps none of them: `POST /sink` reads its body (length or
+/// chunked) and answers how many bytes it got; `GET /source/N` answers N bytes, chunked.
+pub struct Sink {
+    pub port: u16,
+}
+
+impl Sink {
+    pub async fn start() -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(sink(conn));
+            }
+        });
+        Sink { port }
+    }
+}
+
+async fn sink(mut conn: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let (head, path, length, chunked) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head)) = req.parse(&buf) {
+                let field = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                };
+                let length = field("content-length").and_then(|v| v.parse::<u64>().ok());
+                break (
+                    head,
+                    req.path.unwrap_or("").to_owned(),
+                    length,
+                    field("transfer-encoding").is_some(),
+                );
+            }
+            if read_more(&mut conn, &mut buf).await.is_none() {
+                return;
+            }
+        };
+        buf.drain(..head);
+        let mut got = 0u64;
+        if let Some(n) = length {
+            while got < n {
+                if buf.is_empty() && read_more(&mut conn, &mut buf).await.is_none() {
+                    return;
+                }
+                let take = (n - got).min(buf.len() as u64) as usize;
+                buf.drain(..take);
+                got += take as u64;
+            }
+        } else if chunked {
+            // Sizes and data, decoded just enough to count and find the end.
+            loop {
+                let line_end = loop {
+                    if let Some(at) = find(&buf, b"\r\n") {
+                        break at;
+                    }
+                    if read_more(&mut conn, &mut buf).await.is_none() {
+                        return;
+                    }
+                };
+                let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+                buf.drain(..line_end + 2);
+                let mut left = size + 2;
+                while left > 0 {
+                    if buf.is_empty() && read_more(&mut conn, &mut buf).await.is_none() {
+                        return;
+                    }
+                    let take = left.min(buf.len());
+                    buf.drain(..take);
+                    left -= take;
+                }
+                got += size as u64;
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        if let Some(n) = path.strip_prefix("/source/") {
+            let total: usize = n.parse().unwrap();
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if conn.write_all(head).await.is_err() {
+                return;
+            }
+            let piece = vec![b'x'; 64 * 1024];
+            let mut left = total;
+            while left > 0 {
+                let n = left.min(piece.len());
+                let frame = [format!("{n:x}\r\n").as_bytes(), &piece[..n], b"\r\n"].concat();
+                if conn.write_all(&frame).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            if conn.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+        } else {
+            let body = got.to_string();
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if conn.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
 }
