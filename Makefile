@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run test lint bench bench-quick certs deps build release
+.PHONY: run test lint bench bench-quick fuzz certs deps build release
 
 ## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl).
 deps:
@@ -26,6 +26,12 @@ run: build
 ## Runs every test: unit, property and end-to-end (real processes on loopback).
 test: deps
 	$(CARGO) test --all-targets
+
+## The differential framing test (the lean HTTP/1.1 parser against hyper's) with many more
+## inputs than `make test` gives it: FUZZ_CASES (default 2 000 000, about a minute).
+FUZZ_CASES ?= 2000000
+fuzz: deps
+	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test h1_differential framing_agrees -- --nocapture
 
 ## fmt + clippy with warnings denied.
 lint: deps
