@@ -8,6 +8,8 @@
 //! framing tricks, then mutated byte by byte. `make test` runs a short pass; `make fuzz` runs
 //! `FUZZ_CASES` (default 200 000).
 
+#![expect(clippy::unwrap_used, reason = "test: failing loudly is the point")]
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
