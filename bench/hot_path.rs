@@ -16,7 +16,8 @@ use pingora::http::RequestHeader;
 use tenant_edge::context::{
     CacheConfig, LookupConfig, Origin, Resolved, TcsClient, TcsEndpoint, TenantCache,
 };
-use tenant_edge::edge::{place, target, BackendRegistry, EdgeState, RequestView};
+use tenant_edge::edge::h1::parse::{self, Limits, Parsed};
+use tenant_edge::edge::{h1, place, target, BackendRegistry, EdgeState, RequestView};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::routes::{normalize_path, RouteSnapshot, RouteStore};
 use tenant_edge::tenant::{normalize_host, IngressRecord, MAX_HOST_LEN};
@@ -168,6 +169,33 @@ fn decision(c: &mut Criterion) {
                 .ok()?;
             let (_, backend) = pool.pick(0)?;
             Some(backend.peer())
+        })
+    });
+    // The same decision as the lean HTTP/1.1 path makes it: from the raw head (a browser-sized
+    // one), parsed strictly, to a backend.
+    let raw = b"GET /browse/ENG-1 HTTP/1.1\r\nHost: Acme.Example.Test:8080\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\
+                Accept: text/html,application/xhtml+xml\r\nAccept-Language: en-GB,en;q=0.9\r\n\
+                Accept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\nCookie: session=abc123; theme=dark\r\n\r\n";
+    let limits = Limits {
+        max_target: 8192,
+        max_head: 32768,
+    };
+    let mut drops = Vec::with_capacity(8);
+    c.bench_function("lean_request_decision", |b| {
+        b.iter(|| {
+            let Ok(Parsed::Complete(head)) = parse::request(black_box(raw), limits, &mut drops) else {
+                return None;
+            };
+            let view = h1::view(raw, &head);
+            let mut buf = [0u8; MAX_HOST_LEN];
+            let Ok((host, product, _)) = target(&state, &view, &mut buf) else {
+                return None;
+            };
+            let pool = cache
+                .with_hit(host, |e| place(&state, product, e, &head.method))?
+                .ok()?;
+            let (_, backend) = pool.pick(0)?;
+            Some(backend.addr)
         })
     });
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::feed::ViewSnapshot;
 use crate::metrics::EdgeMetrics;
-use crate::tenant::{Host, IngressRecord};
+use crate::tenant::{Host, IngressRecord, Sym};
 
 pub use client::{Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
 pub use stream::{follow, now_ms, RegionStatus, StreamStatus};
@@ -87,9 +87,18 @@ pub struct Entry {
     pub id_header: http::HeaderValue,
     /// See `id_header`.
     pub version_header: http::HeaderValue,
+    /// The placements as interned numbers (product, shard, frozen), for the request path:
+    /// matched without reading the record's names. `None` past [`FAST_PLACEMENTS`] products.
+    fast: Option<([(Sym, Sym, bool); FAST_PLACEMENTS], u8)>,
     /// When a request last used it, in ms after `learnt_at` (for the idle sweep).
     last_used_ms: AtomicU64,
 }
+
+/// Products per tenant whose placements an entry keeps as interned numbers.
+pub const FAST_PLACEMENTS: usize = 4;
+
+/// How often a hit records the entry's last use, at most.
+const TOUCH_EVERY_MS: u64 = 1000;
 
 impl Entry {
     /// An entry for `record`, learnt now.
@@ -103,6 +112,17 @@ impl Entry {
         let id_header = http::HeaderValue::from_str(record.id.as_str())
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         let version_header = http::HeaderValue::from(record.version);
+        let fast = (record.placements.len() <= FAST_PLACEMENTS).then(|| {
+            let mut table = [(Sym::of(""), Sym::of(""), false); FAST_PLACEMENTS];
+            for (slot, (product, p)) in table.iter_mut().zip(record.placements.iter()) {
+                *slot = (
+                    Sym::of(product.as_str()),
+                    Sym::of(p.shard.as_str()),
+                    p.state == crate::tenant::PlacementState::Frozen,
+                );
+            }
+            (table, record.placements.len() as u8)
+        });
         Entry {
             record: Arc::new(record),
             learnt_at,
@@ -110,17 +130,38 @@ impl Entry {
             region,
             id_header,
             version_header,
+            fast,
             last_used_ms: AtomicU64::new(0),
         }
     }
 
-    /// Marks the entry used at `age`. Writes at most once a millisecond, so that hits on
-    /// several cores do not fight over the cache line.
+    /// Marks the entry used at `age`. Writes at most once a second (the sweep's idle times need
+    /// no finer), so that a hit leaves the entry's cache line clean: with many tenants that
+    /// line is cold, and hits on several cores would fight over it.
     #[inline]
     fn touch(&self, age: Duration) {
         let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-        if self.last_used_ms.load(Ordering::Relaxed) != ms {
+        let last = self.last_used_ms.load(Ordering::Relaxed);
+        if ms >= last + TOUCH_EVERY_MS || ms < last {
             self.last_used_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The shard holding `product` and whether it is frozen, by interned numbers; the record
+    /// is read only for tenants with more products than the entry keeps.
+    #[inline]
+    pub fn placement_of(&self, product: Sym, name: &str) -> Option<(Sym, bool)> {
+        match &self.fast {
+            Some((table, len)) => table[..usize::from(*len)]
+                .iter()
+                .find(|(p, _, _)| *p == product)
+                .map(|&(_, shard, frozen)| (shard, frozen)),
+            None => self.record.placement(name).map(|p| {
+                (
+                    Sym::of(p.shard.as_str()),
+                    p.state == crate::tenant::PlacementState::Frozen,
+                )
+            }),
         }
     }
 

@@ -25,7 +25,7 @@ use crate::context::persist::{self, FileStatus};
 use crate::context::{self, CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
 use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
-use crate::tenant::ShardId;
+use crate::tenant::{ShardId, Sym};
 
 pub use h1::Http1Config;
 pub use pool::{backend_peer, Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
@@ -158,6 +158,8 @@ pub struct EdgeState {
     pub health: HealthSettings,
     /// By shard id, hashed with foldhash: looked up once per request.
     pools: HashMap<ShardId, Arc<ShardPool>, foldhash::fast::RandomState>,
+    /// The same pools by the shard's interned number ([`Sym`]), for the request path.
+    by_sym: Vec<Option<Arc<ShardPool>>>,
     counters: Vec<RequestCounters>,
     latency: Vec<Histogram>,
 }
@@ -173,6 +175,14 @@ impl EdgeState {
                 (s.id.clone(), Arc::new(ShardPool::new(s.id.clone(), backends)))
             })
             .collect::<HashMap<_, _, _>>();
+        let mut by_sym: Vec<Option<Arc<ShardPool>>> = Vec::new();
+        for (id, pool) in &pools {
+            let i = Sym::of(id.as_str()).index();
+            if by_sym.len() <= i {
+                by_sym.resize(i + 1, None);
+            }
+            by_sym[i] = Some(pool.clone());
+        }
         let live: HashSet<SocketAddr> = routes
             .shards
             .values()
@@ -194,6 +204,7 @@ impl EdgeState {
             health: health_settings(&routes),
             routes,
             pools,
+            by_sym,
             counters,
             latency,
         }
@@ -202,6 +213,12 @@ impl EdgeState {
     /// The pool of a shard.
     pub fn pool(&self, shard: &str) -> Option<Arc<ShardPool>> {
         self.pools.get(shard).cloned()
+    }
+
+    /// The pool of the shard numbered `shard`.
+    #[inline]
+    pub fn pool_of(&self, shard: Sym) -> Option<&Arc<ShardPool>> {
+        self.by_sym.get(shard.index()).and_then(Option::as_ref)
     }
 
     /// Every pool.

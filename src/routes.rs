@@ -87,6 +87,9 @@ pub struct ProductRoute {
     pub index: usize,
     /// Its prefixes, as written.
     pub prefixes: Vec<String>,
+    /// The name's interned number, matched against cache entries' placements.
+    #[serde(skip)]
+    pub sym: crate::tenant::Sym,
 }
 
 /// A shard of one product in one region, and the backends serving it.

@@ -362,3 +362,34 @@ impl<'de> Deserialize<'de> for Placements {
 
 #[cfg(test)]
 mod tests;
+
+/// A small number standing for a product or shard name, the same for the whole process, so
+/// that the request path matches placements and finds shard pools by integer instead of
+/// reading and comparing names (with many tenants each name is a cold cache line).
+///
+/// Names are interned when a cache entry or a route snapshot is built, never per request.
+/// They come from the catalogue's registry and the route file, so there are few of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sym(u32);
+
+impl Sym {
+    /// The number, to index per-name tables with.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The number standing for `name`, made when first asked for.
+    pub fn of(name: &str) -> Sym {
+        use std::collections::HashMap;
+        use std::sync::{OnceLock, RwLock};
+        type Names = RwLock<HashMap<Box<str>, u32, foldhash::fast::RandomState>>;
+        static NAMES: OnceLock<Names> = OnceLock::new();
+        let names = NAMES.get_or_init(Names::default);
+        if let Some(&n) = names.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Sym(n);
+        }
+        let mut names = names.write().unwrap_or_else(|e| e.into_inner());
+        let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
+        Sym(*names.entry(Box::from(name)).or_insert(next))
+    }
+}

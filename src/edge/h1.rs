@@ -260,7 +260,7 @@ struct Exchange {
     id: HeaderValue,
     state: Arc<EdgeState>,
     product: Option<usize>,
-    entry: Option<Arc<Entry>>,
+    tenant: Option<TenantLine>,
     pool: Option<Arc<ShardPool>>,
     /// The normalised host, for `x-forwarded-host` and a re-resolve after a move.
     host: [u8; MAX_HOST_LEN],
@@ -272,6 +272,43 @@ struct Exchange {
     answered: Option<Instant>,
     /// The client connection cannot carry another request.
     close: bool,
+}
+
+/// The tenant's `x-tenant-id` and `x-tenant-context-version` values, copied out of its cache
+/// entry (ids are at most 63 bytes, versions 20 digits).
+struct TenantLine {
+    id: [u8; 64],
+    id_len: u8,
+    version: [u8; 20],
+    version_len: u8,
+}
+
+impl TenantLine {
+    fn of(entry: &Entry) -> Self {
+        let mut line = TenantLine {
+            id: [0; 64],
+            id_len: 0,
+            version: [0; 20],
+            version_len: 0,
+        };
+        let id = entry.id_header.as_bytes();
+        let n = id.len().min(64);
+        line.id[..n].copy_from_slice(&id[..n]);
+        line.id_len = n as u8;
+        let v = entry.version_header.as_bytes();
+        let n = v.len().min(20);
+        line.version[..n].copy_from_slice(&v[..n]);
+        line.version_len = n as u8;
+        line
+    }
+
+    fn id(&self) -> &[u8] {
+        &self.id[..usize::from(self.id_len)]
+    }
+
+    fn version(&self) -> &[u8] {
+        &self.version[..usize::from(self.version_len)]
+    }
 }
 
 /// How forwarding a body failed.
@@ -383,7 +420,7 @@ impl H1App {
             id: self.ids.next(),
             state: self.shared.state.load_full(),
             product: None,
-            entry: None,
+            tenant: None,
             pool: None,
             host: [0; MAX_HOST_LEN],
             host_len: 0,
@@ -419,22 +456,35 @@ impl H1App {
         let host_len = host.len();
         ex.product = Some(product.index);
         ex.rewritten = rewritten;
-        let entry = match self.shared.cache.resolve(host).await {
-            Ok(Resolved::Found(entry)) => entry,
-            Ok(Resolved::Unknown) => return Err(reject(404, "unknown host")),
-            Err(e) => {
-                tracing::warn!(host, error = %e, "tenant context unavailable");
-                return Err(Reject {
-                    status: 503,
-                    reason: "tenant context unavailable",
-                    retry_after: Some(RETRY_AFTER_OUTAGE),
-                });
+        // A hit is placed on the borrowed entry, copying the two values the head needs: no
+        // reference count, no write to the entry's memory (a cold line with many tenants).
+        let hit = self.shared.cache.with_hit(host, |entry| {
+            place(&state, product, entry, &head.method).map(|pool| (pool, TenantLine::of(entry)))
+        });
+        let (pool, tenant) = match hit {
+            Some(placed) => placed?,
+            None => {
+                let entry = match self.shared.cache.resolve(host).await {
+                    Ok(Resolved::Found(entry)) => entry,
+                    Ok(Resolved::Unknown) => return Err(reject(404, "unknown host")),
+                    Err(e) => {
+                        tracing::warn!(host, error = %e, "tenant context unavailable");
+                        return Err(Reject {
+                            status: 503,
+                            reason: "tenant context unavailable",
+                            retry_after: Some(RETRY_AFTER_OUTAGE),
+                        });
+                    }
+                };
+                (
+                    place(&state, product, &entry, &head.method)?,
+                    TenantLine::of(&entry),
+                )
             }
         };
-        let pool = place(&state, product, &entry, &head.method)?;
         ex.host_len = host_len;
         ex.pool = Some(pool);
-        ex.entry = Some(entry);
+        ex.tenant = Some(tenant);
         Ok(())
     }
 
@@ -519,7 +569,7 @@ impl H1App {
             .inc();
         match relocated {
             Some((entry, pool)) if replayable => {
-                ex.entry = Some(entry);
+                ex.tenant = Some(TenantLine::of(&entry));
                 ex.pool = Some(pool);
                 true
             }
@@ -682,11 +732,11 @@ impl H1App {
             }
             slices.push(&buf[at..head.len - 2]);
         }
-        if let Some(e) = ex.entry.as_deref() {
+        if let Some(t) = &ex.tenant {
             slices.push(b"x-tenant-id: ");
-            slices.push(e.id_header.as_bytes());
+            slices.push(t.id());
             slices.push(b"\r\nx-tenant-context-version: ");
-            slices.push(e.version_header.as_bytes());
+            slices.push(t.version());
             slices.push(b"\r\n");
         }
         slices.push(b"x-tenant-shard: ");
@@ -936,7 +986,7 @@ impl H1App {
                 target: "tenant_edge::access",
                 method = %head.method,
                 status = ex.status,
-                tenant = ex.entry.as_ref().map(|t| t.record.id.as_str()),
+                tenant = ex.tenant.as_ref().and_then(|t| std::str::from_utf8(t.id()).ok()),
                 shard = ex.pool.as_ref().map(|p| p.shard.as_str()),
                 request_id = ex.id.to_str().ok(),
             );

@@ -21,7 +21,7 @@ use super::pool::{InFlight, ShardPool};
 use super::{EdgeState, Shared};
 use crate::context::{Entry, Resolved};
 use crate::routes::{normalize_path, ProductRoute};
-use crate::tenant::{normalize_host, PlacementState, MAX_HOST_LEN};
+use crate::tenant::{normalize_host, MAX_HOST_LEN};
 
 /// How long a client should wait before retrying a 503 of ours, in seconds.
 pub(super) const RETRY_AFTER_OUTAGE: &str = "1";
@@ -131,20 +131,18 @@ pub fn place(
     entry: &Entry,
     method: &http::Method,
 ) -> Result<Arc<ShardPool>, Reject> {
-    let placement = entry
-        .record
-        .placement(product.name.as_str())
+    // By interned numbers: no name of the tenant's record is read or compared.
+    let (shard, frozen) = entry
+        .placement_of(product.sym, product.name.as_str())
         .ok_or(reject(404, "product not provisioned for this tenant"))?;
-    if placement.state == PlacementState::Frozen && !is_safe(method) {
+    if frozen && !is_safe(method) {
         return Err(Reject {
             status: 503,
             reason: "tenant is being moved; writes are paused",
             retry_after: Some(RETRY_AFTER_FROZEN),
         });
     }
-    let pool = state
-        .pool(placement.shard.as_str())
-        .ok_or(reject(503, "shard has no route"))?;
+    let pool = state.pool_of(shard).ok_or(reject(503, "shard has no route"))?;
     // Decided here rather than in `upstream_peer`, so the answer keeps the connection open.
     if pool.pick(0).is_none() {
         return Err(Reject {
@@ -153,7 +151,7 @@ pub fn place(
             retry_after: Some(RETRY_AFTER_OUTAGE),
         });
     }
-    Ok(pool)
+    Ok(pool.clone())
 }
 
 pub(super) const fn reject(status: u16, reason: &'static str) -> Reject {

@@ -166,6 +166,7 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
         }
         match Product::new(&p.name) {
             Ok(name) => routes.push(ProductRoute {
+                sym: crate::tenant::Sym::of(name.as_str()),
                 name,
                 index,
                 prefixes: p.prefixes.clone(),
