@@ -278,6 +278,13 @@ impl TenantCache {
         if let Some(entry) = self.with_hit(host, Arc::clone) {
             return Ok(Resolved::Found(entry));
         }
+        self.resolve_missed(host).await
+    }
+
+    /// [`TenantCache::resolve`] for a caller whose own [`TenantCache::with_hit`] just missed:
+    /// the negative cache, then one coalesced fill (a lookup of an absent host is the dearest
+    /// kind in the map, so it is not repeated).
+    pub async fn resolve_missed(&self, host: &str) -> Result<Resolved, Unavailable> {
         if self.negative.contains_key(host) {
             self.metrics.negative_hits.inc();
             return Ok(Resolved::Unknown);

@@ -464,7 +464,7 @@ impl H1App {
         let (pool, tenant) = match hit {
             Some(placed) => placed?,
             None => {
-                let entry = match self.shared.cache.resolve(host).await {
+                let entry = match self.shared.cache.resolve_missed(host).await {
                     Ok(Resolved::Found(entry)) => entry,
                     Ok(Resolved::Unknown) => return Err(reject(404, "unknown host")),
                     Err(e) => {
