@@ -89,10 +89,14 @@ pub struct Entry {
     pub version_header: http::HeaderValue,
     /// The placements as interned numbers (product, shard, frozen), for the request path:
     /// matched without reading the record's names. `None` past [`FAST_PLACEMENTS`] products.
-    fast: Option<([(Sym, Sym, bool); FAST_PLACEMENTS], u8)>,
+    fast: Option<FastPlacements>,
     /// When a request last used it, in ms after `learnt_at` (for the idle sweep).
     last_used_ms: AtomicU64,
 }
+
+/// Up to [`FAST_PLACEMENTS`] placements as (product, shard, frozen) by interned number, and
+/// how many are set.
+type FastPlacements = ([(Sym, Sym, bool); FAST_PLACEMENTS], u8);
 
 /// Products per tenant whose placements an entry keeps as interned numbers.
 pub const FAST_PLACEMENTS: usize = 4;

@@ -312,9 +312,12 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
         ))
     });
     tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
-    tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
 
     let proxy = server::start(server, shutdown.clone());
+    // pingora binds its listeners on its own thread: the admin listener (and so `/readyz`)
+    // answers only once the proxy's accept, so "ready" never means "connection refused".
+    wait_listening(cfg.listen_http, &shutdown).await;
+    tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
     tracing::info!(
         http = %cfg.listen_http,
         https = ?cfg.listen_https,
@@ -333,6 +336,27 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
         }
     }
     Ok(())
+}
+
+/// Waits (up to 30 s) until `addr` accepts a connection.
+async fn wait_listening(addr: SocketAddr, shutdown: &CancellationToken) {
+    let mut probe = addr;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() {
+        let attempt =
+            tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(probe)).await;
+        if matches!(attempt, Ok(Ok(_))) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(%addr, "the proxy listener did not accept within 30 s; serving admin anyway");
 }
 
 /// Before serving: restore the cache file, then prewarm from the bulk snapshot, as configured.

@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::http1::{read_response, until_closed};
 use common::recorder::Sink;
 use common::{eventually, write_routes, Stack};
 use futures::{SinkExt, StreamExt};
@@ -41,36 +42,6 @@ async fn a_websocket_upgrade_is_tunnelled_to_the_tenants_shard() {
     ws.close(None).await.unwrap();
 }
 
-/// Reads one answer's head (and a content-length body) from `conn`.
-async fn read_answer(conn: &mut TcpStream) -> (u16, String, Vec<u8>) {
-    let mut buf = Vec::new();
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
-            let len = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |h| {
-                    std::str::from_utf8(h.value).unwrap().parse::<usize>().unwrap()
-                });
-            let status = resp.code.unwrap();
-            let text = String::from_utf8_lossy(&buf[..head]).into_owned();
-            if buf.len() >= head + len {
-                return (status, text, buf[head..head + len].to_vec());
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_continue_and_http10_are_served_whole() {
     let stack = Stack::start().await;
@@ -83,12 +54,11 @@ async fn expect_continue_and_http10_are_served_whole() {
         body.len()
     );
     conn.write_all(head.as_bytes()).await.unwrap();
-    let (status, _, _) = read_answer(&mut conn).await;
-    assert_eq!(status, 100);
+    assert_eq!(read_response(&mut conn).await.status, 100);
     conn.write_all(body).await.unwrap();
-    let (status, head, created) = read_answer(&mut conn).await;
-    assert_eq!(status, 201, "{head}");
-    let id = serde_json::from_slice::<serde_json::Value>(&created).unwrap()["id"]
+    let created = read_response(&mut conn).await;
+    assert_eq!(created.status, 201, "{}", created.head);
+    let id = serde_json::from_slice::<serde_json::Value>(&created.body).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -97,16 +67,11 @@ async fn expect_continue_and_http10_are_served_whole() {
     assert_eq!(stored["body"]["title"], "sent after 100 Continue");
 
     // An HTTP/1.0 client: answered, then closed (no keep-alive on that path).
-    let mut conn = TcpStream::connect(("127.0.0.1", stack.edge_http)).await.unwrap();
-    conn.write_all(b"GET /browse HTTP/1.0\r\nHost: acme.example.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut all))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&all);
+    let text = until_closed(
+        stack.edge_http,
+        b"GET /browse HTTP/1.0\r\nHost: acme.example.test\r\n\r\n",
+    )
+    .await;
     assert!(
         text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
         "{text}"
@@ -153,8 +118,8 @@ async fn hundred_mib_bodies_stream_with_bounded_memory() {
     for _ in 0..100 {
         conn.write_all(&piece).await.unwrap();
     }
-    let (status, _, body) = read_answer(&mut conn).await;
-    assert_eq!((status, body), (200, HUNDRED_MIB.to_string().into_bytes()));
+    let r = read_response(&mut conn).await;
+    assert_eq!((r.status, r.body), (200, HUNDRED_MIB.to_string().into_bytes()));
 
     // Upload, chunked, on the same connection.
     let head = "POST /sink HTTP/1.1\r\nHost: acme.example.test\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -164,8 +129,8 @@ async fn hundred_mib_bodies_stream_with_bounded_memory() {
         conn.write_all(&frame).await.unwrap();
     }
     conn.write_all(b"0\r\n\r\n").await.unwrap();
-    let (status, _, body) = read_answer(&mut conn).await;
-    assert_eq!((status, body), (200, HUNDRED_MIB.to_string().into_bytes()));
+    let r = read_response(&mut conn).await;
+    assert_eq!((r.status, r.body), (200, HUNDRED_MIB.to_string().into_bytes()));
 
     // Download, chunked, read slowly at first so the edge must hold back.
     conn.write_all(

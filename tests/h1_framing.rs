@@ -3,16 +3,11 @@
 //! forwarded in a stated normal form), the shard's answers held to the same rules, and the
 //! path's behaviour (keep-alive, pipelining, chunked both ways, limits, slow clients).
 
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test: failing loudly is the point"
-)]
-
 mod common;
 
 use std::time::Duration;
 
+use common::http1::{exchange, read_answers, until_closed};
 use common::recorder::Recorder;
 use common::{eventually, write_routes, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,111 +46,6 @@ async fn stack_with_recorder() -> (Stack, Recorder) {
     assert_eq!(answers.responses[0].status, 200);
     recorder.take();
     (stack, recorder)
-}
-
-/// One answer as the client read it.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Answers {
-    responses: Vec<Response>,
-    /// The edge closed the connection after them.
-    closed: bool,
-}
-
-/// Sends `raw` and reads `want` answers, then whether the connection closed (within 300 ms).
-async fn exchange(port: u16, raw: &[u8], want: usize) -> Answers {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    conn.write_all(raw).await.unwrap();
-    read_answers(&mut conn, want).await
-}
-
-async fn read_answers(conn: &mut TcpStream, want: usize) -> Answers {
-    let mut buf = Vec::new();
-    let mut responses = Vec::new();
-    let mut closed = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        while let Some((r, used)) = parse_response(&buf) {
-            responses.push(r);
-            buf.drain(..used);
-        }
-        if responses.len() >= want {
-            break;
-        }
-        let mut chunk = [0u8; 64 * 1024];
-        match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("no answer in time; have {responses:?}"),
-        }
-    }
-    if !closed {
-        let mut chunk = [0u8; 1024];
-        closed = matches!(
-            tokio::time::timeout(Duration::from_millis(300), conn.read(&mut chunk)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        );
-    }
-    Answers { responses, closed }
-}
-
-/// One whole answer at the start of `buf` (content-length, chunked, or none for errors).
-fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let httparse::Status::Complete(head) = resp.parse(buf).ok()? else {
-        return None;
-    };
-    let field = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-    };
-    let status = resp.code?;
-    let text = String::from_utf8_lossy(&buf[..head]).into_owned();
-    if let Some(n) = field("content-length") {
-        let end = head + n.parse::<usize>().ok()?;
-        return (buf.len() >= end).then(|| {
-            (
-                Response {
-                    status,
-                    head: text,
-                    body: buf[head..end].to_vec(),
-                },
-                end,
-            )
-        });
-    }
-    if field("transfer-encoding").is_some() {
-        let rest = &buf[head..];
-        let end = rest.windows(5).position(|w| w == b"0\r\n\r\n")? + 5;
-        return Some((
-            Response {
-                status,
-                head: text,
-                body: rest[..end].to_vec(),
-            },
-            head + end,
-        ));
-    }
-    Some((
-        Response {
-            status,
-            head: text,
-            body: Vec::new(),
-        },
-        head,
-    ))
 }
 
 /// What a case expects.
@@ -380,14 +270,7 @@ async fn shard_answers_are_held_to_the_same_rules() {
 
     // A chunk that goes wrong after the head has gone out: the client's connection is cut, so
     // no client ever reads a whole, wrong message.
-    let mut conn = TcpStream::connect(("127.0.0.1", stack.edge_http)).await.unwrap();
-    conn.write_all(ask("bad-chunk").as_bytes()).await.unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut all))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&all);
+    let text = until_closed(stack.edge_http, ask("bad-chunk").as_bytes()).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
         !text.ends_with("0\r\n\r\n"),

@@ -9,6 +9,7 @@
     reason = "test harness: failing loudly is the point"
 )]
 
+pub mod http1;
 mod ports;
 pub mod recorder;
 

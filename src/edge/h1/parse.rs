@@ -230,19 +230,7 @@ pub fn request(
     }
     if fields_seen.named {
         // Fields named by `Connection` are hop-by-hop too: a second pass, rare.
-        for (i, h) in req.headers.iter().enumerate() {
-            let start = at(h.name.as_bytes());
-            let end = req
-                .headers
-                .get(i + 1)
-                .map_or(len - 2, |next| at(next.name.as_bytes()));
-            if named_in_connection(&req.headers[..], h.name.as_bytes())
-                && !drop.iter().any(|d| d.start == start)
-            {
-                drop.push(start..end);
-            }
-        }
-        drop.sort_by_key(|r| r.start);
+        drop_named(buf, &req.headers[..], len, drop);
     }
     if fields_seen.chunked && fields_seen.length.is_some() {
         return Err(refuse(400, "both Transfer-Encoding and Content-Length"));
@@ -399,19 +387,7 @@ pub fn response(
         }
     }
     if seen.named {
-        for (i, h) in resp.headers.iter().enumerate() {
-            let start = at(h.name.as_bytes());
-            let end = resp
-                .headers
-                .get(i + 1)
-                .map_or(len - 2, |next| at(next.name.as_bytes()));
-            if named_in_connection(&resp.headers[..], h.name.as_bytes())
-                && !drop.iter().any(|d| d.start == start)
-            {
-                drop.push(start..end);
-            }
-        }
-        drop.sort_by_key(|r| r.start);
+        drop_named(buf, &resp.headers[..], len, drop);
     }
     if seen.chunked && seen.length.is_some() {
         return Err(bad("both Transfer-Encoding and Content-Length in the response"));
@@ -520,6 +496,21 @@ fn connection_tokens(value: &[u8], seen: &mut Fields) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// Adds to `drop` every field line a `Connection` field names (those of a head of `len` bytes
+/// parsed from `buf`), keeping `drop` in order.
+fn drop_named(buf: &[u8], headers: &[httparse::Header<'_>], len: usize, drop: &mut Vec<Range<usize>>) {
+    for (i, h) in headers.iter().enumerate() {
+        let start = offset(buf, h.name.as_bytes());
+        let end = headers
+            .get(i + 1)
+            .map_or(len - 2, |next| offset(buf, next.name.as_bytes()));
+        if named_in_connection(headers, h.name.as_bytes()) && !drop.iter().any(|d| d.start == start) {
+            drop.push(start..end);
+        }
+    }
+    drop.sort_by_key(|r| r.start);
 }
 
 /// Whether a `Connection` field among `headers` names `name`.
