@@ -117,7 +117,7 @@ impl Entry {
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         let version_header = http::HeaderValue::from(record.version);
         let fast = (record.placements.len() <= FAST_PLACEMENTS).then(|| {
-            let mut table = [(Sym::of(""), Sym::of(""), false); FAST_PLACEMENTS];
+            let mut table = [(Sym::NONE, Sym::NONE, false); FAST_PLACEMENTS];
             for (slot, (product, p)) in table.iter_mut().zip(record.placements.iter()) {
                 *slot = (
                     Sym::of(product.as_str()),

@@ -373,6 +373,9 @@ mod tests;
 pub struct Sym(u32);
 
 impl Sym {
+    /// Stands for no name (never handed out by [`Sym::of`]).
+    pub const NONE: Sym = Sym(u32::MAX);
+
     /// The number, to index per-name tables with.
     pub fn index(self) -> usize {
         self.0 as usize
@@ -389,7 +392,9 @@ impl Sym {
             return Sym(n);
         }
         let mut names = names.write().unwrap_or_else(|e| e.into_inner());
-        let next = u32::try_from(names.len()).unwrap_or(u32::MAX);
+        let next = u32::try_from(names.len())
+            .unwrap_or(u32::MAX - 1)
+            .min(u32::MAX - 1);
         Sym(*names.entry(Box::from(name)).or_insert(next))
     }
 }

@@ -508,7 +508,7 @@ impl H1App {
                     return;
                 }
             };
-            if resp.status == 421 && replays == 0 {
+            if resp.status == 421 {
                 if let Some(version) = resp.tenant_moved.clone() {
                     let version = std::str::from_utf8(&up.buf.filled()[version])
                         .ok()
@@ -517,9 +517,13 @@ impl H1App {
                     // The fence's answer is not passed on; its connection is not reused.
                     drop(up);
                     drop(flight_backend);
-                    if self.moved(ex, head, version, replayable).await {
+                    // One replay at most, as on the general path: a second fence is a 503.
+                    if replays == 0 && self.moved(ex, head, version, replayable).await {
                         replays += 1;
                         continue;
+                    }
+                    if replays > 0 {
+                        self.count_moved("unresolved");
                     }
                     ex.close |= !bodyless;
                     let r = Reject {
@@ -562,11 +566,7 @@ impl H1App {
             (Some(_), false) => "rejected",
             (None, _) => "unresolved",
         };
-        self.shared
-            .metrics
-            .tenant_moved
-            .with_label_values(&[outcome])
-            .inc();
+        self.count_moved(outcome);
         match relocated {
             Some((entry, pool)) if replayable => {
                 ex.tenant = Some(TenantLine::of(&entry));
@@ -575,6 +575,15 @@ impl H1App {
             }
             _ => false,
         }
+    }
+
+    /// Counts one shard answer "tenant moved" by what came of it.
+    fn count_moved(&self, outcome: &str) {
+        self.shared
+            .metrics
+            .tenant_moved
+            .with_label_values(&[outcome])
+            .inc();
     }
 
     /// Picks a backend, sends the head and the body, and reads the answer's head. Connection
