@@ -324,3 +324,123 @@ fn buffers_grow_to_their_bound_and_keep_unread_bytes() {
     assert_eq!(room, 18);
     assert!(buf.space(100, 12).len() <= 18, "a smaller bound never shrinks it");
 }
+
+/// The connection loop itself, on an in-memory stream with tokio's clock paused: timeouts are
+/// reached by advancing time, not by waiting.
+mod timeouts {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arc_swap::ArcSwap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::super::{Conn, H1App, Http1Config, Next};
+    use crate::context::persist::FileStatus;
+    use crate::context::{CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
+    use crate::edge::{BackendRegistry, EdgeProxy, EdgeState, Shared};
+    use crate::metrics::EdgeMetrics;
+    use crate::routes::RouteStore;
+
+    fn app(cfg: &Http1Config) -> H1App {
+        let routes =
+            Arc::new(RouteStore::load(concat!(env!("CARGO_MANIFEST_DIR"), "/routes/dev.toml")).unwrap());
+        let metrics = EdgeMetrics::new().unwrap();
+        let endpoint = TcsEndpoint {
+            region: "us-east-1".into(),
+            url: "http://127.0.0.1:9".into(),
+            token: "t".into(),
+        };
+        let client = Arc::new(TcsClient::new(&[endpoint], "us-east-1", LookupConfig::default()).unwrap());
+        let registry = BackendRegistry::default();
+        let shared = Arc::new(Shared {
+            state: ArcSwap::from_pointee(EdgeState::build(routes.load_full(), &registry, &metrics)),
+            cache: Arc::new(TenantCache::new(
+                &CacheConfig::default(),
+                client.clone(),
+                metrics.clone(),
+            )),
+            stream: Arc::new(StreamStatus::new(&client)),
+            metrics,
+            routes,
+            registry,
+            access_log: false,
+            file: Arc::new(FileStatus::new(None)),
+        });
+        let conf = Arc::new(pingora::server::configuration::ServerConf::default());
+        let general = pingora::proxy::http_proxy(&conf, EdgeProxy::new(shared.clone()));
+        H1App::new(shared, general, cfg)
+    }
+
+    /// Runs the loop on one end of a pipe; the test holds the other.
+    fn serve(cfg: Http1Config) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<Next>) {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let handle = tokio::spawn(async move {
+            let app = app(&cfg);
+            let (_tx, mut watch) = tokio::sync::watch::channel(false);
+            let mut conn = Conn::new(None, false);
+            let next = app.serve(&mut server, &mut conn, &mut watch).await;
+            drop(_tx);
+            next
+        });
+        (client, handle)
+    }
+
+    async fn read_all(client: &mut tokio::io::DuplexStream) -> String {
+        let mut out = Vec::new();
+        let _ = client.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_not_complete_in_time_gets_408() {
+        let cfg = Http1Config {
+            header_timeout_ms: 5_000,
+            ..Http1Config::default()
+        };
+        let (mut client, handle) = serve(cfg);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: acme.exa")
+            .await
+            .unwrap();
+        // Just before the deadline nothing has been answered.
+        tokio::time::sleep(Duration::from_millis(4_900)).await;
+        let mut probe = [0u8; 1];
+        let early = tokio::time::timeout(Duration::from_millis(1), client.read(&mut probe)).await;
+        assert!(early.is_err(), "answered before the header timeout");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+        assert!(answer.contains("connection: close"), "{answer:?}");
+        assert_eq!(handle.await.unwrap(), Next::Close);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_without_an_answer() {
+        let (mut client, handle) = serve(Http1Config::default());
+        // Nothing sent at all: after the header timeout the connection just closes.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(read_all(&mut client).await, "");
+        assert_eq!(handle.await.unwrap(), Next::Close);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_and_hand_overs_come_from_the_loop() {
+        // A framing refusal: 400, closed, whatever follows unread.
+        let (mut client, handle) = serve(Http1Config::default());
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc")
+            .await
+            .unwrap();
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+        assert!(
+            answer.contains(r#""reason":"both Transfer-Encoding and Content-Length""#),
+            "{answer:?}"
+        );
+        assert_eq!(handle.await.unwrap(), Next::Close);
+        // An HTTP/1.0 request goes to the general proxy, its bytes kept for it.
+        let (mut client, handle) = serve(Http1Config::default());
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        assert_eq!(handle.await.unwrap(), Next::HandOff);
+    }
+}
