@@ -434,11 +434,9 @@ impl H1App {
         match decided {
             Ok(()) => self.forward(io, conn, head, &mut ex).await,
             Err(r) => {
-                // An unread body cannot be skipped safely without reading it, and a malformed
-                // request may have been framed otherwise by its sender: close.
-                ex.close |= head.framing != Framing::Empty || r.status == 400;
-                self.answer(io, conn, &mut ex, r).await;
-                conn.buf.consume(head.len);
+                // A malformed request may have been framed otherwise by its sender: close.
+                ex.close |= r.status == 400;
+                self.fail(io, conn, head, &mut ex, r).await;
             }
         }
         self.log(&ex, head);
@@ -501,12 +499,7 @@ impl H1App {
             let sent = self.send(io, conn, head, ex, &pool, replayable).await;
             let (mut up, resp, flight_backend) = match sent {
                 Ok(ok) => ok,
-                Err(r) => {
-                    ex.close |= !bodyless;
-                    self.answer(io, conn, ex, r).await;
-                    conn.buf.consume(if bodyless { head.len } else { 0 });
-                    return;
-                }
+                Err(r) => return self.fail(io, conn, head, ex, r).await,
             };
             if resp.status == 421 {
                 if let Some(version) = resp.tenant_moved.clone() {
@@ -525,15 +518,12 @@ impl H1App {
                     if replays > 0 {
                         self.count_moved("unresolved");
                     }
-                    ex.close |= !bodyless;
                     let r = Reject {
                         status: 503,
                         reason: "tenant moved; retry the request",
                         retry_after: Some(RETRY_AFTER_FROZEN),
                     };
-                    self.answer(io, conn, ex, r).await;
-                    conn.buf.consume(if bodyless { head.len } else { 0 });
-                    return;
+                    return self.fail(io, conn, head, ex, r).await;
                 }
             }
             if bodyless {
@@ -682,7 +672,8 @@ impl H1App {
     }
 
     /// Writes the upstream request head (and any body bytes already read) in one vectored
-    /// write: the client's bytes minus the dropped fields, plus the edge's fields.
+    /// write: the client's bytes minus the dropped fields, plus the edge's fields. The head is
+    /// built in one contiguous buffer: the kernel's cost per iovec is above a user-space copy's.
     async fn write_request(
         &self,
         conn: &mut Conn,
@@ -691,79 +682,64 @@ impl H1App {
         up: &mut Upstream,
     ) -> std::io::Result<()> {
         let buf = conn.buf.filled();
-        conn.out.clear();
-        let line: &[u8] = if ex.rewritten.is_some() || head.authority.is_some() {
-            let out = &mut conn.out;
-            out.extend_from_slice(head.method.as_str().as_bytes());
-            out.push(b' ');
+        let wire = &mut conn.wire;
+        wire.clear();
+        if ex.rewritten.is_some() || head.authority.is_some() {
+            wire.extend_from_slice(head.method.as_str().as_bytes());
+            wire.push(b' ');
             match &ex.rewritten {
-                Some(path) => out.extend_from_slice(path.as_bytes()),
+                Some(path) => wire.extend_from_slice(path.as_bytes()),
                 None => {
                     if head.path.is_empty() {
-                        out.push(b'/');
+                        wire.push(b'/');
                     }
-                    out.extend_from_slice(&buf[head.path.clone()]);
+                    wire.extend_from_slice(&buf[head.path.clone()]);
                     if let Some(q) = &head.query {
-                        out.push(b'?');
-                        out.extend_from_slice(&buf[q.clone()]);
+                        wire.push(b'?');
+                        wire.extend_from_slice(&buf[q.clone()]);
                     }
                 }
             }
-            out.extend_from_slice(b" HTTP/1.1\r\n");
-            &conn.out
+            wire.extend_from_slice(b" HTTP/1.1\r\n");
         } else {
-            &buf[head.line.start..head.fields]
-        };
-        let body_now = match head.framing {
-            Framing::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(buf.len() - head.len),
-            _ => 0,
-        };
-        let no_value = HeaderValue::from_static("");
-        let shard = ex.pool.as_deref().map_or(&no_value, |p| &p.shard_header);
-        let mut copy = Vec::new();
-        let mut slices = Slices::<40>::default();
-        if conn.drop.len() > 20 {
-            // A client sending dozens of fields the edge drops: copy what is kept.
-            copy.extend_from_slice(line);
-            let mut at = head.fields;
-            for d in &conn.drop {
-                copy.extend_from_slice(&buf[at..d.start]);
-                at = d.end;
-            }
-            copy.extend_from_slice(&buf[at..head.len - 2]);
-            slices.push(&copy);
-        } else {
-            slices.push(line);
-            let mut at = head.fields;
-            for d in &conn.drop {
-                slices.push(&buf[at..d.start]);
-                at = d.end;
-            }
-            slices.push(&buf[at..head.len - 2]);
+            wire.extend_from_slice(&buf[head.line.start..head.fields]);
         }
+        let mut at = head.fields;
+        for d in &conn.drop {
+            wire.extend_from_slice(&buf[at..d.start]);
+            at = d.end;
+        }
+        wire.extend_from_slice(&buf[at..head.len - 2]);
         if let Some(t) = &ex.tenant {
-            slices.push(b"x-tenant-id: ");
-            slices.push(t.id());
-            slices.push(b"\r\nx-tenant-context-version: ");
-            slices.push(t.version());
-            slices.push(b"\r\n");
+            for part in [
+                &b"x-tenant-id: "[..],
+                t.id(),
+                b"\r\nx-tenant-context-version: ",
+                t.version(),
+                b"\r\n",
+            ] {
+                wire.extend_from_slice(part);
+            }
         }
-        slices.push(b"x-tenant-shard: ");
-        slices.push(shard.as_bytes());
-        slices.push(b"\r\nx-request-id: ");
-        slices.push(ex.id.as_bytes());
-        slices.push(b"\r\nx-forwarded-host: ");
-        slices.push(&ex.host[..ex.host_len]);
-        slices.push(b"\r\n");
-        slices.push(&conn.forwarded);
-        slices.push(b"\r\n");
-        // One contiguous head: the kernel's cost per iovec is above a user-space copy's.
-        conn.wire.clear();
-        for s in slices.as_mut().iter() {
-            conn.wire.extend_from_slice(s);
+        if let Some(pool) = &ex.pool {
+            for part in [&b"x-tenant-shard: "[..], pool.shard_header.as_bytes(), b"\r\n"] {
+                wire.extend_from_slice(part);
+            }
         }
+        for part in [
+            &b"x-request-id: "[..],
+            ex.id.as_bytes(),
+            b"\r\nx-forwarded-host: ",
+            &ex.host[..ex.host_len],
+            b"\r\n",
+            &conn.forwarded,
+            b"\r\n",
+        ] {
+            wire.extend_from_slice(part);
+        }
+        let body_now = buffered_body(head.framing, buf.len() - head.len);
         let mut out = [
-            IoSlice::new(&conn.wire),
+            IoSlice::new(wire),
             IoSlice::new(&buf[head.len..head.len + body_now]),
         ];
         let parts = if body_now == 0 { 1 } else { 2 };
@@ -782,25 +758,23 @@ impl H1App {
     where
         S: AsyncRead + Unpin,
     {
-        match head.framing {
-            Framing::Empty | Framing::Close => Ok(()),
-            Framing::Length(n) => {
-                let already = (n.min((conn.buf.filled().len() - head.len) as u64)) as usize;
-                conn.buf.consume(head.len + already);
-                copy_length(
-                    io,
-                    &mut conn.buf,
-                    n - already as u64,
-                    &mut up.io,
-                    self.settings.body,
-                )
-                .await
-            }
-            Framing::Chunked => {
-                conn.buf.consume(head.len);
-                copy_chunked(io, &mut conn.buf, &mut up.io, self.settings.body).await
-            }
+        if head.framing == Framing::Empty {
+            // The head stays in the buffer until the answer: a moved tenant's request is sent
+            // again from it.
+            return Ok(());
         }
+        // What `write_request` sent with the head is not sent again.
+        let already = buffered_body(head.framing, conn.buf.filled().len() - head.len);
+        conn.buf.consume(head.len + already);
+        copy_body(
+            io,
+            &mut conn.buf,
+            head.framing,
+            already,
+            &mut up.io,
+            self.settings.body,
+        )
+        .await
     }
 
     /// Reads the backend's answer head, skipping interim (1xx) answers.
@@ -886,11 +860,7 @@ impl H1App {
             ex.close = true;
         }
         let buf = up.buf.filled();
-        let body_now = match resp.framing {
-            Framing::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(buf.len() - resp.len),
-            Framing::Close => buf.len() - resp.len,
-            Framing::Empty | Framing::Chunked => 0,
-        };
+        let body_now = buffered_body(resp.framing, buf.len() - resp.len);
         let mut slices = Slices::<40>::default();
         slices.push(&buf[..resp.fields]);
         let mut at = resp.fields;
@@ -918,21 +888,15 @@ impl H1App {
             return false;
         }
         up.buf.consume(resp.len + body_now);
-        let result = match resp.framing {
-            Framing::Empty => Ok(()),
-            Framing::Length(n) => {
-                copy_length(
-                    &mut up.io,
-                    &mut up.buf,
-                    n - body_now as u64,
-                    io,
-                    self.settings.body,
-                )
-                .await
-            }
-            Framing::Chunked => copy_chunked(&mut up.io, &mut up.buf, io, self.settings.body).await,
-            Framing::Close => copy_to_end(&mut up.io, &mut up.buf, io, self.settings.body).await,
-        };
+        let result = copy_body(
+            &mut up.io,
+            &mut up.buf,
+            resp.framing,
+            body_now,
+            io,
+            self.settings.body,
+        )
+        .await;
         let flushed = io.flush().await.is_ok();
         match result {
             Ok(()) if flushed => resp.keep_alive,
@@ -945,6 +909,21 @@ impl H1App {
                 ex.close = true;
                 false
             }
+        }
+    }
+
+    /// Answers a request the edge could not forward (or not finish forwarding) with its JSON
+    /// error. A body that was not read whole cannot be skipped safely: the connection closes.
+    /// A bodiless request's head is done with.
+    async fn fail<S>(&self, io: &mut S, conn: &mut Conn, head: &RequestHead, ex: &mut Exchange, r: Reject)
+    where
+        S: AsyncWrite + Unpin,
+    {
+        let bodyless = head.framing == Framing::Empty;
+        ex.close |= !bodyless;
+        self.answer(io, conn, ex, r).await;
+        if bodyless {
+            conn.buf.consume(head.len);
         }
     }
 
@@ -1156,6 +1135,39 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut slices, n);
     }
     Ok(())
+}
+
+/// How many bytes of a body with `framing` are already in the buffer, `available` of them
+/// following the head: all of a close-delimited body's, up to a length, none of a chunked
+/// body's (the decoder reads those from the buffer itself).
+fn buffered_body(framing: Framing, available: usize) -> usize {
+    match framing {
+        Framing::Length(n) => usize::try_from(n).unwrap_or(usize::MAX).min(available),
+        Framing::Close => available,
+        Framing::Empty | Framing::Chunked => 0,
+    }
+}
+
+/// Forwards a body framed by `framing`, `already` bytes of which were sent with its head: the
+/// rest of `buf` first, then from `src`, re-framed as it came.
+async fn copy_body<R, W>(
+    src: &mut R,
+    buf: &mut Buf,
+    framing: Framing,
+    already: usize,
+    dst: &mut W,
+    timeout: Duration,
+) -> Result<(), BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match framing {
+        Framing::Empty => Ok(()),
+        Framing::Length(n) => copy_length(src, buf, n - already as u64, dst, timeout).await,
+        Framing::Chunked => copy_chunked(src, buf, dst, timeout).await,
+        Framing::Close => copy_to_end(src, buf, dst, timeout).await,
+    }
 }
 
 /// Reads into `buf` within `timeout`; 0 bytes is an error (the sender stopped early).

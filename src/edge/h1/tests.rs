@@ -298,13 +298,40 @@ proptest! {
         prop_assert_eq!(decode(&encoded, split).unwrap(), data);
     }
 
-    /// The request parser never panics, and what it accepts has a framing consistent with its
-    /// fields: never both a length and chunked.
+    /// The parsers never panic, and every range they hand out lies inside the head, in order:
+    /// the connection slices its buffer with them. An accepted request's fields say how its
+    /// body is framed the same way the head's bytes do.
     #[test]
-    fn request_parser_total(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+    fn parsers_are_total_and_their_ranges_hold(
+        bytes in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..400),
+            // Mostly-valid heads, so that the accepting side is exercised too.
+            (proptest::collection::vec(prop::sample::select(vec![
+                "Host: a.test\r\n", "Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n",
+                "Connection: close, x-a\r\n", "X-A: 1\r\n", "x-tenant-id: e\r\n", "Keep-Alive: 1\r\n",
+            ]), 0..6)).prop_map(|f| format!("POST /p?q HTTP/1.1\r\n{}\r\nhello", f.concat()).into_bytes()),
+        ]
+    ) {
         let mut drop = Vec::new();
-        let _ = parse::request(&bytes, LIMITS, &mut drop);
-        let _ = parse::response(&bytes, 512, &http::Method::GET, &mut drop);
+        if let Ok(Parsed::Complete(h)) = parse::request(&bytes, LIMITS, &mut drop) {
+            prop_assert!(h.len <= bytes.len());
+            prop_assert!(h.line.end <= h.fields && h.fields <= h.len - 2);
+            for r in [Some(&h.path), h.query.as_ref(), h.host.as_ref(), h.authority.as_ref()].into_iter().flatten() {
+                prop_assert!(r.start <= r.end && r.end <= h.len);
+            }
+            prop_assert!(drop.windows(2).all(|w| w[0].end <= w[1].start));
+            prop_assert!(drop.iter().all(|d| h.fields <= d.start && d.end <= h.len - 2));
+            let text = String::from_utf8_lossy(&bytes[..h.len]).to_ascii_lowercase();
+            match h.framing {
+                Framing::Chunked => prop_assert!(text.contains("transfer-encoding") && !text.contains("content-length")),
+                Framing::Length(_) => prop_assert!(!text.contains("transfer-encoding")),
+                Framing::Empty | Framing::Close => prop_assert!(!text.contains("transfer-encoding")),
+            }
+        }
+        if let Ok(Parsed::Complete(r)) = parse::response(&bytes, 512, &http::Method::GET, &mut drop) {
+            prop_assert!(r.len <= bytes.len() && r.fields <= r.len - 2);
+            prop_assert!(drop.iter().all(|d| r.fields <= d.start && d.end <= r.len - 2));
+        }
     }
 }
 

@@ -63,12 +63,11 @@ pub fn checkout(addr: SocketAddr) -> Option<Upstream> {
 }
 
 /// Gives a connection that finished an exchange cleanly, at `now`, back to this thread's pool.
-pub fn checkin(addr: SocketAddr, mut conn: Upstream, idle_timeout: Duration, now: Instant) {
+pub fn checkin(addr: SocketAddr, conn: Upstream, idle_timeout: Duration, now: Instant) {
     if !conn.buf.is_empty() {
         // The backend sent more than its answer: the connection's framing is lost.
         return;
     }
-    conn.buf.consume(0);
     POOL.with_borrow_mut(|pool| {
         if pool
             .swept
