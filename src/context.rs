@@ -12,7 +12,7 @@ pub mod persist;
 mod stream;
 mod trust;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use crate::feed::ViewSnapshot;
 use crate::metrics::EdgeMetrics;
 use crate::tenant::{Host, IngressRecord, Sym};
 
-pub use client::{Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
+pub use client::{BuildError, Cause, Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
 pub use stream::{follow, now_ms, RegionStatus, StreamStatus};
 pub use trust::{check_once, watch_regions};
 
@@ -512,28 +512,41 @@ impl TenantCache {
 
     /// Repairs the cache from a whole snapshot: hosts get newer versions, cached hosts the
     /// snapshot no longer has are dropped, negatives are cleared. After a gap in the change stream
-    /// only hosts already held are updated (`load_absent` false); a start-up prewarm loads
-    /// every host (`load_absent` true).
+    /// only hosts already held (or being filled) are updated (`load_absent` false): a snapshot of
+    /// a million tenants must not build a million entries to keep a hundred thousand; a start-up
+    /// prewarm loads every host (`load_absent` true).
     pub async fn resync(&self, snapshot: ViewSnapshot, region: &Arc<str>, load_absent: bool) {
-        let live: std::collections::HashSet<String> = snapshot
-            .records
-            .iter()
-            .flat_map(|r| r.hosts.iter().map(|h| h.as_str().to_owned()))
-            .collect();
+        // What is held now and not in the snapshot is stale: `unseen` ends as exactly that.
+        let mut unseen: HashSet<Box<str>> = HashSet::with_capacity(self.known.len());
+        self.known.for_each(|host, _| {
+            unseen.insert(host.into());
+        });
         if load_absent {
+            for host in snapshot.records.iter().flat_map(|r| &r.hosts) {
+                unseen.remove(host.as_str());
+            }
             self.restore(snapshot.records, region, Origin::Snapshot).await;
         } else {
+            // A fill in flight may bring an older version than the snapshot's: its host goes
+            // through `apply_upsert` too, which leaves what the fill must defer to in `recent`.
+            let filling: HashSet<Box<str>> = self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect();
             for record in snapshot.records {
-                self.apply_upsert(record, &[], region, Origin::Snapshot).await;
+                let mut wanted = false;
+                for host in &record.hosts {
+                    wanted |= unseen.remove(host.as_str()) | filling.contains(host.as_str());
+                }
+                if wanted {
+                    self.apply_upsert(record, &[], region, Origin::Snapshot).await;
+                }
             }
         }
-        let mut stale = Vec::new();
-        self.known.for_each(|host, _| {
-            if !live.contains(host) {
-                stale.push(host.to_owned());
-            }
-        });
-        for host in stale {
+        for host in unseen {
             self.known.remove(&host);
         }
         self.negative.invalidate_all();

@@ -114,7 +114,7 @@ pub enum EdgeError {
     Metrics(#[from] prometheus::Error),
     /// The TCS client could not be built.
     #[error("tcs client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::context::BuildError),
     /// A listener could not bind, or TLS files are unusable.
     #[error("{0}")]
     Listen(String),

@@ -138,9 +138,31 @@ impl fmt::Display for Host {
 
 impl<'de> Deserialize<'de> for Host {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        Host::parse(&raw).map_err(|e| serde::de::Error::custom(format!("host {raw:?}: {e}")))
+        with_str(d, |raw| {
+            Host::parse(raw).map_err(|e| serde::de::Error::custom(format!("host {raw:?}: {e}")))
+        })
     }
+}
+
+/// Deserialises a string by lending it to `f`: borrowed from the input when it has no escapes,
+/// so a name is allocated once (as the value), not twice (as a `String`, then the value).
+fn with_str<'de, D, T>(d: D, f: impl FnOnce(&str) -> Result<T, D::Error>) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Lend<F>(F);
+    impl<'de, T, E: serde::de::Error, F: FnOnce(&str) -> Result<T, E>> serde::de::Visitor<'de> for Lend<F> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E2: serde::de::Error>(self, v: &str) -> Result<T, E2> {
+            (self.0)(v).map_err(|e| E2::custom(e))
+        }
+    }
+    d.deserialize_str(Lend(f))
 }
 
 /// Why a name (tenant id, product, shard id, realm, region) was rejected.
@@ -199,8 +221,7 @@ macro_rules! name_type {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let raw = String::deserialize(d)?;
-                Self::new(&raw).map_err(serde::de::Error::custom)
+                with_str(d, |raw| Self::new(raw).map_err(serde::de::Error::custom))
             }
         }
     };

@@ -9,14 +9,36 @@
 //!
 //! The queue's task runs on the runtime of the first lookup (a proxy thread) and opens its own
 //! connection there, so that a lookup and its connection never wake each other across threads.
+//! It speaks HTTP/2 on hyper's connection directly, not through reqwest: reqwest's layers
+//! (redirect policy, URL re-parsing, retries) cost ~33 000 instructions per batch, more than
+//! the lookups in it.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use super::client::{Answer, TcsError};
-use crate::feed::{HostBatch, HostBatchAnswer, HostLookup, MAX_HOST_BATCH};
+use super::client::{Answer, BuildError, Cause, TcsError};
+use crate::feed::{HostBatchAnswer, HostLookup, MAX_HOST_BATCH};
+
+/// Serialises exactly like [`crate::feed::HostBatch`], borrowing the queued hosts.
+#[derive(serde::Serialize)]
+struct HostBatchRef<'a> {
+    hosts: Vec<&'a str>,
+}
+
+/// The most bytes a batch answer may have: [`MAX_HOST_BATCH`] records of a few hundred bytes
+/// each fit many times over; more is a broken or hostile peer.
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+
+/// How often an idle lookup connection is pinged, so a miss never pays for a handshake and a
+/// dead peer is noticed.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
 /// One lookup waiting for its batch.
 struct Job {
@@ -27,11 +49,13 @@ struct Job {
 /// Where and how a region's batches are sent.
 #[derive(Debug)]
 struct Target {
-    /// The client to use when the queue's task cannot build its own.
-    shared_http: reqwest::Client,
+    /// For a request, and for the connection's whole handshake.
     timeout: Duration,
-    url: String,
-    auth: String,
+    /// Parsed once, absolute (HTTP/2 takes `:authority` from it).
+    uri: http::Uri,
+    /// `host:port` to connect to.
+    authority: String,
+    auth: HeaderValue,
     region: Arc<str>,
     max_hosts: usize,
     in_flight: usize,
@@ -48,27 +72,47 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     pub(crate) fn new(
-        http: reqwest::Client,
         timeout: Duration,
         base: &str,
         auth: &str,
         region: Arc<str>,
         max_hosts: usize,
         in_flight: usize,
-    ) -> Self {
-        Batcher {
+    ) -> Result<Self, BuildError> {
+        let bad = |reason: String| BuildError::Url {
+            region: region.to_string(),
+            url: base.to_owned(),
+            reason,
+        };
+        let uri: http::Uri = format!("{base}/v1/views/ingress/hosts")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad(
+                "only http:// is supported (TLS to TCS is not built in)".into()
+            ));
+        }
+        let authority = match (uri.host(), uri.port_u16()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => format!("{host}:80"),
+            (None, _) => return Err(bad("no host".into())),
+        };
+        let mut auth =
+            HeaderValue::try_from(auth).map_err(|_| bad("the token is not a valid header value".into()))?;
+        auth.set_sensitive(true);
+        Ok(Batcher {
             target: Arc::new(Target {
-                shared_http: http,
                 timeout,
-                url: format!("{base}/v1/views/ingress/hosts"),
-                auth: auth.to_owned(),
+                uri,
+                authority,
+                auth,
                 region,
                 // A TCS refuses bigger batches.
                 max_hosts: max_hosts.clamp(1, MAX_HOST_BATCH),
                 in_flight: in_flight.max(1),
             }),
             queue: Mutex::new(None),
-        }
+        })
     }
 
     /// What the region says of `host`, asked in the next batch.
@@ -99,12 +143,11 @@ impl Batcher {
 }
 
 /// Takes jobs off the queue: whatever waited while every batch slot was taken goes together.
+/// The queue's task owns the region's connection: opened on the first batch, again on the
+/// first batch after it closed.
 async fn drain(target: Arc<Target>, mut queue: mpsc::UnboundedReceiver<Job>) {
-    let http = super::client::lookup_http(target.timeout).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "lookup client not built; sharing the edge's");
-        target.shared_http.clone()
-    });
     let slots = Arc::new(Semaphore::new(target.in_flight));
+    let mut link: Option<SendRequest<Full<Bytes>>> = None;
     while let Some(first) = queue.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -121,18 +164,75 @@ async fn drain(target: Arc<Target>, mut queue: mpsc::UnboundedReceiver<Job>) {
         if jobs.is_empty() {
             continue;
         }
-        let (target, http) = (target.clone(), http.clone());
+        let send = match link.as_ref().filter(|send| !send.is_closed()) {
+            Some(send) => send.clone(),
+            None => match target.connect().await {
+                Ok(send) => link.insert(send).clone(),
+                Err(e) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            },
+        };
+        let target = target.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            target.send(&http, jobs).await;
+            target.send(send, jobs).await;
         });
     }
 }
 
 impl Target {
-    async fn send(&self, http: &reqwest::Client, jobs: Vec<Job>) {
-        let hosts = jobs.iter().map(|job| job.host.to_string()).collect();
-        match self.ask(http, HostBatch { hosts }, jobs.len()).await {
+    fn transport(&self, source: Cause) -> TcsError {
+        TcsError::Transport {
+            region: self.region.clone(),
+            source,
+        }
+    }
+
+    fn timed_out(&self) -> TcsError {
+        self.transport(Arc::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} ms", self.timeout.as_millis()),
+        )))
+    }
+
+    /// Opens the region's HTTP/2 connection (prior knowledge, no TLS); its driver runs on
+    /// this runtime.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, TcsError> {
+        let open = async {
+            let tcp = tokio::net::TcpStream::connect(&self.authority).await?;
+            tcp.set_nodelay(true)?;
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(KEEP_ALIVE)
+                .keep_alive_while_idle(true)
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(std::io::Error::other)?;
+            let region = self.region.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%region, error = %e, "tcs lookup connection closed");
+                }
+            });
+            Ok::<_, std::io::Error>(send)
+        };
+        match tokio::time::timeout(self.timeout, open).await {
+            Ok(Ok(send)) => Ok(send),
+            Ok(Err(e)) => Err(self.transport(Arc::new(e))),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    async fn send(&self, send: SendRequest<Full<Bytes>>, jobs: Vec<Job>) {
+        let answer = match tokio::time::timeout(self.timeout, self.ask(send, &jobs)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(self.timed_out()),
+        };
+        match answer {
             Ok(results) => {
                 for (job, found) in jobs.into_iter().zip(results) {
                     let answer = found.map_or(Answer::NotFound, Answer::Found);
@@ -150,29 +250,37 @@ impl Target {
 
     async fn ask(
         &self,
-        http: &reqwest::Client,
-        batch: HostBatch,
-        n: usize,
+        mut send: SendRequest<Full<Bytes>>,
+        jobs: &[Job],
     ) -> Result<Vec<Option<HostLookup>>, TcsError> {
-        let transport = |source| TcsError::Transport {
-            region: self.region.clone(),
-            source: Arc::new(source),
-        };
-        let resp = http
-            .post(&self.url)
-            .header("authorization", &self.auth)
-            .json(&batch)
-            .send()
+        let body = serde_json::to_vec(&HostBatchRef {
+            hosts: jobs.iter().map(|job| &*job.host).collect(),
+        })
+        .map_err(|e| self.transport(Arc::new(e)))?;
+        let request = http::Request::post(self.uri.clone())
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| self.transport(Arc::new(e)))?;
+        send.ready().await.map_err(|e| self.transport(Arc::new(e)))?;
+        let resp = send
+            .send_request(request)
             .await
-            .map_err(transport)?;
-        if resp.status() != reqwest::StatusCode::OK {
+            .map_err(|e| self.transport(Arc::new(e)))?;
+        if resp.status() != http::StatusCode::OK {
             return Err(TcsError::Status {
                 region: self.region.clone(),
                 status: resp.status().as_u16(),
             });
         }
-        let answer: HostBatchAnswer = resp.json().await.map_err(transport)?;
-        if answer.results.len() != n {
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+            .collect()
+            .await
+            .map_err(|e| self.transport(Arc::from(e)))?
+            .to_bytes();
+        let answer: HostBatchAnswer =
+            serde_json::from_slice(&bytes).map_err(|e| self.transport(Arc::new(e)))?;
+        if answer.results.len() != jobs.len() {
             return Err(TcsError::Protocol {
                 region: self.region.clone(),
                 reason: "batch answer has another number of results than hosts asked",

@@ -81,6 +81,9 @@ impl Default for LookupConfig {
     }
 }
 
+/// What went wrong underneath a [`TcsError::Transport`], shared by every lookup of a batch.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync>;
+
 /// Why a TCS did not give a usable answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TcsError {
@@ -90,7 +93,7 @@ pub enum TcsError {
         /// The region asked.
         region: Arc<str>,
         /// The underlying error (shared by every lookup of a batch).
-        source: Arc<reqwest::Error>,
+        source: Cause,
     },
     /// An answer that is neither 200 nor 404.
     #[error("tcs {region}: unexpected status {status}")]
@@ -288,6 +291,24 @@ pub(crate) fn lookup_http(timeout: Duration) -> reqwest::Result<reqwest::Client>
         .build()
 }
 
+/// A [`TcsClient`] that could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The HTTP client could not be built (TLS roots, resolver).
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// A region's URL does not parse.
+    #[error("tcs {region}: {url:?} is not a URL: {reason}")]
+    Url {
+        /// The region.
+        region: String,
+        /// The configured URL.
+        url: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+}
+
 /// Asks regions for tenant contexts: lookups go through each region's batch queue (which keeps
 /// its own HTTP/2 connection on the thread it runs on); `http` carries the health pings, and is
 /// what a queue falls back to if it cannot build its own client.
@@ -305,7 +326,7 @@ pub struct TcsClient {
 
 impl TcsClient {
     /// Builds a client; `local` is asked first.
-    pub fn new(endpoints: &[TcsEndpoint], local: &str, config: LookupConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(endpoints: &[TcsEndpoint], local: &str, config: LookupConfig) -> Result<Self, BuildError> {
         let timeout = Duration::from_millis(config.timeout_ms);
         // One multiplexed connection per region, kept open by pings, so a miss never pays for
         // a handshake.
@@ -315,22 +336,21 @@ impl TcsClient {
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .build()?;
-        let mut regions: Vec<Region> = endpoints
+        let mut regions = endpoints
             .iter()
-            .map(|e| {
+            .map(|e| -> Result<Region, BuildError> {
                 let name: Arc<str> = e.region.as_str().into();
                 let base = e.url.trim_end_matches('/').to_owned();
                 let auth = format!("Bearer {}", e.token);
                 let batcher = Batcher::new(
-                    http.clone(),
                     timeout,
                     &base,
                     &auth,
                     name.clone(),
                     config.batch_max_hosts,
                     config.batches_in_flight,
-                );
-                Region {
+                )?;
+                Ok(Region {
                     name,
                     base,
                     auth,
@@ -340,9 +360,9 @@ impl TcsClient {
                     window_not_found: AtomicU64::new(0),
                     shed: AtomicU64::new(0),
                     batcher,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         regions.sort_by_key(|r| &*r.name != local);
         let budget = HedgeBudget::new(config.hedge_budget_percent);
         Ok(TcsClient {
@@ -401,8 +421,9 @@ impl TcsClient {
         let hedge = tokio::time::sleep(delay);
         tokio::pin!(hedge);
         // With no delay the hedge goes out now: even `sleep(0)` waits for the timer's next
-        // millisecond tick.
-        let mut hedge_armed = !delay.is_zero();
+        // millisecond tick. With one region there is nobody to hedge to, and the timer is
+        // never registered.
+        let mut hedge_armed = !delay.is_zero() && order.len() > 1;
         if delay.is_zero() && launch(&mut pending) {
             self.hedges.fetch_add(1, Ordering::Relaxed);
         }
@@ -524,7 +545,7 @@ impl TcsClient {
     /// The whole `ingress` view of `region` at one sequence.
     pub(crate) async fn snapshot(&self, region: &Region) -> Result<ViewSnapshot, TcsError> {
         let url = format!("{}/v1/views/ingress/snapshot", region.base);
-        let transport = |source| TcsError::Transport {
+        let transport = |source: reqwest::Error| TcsError::Transport {
             region: region.name.clone(),
             source: Arc::new(source),
         };
@@ -605,6 +626,28 @@ mod tests {
         client.regions[0].set_trust(Trust::CanaryMissing);
         for _ in 0..20 {
             assert_eq!(client.candidates()[2], 0);
+        }
+    }
+
+    #[test]
+    fn a_tcs_url_that_cannot_be_used_is_refused_at_start() {
+        for (url, why) in [
+            ("https://127.0.0.1:9", "only http://"),
+            ("127.0.0.1:9", "invalid"),
+            ("http://", "invalid"),
+        ] {
+            let endpoint = TcsEndpoint {
+                region: "a".into(),
+                url: url.into(),
+                token: "t".into(),
+            };
+            let err = TcsClient::new(&[endpoint], "a", LookupConfig::default())
+                .err()
+                .unwrap_or_else(|| panic!("{url} was accepted"));
+            assert!(
+                matches!(&err, BuildError::Url { .. }) && err.to_string().contains(why),
+                "{url}: {err}"
+            );
         }
     }
 }

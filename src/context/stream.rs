@@ -150,7 +150,7 @@ impl Follower<'_> {
     async fn run(&self) -> Result<bool, TcsError> {
         let after = self.status.applied.load(Ordering::Acquire);
         let url = format!("{}/v1/views/ingress/changes?after={after}", self.region.base);
-        let transport = |source| TcsError::Transport {
+        let transport = |source: reqwest::Error| TcsError::Transport {
             region: self.region.name.clone(),
             source: Arc::new(source),
         };

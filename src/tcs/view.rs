@@ -1,5 +1,5 @@
-//! The materialised `ingress` view: tenant id -> routing record, host -> tenant, the applied
-//! catalogue sequence, and a bounded ring of recent events for the change stream.
+//! The materialised `ingress` view: tenant id -> routing record, host -> the same record, the
+//! applied catalogue sequence, and a bounded ring of recent events for the change stream.
 //!
 //! One writer (the tailer) applies catalogue changes in order; readers (lookups, snapshots,
 //! subscribers) take the read lock for a few map operations and clone `Arc`s, never holding it
@@ -54,18 +54,32 @@ pub struct Subscription {
 struct State {
     seq: u64,
     last_event: u64,
+    /// Ordered by id, for snapshots.
     records: BTreeMap<TenantId, Arc<IngressRecord>>,
-    hosts: HashMap<Host, TenantId>,
+    /// Every host to its tenant's record, the record itself rather than its id: a lookup is one
+    /// hash probe, not a probe and then a walk of a million-entry tree.
+    hosts: HostIndex,
     ring: VecDeque<ViewEvent>,
     /// No event with a seq at or below this is guaranteed to be in the ring (evicted, or
     /// emitted before the snapshot this view was loaded from).
     forgotten_upto: u64,
 }
 
+type HostIndex = HashMap<Host, Arc<IngressRecord>, foldhash::fast::RandomState>;
+
 impl State {
     /// The record of the tenant `host` names.
     fn record_for(&self, host: &Host) -> Option<&Arc<IngressRecord>> {
-        self.records.get(self.hosts.get(host)?)
+        self.hosts.get(host)
+    }
+
+    /// Holds `record` by id and by each of its hosts.
+    fn insert(&mut self, record: IngressRecord) {
+        let record = Arc::new(record);
+        for h in &record.hosts {
+            self.hosts.insert(h.clone(), Arc::clone(&record));
+        }
+        self.records.insert(record.id.clone(), record);
     }
 }
 
@@ -105,9 +119,9 @@ impl IngressView {
             forgotten_upto: snap.seq,
             ..State::default()
         };
+        st.hosts.reserve(snap.records.len());
         for record in snap.records {
-            index_hosts(&mut st.hosts, &record);
-            st.records.insert(record.id.clone(), Arc::new(record));
+            st.insert(record);
         }
     }
 
@@ -286,8 +300,7 @@ fn upsert(st: &mut State, seq: u64, prev: u64, version: u64, doc: &TenantDoc) ->
         None => Vec::new(),
     };
     unindex_hosts(&mut st.hosts, &record.id, &removed_hosts);
-    index_hosts(&mut st.hosts, &record);
-    st.records.insert(record.id.clone(), Arc::new(record.clone()));
+    st.insert(record.clone());
     ViewEvent::Upsert {
         seq,
         prev,
@@ -309,16 +322,10 @@ fn delete(st: &mut State, seq: u64, prev: u64, id: &TenantId, version: u64) -> O
     })
 }
 
-fn index_hosts(hosts: &mut HashMap<Host, TenantId>, record: &IngressRecord) {
-    for h in &record.hosts {
-        hosts.insert(h.clone(), record.id.clone());
-    }
-}
-
 // Only drop a mapping that still points at this tenant: the host may already name another.
-fn unindex_hosts(hosts: &mut HashMap<Host, TenantId>, id: &TenantId, gone: &[Host]) {
+fn unindex_hosts(hosts: &mut HostIndex, id: &TenantId, gone: &[Host]) {
     for h in gone {
-        if hosts.get(h) == Some(id) {
+        if hosts.get(h).is_some_and(|r| r.id == *id) {
             hosts.remove(h);
         }
     }
