@@ -466,6 +466,17 @@ impl TenantCache {
         self.known.len() == 0
     }
 
+    /// Whether the cache holds no context and fetches none: then a gap in the change stream
+    /// leaves nothing to repair.
+    pub fn holds_nothing(&self) -> bool {
+        self.is_empty()
+            && self
+                .pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_empty()
+    }
+
     /// Applies a pushed record: every cached host of it gets the new version (when newer), hosts
     /// it lost are dropped, and none of its hosts stays in the negative cache. Hosts this edge does
     /// not hold are left out: a change to a cold tenant must not evict a hot one (loading

@@ -320,8 +320,77 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
         "a resync does not load cold tenants"
     );
     assert_eq!(metrics.stream_events.with_label_values(&["resync"]).get(), 1);
+    assert_eq!(
+        snapshots(&tcs),
+        1,
+        "an edge holding tenants repairs from the snapshot"
+    );
     shutdown.cancel();
     stop_second.cancel();
+}
+
+fn snapshots(tcs: &crate::tcs::Tcs) -> u64 {
+    tcs.metrics().snapshots.with_label_values(&["ingress"]).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_holding_nothing_resumes_at_the_tcs_seq_without_the_snapshot() {
+    // The ring has forgotten the start: a new subscriber from 0 is told to resync.
+    let tcs = testing::tcs_with_ring(2);
+    for seq in 1..=5 {
+        let id = format!("t{seq}");
+        tcs.ingress()
+            .apply(&put(seq, &id, 1, &[&format!("{id}.example.test")]));
+    }
+    let stop = CancellationToken::new();
+    let url = testing::serve_on_loopback(&tcs, &stop).await;
+    let client = Arc::new(
+        TcsClient::new(
+            &[testing::endpoint("us-east-1", &url)],
+            "us-east-1",
+            LookupConfig::default(),
+        )
+        .unwrap(),
+    );
+    let metrics = EdgeMetrics::new().unwrap();
+    let cache = Arc::new(TenantCache::new(
+        &CacheConfig::default(),
+        client.clone(),
+        metrics.clone(),
+    ));
+    let status = Arc::new(StreamStatus::new(&client));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(follow(
+        cache.clone(),
+        status.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let applied = || status.applied.load(std::sync::atomic::Ordering::Acquire);
+    for _ in 0..500 {
+        if applied() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(applied(), 5);
+    assert_eq!(metrics.stream_events.with_label_values(&["resync"]).get(), 1);
+    assert_eq!(snapshots(&tcs), 0, "nothing held, nothing fetched");
+    assert!(cache.is_empty());
+
+    // It follows from there: a tenant it then fills gets the next change pushed.
+    assert_eq!(version(&cache.resolve("t3.example.test").await), Some(1));
+    tcs.ingress().apply(&put(6, "t3", 2, &["t3.example.test"]));
+    for _ in 0..500 {
+        if cache.peek("t3.example.test").map(|e| e.record.version) == Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache.peek("t3.example.test").unwrap().record.version, 2);
+    assert_eq!(snapshots(&tcs), 0);
+    shutdown.cancel();
+    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

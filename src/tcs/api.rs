@@ -310,6 +310,7 @@ async fn snapshot(
 ) -> Result<Response, ApiFailure> {
     let faults = inject(&app.tcs).await?;
     let view = authorize(&app.tcs, &headers, &view_name)?;
+    app.tcs.metrics().snapshots.with_label_values(&[&view_name]).inc();
     if emptied(faults) {
         let none = SharedSnapshot {
             seq: view.seq(),

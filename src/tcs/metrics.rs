@@ -20,6 +20,9 @@ pub struct TcsMetrics {
     /// Batched lookup requests, by view (`tcs_lookup_batches_total`); lookups per batch is
     /// the lookups they answered over this.
     pub lookup_batches: IntCounterVec,
+    /// Bulk snapshots served, by view (`tcs_snapshots_total`): each is the whole view, so a
+    /// rise across a fleet is a resync storm.
+    pub snapshots: IntCounterVec,
     /// Failed catalogue polls (`tcs_tail_errors_total`).
     pub tail_errors: IntCounter,
     /// Open change-stream subscriptions (`tcs_subscribers`).
@@ -57,6 +60,7 @@ impl TcsMetrics {
                 Opts::new("lookup_batches_total", "Batched lookup requests answered"),
                 &["view"],
             )?,
+            snapshots: IntCounterVec::new(Opts::new("snapshots_total", "Bulk snapshots served"), &["view"])?,
             tail_errors: IntCounter::new("tail_errors_total", "Failed catalogue polls")?,
             subscribers: IntGauge::new("subscribers", "Open change-stream subscriptions")?,
             faults_active: IntGauge::new("faults_active", "1 while any injected fault is set")?,
@@ -78,6 +82,7 @@ impl TcsMetrics {
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.lookups.clone()))?;
         r.register(Box::new(self.lookup_batches.clone()))?;
+        r.register(Box::new(self.snapshots.clone()))?;
         r.register(Box::new(self.tail_errors.clone()))?;
         r.register(Box::new(self.subscribers.clone()))?;
         r.register(Box::new(self.faults_active.clone()))?;
