@@ -20,7 +20,7 @@ use super::faults::{self, Faults, Injected};
 use super::view::{IngressView, SharedSnapshot};
 use super::{Consumer, Tcs};
 use crate::feed::{ApiError, HostBatch, PlacementLookup, MAX_HOST_BATCH};
-use crate::tenant::{Host, HostError, IngressRecord, NameError, Product, TenantId};
+use crate::tenant::{Host, HostError, NameError, Product, TenantId};
 
 /// The answer readiness needs: no successful poll for this long means the view may be stale.
 pub const READY_POLL_AGE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -193,11 +193,12 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     }
 }
 
-/// Serialises exactly like [`crate::feed::HostLookup`] without copying the shared record.
+/// Serialises exactly like [`crate::feed::HostLookup`], the record from its JSON rendered
+/// when the view took it.
 #[derive(Serialize)]
 struct LookupRef<'a> {
     seq: u64,
-    record: &'a IngressRecord,
+    record: &'a serde_json::value::RawValue,
 }
 
 async fn lookup(
@@ -209,11 +210,21 @@ async fn lookup(
     let view = authorize(&app.tcs, &headers, &view_name)?;
     let host = Host::parse(&raw_host).map_err(|e| ApiFailure::BadHost(raw_host.clone(), e))?;
     let lookups = &app.tcs.metrics().lookups;
-    let found = if emptied(faults) { None } else { view.lookup(&host) };
+    let found = if emptied(faults) {
+        None
+    } else {
+        view.lookup_held(&host)
+    };
     match found {
-        Some((seq, record)) => {
+        Some((seq, held)) => {
             lookups.with_label_values(&[&view_name, "hit"]).inc();
-            Ok(json_response(StatusCode::OK, &LookupRef { seq, record: &record }))
+            Ok(json_response(
+                StatusCode::OK,
+                &LookupRef {
+                    seq,
+                    record: &held.json,
+                },
+            ))
         }
         None => {
             lookups.with_label_values(&[&view_name, "miss"]).inc();
@@ -266,7 +277,12 @@ async fn lookup_many(
         .inc_by((found.len() - hits) as u64);
     let results = found
         .iter()
-        .map(|r| r.as_ref().map(|record| LookupRef { seq, record }))
+        .map(|r| {
+            r.as_ref().map(|held| LookupRef {
+                seq,
+                record: &held.json,
+            })
+        })
         .collect();
     Ok(json_response(StatusCode::OK, &BatchRef { results }))
 }

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use crate::feed::{Change, ChangeBody, TenantDoc, ViewEvent, ViewSnapshot};
@@ -65,19 +66,35 @@ struct State {
     forgotten_upto: u64,
 }
 
-type HostIndex = HashMap<Host, Arc<IngressRecord>, foldhash::fast::RandomState>;
+type HostIndex = HashMap<Host, Arc<Held>, foldhash::fast::RandomState>;
+
+/// A tenant's record as the host index holds it: the record, and its JSON rendered once per
+/// change. Answering a lookup copies those bytes instead of walking the record's fields, each a
+/// separate allocation and, with a million tenants, a separate cache miss.
+#[derive(Debug)]
+pub struct Held {
+    /// The record.
+    pub record: Arc<IngressRecord>,
+    /// The record as JSON, exactly as `serde_json` writes it.
+    pub json: Box<RawValue>,
+}
 
 impl State {
     /// The record of the tenant `host` names.
-    fn record_for(&self, host: &Host) -> Option<&Arc<IngressRecord>> {
+    fn record_for(&self, host: &Host) -> Option<&Arc<Held>> {
         self.hosts.get(host)
     }
 
     /// Holds `record` by id and by each of its hosts.
     fn insert(&mut self, record: IngressRecord) {
         let record = Arc::new(record);
+        let json = serde_json::value::to_raw_value(&*record).expect("a record always serialises");
+        let held = Arc::new(Held {
+            record: Arc::clone(&record),
+            json,
+        });
         for h in &record.hosts {
-            self.hosts.insert(h.clone(), Arc::clone(&record));
+            self.hosts.insert(h.clone(), Arc::clone(&held));
         }
         self.records.insert(record.id.clone(), record);
     }
@@ -167,14 +184,20 @@ impl IngressView {
     /// The tenant a normalised host names, with the seq the view is current to.
     pub fn lookup(&self, host: &Host) -> Option<(u64, Arc<IngressRecord>)> {
         let st = self.read();
-        st.record_for(host).map(|r| (st.seq, Arc::clone(r)))
+        st.record_for(host).map(|held| (st.seq, Arc::clone(&held.record)))
+    }
+
+    /// [`Self::lookup`] with the record's JSON, for answering it.
+    pub fn lookup_held(&self, host: &Host) -> Option<(u64, Arc<Held>)> {
+        let st = self.read();
+        st.record_for(host).map(|held| (st.seq, Arc::clone(held)))
     }
 
     /// What each of `hosts` names, under one read of the view, with the seq it is current to.
     pub fn lookup_many<'h>(
         &self,
         hosts: impl IntoIterator<Item = Option<&'h Host>>,
-    ) -> (u64, Vec<Option<Arc<IngressRecord>>>) {
+    ) -> (u64, Vec<Option<Arc<Held>>>) {
         let st = self.read();
         let found = hosts
             .into_iter()
@@ -325,7 +348,7 @@ fn delete(st: &mut State, seq: u64, prev: u64, id: &TenantId, version: u64) -> O
 // Only drop a mapping that still points at this tenant: the host may already name another.
 fn unindex_hosts(hosts: &mut HostIndex, id: &TenantId, gone: &[Host]) {
     for h in gone {
-        if hosts.get(h).is_some_and(|r| r.id == *id) {
+        if hosts.get(h).is_some_and(|held| held.record.id == *id) {
             hosts.remove(h);
         }
     }
