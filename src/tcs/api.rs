@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::faults::{self, Faults, Injected};
-use super::view::{IngressView, SharedSnapshot};
+use super::view::{Held, IngressView, SharedSnapshot};
 use super::{Consumer, Tcs};
 use crate::feed::{ApiError, HostBatch, PlacementLookup, MAX_HOST_BATCH};
 use crate::tenant::{Host, HostError, NameError, Product, TenantId};
@@ -198,7 +198,7 @@ fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
 #[derive(Serialize)]
 struct LookupRef<'a> {
     seq: u64,
-    record: &'a serde_json::value::RawValue,
+    record: &'a Held,
 }
 
 async fn lookup(
@@ -218,13 +218,7 @@ async fn lookup(
     match found {
         Some((seq, held)) => {
             lookups.with_label_values(&[&view_name, "hit"]).inc();
-            Ok(json_response(
-                StatusCode::OK,
-                &LookupRef {
-                    seq,
-                    record: &held.json,
-                },
-            ))
+            Ok(json_response(StatusCode::OK, &LookupRef { seq, record: &held }))
         }
         None => {
             lookups.with_label_values(&[&view_name, "miss"]).inc();
@@ -277,12 +271,7 @@ async fn lookup_many(
         .inc_by((found.len() - hits) as u64);
     let results = found
         .iter()
-        .map(|r| {
-            r.as_ref().map(|held| LookupRef {
-                seq,
-                record: &held.json,
-            })
-        })
+        .map(|r| r.as_ref().map(|held| LookupRef { seq, record: held }))
         .collect();
     Ok(json_response(StatusCode::OK, &BatchRef { results }))
 }

@@ -75,8 +75,18 @@ type HostIndex = HashMap<Host, Arc<Held>, foldhash::fast::RandomState>;
 pub struct Held {
     /// The record.
     pub record: Arc<IngressRecord>,
-    /// The record as JSON, exactly as `serde_json` writes it.
-    pub json: Box<RawValue>,
+    /// The record as JSON, exactly as `serde_json` writes it (`None` only if it would not
+    /// serialise, which no record does: then it is written field by field each time).
+    json: Option<Box<RawValue>>,
+}
+
+impl Serialize for Held {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.json {
+            Some(json) => json.serialize(s),
+            None => self.record.serialize(s),
+        }
+    }
 }
 
 impl State {
@@ -88,7 +98,9 @@ impl State {
     /// Holds `record` by id and by each of its hosts.
     fn insert(&mut self, record: IngressRecord) {
         let record = Arc::new(record);
-        let json = serde_json::value::to_raw_value(&*record).expect("a record always serialises");
+        let json = serde_json::value::to_raw_value(&*record)
+            .inspect_err(|e| tracing::error!(tenant = %record.id, error = %e, "record does not serialise"))
+            .ok();
         let held = Arc::new(Held {
             record: Arc::clone(&record),
             json,
