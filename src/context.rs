@@ -1,7 +1,8 @@
 //! The edge's embedded tenant-context cache: the seeds' TCS sidecar, in process.
 //!
 //! A request almost never leaves the process to learn where to go: contexts are cached by
-//! normalised host in moka, misses coalesce into one fetch from TCS, and the TCS change stream
+//! normalised host in a lock-free map (`known`), misses coalesce into one fetch from TCS (several
+//! fetches share one batched request, `batch`), and the TCS change stream
 //! pushes every change so entries stay fresh without expiring. Unknown hosts live in a separate
 //! small negative cache, so a flood of random hosts cannot evict known tenants.
 
@@ -27,7 +28,7 @@ use crate::metrics::EdgeMetrics;
 use crate::tenant::{Host, IngressRecord, Sym};
 
 pub use client::{BuildError, Cause, Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
-pub use stream::{follow, now_ms, RegionStatus, StreamStatus};
+pub use stream::{follow, RegionStatus, StreamStatus};
 pub use trust::{check_once, watch_regions};
 
 /// Sizes and lifetimes of the caches.

@@ -21,6 +21,7 @@
 
 pub mod catalogue;
 pub mod cli;
+pub mod clock;
 pub mod context;
 pub mod ctl;
 pub mod demo;

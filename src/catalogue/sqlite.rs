@@ -18,6 +18,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::watch;
 
 use crate::catalogue::store::{Store, StoreError, Written};
+use crate::clock::now_ms;
 use crate::feed::{ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
 use crate::tenant::{Host, Realm, ShardId, TenantId};
 
@@ -82,14 +83,6 @@ impl SqliteStore {
         .await
         .map_err(StoreError::storage)?
     }
-}
-
-/// Wall-clock milliseconds since the Unix epoch, for the documents' timestamps only (never for
-/// ordering: the log's sequence does that).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Inner {

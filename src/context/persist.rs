@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{now_ms, StreamStatus, TenantCache};
+use super::{StreamStatus, TenantCache};
+use crate::clock::now_ms;
 use crate::tenant::IngressRecord;
 
 pub use format::{check, parse_chunk, read, write_atomic, CacheFile, FORMAT, VERSION};

@@ -6,20 +6,21 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use super::client::Region;
 use super::{Origin, TcsClient, TcsError, TenantCache};
+use crate::clock::{now_ms, Backoff};
 use crate::feed::ViewEvent;
 use crate::metrics::EdgeMetrics;
 
 /// A stream that says nothing (not even a heartbeat) for this long is considered dead.
 const SILENCE_LIMIT: Duration = Duration::from_secs(5);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Between reconnects: from ~100 ms up to 5 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// What the edge knows of its change-stream subscription, for `/readyz`, `/admin` and metrics.
 #[derive(Debug)]
@@ -69,14 +70,6 @@ impl StreamStatus {
     }
 }
 
-/// Milliseconds since the unix epoch (0 if the clock is before it).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Follows the change stream until `shutdown`, reconnecting with backoff and failing over
 /// between regions (local first).
 pub async fn follow(
@@ -90,7 +83,7 @@ pub async fn follow(
         return;
     }
     let mut index = 0;
-    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u32;
     loop {
         let region = &client.regions[index];
         let follower = Follower {
@@ -108,7 +101,7 @@ pub async fn follow(
         match outcome {
             Ok(spoke) => {
                 if spoke {
-                    backoff = BACKOFF_MIN;
+                    failures = 0;
                 }
                 tracing::info!(region = %region.name, "tcs change stream ended, reconnecting");
             }
@@ -118,12 +111,11 @@ pub async fn follow(
                 index = (index + 1) % client.regions.len();
             }
         }
-        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+        failures = failures.saturating_add(1);
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff + jitter) => {}
+            () = tokio::time::sleep(BACKOFF.delay(failures)) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::context::now_ms;
+use crate::clock::now_ms;
 use crate::metrics::EdgeMetrics;
 use crate::tenant::Host;
 

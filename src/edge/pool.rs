@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::context::now_ms;
+use crate::clock::now_ms;
 use crate::tenant::ShardId;
 
 /// How backends are checked and ejected (from the route snapshot's `[health_check]`).

@@ -8,20 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::TcsMetrics;
 use super::view::{Applied, IngressView};
+use crate::clock::Backoff;
 use crate::feed::ChangesPage;
 
 /// How long the catalogue may hold a poll open when it has nothing new.
 pub const WAIT_MS: u64 = 25_000;
 /// Most changes per page.
 pub const PAGE_LIMIT: u32 = 1000;
-const BACKOFF_START: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// Between failed catalogue polls: from ~100 ms up to 10 s.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 // The catalogue answers within `WAIT_MS`; beyond this margin the connection is presumed dead.
 const POLL_MARGIN: Duration = Duration::from_secs(10);
 
@@ -115,7 +115,7 @@ impl Tailer {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     self.metrics.tail_errors.inc();
-                    let delay = backoff(failures);
+                    let delay = BACKOFF.delay(failures);
                     tracing::warn!(error = %error_chain(&e), failures, retry_in_ms = delay.as_millis() as u64, "catalogue poll failed");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -223,12 +223,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// Full-jitter exponential backoff: uniform in `[0, min(cap, start * 2^(n-1))]`, at least 10 ms.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_START.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-    let ceiling = exp.min(BACKOFF_CAP);
-    let ms = rand::thread_rng().gen_range(10..=ceiling.as_millis().max(10) as u64);
-    Duration::from_millis(ms)
 }
