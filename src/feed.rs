@@ -288,6 +288,59 @@ pub struct ViewSnapshot {
     pub records: Vec<IngressRecord>,
 }
 
+/// The longest line a change-stream reader holds: far above any event (a record is a few
+/// hundred bytes), so only a broken or hostile peer reaches it.
+pub const MAX_STREAM_LINE: usize = 16 << 20;
+
+/// Splits an NDJSON byte stream into lines as its chunks arrive. Each byte is scanned once, a
+/// line may span chunks, and a partial line longer than the limit is an error instead of
+/// memory without bound.
+#[derive(Debug)]
+pub struct Lines {
+    buf: bytes::BytesMut,
+    /// Bytes of `buf` already known to hold no newline.
+    scanned: usize,
+    max: usize,
+}
+
+/// A line grew past [`Lines`]' limit without ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a stream line grew past {0} bytes without ending")]
+pub struct LineTooLong(pub usize);
+
+impl Lines {
+    /// A reader of lines of at most `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Lines {
+            buf: bytes::BytesMut::new(),
+            scanned: 0,
+            max,
+        }
+    }
+
+    /// Appends a chunk as it arrived.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete line without its `\n`, `None` until one is complete.
+    pub fn next_line(&mut self) -> Result<Option<bytes::BytesMut>, LineTooLong> {
+        match memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+            Some(i) => {
+                let mut line = self.buf.split_to(self.scanned + i + 1);
+                line.truncate(line.len() - 1);
+                self.scanned = 0;
+                Ok(Some(line))
+            }
+            None if self.buf.len() > self.max => Err(LineTooLong(self.max)),
+            None => {
+                self.scanned = self.buf.len();
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// One line of a TCS view's change stream (`GET /v1/views/ingress/changes?after=SEQ`, NDJSON).
 ///
 /// `prev` is the sequence of the previous event this view emitted. A subscriber that holds
@@ -359,6 +412,20 @@ pub struct ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_split_across_chunks_and_are_bounded() {
+        let mut lines = Lines::new(16);
+        lines.push(b"{\"a\":1}\n{\"b\"");
+        assert_eq!(lines.next_line().unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(lines.next_line().unwrap(), None);
+        lines.push(b":2}\n\n");
+        assert_eq!(lines.next_line().unwrap().as_deref(), Some(&b"{\"b\":2}"[..]));
+        assert_eq!(lines.next_line().unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(lines.next_line().unwrap(), None);
+        lines.push(&[b'x'; 17]);
+        assert_eq!(lines.next_line(), Err(LineTooLong(16)));
+    }
 
     #[test]
     fn change_round_trips() {

@@ -8,13 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio_util::sync::CancellationToken;
 
 use super::client::Region;
 use super::{Origin, TcsClient, TcsError, TenantCache};
 use crate::clock::{now_ms, Backoff};
-use crate::feed::ViewEvent;
+use crate::feed::{Lines, ViewEvent, MAX_STREAM_LINE};
 use crate::metrics::EdgeMetrics;
 
 /// A stream that says nothing (not even a heartbeat) for this long is considered dead.
@@ -164,7 +163,7 @@ impl Follower<'_> {
         if let Some(s) = self.region_status() {
             s.connected.store(true, Ordering::Relaxed);
         }
-        let mut buf = BytesMut::new();
+        let mut lines = Lines::new(MAX_STREAM_LINE);
         let mut spoke = false;
         loop {
             let chunk = match tokio::time::timeout(SILENCE_LIMIT, resp.chunk()).await {
@@ -175,11 +174,13 @@ impl Follower<'_> {
                 Ok(chunk) => chunk.map_err(transport)?,
             };
             let Some(chunk) = chunk else { return Ok(spoke) };
-            buf.extend_from_slice(&chunk);
-            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                let line = buf.split_to(end + 1);
+            lines.push(&chunk);
+            while let Some(line) = lines.next_line().map_err(|_| TcsError::Protocol {
+                region: self.region.name.clone(),
+                reason: "a change-stream line over the limit",
+            })? {
                 spoke = true;
-                if let Next::Resync(at) = self.on_line(&line[..end]).await {
+                if let Next::Resync(at) = self.on_line(&line).await {
                     self.resync(at).await?;
                     return Ok(true);
                 }

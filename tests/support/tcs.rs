@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use tenant_edge::feed::{Change, ChangeBody, TenantDoc, ViewEvent};
+use tenant_edge::feed::{Change, ChangeBody, Lines, TenantDoc, ViewEvent, MAX_STREAM_LINE};
 use tenant_edge::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
 use tenant_edge::tenant::{Host, Realm, Region, TenantId};
 use tokio_util::sync::CancellationToken;
@@ -120,26 +120,25 @@ impl Server {
 /// Reads NDJSON lines from a streaming response as they arrive.
 pub struct Ndjson {
     resp: reqwest::Response,
-    buf: Vec<u8>,
+    lines: Lines,
 }
 
 impl Ndjson {
     pub fn new(resp: reqwest::Response) -> Self {
         Self {
             resp,
-            buf: Vec::new(),
+            lines: Lines::new(MAX_STREAM_LINE),
         }
     }
 
     /// The next line, or `None` at the end of the body.
     pub async fn next_event(&mut self) -> Option<ViewEvent> {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=i).collect();
+            if let Some(line) = self.lines.next_line().unwrap() {
                 return Some(serde_json::from_slice(&line).unwrap());
             }
             let chunk = self.resp.chunk().await.unwrap()?;
-            self.buf.extend_from_slice(&chunk);
+            self.lines.push(&chunk);
         }
     }
 
