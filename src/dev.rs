@@ -215,7 +215,8 @@ fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), DevErro
 
 /// Polls `url` until it answers 2xx, for up to 15 s.
 pub async fn wait_ready(url: &str, what: &str) -> Result<(), DevError> {
-    let http = reqwest::Client::new();
+    let http =
+        crate::http_client::default_client().map_err(|e| DevError::Part(format!("http client: {e}")))?;
     for _ in 0..150 {
         if let Ok(resp) = http.get(url).timeout(Duration::from_millis(500)).send().await {
             if resp.status().is_success() {

@@ -388,7 +388,10 @@ async fn rebuild_on_reload(shared: Arc<Shared>, shutdown: CancellationToken) {
 
 /// Probes every backend every `interval` of the current snapshot.
 async fn health_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let http = match reqwest::Client::builder().pool_max_idle_per_host(1).build() {
+    let http = match crate::http_client::build(crate::http_client::ClientOptions {
+        max_idle_per_host: Some(1),
+        ..Default::default()
+    }) {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the health-check client; active checks are off");

@@ -29,6 +29,7 @@ pub mod dev;
 pub mod durable;
 pub mod edge;
 pub mod feed;
+pub mod http_client;
 pub mod metrics;
 pub mod routes;
 pub mod tcs;

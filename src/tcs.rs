@@ -242,9 +242,7 @@ impl Tcs {
             }
             None => 0,
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()?;
+        let client = crate::http_client::default_client()?;
         let tailer = Tailer::new(
             client,
             &cfg.catalogue,

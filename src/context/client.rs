@@ -279,16 +279,12 @@ pub(crate) enum Answer {
 /// The client for lookups and pings: one multiplexed connection per region, kept open by
 /// HTTP/2 pings, so a miss never pays for a handshake.
 pub(crate) fn lookup_http(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .http2_prior_knowledge()
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .http2_keep_alive_while_idle(true)
-        .pool_idle_timeout(None)
-        .timeout(timeout)
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .build()
+    crate::http_client::build(crate::http_client::ClientOptions {
+        connect_timeout: timeout,
+        timeout: Some(timeout),
+        http2_kept_warm: true,
+        max_idle_per_host: None,
+    })
 }
 
 /// A [`TcsClient`] that could not be built from its config.
@@ -332,10 +328,10 @@ impl TcsClient {
         // a handshake.
         let http = lookup_http(timeout)?;
         // The change stream is long-lived: no overall timeout, only on connect.
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .build()?;
+        let stream_http = crate::http_client::build(crate::http_client::ClientOptions {
+            connect_timeout: timeout,
+            ..Default::default()
+        })?;
         let mut regions = endpoints
             .iter()
             .map(|e| -> Result<Region, BuildError> {

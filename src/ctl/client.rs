@@ -68,13 +68,10 @@ impl CatalogueClient {
     /// A client of the catalogue at `base_url` (scheme, host and port; no path needed).
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
         let base = base_url.trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|source| ClientError::Unreachable {
-                url: base.clone(),
-                source,
-            })?;
+        let http = crate::http_client::default_client().map_err(|source| ClientError::Unreachable {
+            url: base.clone(),
+            source,
+        })?;
         Ok(CatalogueClient { http, base })
     }
 

@@ -143,16 +143,16 @@ pub(super) async fn run(
             m
         }
     };
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(HOOK_TIMEOUT)
-        .build()
-        .map_err(|e| MigrateError::Hook {
-            shard: m.from.clone(),
-            hook: "client",
-            url: String::new(),
-            detail: e.to_string(),
-        })?;
+    let http = crate::http_client::build(crate::http_client::ClientOptions {
+        timeout: Some(HOOK_TIMEOUT),
+        ..Default::default()
+    })
+    .map_err(|e| MigrateError::Hook {
+        shard: m.from.clone(),
+        hook: "client",
+        url: String::new(),
+        detail: e.to_string(),
+    })?;
     let run = Run {
         source: mover(catalogue, &m.from).await?,
         target: mover(catalogue, &m.to).await?,
