@@ -159,7 +159,7 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
             token: DEV_EDGE_TOKEN.into(),
         });
     }
-    let edge = edge_config(args, endpoints);
+    let edge = edge_config(args, name(Region::new("us-east-1"))?, endpoints);
     write_toml(&args.data.join("edge.toml"), &edge)?;
     spawn_part(parts, crate::edge::run(edge, shutdown.clone()));
     wait_ready(&format!("http://{}/healthz", loopback(ports::EDGE_ADMIN)), "edge").await?;
@@ -183,9 +183,9 @@ fn tcs_config(data: &Path, region: &Region, listen: SocketAddr, catalogue: &str)
     }
 }
 
-fn edge_config(args: &DevArgs, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
+fn edge_config(args: &DevArgs, region: Region, tcs: Vec<TcsEndpoint>) -> EdgeConfig {
     EdgeConfig {
-        region: "us-east-1".into(),
+        region,
         listen_http: loopback(ports::EDGE_HTTP),
         listen_https: Some(loopback(ports::EDGE_HTTPS)),
         cert: Some(args.certs.join("dev.crt")),

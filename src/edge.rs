@@ -25,7 +25,7 @@ use crate::context::persist::{self, FileStatus};
 use crate::context::{self, CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
 use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
-use crate::tenant::{ShardId, Sym};
+use crate::tenant::{Region, ShardId, Sym};
 
 pub use h1::Http1Config;
 pub use pool::{backend_peer, Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
@@ -35,8 +35,8 @@ pub use proxy::{place, target, EdgeProxy, Reject, RequestCtx, RequestView};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
-    /// The region this edge runs in; its TCS is asked first.
-    pub region: String,
+    /// The region this edge runs in, one of the `[[tcs]]` regions; its TCS is asked first.
+    pub region: Region,
     /// Plain HTTP/1.1 listener.
     pub listen_http: SocketAddr,
     /// TLS listener (HTTP/2 via ALPN, and HTTP/1.1); needs `cert` and `key`.
@@ -129,24 +129,52 @@ impl EdgeConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let cfg: EdgeConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        cfg.check().map_err(err)?;
+        cfg.check().map_err(|problems| err(problems.join("; ")))?;
         Ok(cfg)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Every problem of the config, all at once (as the route file and the TCS config report).
+    fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
         if self.tcs.is_empty() {
-            return Err("at least one [[tcs]] region is needed".into());
+            problems.push("at least one [[tcs]] region is needed".to_owned());
+        } else if !self.tcs.iter().any(|t| t.region == self.region.as_str()) {
+            problems.push(format!(
+                "region {:?} is not one of the [[tcs]] regions ({})",
+                self.region.as_str(),
+                self.tcs
+                    .iter()
+                    .map(|t| t.region.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tcs {
+            if let Err(e) = Region::new(&t.region) {
+                problems.push(format!("[[tcs]]: {e}"));
+            }
+            if !seen.insert(t.region.as_str()) {
+                problems.push(format!("[[tcs]]: region {:?} is listed twice", t.region));
+            }
         }
         if self.listen_https.is_some() && (self.cert.is_none() || self.key.is_none()) {
-            return Err("listen_https needs cert and key".into());
+            problems.push("listen_https needs cert and key".into());
         }
         if self.threads == 0 {
-            return Err("threads must be at least 1".into());
+            problems.push("threads must be at least 1".into());
         }
         if self.cache_file_interval_secs == 0 {
-            return Err("cache_file_interval_secs must be at least 1".into());
+            problems.push("cache_file_interval_secs must be at least 1".into());
         }
-        self.http1.check()
+        if let Err(e) = self.http1.check() {
+            problems.push(e);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -267,7 +295,7 @@ pub(crate) struct Shared {
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), EdgeError> {
     let metrics = EdgeMetrics::new()?;
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
-    let client = Arc::new(TcsClient::new(&cfg.tcs, &cfg.region, cfg.lookup.clone())?);
+    let client = Arc::new(TcsClient::new(&cfg.tcs, cfg.region.as_str(), cfg.lookup.clone())?);
     let stream = Arc::new(StreamStatus::new(&client));
     // Read before the cache is built, so the cache is built to the file's size.
     let file = match &cfg.cache_file {
@@ -498,5 +526,72 @@ mod server {
                 shutdown_signal: Box::new(TokenSignal(shutdown)),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<EdgeConfig, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("edge.toml");
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        EdgeConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+region = "us-east-1"
+listen_http = "127.0.0.1:8080"
+admin = "127.0.0.1:9900"
+routes = "routes/example.toml"
+
+[[tcs]]
+region = "us-east-1"
+url = "http://127.0.0.1:7101"
+token = "t"
+"#;
+
+    #[test]
+    fn a_good_config_loads() {
+        let cfg = load(GOOD).unwrap();
+        assert_eq!(cfg.region.as_str(), "us-east-1");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+region = "eu-west-1"
+listen_http = "127.0.0.1:8080"
+listen_https = "127.0.0.1:8443"
+admin = "127.0.0.1:9900"
+routes = "routes/example.toml"
+threads = 0
+
+[[tcs]]
+region = "us-east-1"
+url = "http://127.0.0.1:7101"
+token = "t"
+
+[[tcs]]
+region = "us-east-1"
+url = "http://127.0.0.1:7102"
+token = "t"
+"#;
+        let err = load(text).unwrap_err();
+        for problem in [
+            "region \"eu-west-1\" is not one of the [[tcs]] regions (us-east-1, us-east-1)",
+            "region \"us-east-1\" is listed twice",
+            "listen_https needs cert and key",
+            "threads must be at least 1",
+        ] {
+            assert!(err.contains(problem), "{problem:?} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn a_region_that_is_not_a_name_is_refused() {
+        let err = load(&GOOD.replacen("region = \"us-east-1\"", "region = \"US East\"", 1)).unwrap_err();
+        assert!(err.contains("invalid region"), "{err}");
     }
 }
