@@ -1,8 +1,9 @@
-//! The one way a role builds an HTTP client (the catalogue client, the TCS tailer, the edge's
-//! TCS client and health checks, the move orchestrator's hooks, the dev stack), so that every
-//! client has the same safe defaults: a bounded connect, no redirects followed (an API that
-//! answers with a redirect gets it back as an answer, and a bearer token never follows one to
-//! another host), and `TCP_NODELAY`.
+//! The one way a role builds a reqwest client (the catalogue client, the TCS tailer, the edge's
+//! TCS pings, change stream and health checks, the move orchestrator's hooks, the dev stack), so
+//! that every client has the same safe defaults: a bounded connect, no redirects followed (an
+//! API that answers with a redirect gets it back as an answer, and a bearer token never follows
+//! one to another host), and `TCP_NODELAY`. The edge's batched TCS lookups are the one client
+//! not built here: they speak HTTP/2 on hyper's connection directly (`context::batch`).
 
 use std::time::Duration;
 
@@ -13,9 +14,6 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Longest wait for a whole exchange, body included (default none: streams are long).
     pub timeout: Option<Duration>,
-    /// Speak HTTP/2 without negotiating it (plain-text peers that only speak HTTP/2), with
-    /// pings every 10 s on idle connections and no idle expiry, so a connection stays warm.
-    pub http2_kept_warm: bool,
     /// Most idle connections kept per host (default reqwest's, unbounded).
     pub max_idle_per_host: Option<usize>,
 }
@@ -25,7 +23,6 @@ impl Default for ClientOptions {
         ClientOptions {
             connect_timeout: Duration::from_secs(5),
             timeout: None,
-            http2_kept_warm: false,
             max_idle_per_host: None,
         }
     }
@@ -39,13 +36,6 @@ pub fn build(options: ClientOptions) -> reqwest::Result<reqwest::Client> {
         .tcp_nodelay(true);
     if let Some(timeout) = options.timeout {
         b = b.timeout(timeout);
-    }
-    if options.http2_kept_warm {
-        b = b
-            .http2_prior_knowledge()
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .http2_keep_alive_while_idle(true)
-            .pool_idle_timeout(None);
     }
     if let Some(n) = options.max_idle_per_host {
         b = b.pool_max_idle_per_host(n);

@@ -169,9 +169,7 @@ async fn drain(target: Arc<Target>, mut queue: mpsc::UnboundedReceiver<Job>) {
             None => match target.connect().await {
                 Ok(send) => link.insert(send).clone(),
                 Err(e) => {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
+                    fail(jobs, &e);
                     continue;
                 }
             },
@@ -181,6 +179,13 @@ async fn drain(target: Arc<Target>, mut queue: mpsc::UnboundedReceiver<Job>) {
             let _slot = slot;
             target.send(send, jobs).await;
         });
+    }
+}
+
+/// Tells every lookup of a batch that it failed (a caller may have given up meanwhile).
+fn fail(jobs: Vec<Job>, e: &TcsError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(e.clone()));
     }
 }
 
@@ -240,11 +245,7 @@ impl Target {
                     let _ = job.reply.send(Ok(answer));
                 }
             }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
-            }
+            Err(e) => fail(jobs, &e),
         }
     }
 

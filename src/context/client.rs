@@ -276,17 +276,6 @@ pub(crate) enum Answer {
     NotFound,
 }
 
-/// The client for lookups and pings: one multiplexed connection per region, kept open by
-/// HTTP/2 pings, so a miss never pays for a handshake.
-pub(crate) fn lookup_http(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    crate::http_client::build(crate::http_client::ClientOptions {
-        connect_timeout: timeout,
-        timeout: Some(timeout),
-        http2_kept_warm: true,
-        max_idle_per_host: None,
-    })
-}
-
 /// A [`TcsClient`] that could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -311,6 +300,7 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct TcsClient {
     pub(crate) regions: Vec<Region>,
+    /// For health pings (lookups have each region's own connection, in `batch`).
     pub(crate) http: reqwest::Client,
     pub(crate) stream_http: reqwest::Client,
     pub(crate) config: LookupConfig,
@@ -324,9 +314,11 @@ impl TcsClient {
     /// Builds a client; `local` is asked first.
     pub fn new(endpoints: &[TcsEndpoint], local: &str, config: LookupConfig) -> Result<Self, BuildError> {
         let timeout = Duration::from_millis(config.timeout_ms);
-        // One multiplexed connection per region, kept open by pings, so a miss never pays for
-        // a handshake.
-        let http = lookup_http(timeout)?;
+        let http = crate::http_client::build(crate::http_client::ClientOptions {
+            connect_timeout: timeout,
+            timeout: Some(timeout),
+            ..Default::default()
+        })?;
         // The change stream is long-lived: no overall timeout, only on connect.
         let stream_http = crate::http_client::build(crate::http_client::ClientOptions {
             connect_timeout: timeout,
@@ -505,7 +497,7 @@ impl TcsClient {
         }
     }
 
-    /// Whether `region` answers its health check; keeps the pooled connection warm too.
+    /// Whether `region` answers its health check.
     pub(crate) async fn ping(&self, region: &Region) -> bool {
         let url = format!("{}/healthz", region.base);
         self.http

@@ -61,6 +61,66 @@ fn lookups(tcs: &Tcs, result: &str) -> u64 {
         .get()
 }
 
+/// Polls `done` every 10 ms for up to 10 s (state that changes over real sockets, with no
+/// signal to wait on); whether it became true.
+async fn until(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..1000 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+/// A cache over `client` and its change-stream follower, as the edge runs them; the follower
+/// starts with [`Following::follow`] and stops on drop.
+struct Following {
+    cache: Arc<TenantCache>,
+    status: Arc<StreamStatus>,
+    metrics: EdgeMetrics,
+    shutdown: CancellationToken,
+}
+
+impl Following {
+    fn new(client: &Arc<TcsClient>) -> Self {
+        let metrics = EdgeMetrics::new().unwrap();
+        Following {
+            cache: Arc::new(TenantCache::new(
+                &CacheConfig::default(),
+                client.clone(),
+                metrics.clone(),
+            )),
+            status: Arc::new(StreamStatus::new(client)),
+            metrics,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn follow(&self) {
+        tokio::spawn(follow(
+            self.cache.clone(),
+            self.status.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    fn applied(&self) -> u64 {
+        self.status.applied.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn resyncs(&self) -> u64 {
+        self.metrics.stream_events.with_label_values(&["resync"]).get()
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 #[tokio::test]
 async fn miss_fills_then_hits_and_unknown_is_cached_apart() {
     let f = fixture().await;
@@ -267,30 +327,13 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
     testing::serve(&tcs, first, stop_first.clone());
 
     let client = Arc::new(TcsClient::new(&endpoints, "us-east-1", LookupConfig::default()).unwrap());
-    let metrics = EdgeMetrics::new().unwrap();
-    let cache = Arc::new(TenantCache::new(
-        &CacheConfig::default(),
-        client.clone(),
-        metrics.clone(),
-    ));
+    let edge = Following::new(&client);
+    let cache = &edge.cache;
     assert_eq!(version(&cache.resolve("acme.example.test").await), Some(1));
     assert_eq!(version(&cache.resolve("globex.example.test").await), Some(1));
-    let status = Arc::new(StreamStatus::new(&client));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(follow(
-        cache.clone(),
-        status.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    let applied = || status.applied.load(std::sync::atomic::Ordering::Acquire);
-    for _ in 0..500 {
-        if applied() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(applied(), 2);
+    edge.follow();
+    until(|| edge.applied() == 2).await;
+    assert_eq!(edge.applied(), 2);
 
     // The first region goes away; meanwhile globex is deleted and acme changes, and more
     // changes push them out of the ring.
@@ -303,13 +346,10 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
     let stop_second = CancellationToken::new();
     testing::serve(&tcs, second, stop_second.clone());
 
-    for _ in 0..1000 {
-        if applied() >= 6 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(applied() >= 6, "the follower caught up through the second region");
+    assert!(
+        until(|| edge.applied() >= 6).await,
+        "the follower caught up through the second region"
+    );
     assert!(
         cache.peek("globex.example.test").is_none(),
         "the deleted tenant is not left behind"
@@ -319,13 +359,12 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
         cache.peek("other.example.test").is_none(),
         "a resync does not load cold tenants"
     );
-    assert_eq!(metrics.stream_events.with_label_values(&["resync"]).get(), 1);
+    assert_eq!(edge.resyncs(), 1);
     assert_eq!(
         snapshots(&tcs),
         1,
         "an edge holding tenants repairs from the snapshot"
     );
-    shutdown.cancel();
     stop_second.cancel();
 }
 
@@ -352,44 +391,21 @@ async fn an_edge_holding_nothing_resumes_at_the_tcs_seq_without_the_snapshot() {
         )
         .unwrap(),
     );
-    let metrics = EdgeMetrics::new().unwrap();
-    let cache = Arc::new(TenantCache::new(
-        &CacheConfig::default(),
-        client.clone(),
-        metrics.clone(),
-    ));
-    let status = Arc::new(StreamStatus::new(&client));
-    let shutdown = CancellationToken::new();
-    tokio::spawn(follow(
-        cache.clone(),
-        status.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
-    let applied = || status.applied.load(std::sync::atomic::Ordering::Acquire);
-    for _ in 0..500 {
-        if applied() == 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(applied(), 5);
-    assert_eq!(metrics.stream_events.with_label_values(&["resync"]).get(), 1);
+    let edge = Following::new(&client);
+    edge.follow();
+    until(|| edge.applied() == 5).await;
+    assert_eq!(edge.applied(), 5);
+    assert_eq!(edge.resyncs(), 1);
     assert_eq!(snapshots(&tcs), 0, "nothing held, nothing fetched");
-    assert!(cache.is_empty());
+    assert!(edge.cache.is_empty());
 
     // It follows from there: a tenant it then fills gets the next change pushed.
-    assert_eq!(version(&cache.resolve("t3.example.test").await), Some(1));
+    assert_eq!(version(&edge.cache.resolve("t3.example.test").await), Some(1));
     tcs.ingress().apply(&put(6, "t3", 2, &["t3.example.test"]));
-    for _ in 0..500 {
-        if cache.peek("t3.example.test").map(|e| e.record.version) == Some(2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(cache.peek("t3.example.test").unwrap().record.version, 2);
+    let pushed = || edge.cache.peek("t3.example.test").map(|e| e.record.version) == Some(2);
+    until(pushed).await;
+    assert_eq!(edge.cache.peek("t3.example.test").unwrap().record.version, 2);
     assert_eq!(snapshots(&tcs), 0);
-    shutdown.cancel();
     stop.cancel();
 }
 
@@ -407,12 +423,7 @@ async fn old_entries_refresh_in_the_background_and_a_failed_refresh_keeps_them()
     // at once, and a background refresh brings version 2 in.
     f.tcs.ingress().apply(&put(2, "acme", 2, &[host]));
     assert_eq!(version(&f.cache.resolve(host).await), Some(1));
-    for _ in 0..500 {
-        if f.cache.peek(host).map(|e| e.record.version) == Some(2) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| f.cache.peek(host).map(|e| e.record.version) == Some(2)).await;
     assert_eq!(f.cache.peek(host).unwrap().record.version, 2);
     // With TCS gone, refreshes fail and the entry stays.
     f.shutdown.cancel();
@@ -420,12 +431,7 @@ async fn old_entries_refresh_in_the_background_and_a_failed_refresh_keeps_them()
         assert_eq!(version(&f.cache.resolve(host).await), Some(2));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for _ in 0..500 {
-        if !f.cache.refreshing.contains_key(host) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until(|| !f.cache.refreshing.contains_key(host)).await;
     assert_eq!(f.cache.peek(host).unwrap().record.version, 2);
 }
 

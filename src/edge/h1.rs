@@ -44,11 +44,11 @@ use self::parse::{Framing, Limits, Parsed, Refusal, RequestHead, ResponseHead};
 use self::upstream::Upstream;
 use super::pool::ShardPool;
 use super::proxy::{
-    error_json, is_idempotent, place, reject, relocate, target, RequestIds, RequestView, RETRY_AFTER_FROZEN,
-    RETRY_AFTER_OUTAGE,
+    error_json, found, is_idempotent, place, reject, relocate, target, RequestIds, RequestView,
+    RETRY_AFTER_FROZEN, RETRY_AFTER_OUTAGE,
 };
 use super::{EdgeProxy, EdgeState, Reject, Shared};
-use crate::context::{Entry, Resolved};
+use crate::context::Entry;
 use crate::tenant::MAX_HOST_LEN;
 
 /// How the lean HTTP/1.1 path reads clients and talks to backends (`[http1]` in the edge
@@ -462,18 +462,7 @@ impl H1App {
         let (pool, tenant) = match hit {
             Some(placed) => placed?,
             None => {
-                let entry = match self.shared.cache.resolve_missed(host).await {
-                    Ok(Resolved::Found(entry)) => entry,
-                    Ok(Resolved::Unknown) => return Err(reject(404, "unknown host")),
-                    Err(e) => {
-                        tracing::warn!(host, error = %e, "tenant context unavailable");
-                        return Err(Reject {
-                            status: 503,
-                            reason: "tenant context unavailable",
-                            retry_after: Some(RETRY_AFTER_OUTAGE),
-                        });
-                    }
-                };
+                let entry = found(host, self.shared.cache.resolve_missed(host).await)?;
                 (
                     place(&state, product, &entry, &head.method)?,
                     TenantLine::of(&entry),

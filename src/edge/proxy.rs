@@ -19,7 +19,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use super::pool::{InFlight, ShardPool};
 use super::{EdgeState, Shared};
-use crate::context::{Entry, Resolved};
+use crate::context::{Entry, Resolved, Unavailable};
 use crate::routes::{normalize_path, ProductRoute};
 use crate::tenant::{normalize_host, MAX_HOST_LEN};
 
@@ -232,18 +232,7 @@ impl EdgeProxy {
         let (host, product, rewritten) = target(&state, &RequestView::of(req), &mut buf)?;
         ctx.product = Some(product.index);
         ctx.rewritten_path = rewritten;
-        let entry = match self.shared.cache.resolve(host).await {
-            Ok(Resolved::Found(entry)) => entry,
-            Ok(Resolved::Unknown) => return Err(reject(404, "unknown host")),
-            Err(e) => {
-                tracing::warn!(host, error = %e, "tenant context unavailable");
-                return Err(Reject {
-                    status: 503,
-                    reason: "tenant context unavailable",
-                    retry_after: Some(RETRY_AFTER_OUTAGE),
-                });
-            }
-        };
+        let entry = found(host, self.shared.cache.resolve(host).await)?;
         let pool = place(&state, product, &entry, &req.method)?;
         // The request's own value when it is already normalised (the common case): no copy.
         ctx.host = match req.headers.get(HOST) {
@@ -361,6 +350,23 @@ pub(super) async fn relocate(
     let product = state.routes.products.get(product)?;
     let pool = place(state, product, &entry, method).ok()?;
     (pool.shard != old.shard).then_some((entry, pool))
+}
+
+/// The entry a resolve found, or what both paths answer instead: 404 for a host no tenant has,
+/// 503 with `Retry-After` when no TCS could say.
+pub(super) fn found(host: &str, resolved: Result<Resolved, Unavailable>) -> Result<Arc<Entry>, Reject> {
+    match resolved {
+        Ok(Resolved::Found(entry)) => Ok(entry),
+        Ok(Resolved::Unknown) => Err(reject(404, "unknown host")),
+        Err(e) => {
+            tracing::warn!(host, error = %e, "tenant context unavailable");
+            Err(Reject {
+                status: 503,
+                reason: "tenant context unavailable",
+                retry_after: Some(RETRY_AFTER_OUTAGE),
+            })
+        }
+    }
 }
 
 /// The JSON body of every answer the edge gives itself: `{"status","reason","request_id"}`.

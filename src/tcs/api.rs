@@ -210,11 +210,7 @@ async fn lookup(
     let view = authorize(&app.tcs, &headers, &view_name)?;
     let host = Host::parse(&raw_host).map_err(|e| ApiFailure::BadHost(raw_host.clone(), e))?;
     let lookups = &app.tcs.metrics().lookups;
-    let found = if emptied(faults) {
-        None
-    } else {
-        view.lookup_held(&host)
-    };
+    let found = if emptied(faults) { None } else { view.lookup(&host) };
     match found {
         Some((seq, held)) => {
             lookups.with_label_values(&[&view_name, "hit"]).inc();
@@ -291,7 +287,8 @@ async fn placement(
     } else {
         view.tenant(id.as_str())
     };
-    let answer = found.and_then(|(seq, record)| {
+    let answer = found.and_then(|(seq, held)| {
+        let record = &held.record;
         let p = record.placement(product.as_str())?;
         Some(PlacementLookup {
             tenant: record.id.clone(),

@@ -33,7 +33,7 @@ fn shard(seq: u64) -> Change {
 
 fn owner(view: &IngressView, h: &str) -> Option<(String, u64)> {
     view.lookup(&host(h))
-        .map(|(_, r)| (r.id.as_str().to_owned(), r.version))
+        .map(|(_, held)| (held.record.id.as_str().to_owned(), held.record.version))
 }
 
 fn backlog(view: &IngressView, after: u64) -> Vec<ViewEvent> {
@@ -61,7 +61,7 @@ fn upsert_indexes_every_host_and_reports_seq() {
         Applied::Upserted
     );
     let (seq, rec) = view.lookup(&host("A.example.test")).unwrap();
-    assert_eq!((seq, rec.id.as_str()), (1, "acme"));
+    assert_eq!((seq, rec.record.id.as_str()), (1, "acme"));
     assert_eq!(owner(&view, "acme.example.test"), Some(("acme".into(), 1)));
     assert_eq!(owner(&view, "other.example.test"), None);
     assert_eq!(view.len(), 1);

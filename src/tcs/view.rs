@@ -56,7 +56,7 @@ struct State {
     seq: u64,
     last_event: u64,
     /// Ordered by id, for snapshots.
-    records: BTreeMap<TenantId, Arc<IngressRecord>>,
+    records: BTreeMap<TenantId, Arc<Held>>,
     /// Every host to its tenant's record, the record itself rather than its id: a lookup is one
     /// hash probe, not a probe and then a walk of a million-entry tree.
     hosts: HostIndex,
@@ -68,13 +68,14 @@ struct State {
 
 type HostIndex = HashMap<Host, Arc<Held>, foldhash::fast::RandomState>;
 
-/// A tenant's record as the host index holds it: the record, and its JSON rendered once per
-/// change. Answering a lookup copies those bytes instead of walking the record's fields, each a
-/// separate allocation and, with a million tenants, a separate cache miss.
+/// A tenant's record as the view holds it (by id and by each host): the record, and its JSON
+/// rendered once per change. Answering a lookup or writing a snapshot copies those bytes
+/// instead of walking the record's fields, each a separate allocation and, with a million
+/// tenants, a separate cache miss.
 #[derive(Debug)]
 pub struct Held {
     /// The record.
-    pub record: Arc<IngressRecord>,
+    pub record: IngressRecord,
     /// The record as JSON, exactly as `serde_json` writes it (`None` only if it would not
     /// serialise, which no record does: then it is written field by field each time).
     json: Option<Box<RawValue>>,
@@ -97,18 +98,14 @@ impl State {
 
     /// Holds `record` by id and by each of its hosts.
     fn insert(&mut self, record: IngressRecord) {
-        let record = Arc::new(record);
-        let json = serde_json::value::to_raw_value(&*record)
+        let json = serde_json::value::to_raw_value(&record)
             .inspect_err(|e| tracing::error!(tenant = %record.id, error = %e, "record does not serialise"))
             .ok();
-        let held = Arc::new(Held {
-            record: Arc::clone(&record),
-            json,
-        });
-        for h in &record.hosts {
+        let held = Arc::new(Held { record, json });
+        for h in &held.record.hosts {
             self.hosts.insert(h.clone(), Arc::clone(&held));
         }
-        self.records.insert(record.id.clone(), record);
+        self.records.insert(held.record.id.clone(), held);
     }
 }
 
@@ -194,13 +191,7 @@ impl IngressView {
     }
 
     /// The tenant a normalised host names, with the seq the view is current to.
-    pub fn lookup(&self, host: &Host) -> Option<(u64, Arc<IngressRecord>)> {
-        let st = self.read();
-        st.record_for(host).map(|held| (st.seq, Arc::clone(&held.record)))
-    }
-
-    /// [`Self::lookup`] with the record's JSON, for answering it.
-    pub fn lookup_held(&self, host: &Host) -> Option<(u64, Arc<Held>)> {
+    pub fn lookup(&self, host: &Host) -> Option<(u64, Arc<Held>)> {
         let st = self.read();
         st.record_for(host).map(|held| (st.seq, Arc::clone(held)))
     }
@@ -219,7 +210,7 @@ impl IngressView {
     }
 
     /// The tenant `id`, with the seq the view is current to.
-    pub fn tenant(&self, id: &str) -> Option<(u64, Arc<IngressRecord>)> {
+    pub fn tenant(&self, id: &str) -> Option<(u64, Arc<Held>)> {
         let st = self.read();
         st.records.get(id).map(|r| (st.seq, Arc::clone(r)))
     }
@@ -285,7 +276,7 @@ pub struct SharedSnapshot {
     pub seq: u64,
     /// Every tenant, ordered by id.
     #[serde(serialize_with = "serialize_records")]
-    pub records: Vec<Arc<IngressRecord>>,
+    pub records: Vec<Arc<Held>>,
 }
 
 impl SharedSnapshot {
@@ -293,13 +284,13 @@ impl SharedSnapshot {
     pub fn to_owned_snapshot(&self) -> ViewSnapshot {
         ViewSnapshot {
             seq: self.seq,
-            records: self.records.iter().map(|r| IngressRecord::clone(r)).collect(),
+            records: self.records.iter().map(|held| held.record.clone()).collect(),
         }
     }
 }
 
-fn serialize_records<S: serde::Serializer>(records: &[Arc<IngressRecord>], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(records.iter().map(|r| &**r))
+fn serialize_records<S: serde::Serializer>(records: &[Arc<Held>], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(records.iter().map(|held| &**held))
 }
 
 fn tenant_change(
@@ -309,7 +300,7 @@ fn tenant_change(
     version: u64,
     doc: &Option<TenantDoc>,
 ) -> Option<ViewEvent> {
-    let held = st.records.get(id).map(|r| r.version);
+    let held = st.records.get(id).map(|held| held.record.version);
     // No tombstones: a re-created tenant may restart its versions, and replays are already
     // excluded by seq, so only a live record's version can make a change stale.
     if held.is_some_and(|h| version <= h) {
@@ -327,6 +318,7 @@ fn upsert(st: &mut State, seq: u64, prev: u64, version: u64, doc: &TenantDoc) ->
     record.version = version;
     let removed_hosts: Vec<Host> = match st.records.get(&record.id) {
         Some(old) => old
+            .record
             .hosts
             .iter()
             .filter(|h| !record.hosts.contains(h))
@@ -347,13 +339,13 @@ fn upsert(st: &mut State, seq: u64, prev: u64, version: u64, doc: &TenantDoc) ->
 fn delete(st: &mut State, seq: u64, prev: u64, id: &TenantId, version: u64) -> Option<ViewEvent> {
     // Deleting a tenant the view never held changes nothing a reader could hold either.
     let old = st.records.remove(id)?;
-    unindex_hosts(&mut st.hosts, id, &old.hosts);
+    unindex_hosts(&mut st.hosts, id, &old.record.hosts);
     Some(ViewEvent::Delete {
         seq,
         prev,
         id: id.clone(),
         version,
-        hosts: old.hosts.clone(),
+        hosts: old.record.hosts.clone(),
     })
 }
 
