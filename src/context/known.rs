@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use papaya::{Compute, Operation};
 
-use super::{CacheConfig, Entry};
+use super::{CacheConfig, Entry, Hasher};
 
-type Map = papaya::HashMap<Box<str>, Arc<Entry>, foldhash::fast::RandomState>;
+type Map = papaya::HashMap<Box<str>, Arc<Entry>, Hasher>;
 
 /// A sweep frees this share of `max` (1/8): a sweep walks the whole map, so under a steady
 /// stream of misses into a full cache the walk is paid once per `max / 8` misses, eight entries
@@ -51,7 +51,7 @@ impl Known {
         Known {
             map: papaya::HashMap::builder()
                 .capacity(initial)
-                .hasher(foldhash::fast::RandomState::default())
+                .hasher(Hasher::default())
                 .build(),
             max,
             low_water: max - max / SWEEP_SHARE,

@@ -141,6 +141,24 @@ async fn miss_fills_then_hits_and_unknown_is_cached_apart() {
     assert!(f.cache.peek("nobody.example.test").is_none());
 }
 
+/// With one region there is nobody to hedge to: an answer older than the version asked for is
+/// a stale region (unavailable, never "unknown"), and the version once there is found.
+#[tokio::test]
+async fn one_region_answering_older_than_asked_is_stale() {
+    let f = fixture().await;
+    f.tcs.ingress().apply(&put(1, "acme", 1, &["acme.example.test"]));
+    match f.cache.refetch("acme.example.test", 2).await {
+        Err(Unavailable(why)) => assert!(why.contains("version 1 is older than needed"), "{why}"),
+        other => panic!("a stale answer was taken: {:?}", version(&other)),
+    }
+    f.tcs.ingress().apply(&put(2, "acme", 2, &["acme.example.test"]));
+    assert_eq!(version(&f.cache.refetch("acme.example.test", 2).await), Some(2));
+    assert!(matches!(
+        f.cache.refetch("nobody.example.test", 0).await,
+        Ok(Resolved::Unknown)
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_coalesce_into_one_fetch() {
     let f = Arc::new(fixture().await);
