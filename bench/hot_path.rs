@@ -17,7 +17,7 @@ use tenant_edge::context::{
     CacheConfig, LookupConfig, Origin, Resolved, TcsClient, TcsEndpoint, TenantCache,
 };
 use tenant_edge::edge::h1::parse::{self, Limits, Parsed};
-use tenant_edge::edge::{h1, place, target, BackendRegistry, EdgeState, RequestView};
+use tenant_edge::edge::{decide, h1, BackendRegistry, Decision, EdgeState, RequestView};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::routes::{normalize_path, RouteSnapshot, RouteStore};
 use tenant_edge::tenant::{normalize_host, IngressRecord, MAX_HOST_LEN};
@@ -161,12 +161,12 @@ fn decision(c: &mut Criterion) {
     c.bench_function("request_decision", |b| {
         b.iter(|| {
             let mut buf = [0u8; MAX_HOST_LEN];
-            let Ok((host, product, _)) = target(&state, &RequestView::of(black_box(&req)), &mut buf) else {
+            let view = RequestView::of(black_box(&req));
+            let Ok((_, Decision::Placed(pool, ()))) =
+                decide(&state, &cache, &view, &req.method, &mut buf, |_| ())
+            else {
                 return None;
             };
-            let pool = cache
-                .with_hit(host, |e| place(&state, product, e, &req.method))?
-                .ok()?;
             let (_, backend) = pool.pick(0)?;
             Some(backend.peer())
         })
@@ -188,12 +188,11 @@ fn decision(c: &mut Criterion) {
             };
             let view = h1::view(raw, &head);
             let mut buf = [0u8; MAX_HOST_LEN];
-            let Ok((host, product, _)) = target(&state, &view, &mut buf) else {
+            let Ok((_, Decision::Placed(pool, ()))) =
+                decide(&state, &cache, &view, &head.method, &mut buf, |_| ())
+            else {
                 return None;
             };
-            let pool = cache
-                .with_hit(host, |e| place(&state, product, e, &head.method))?
-                .ok()?;
             let (_, backend) = pool.pick(0)?;
             Some(backend.addr)
         })

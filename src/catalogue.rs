@@ -61,9 +61,17 @@ pub enum CatalogueError {
     Serve(std::io::Error),
 }
 
-/// Opens the store in `cfg.data_dir`, serves the API on `cfg.listen` until `shutdown` is
-/// cancelled, then finishes the requests in flight.
-pub async fn run(cfg: CatalogueConfig, shutdown: CancellationToken) -> Result<(), CatalogueError> {
+/// A catalogue with its store open and its listener bound, not yet serving: connections wait
+/// in the backlog until [`Bound::serve`]. Its existence is the readiness signal.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    store: SqliteStore,
+}
+
+/// Opens the store in `cfg.data_dir` and binds `cfg.listen` (port 0 picks a free port; see
+/// [`Bound::addr`]).
+pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CatalogueError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -79,12 +87,34 @@ pub async fn run(cfg: CatalogueConfig, shutdown: CancellationToken) -> Result<()
             source,
         })?;
     let addr = listener.local_addr().map_err(CatalogueError::Serve)?;
-    tracing::info!("catalogue listening on {addr}");
-    let app = api::app(Arc::new(store), shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(CatalogueError::Serve)
+    Ok(Bound {
+        listener,
+        addr,
+        store,
+    })
+}
+
+impl Bound {
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves the API until `shutdown` is cancelled, then finishes the requests in flight.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), CatalogueError> {
+        tracing::info!("catalogue listening on {}", self.addr);
+        let app = api::app(Arc::new(self.store), shutdown.clone());
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(CatalogueError::Serve)
+    }
+}
+
+/// Opens the store in `cfg.data_dir`, serves the API on `cfg.listen` until `shutdown` is
+/// cancelled, then finishes the requests in flight.
+pub async fn run(cfg: CatalogueConfig, shutdown: CancellationToken) -> Result<(), CatalogueError> {
+    bind(cfg).await?.serve(shutdown).await
 }
 
 /// `tenant-edge catalogue`: the write-side service.

@@ -1,10 +1,9 @@
-//! `tenant-edge ctl`: the operator CLI over the catalogue API, and the typed
-//! [`CatalogueClient`] it is built on.
+//! `tenant-edge ctl`: the operator CLI over the catalogue API, built on the typed
+//! [`CatalogueClient`].
 //!
 //! Exit codes: 0 done, 1 the catalogue refused (its message is printed), 2 the catalogue is
 //! unreachable or the input file is unusable.
 
-mod client;
 mod migrate;
 mod output;
 
@@ -15,9 +14,8 @@ use std::process::ExitCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use self::client::{CatalogueClient, ClientError};
 pub use self::migrate::{MigrateArgs, MigrateError};
-use crate::feed::{RealmDoc, ShardDoc, TenantDoc};
+use crate::feed::{CatalogueClient, ClientError, RealmDoc, ShardDoc, TenantDoc};
 use crate::tenant::{Realm, ShardId, TenantId};
 
 /// `tenant-edge ctl`: manage tenants, shards and realms in the catalogue.

@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::feed::ApiError;
 use crate::tenant::{NameError, Product, Region, ShardId, TenantId};
 use store::ShardStore;
 
@@ -86,7 +87,7 @@ struct DemoState {
     store: ShardStore,
 }
 
-/// Why a request was refused; one JSON answer `{"status", "error"}` per variant.
+/// Why a request was refused; one JSON answer ([`ApiError`]) per variant.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
     /// Bad input: missing tenant, malformed JSON, a bad id.
@@ -118,12 +119,6 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    status: u16,
-    error: String,
-}
-
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
         let status = match &self {
@@ -138,11 +133,7 @@ impl IntoResponse for Failure {
         if status.is_server_error() && !matches!(self, Failure::Frozen) {
             tracing::error!(error = %self, "demo shard request failed");
         }
-        let body = Json(ErrorBody {
-            status: status.as_u16(),
-            error: self.to_string(),
-        });
-        let mut resp = (status, body).into_response();
+        let mut resp = ApiError::new(status, self.to_string()).into_response();
         match self {
             Failure::Frozen => {
                 resp.headers_mut()
@@ -185,20 +176,17 @@ struct Echo<'a> {
     headers: BTreeMap<String, String>,
 }
 
-/// Binds `cfg.listen` and serves until `shutdown` is cancelled.
-pub async fn run(cfg: DemoShardConfig, shutdown: CancellationToken) -> Result<(), DemoError> {
-    let listener = TcpListener::bind(cfg.listen).await?;
-    serve(listener, cfg, shutdown).await
+/// A demo shard backend with its database open and its listener bound, not yet serving:
+/// connections wait in the backlog until [`Bound::serve`]. Its existence is the readiness signal.
+pub struct Bound {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<DemoState>,
 }
 
-/// Serves on an already bound listener until `shutdown` is cancelled (for callers that bind
-/// port 0 and need the address first). Opens (creating if needed) the shard's database first.
-pub async fn serve(
-    listener: TcpListener,
-    cfg: DemoShardConfig,
-    shutdown: CancellationToken,
-) -> Result<(), DemoError> {
-    let addr = listener.local_addr()?;
+/// Opens (creating if needed) the shard's database and binds `cfg.listen` (port 0 picks a free
+/// port; see [`Bound::addr`]).
+pub async fn bind(cfg: DemoShardConfig) -> Result<Bound, DemoError> {
     let shard = ShardId::new(&cfg.shard)?;
     if cfg.regions.is_empty() {
         return Err(DemoError::NoRegions);
@@ -211,7 +199,8 @@ pub async fn serve(
         cfg.regions.clone(),
     )
     .await?;
-    tracing::info!("demo shard {}/{} listening on {addr}", cfg.shard, cfg.backend);
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
     let served_by = HeaderValue::try_from(format!("{}/{}", cfg.shard, cfg.backend))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     let state = Arc::new(DemoState {
@@ -220,10 +209,37 @@ pub async fn serve(
         served_by,
         store,
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
-    Ok(())
+    Ok(Bound {
+        listener,
+        addr,
+        state,
+    })
+}
+
+impl Bound {
+    /// The address the backend listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), DemoError> {
+        tracing::info!(
+            "demo shard {}/{} listening on {}",
+            self.state.shard,
+            self.state.backend,
+            self.addr
+        );
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Binds `cfg.listen` and serves until `shutdown` is cancelled.
+pub async fn run(cfg: DemoShardConfig, shutdown: CancellationToken) -> Result<(), DemoError> {
+    bind(cfg).await?.serve(shutdown).await
 }
 
 /// Creates the data directory and opens the shard's database, off the async threads.

@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalogue::CatalogueConfig;
 use crate::context::TcsEndpoint;
-use crate::ctl::{CatalogueClient, ClientError};
 use crate::demo::DemoShardConfig;
 use crate::edge::EdgeConfig;
-use crate::feed::{RealmDoc, ShardDoc, TenantDoc};
+use crate::feed::{CatalogueClient, ClientError, RealmDoc, ShardDoc, TenantDoc};
 use crate::routes::RouteStore;
 use crate::tcs::{ConsumerConfig, TcsConfig};
 use crate::tenant::{Placement, PlacementState, Product, Realm, Region, ShardId, TenantId};
@@ -112,6 +111,8 @@ where
     parts.spawn(async move { fut.await.map_err(|e| e.to_string()) });
 }
 
+/// Starts every part in order, each bound before the next needs it: a role's `bind` (or the
+/// edge's `start`) returning is its readiness, so nothing here polls.
 async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) -> Result<(), DevError> {
     std::fs::create_dir_all(&args.data).map_err(|e| io_err(&args.data, e))?;
     let routes = RouteStore::load(&args.routes)?.current();
@@ -125,17 +126,19 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
                 regions: shard.data_regions.clone(),
                 data_dir: args.data.join("shards"),
             };
-            spawn_part(parts, crate::demo::run(cfg, shutdown.clone()));
+            let bound = crate::demo::bind(cfg).await.map_err(part("demo shard"))?;
+            spawn_part(parts, bound.serve(shutdown.clone()));
         }
     }
-    let catalogue_addr = loopback(ports::CATALOGUE);
     let catalogue = CatalogueConfig {
-        listen: catalogue_addr,
+        listen: loopback(ports::CATALOGUE),
         data_dir: args.data.join("catalogue"),
     };
-    spawn_part(parts, crate::catalogue::run(catalogue, shutdown.clone()));
-    let catalogue_url = format!("http://{catalogue_addr}");
-    wait_ready(&format!("{catalogue_url}/healthz"), "catalogue").await?;
+    let catalogue = crate::catalogue::bind(catalogue)
+        .await
+        .map_err(part("catalogue"))?;
+    let catalogue_url = format!("http://{}", catalogue.addr());
+    spawn_part(parts, catalogue.serve(shutdown.clone()));
     seed(&CatalogueClient::new(&catalogue_url)?, &routes).await?;
 
     let mut endpoints = Vec::new();
@@ -150,9 +153,14 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
             &catalogue_url,
         );
         write_toml(&args.data.join(format!("tcs-{region}.toml")), &cfg)?;
-        spawn_part(parts, crate::tcs::run(cfg, shutdown.clone()));
-        let url = format!("http://{}", loopback(port));
-        wait_ready(&format!("{url}/readyz"), &format!("tcs {region}")).await?;
+        let bound = crate::tcs::bind(cfg).await.map_err(part("tcs"))?;
+        let url = format!("http://{}", bound.addr());
+        let tcs = bound.tcs().clone();
+        spawn_part(parts, bound.serve(shutdown.clone()));
+        // Ready once its view caught up with the catalogue (the tailer signals each poll).
+        tokio::time::timeout(READY_WITHIN, tcs.ready())
+            .await
+            .map_err(|_| DevError::NotReady(format!("tcs {region}")))?;
         endpoints.push(TcsEndpoint {
             region: region.into(),
             url,
@@ -161,10 +169,23 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
     }
     let edge = edge_config(args, name(Region::new("us-east-1"))?, endpoints);
     write_toml(&args.data.join("edge.toml"), &edge)?;
-    spawn_part(parts, crate::edge::run(edge, shutdown.clone()));
-    wait_ready(&format!("http://{}/healthz", loopback(ports::EDGE_ADMIN)), "edge").await?;
+    let edge = crate::edge::start(edge, shutdown.clone())
+        .await
+        .map_err(part("edge"))?;
+    parts.spawn(async move {
+        edge.wait().await;
+        Ok(())
+    });
     print_banner(args, &routes);
     Ok(())
+}
+
+/// How long a TCS may take to catch up with the catalogue at start.
+const READY_WITHIN: Duration = Duration::from_secs(15);
+
+/// Names the part a start error came from.
+fn part<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> DevError {
+    move |e| DevError::Part(format!("{what}: {e}"))
 }
 
 fn tcs_config(data: &Path, region: &Region, listen: SocketAddr, catalogue: &str) -> TcsConfig {
@@ -211,21 +232,6 @@ fn edge_config(args: &DevArgs, region: Region, tcs: Vec<TcsEndpoint>) -> EdgeCon
 fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), DevError> {
     let text = toml::to_string_pretty(value).map_err(|e| io_err(path, e))?;
     std::fs::write(path, text).map_err(|e| io_err(path, e))
-}
-
-/// Polls `url` until it answers 2xx, for up to 15 s.
-pub async fn wait_ready(url: &str, what: &str) -> Result<(), DevError> {
-    let http =
-        crate::http_client::default_client().map_err(|e| DevError::Part(format!("http client: {e}")))?;
-    for _ in 0..150 {
-        if let Ok(resp) = http.get(url).timeout(Duration::from_millis(500)).send().await {
-            if resp.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(DevError::NotReady(what.into()))
 }
 
 fn name<T>(r: Result<T, crate::tenant::NameError>) -> Result<T, DevError> {

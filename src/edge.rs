@@ -29,7 +29,7 @@ use crate::tenant::{Region, ShardId, Sym};
 
 pub use h1::Http1Config;
 pub use pool::{backend_peer, Backend, BackendRegistry, HealthSettings, InFlight, ShardPool};
-pub use proxy::{place, target, EdgeProxy, Reject, RequestCtx, RequestView};
+pub use proxy::{decide, place, target, Decision, EdgeProxy, Reject, RequestCtx, RequestView, Targeted};
 
 /// The edge's configuration file (`tenant-edge proxy --config edge.toml`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -293,6 +293,41 @@ pub(crate) struct Shared {
 
 /// Runs the edge until `shutdown` is cancelled.
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), EdgeError> {
+    start(cfg, shutdown).await?.wait().await;
+    Ok(())
+}
+
+/// A started edge: accepting on its proxy listeners, its admin API serving. Its existence is
+/// the readiness signal; [`Started::wait`] runs it until shutdown.
+pub struct Started {
+    /// The admin API's address (`/healthz`, `/readyz`, `/metrics`, `/admin/...`).
+    pub admin: SocketAddr,
+    shutdown: CancellationToken,
+    proxy: std::thread::JoinHandle<()>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Started {
+    /// Waits for `shutdown`, then for the proxy's drain and the cache file's last write.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        let proxy = self.proxy;
+        if tokio::task::spawn_blocking(move || proxy.join()).await.is_err() {
+            tracing::warn!("proxy thread did not stop cleanly");
+        }
+        if let Some(writer) = self.writer {
+            // The writer's last write, on cancellation, is the shutdown write: wait for it.
+            if writer.await.is_err() {
+                tracing::warn!("cache file writer did not stop cleanly");
+            }
+        }
+    }
+}
+
+/// Builds the edge and starts it: returns once the proxy accepts and the admin API serves.
+/// pingora binds the proxy listeners on its own thread, so their ports come from the config
+/// (port 0 cannot be reported back); the admin listener is bound here and may be port 0.
+pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Started, EdgeError> {
     let metrics = EdgeMetrics::new()?;
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
     let client = Arc::new(TcsClient::new(&cfg.tcs, cfg.region.as_str(), cfg.lookup.clone())?);
@@ -319,6 +354,9 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)
         .await
+        .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
+    let admin_addr = admin
+        .local_addr()
         .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
     let server = server::build(&cfg, shared.clone())?;
     warm_up(&cfg, &shared, file).await;
@@ -349,21 +387,16 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
     tracing::info!(
         http = %cfg.listen_http,
         https = ?cfg.listen_https,
-        admin = %cfg.admin,
+        admin = %admin_addr,
         region = %cfg.region,
         "edge listening"
     );
-    shutdown.cancelled().await;
-    if tokio::task::spawn_blocking(move || proxy.join()).await.is_err() {
-        tracing::warn!("proxy thread did not stop cleanly");
-    }
-    if let Some(writer) = writer {
-        // The writer's last write, on cancellation, is the shutdown write: wait for it.
-        if writer.await.is_err() {
-            tracing::warn!("cache file writer did not stop cleanly");
-        }
-    }
-    Ok(())
+    Ok(Started {
+        admin: admin_addr,
+        shutdown,
+        proxy,
+        writer,
+    })
 }
 
 /// Waits (up to 30 s) until `addr` accepts a connection.

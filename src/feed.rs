@@ -2,11 +2,16 @@
 //! catalogue's change log (read by TCS) and a TCS view's change stream (read by edges).
 //!
 //! Both streams are ordered by the catalogue's global sequence number, so a reader can resume
-//! from any position and detect what it missed.
+//! from any position and detect what it missed. Beside them, [`client`]: the one typed client
+//! of the catalogue API (`ctl`, the dev stack, the TCS tailer and the tests all use it).
+
+pub mod client;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use self::client::{CatalogueClient, ClientError, Imported};
 
 use crate::tenant::{
     Host, IngressRecord, Placement, PlacementState, Product, Realm, Region, ShardId, TenantId,
@@ -400,13 +405,42 @@ impl ViewEvent {
     }
 }
 
-/// The JSON body of every error answer of the catalogue and TCS APIs.
+/// The JSON body of every error answer, in one shape everywhere: the catalogue, TCS, demo shard
+/// and edge admin APIs answer `{"status", "reason"}`, and the proxy's own answers add the
+/// request's id (rendered without allocating by the proxy; a test holds the two alike).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     /// HTTP status code.
     pub status: u16,
     /// What went wrong, for a human.
-    pub error: String,
+    pub reason: String,
+    /// The request's id, on the proxy's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    /// The body of a `status` answer saying `reason`.
+    pub fn new(status: http::StatusCode, reason: impl Into<String>) -> Self {
+        ApiError {
+            status: status.as_u16(),
+            reason: reason.into(),
+            request_id: None,
+        }
+    }
+}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        let status =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(http::header::CACHE_CONTROL, "no-store")],
+            axum::Json(self),
+        )
+            .into_response()
+    }
 }
 
 #[cfg(test)]

@@ -68,8 +68,8 @@ pub enum TcsError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     /// The HTTP client could not be built.
-    #[error("http client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("catalogue client: {0}")]
+    Client(#[from] crate::feed::ClientError),
     /// The listen address could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -209,6 +209,20 @@ impl Tcs {
         Ok((seq, head))
     }
 
+    /// Resolves once [`Self::readiness`] holds: what an in-process starter waits on instead of
+    /// polling `/readyz` (the tailer wakes it after every poll).
+    pub async fn ready(&self) {
+        loop {
+            let next = self.0.status.next_poll();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if self.readiness().is_ok() {
+                return;
+            }
+            next.await;
+        }
+    }
+
     /// Brings the seq, head and lag gauges up to date (called before each scrape).
     pub fn refresh_gauges(&self) {
         let m = &self.0.metrics;
@@ -242,10 +256,8 @@ impl Tcs {
             }
             None => 0,
         };
-        let client = crate::http_client::default_client()?;
         let tailer = Tailer::new(
-            client,
-            &cfg.catalogue,
+            crate::feed::CatalogueClient::new(&cfg.catalogue)?,
             Arc::clone(&ingress),
             Arc::clone(&self.0.status),
             self.0.metrics.clone(),
@@ -280,22 +292,46 @@ fn gauge(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Binds `cfg.listen` and serves until `shutdown` is cancelled (see [`Tcs::serve`]).
-pub async fn run(cfg: TcsConfig, shutdown: CancellationToken) -> Result<(), TcsError> {
+/// A TCS node with its listener bound, not yet serving: connections wait in the backlog until
+/// [`Bound::serve`]. Its existence is the readiness signal of the socket; `/readyz` says when the
+/// view has caught up with the catalogue.
+pub struct Bound {
+    tcs: Tcs,
+    listener: TcpListener,
+    addr: std::net::SocketAddr,
+}
+
+/// Checks `cfg` and binds `cfg.listen` (port 0 picks a free port; see [`Bound::addr`]).
+pub async fn bind(cfg: TcsConfig) -> Result<Bound, TcsError> {
     let addr = cfg.listen;
+    let tcs = Tcs::new(cfg)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| TcsError::Bind { addr, source })?;
-    serve(cfg, listener, shutdown).await
+    let addr = listener.local_addr().map_err(TcsError::Serve)?;
+    Ok(Bound { tcs, listener, addr })
 }
 
-/// Serves on an already bound `listener` (see [`Tcs::serve`]); `cfg.listen` is ignored.
-pub async fn serve(
-    cfg: TcsConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), TcsError> {
-    Tcs::new(cfg)?.serve(listener, shutdown).await
+impl Bound {
+    /// The address the API listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// The node, for in-process callers (metrics, faults, the view).
+    pub fn tcs(&self) -> &Tcs {
+        &self.tcs
+    }
+
+    /// Serves until `shutdown` is cancelled (see [`Tcs::serve`]).
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), TcsError> {
+        self.tcs.serve(self.listener, shutdown).await
+    }
+}
+
+/// Binds `cfg.listen` and serves until `shutdown` is cancelled (see [`Tcs::serve`]).
+pub async fn run(cfg: TcsConfig, shutdown: CancellationToken) -> Result<(), TcsError> {
+    bind(cfg).await?.serve(shutdown).await
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ async fn tenants_follow_the_contract() {
     // Compare-and-set: stale and current versions, quoted or not; garbage is a 400.
     let stale = c.put_if("/v1/tenants/acme", &both, "\"1\"").await.expect(409);
     assert!(
-        stale["error"].as_str().unwrap().contains("current version is 2"),
+        stale["reason"].as_str().unwrap().contains("current version is 2"),
         "{stale}"
     );
     assert_eq!(
@@ -44,20 +44,20 @@ async fn tenants_follow_the_contract() {
 
     let thief = json!({"id": "globex", "hosts": ["acme.example.test"], "realm": "eu"});
     let taken = c.put("/v1/tenants/globex", &thief).await.expect(409);
-    assert!(taken["error"].as_str().unwrap().contains("acme"), "{taken}");
+    assert!(taken["reason"].as_str().unwrap().contains("acme"), "{taken}");
 
     let mut abroad = acme();
     abroad["placements"]["jira"]["shard"] = json!("jira-eu-west-1");
     let outside = c.put("/v1/tenants/acme", &abroad).await.expect(422);
     assert!(
-        outside["error"].as_str().unwrap().contains("outside realm us"),
+        outside["reason"].as_str().unwrap().contains("outside realm us"),
         "{outside}"
     );
     let mut unknown = acme();
     unknown["placements"]["jira"]["shard"] = json!("jira-nowhere-1");
     let unknown = c.put("/v1/tenants/acme", &unknown).await.expect(422);
     assert!(
-        unknown["error"]
+        unknown["reason"]
             .as_str()
             .unwrap()
             .contains("unknown shard jira-nowhere-1"),
@@ -237,7 +237,7 @@ async fn bulk_import_is_all_or_nothing_and_logs_every_tenant() {
     let mut batch: Vec<Value> = (0..3).map(numbered).collect();
     batch[1]["placements"]["jira"]["shard"] = json!("jira-eu-west-1");
     let refused = c.post("/v1/tenants", &json!(batch)).await.expect(422);
-    let error = refused["error"].as_str().unwrap();
+    let error = refused["reason"].as_str().unwrap();
     assert!(
         error.contains("tenants[1] (t1)") && error.contains("outside realm us"),
         "{refused}"

@@ -104,7 +104,7 @@ async fn creation_checks_follow_the_contract() {
     for (body, expected) in invalid {
         let refused = c.post("/v1/migrations", &body).await.expect(422);
         assert!(
-            refused["error"].as_str().unwrap().contains(expected),
+            refused["reason"].as_str().unwrap().contains(expected),
             "{body}: {refused}"
         );
     }
@@ -124,7 +124,7 @@ async fn creation_checks_follow_the_contract() {
         .post("/v1/migrations", &move_acme_to("jira-us-west-2"))
         .await
         .expect(409);
-    assert!(open["error"].as_str().unwrap().contains("m-1"), "{open}");
+    assert!(open["reason"].as_str().unwrap().contains("m-1"), "{open}");
 
     let broken = c.call(Method::POST, "/v1/migrations", Some("{\"tenant\":"), None);
     broken.await.expect(400);

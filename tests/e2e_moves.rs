@@ -4,28 +4,32 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
 
-/// An edge that missed the switch (its change stream's region stopped ingesting) is told by
-/// the source shard's fence (421 `tenant-moved`), fetches the newer context from the other
-/// region, and replays a GET at the target; a POST is not replayed but answered 503.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edge_that_missed_the_switch_reroutes_on_421() {
+/// A stack whose edge caches `hosts` on `jira-us-east-1`, then stops hearing of changes: the
+/// region whose stream it follows stops ingesting, so only a shard's 421 tells it of a move.
+async fn deaf_to_moves(hosts: &[&str]) -> Stack {
     let stack = Stack::start().await;
-    for host in ["acme.example.test", "initech.example.test"] {
+    for host in hosts {
         let (status, body) = stack.get_json(host, "/").await;
         assert_eq!((status, body["shard"].as_str()), (200, Some("jira-us-east-1")));
     }
-    // The edge follows the local region's stream: that region stops ingesting.
     tcs_faults(
         &stack.http,
         &stack.tcs_urls[0],
         Some(json!({"pause_ingest": true})),
     )
     .await;
+    stack
+}
+
+/// An edge that missed the switch (its change stream's region stopped ingesting) is told by
+/// the source shard's fence (421 `tenant-moved`), fetches the newer context from the other
+/// region, and replays a GET at the target; a POST is not replayed but answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_missed_the_switch_reroutes_on_421() {
+    let stack = deaf_to_moves(&["acme.example.test", "initech.example.test"]).await;
     let mut versions = Vec::new();
     for (id, confluence) in [("acme", Some("confluence-us-east-1")), ("initech", None)] {
         let mut placements = json!({"jira": {"shard": "jira-us-west-2"}});
@@ -38,37 +42,11 @@ async fn an_edge_that_missed_the_switch_reroutes_on_421() {
         versions.push(stored["version"].as_u64().unwrap());
     }
     // The other region has the switch; the source shard fences both tenants off.
-    let lookup = format!(
-        "{}/v1/views/ingress/hosts/initech.example.test",
-        stack.tcs_urls[1]
-    );
-    eventually(Duration::from_secs(10), || async {
-        let r = stack
-            .http
-            .get(&lookup)
-            .bearer_auth(EDGE_TOKEN)
-            .send()
-            .await
-            .ok()?;
-        let v: Value = r.json().await.ok()?;
-        (v["record"]["version"].as_u64()? >= versions[1]).then_some(())
-    })
-    .await;
-    let source = &stack
-        .backends
-        .iter()
-        .find(|(id, _)| id == "jira-us-east-1")
-        .unwrap()
-        .1;
+    stack
+        .wait_in_tcs(&stack.tcs_urls[1], "initech.example.test", versions[1])
+        .await;
     for (id, version) in ["acme", "initech"].iter().zip(&versions) {
-        let r = stack
-            .http
-            .post(format!("http://127.0.0.1:{}/mover/release", source[0]))
-            .json(&json!({"tenant": id, "version": version}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "release: {}", r.status());
+        stack.release("jira-us-east-1", id, *version).await;
     }
 
     // A GET is replayed at the target, and the client sees success.
@@ -97,6 +75,51 @@ async fn an_edge_that_missed_the_switch_reroutes_on_421() {
     );
     assert!(
         metrics.contains("tenant_edge_tenant_moved_total{outcome=\"rejected\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A shard's 421 sends the edge to the tenant's new placement, but the new placement is still
+/// frozen: a write that would be replayed there (an idempotent, bodiless DELETE) is answered
+/// 503 with `Retry-After` instead, as a first placement would be; a read is still replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_rerouted_onto_a_frozen_placement_waits() {
+    let stack = deaf_to_moves(&["acme.example.test"]).await;
+    let doc = json!({"id": "acme", "hosts": ["acme.example.test"], "realm": "us", "placements": {
+        "jira": {"shard": "jira-us-west-2", "state": "frozen"},
+        "confluence": {"shard": "confluence-us-east-1"},
+    }});
+    let (status, stored) = stack.put_tenant(&doc).await;
+    assert_eq!(status, 200, "{stored}");
+    let version = stored["version"].as_u64().unwrap();
+    stack
+        .wait_in_tcs(&stack.tcs_urls[1], "acme.example.test", version)
+        .await;
+    stack.release("jira-us-east-1", "acme", version).await;
+
+    let r = stack
+        .http
+        .delete(format!("http://127.0.0.1:{}/items/1", stack.edge_http))
+        .header("host", "acme.example.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "the write must not reach the frozen placement");
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], 503, "{body}");
+    assert!(body["request_id"].is_string(), "{body}");
+    // Reads pass a freeze: a GET goes to the new placement.
+    let (status, body) = stack.get_json("acme.example.test", "/").await;
+    assert_eq!(
+        (status, body["shard"].as_str()),
+        (200, Some("jira-us-west-2")),
+        "{body}"
+    );
+
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains("tenant_edge_tenant_moved_total{outcome=\"unresolved\"} 1"),
         "{metrics}"
     );
 }

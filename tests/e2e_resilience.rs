@@ -20,22 +20,6 @@ async fn put_tenant(stack: &Stack, id: &str, shard: &str) -> u64 {
     stored["version"].as_u64().unwrap()
 }
 
-/// Waits until the TCS at `url` answers a lookup of `host` (faults aside).
-async fn wait_in_tcs(stack: &Stack, url: &str, host: &str) {
-    let lookup = format!("{url}/v1/views/ingress/hosts/{host}");
-    eventually(Duration::from_secs(10), || async {
-        let r = stack
-            .http
-            .get(&lookup)
-            .bearer_auth(EDGE_TOKEN)
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200).then_some(())
-    })
-    .await;
-}
-
 /// Waits until the edge's `/admin/regions` shows `region` with trust `want`.
 async fn wait_for_trust(stack: &Stack, region: &str, want: &str) {
     eventually(Duration::from_secs(10), || async {
@@ -86,12 +70,8 @@ async fn a_slow_local_region_does_not_slow_misses() {
     for id in &ids {
         put_tenant(&stack, id, "jira-us-east-1").await;
     }
-    wait_in_tcs(
-        &stack,
-        &stack.tcs_urls[1],
-        &format!("{}.example.test", ids[ids.len() - 1]),
-    )
-    .await;
+    let last = format!("{}.example.test", ids[ids.len() - 1]);
+    stack.wait_in_tcs(&stack.tcs_urls[1], &last, 0).await;
     let mut latencies = Vec::new();
     for id in &ids {
         let host = format!("{id}.example.test");
@@ -123,8 +103,12 @@ async fn an_emptied_region_is_distrusted_and_nothing_is_lost() {
     }
     // A tenant this edge has never seen.
     put_tenant(&stack, "umbrella", "jira-us-west-2").await;
-    wait_in_tcs(&stack, &stack.tcs_urls[1], "umbrella.example.test").await;
-    wait_in_tcs(&stack, &stack.tcs_urls[0], "umbrella.example.test").await;
+    stack
+        .wait_in_tcs(&stack.tcs_urls[1], "umbrella.example.test", 0)
+        .await;
+    stack
+        .wait_in_tcs(&stack.tcs_urls[0], "umbrella.example.test", 0)
+        .await;
     // The local region's table is emptied: it says 404 for everything.
     tcs_faults(&stack.http, &stack.tcs_urls[0], Some(json!({"empty": true}))).await;
     wait_for_trust(&stack, "us-east-1", "canary_missing").await;

@@ -1,6 +1,6 @@
 //! The per-request decision on a cache hit (request head -> Host -> tenant -> product -> shard
 //! -> backend), as the lean HTTP/1.1 path makes it, allocates nothing: the strict parser, the
-//! view of its slices and the decision functions the proxy itself calls. Counted with an
+//! view of its slices and the one decision function both request paths call ([`decide`]). Counted with an
 //! instrumented allocator, in a test binary of its own so no other test allocates meanwhile.
 
 use std::alloc::System;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use tenant_edge::context::{CacheConfig, LookupConfig, Origin, TcsClient, TcsEndpoint, TenantCache};
 use tenant_edge::edge::h1::parse::{self, Limits, Parsed};
-use tenant_edge::edge::{h1, place, target, BackendRegistry, EdgeState};
+use tenant_edge::edge::{decide, h1, BackendRegistry, Decision, EdgeState};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::routes::RouteSnapshot;
 use tenant_edge::tenant::{IngressRecord, MAX_HOST_LEN};
@@ -27,7 +27,7 @@ const LIMITS: Limits = Limits {
 };
 
 /// One request's decision, as the proxy makes it on a hit: the shard's pool and a backend.
-fn decide(
+fn decide_one(
     state: &EdgeState,
     cache: &TenantCache,
     raw: &[u8],
@@ -39,11 +39,11 @@ fn decide(
     assert_eq!(drops.len(), 1, "the forged x-tenant-id is dropped");
     let view = h1::view(raw, &head);
     let mut buf = [0u8; MAX_HOST_LEN];
-    let (host, product, rewritten) = target(state, &view, &mut buf).ok()?;
+    let ((_, _, rewritten), decision) = decide(state, cache, &view, &head.method, &mut buf, |_| ()).ok()?;
     assert!(rewritten.is_none());
-    let pool = cache
-        .with_hit(host, |entry| place(state, product, entry, &head.method))?
-        .ok()?;
+    let Decision::Placed(pool, ()) = decision else {
+        return None;
+    };
     let (_, backend) = pool.pick(0)?;
     Some(backend.addr.port())
 }
@@ -75,18 +75,18 @@ async fn a_cache_hit_decision_allocates_nothing() {
     let mut drops = Vec::with_capacity(8);
     // The first decision on a thread may set up per-thread state (epoch slot, counter shard).
     assert!(matches!(
-        decide(&state, &cache, &jira, &mut drops),
+        decide_one(&state, &cache, &jira, &mut drops),
         Some(9100 | 9101)
     ));
     assert!(matches!(
-        decide(&state, &cache, &wiki, &mut drops),
+        decide_one(&state, &cache, &wiki, &mut drops),
         Some(9106 | 9107)
     ));
 
     let region = Region::new(GLOBAL);
     for _ in 0..1000 {
-        assert!(decide(&state, &cache, &jira, &mut drops).is_some());
-        assert!(decide(&state, &cache, &wiki, &mut drops).is_some());
+        assert!(decide_one(&state, &cache, &jira, &mut drops).is_some());
+        assert!(decide_one(&state, &cache, &wiki, &mut drops).is_some());
     }
     let used = region.change();
     assert_eq!(

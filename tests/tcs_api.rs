@@ -328,7 +328,7 @@ async fn health_readiness_and_metrics() {
         .json::<ApiError>()
         .await
         .unwrap()
-        .error
+        .reason
         .contains("no successful"));
     tcs.status().record_ok(3 + 100);
     assert_eq!(srv.get("/readyz", "").await.status(), StatusCode::OK);
@@ -357,7 +357,7 @@ async fn health_readiness_and_metrics() {
     srv.stop().await;
 }
 
-/// `tcs::serve` end to end against a stand-in catalogue: the tailer recovers from an error,
+/// `tcs::bind` then serve, end to end against a stand-in catalogue: the tailer recovers from an error,
 /// applies the log, the API answers, shutdown writes the snapshot, and a restart resumes
 /// from it instead of replaying the log.
 #[tokio::test]
@@ -374,10 +374,11 @@ async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
     let mut cfg = config(&catalogue.addr.to_string());
     cfg.snapshot = dir.path().join("tcs-us-east-1.json");
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let bound = tcs::bind(cfg.clone()).await.unwrap();
+    let addr = bound.addr();
+    assert_ne!(addr.port(), 0, "the bound port is reported");
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(tcs::serve(cfg.clone(), listener, shutdown.clone()));
+    let running = tokio::spawn(bound.serve(shutdown.clone()));
     assert_eq!(catalogue.polls.recv().await, Some(0)); // answered 503
     catalogue.wait_for_poll_after(3).await;
 
@@ -413,9 +414,8 @@ async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
     let snap: ViewSnapshot = serde_json::from_slice(&std::fs::read(&cfg.snapshot).unwrap()).unwrap();
     assert_eq!((snap.seq, snap.records.len()), (3, 1));
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(tcs::serve(cfg, listener, shutdown.clone()));
+    let running = tokio::spawn(tcs::bind(cfg).await.unwrap().serve(shutdown.clone()));
     assert_eq!(catalogue.polls.recv().await, Some(3));
     shutdown.cancel();
     running.await.unwrap().unwrap();

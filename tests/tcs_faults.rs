@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tcs_support::{config, put, seq_prev, Ndjson, Server, EDGE_TOKEN};
 use tenant_edge::catalogue::{self, SqliteStore};
-use tenant_edge::ctl::CatalogueClient;
+use tenant_edge::feed::CatalogueClient;
 use tenant_edge::feed::{ApiError, RealmDoc, TenantDoc, ViewEvent, ViewSnapshot};
 use tenant_edge::tcs::faults::{Faults, MAX_LATENCY_MS};
 use tenant_edge::tcs::{Tcs, TcsConfig};

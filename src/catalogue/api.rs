@@ -146,11 +146,7 @@ impl IntoResponse for Failure {
         if status.is_server_error() {
             tracing::error!(error = %self, "catalogue request failed");
         }
-        let body = ApiError {
-            status: status.as_u16(),
-            error: self.to_string(),
-        };
-        (status, Json(body)).into_response()
+        ApiError::new(status, self.to_string()).into_response()
     }
 }
 

@@ -17,7 +17,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::client::{CatalogueClient, ClientError};
+use crate::feed::{CatalogueClient, ClientError};
 use crate::feed::{MigrationDoc, Phase};
 use crate::tenant::{Host, Product, Region, ShardId, TenantId};
 

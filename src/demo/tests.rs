@@ -42,11 +42,11 @@ fn config(
 
 /// Starts backend `backend` of `shard` with its files in `dir`, and returns once it listens.
 async fn start_in(dir: &std::path::Path, shard: &str, backend: &str) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cfg = config(shard, backend, addr, dir);
+    let cfg = config(shard, backend, "127.0.0.1:0".parse().unwrap(), dir);
+    let bound = bind(cfg).await.unwrap();
+    let addr = bound.addr();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(serve(listener, cfg, shutdown.clone()));
+    let task = tokio::spawn(bound.serve(shutdown.clone()));
     Running {
         base: format!("http://{addr}"),
         http: reqwest::Client::new(),
@@ -220,9 +220,8 @@ async fn run_reports_a_taken_port() {
 #[tokio::test]
 async fn a_shard_id_that_cannot_name_a_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cfg = config("../escape", "b", listener.local_addr().unwrap(), dir.path());
-    let err = serve(listener, cfg, CancellationToken::new()).await.unwrap_err();
+    let cfg = config("../escape", "b", "127.0.0.1:0".parse().unwrap(), dir.path());
+    let err = bind(cfg).await.err().unwrap();
     assert!(matches!(err, DemoError::Shard(_)), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use crate::clock::now_ms;
+use crate::feed::ApiError;
 use crate::metrics::EdgeMetrics;
 use crate::tenant::Host;
 
@@ -79,11 +80,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn tenant(State(shared): State<Arc<Shared>>, Path(raw): Path<String>) -> Response {
     let Ok(host) = Host::parse(&raw) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "malformed host" })),
-        )
-            .into_response();
+        return ApiError::new(StatusCode::BAD_REQUEST, "malformed host").into_response();
     };
     match shared.cache.peek(host.as_str()) {
         Some(entry) => Json(json!({

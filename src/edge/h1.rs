@@ -44,7 +44,7 @@ use self::parse::{Framing, Limits, Parsed, Refusal, RequestHead, ResponseHead};
 use self::upstream::Upstream;
 use super::pool::ShardPool;
 use super::proxy::{
-    error_json, found, is_idempotent, place, reject, relocate, target, RequestIds, RequestView,
+    decide, error_json, found, is_idempotent, place, reject, relocate, Decision, RequestIds, RequestView,
     RETRY_AFTER_FROZEN, RETRY_AFTER_OUTAGE,
 };
 use super::{EdgeProxy, EdgeState, Reject, Shared};
@@ -450,18 +450,19 @@ impl H1App {
     async fn decide(&self, buf: &[u8], head: &RequestHead, ex: &mut Exchange) -> Result<(), Reject> {
         let view = view(buf, head);
         let state = ex.state.clone();
-        let (host, product, rewritten) = target(&state, &view, &mut ex.host)?;
+        // A hit is placed on the borrowed entry, copying the two values the head needs: no
+        // reference count, no write to the entry's memory (a cold line with many tenants).
+        let cache = &self.shared.cache;
+        let ((host, product, rewritten), decision) =
+            decide(&state, cache, &view, &head.method, &mut ex.host, |e| {
+                TenantLine::of(e)
+            })?;
         let host_len = host.len();
         ex.product = Some(product.index);
         ex.rewritten = rewritten;
-        // A hit is placed on the borrowed entry, copying the two values the head needs: no
-        // reference count, no write to the entry's memory (a cold line with many tenants).
-        let hit = self.shared.cache.with_hit(host, |entry| {
-            place(&state, product, entry, &head.method).map(|pool| (pool, TenantLine::of(entry)))
-        });
-        let (pool, tenant) = match hit {
-            Some(placed) => placed?,
-            None => {
+        let (pool, tenant) = match decision {
+            Decision::Placed(pool, tenant) => (pool, tenant),
+            Decision::Missed => {
                 let entry = found(host, self.shared.cache.resolve_missed(host).await)?;
                 (
                     place(&state, product, &entry, &head.method)?,

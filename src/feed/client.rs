@@ -1,4 +1,4 @@
-//! A small typed client of the catalogue API, for `ctl`, the dev stack and tests.
+//! The typed client of the catalogue API, for `ctl`, the dev stack, the TCS tailer and tests.
 
 use std::time::Duration;
 
@@ -6,19 +6,21 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::feed::{
+use super::{
     ApiError, ChangesPage, MigrationDoc, NewMigration, Phase, PhaseChange, RealmDoc, ShardDoc, TenantDoc,
 };
 use crate::tenant::{Host, Product, Realm, ShardId, TenantId};
 
-/// Time allowed for one request, long-polls aside (they get their wait on top).
+/// Time allowed for one request, long polls aside.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A long poll is answered within its wait; this long past it the connection is presumed dead.
+const LONG_POLL_MARGIN: Duration = Duration::from_secs(10);
 
 /// Why a catalogue call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The catalogue answered with an error status; `ApiError::status` is the HTTP status.
-    #[error("{} {}", .0.status, .0.error)]
+    #[error("{} {}", .0.status, .0.reason)]
     Api(ApiError),
     /// No answer: refused, reset, timed out.
     #[error("cannot reach the catalogue at {url}: {source}")]
@@ -222,11 +224,11 @@ impl CatalogueClient {
         let mut query = vec![("after", after.to_string())];
         query.extend(limit.map(|l| ("limit", l.to_string())));
         query.extend(wait_ms.map(|w| ("wait_ms", w.to_string())));
-        let wait = Duration::from_millis(wait_ms.unwrap_or(0));
+        let timeout = wait_ms.map_or(REQUEST_TIMEOUT, |w| Duration::from_millis(w) + LONG_POLL_MARGIN);
         let req = self
             .request(Method::GET, "/v1/changes")
             .query(&query)
-            .timeout(REQUEST_TIMEOUT + wait);
+            .timeout(timeout);
         self.json(req).await
     }
 
@@ -277,7 +279,8 @@ async fn api_error(resp: Response) -> ApiError {
     let text = resp.text().await.unwrap_or_default();
     serde_json::from_str(&text).unwrap_or_else(|_| ApiError {
         status: status.as_u16(),
-        error: if text.is_empty() { reason(status) } else { text },
+        reason: if text.is_empty() { reason(status) } else { text },
+        request_id: None,
     })
 }
 

@@ -117,11 +117,7 @@ impl ApiFailure {
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ApiError {
-            status: status.as_u16(),
-            error: self.to_string(),
-        };
-        let mut resp = (status, axum::Json(body)).into_response();
+        let mut resp = ApiError::new(status, self.to_string()).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -372,13 +368,7 @@ async fn readyz(State(app): State<AppState>) -> Response {
                 head,
             },
         ),
-        Err(reason) => {
-            let body = ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE.as_u16(),
-                error: reason,
-            };
-            json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
-        }
+        Err(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     }
 }
 

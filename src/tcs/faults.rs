@@ -103,11 +103,7 @@ impl FaultsError {
 impl IntoResponse for FaultsError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ApiError {
-            status: status.as_u16(),
-            error: self.to_string(),
-        };
-        (status, Json(body)).into_response()
+        ApiError::new(status, self.to_string()).into_response()
     }
 }
 

@@ -14,33 +14,25 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::TcsMetrics;
 use super::view::{Applied, IngressView};
 use crate::clock::Backoff;
-use crate::feed::ChangesPage;
+use crate::feed::{CatalogueClient, ChangesPage, ClientError};
 
 /// How long the catalogue may hold a poll open when it has nothing new.
 pub const WAIT_MS: u64 = 25_000;
 /// Most changes per page.
-pub const PAGE_LIMIT: u32 = 1000;
+pub const PAGE_LIMIT: usize = 1000;
 /// Between failed catalogue polls: from ~100 ms up to 10 s.
 const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-// The catalogue answers within `WAIT_MS`; beyond this margin the connection is presumed dead.
-const POLL_MARGIN: Duration = Duration::from_secs(10);
 
-/// Why one poll failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    /// Connection, timeout or body error.
-    #[error("polling the catalogue: {0}")]
-    Http(#[from] reqwest::Error),
-    /// The catalogue answered with an error status.
-    #[error("catalogue answered {0}")]
-    Status(reqwest::StatusCode),
-}
+/// Why one poll failed: unreachable, an error status, or an answer off the contract.
+pub type PollError = ClientError;
 
 /// What the tailer knows about the catalogue, for readiness and lag metrics.
 #[derive(Debug, Default)]
 pub struct TailStatus {
     head: AtomicU64,
     last_ok: Mutex<Option<Instant>>,
+    /// Woken after every successful poll (and what it applied), for [`crate::tcs::Tcs::ready`].
+    polled: tokio::sync::Notify,
 }
 
 impl TailStatus {
@@ -61,14 +53,20 @@ impl TailStatus {
     pub fn record_ok(&self, head: u64) {
         self.head.store(head, Ordering::Relaxed);
         *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        self.polled.notify_waiters();
+    }
+
+    /// Resolves at the next successful poll, or once the page it brought is applied. Create it
+    /// before checking what it should change, so that no wake-up is lost in between.
+    pub fn next_poll(&self) -> tokio::sync::futures::Notified<'_> {
+        self.polled.notified()
     }
 }
 
 /// Tails one catalogue into one view.
 #[derive(Debug, Clone)]
 pub struct Tailer {
-    client: reqwest::Client,
-    changes_url: String,
+    client: CatalogueClient,
     view: Arc<IngressView>,
     status: Arc<TailStatus>,
     metrics: TcsMetrics,
@@ -76,18 +74,15 @@ pub struct Tailer {
 }
 
 impl Tailer {
-    /// A tailer of the catalogue at `catalogue` (base URL) into `view`.
+    /// A tailer of the catalogue `client` talks to into `view`.
     pub fn new(
-        client: reqwest::Client,
-        catalogue: &str,
+        client: CatalogueClient,
         view: Arc<IngressView>,
         status: Arc<TailStatus>,
         metrics: TcsMetrics,
     ) -> Self {
-        let changes_url = format!("{}/v1/changes", catalogue.trim_end_matches('/'));
         Self {
             client,
-            changes_url,
             view,
             status,
             metrics,
@@ -159,6 +154,7 @@ impl Tailer {
         for change in &page.changes {
             self.count(self.view.apply(change));
         }
+        self.status.polled.notify_waiters();
         Ok(page.changes.len())
     }
 
@@ -178,21 +174,7 @@ impl Tailer {
     }
 
     async fn fetch(&self, after: u64) -> Result<ChangesPage, PollError> {
-        let resp = self
-            .client
-            .get(&self.changes_url)
-            .query(&[
-                ("after", after),
-                ("limit", u64::from(PAGE_LIMIT)),
-                ("wait_ms", WAIT_MS),
-            ])
-            .timeout(Duration::from_millis(WAIT_MS) + POLL_MARGIN)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            return Err(PollError::Status(resp.status()));
-        }
-        Ok(resp.json::<ChangesPage>().await?)
+        self.client.changes(after, Some(PAGE_LIMIT), Some(WAIT_MS)).await
     }
 
     fn count(&self, applied: Applied) {

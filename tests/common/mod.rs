@@ -412,6 +412,35 @@ cache_file_interval_secs = {secs}
             .unwrap()
     }
 
+    /// Waits until the TCS at `tcs_url` answers a lookup of `host` with `min_version` or newer
+    /// (any version for 0), faults aside; 10 s at most.
+    pub async fn wait_in_tcs(&self, tcs_url: &str, host: &str, min_version: u64) {
+        let lookup = format!("{tcs_url}/v1/views/ingress/hosts/{host}");
+        eventually(Duration::from_secs(10), || async {
+            let r = self.http.get(&lookup).bearer_auth(EDGE_TOKEN).send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            let v: serde_json::Value = r.json().await.ok()?;
+            (v["record"]["version"].as_u64()? >= min_version).then_some(())
+        })
+        .await;
+    }
+
+    /// Tells `shard`'s mover that `tenant` left it at catalogue `version`: from then on the
+    /// shard answers that tenant's requests 421 `tenant-moved`.
+    pub async fn release(&self, shard: &str, tenant: &str, version: u64) {
+        let ports = &self.backends.iter().find(|(id, _)| id == shard).unwrap().1;
+        let r = self
+            .http
+            .post(format!("http://127.0.0.1:{}/mover/release", ports[0]))
+            .json(&serde_json::json!({"tenant": tenant, "version": version}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "release: {}", r.status());
+    }
+
     pub fn shard_proc(&mut self, id: &str, backend: usize) -> &mut Proc {
         let name = format!("{id}/b{backend}");
         self.shards.iter_mut().find(|p| p.name == name).unwrap()

@@ -171,7 +171,7 @@ impl Reply {
         assert_eq!(self.status.as_u16(), status, "{}", self.json);
         if status >= 400 {
             assert_eq!(self.json["status"], status, "{}", self.json);
-            assert!(self.json["error"].is_string(), "{}", self.json);
+            assert!(self.json["reason"].is_string(), "{}", self.json);
         }
         self.json
     }

@@ -132,7 +132,7 @@ async fn bad_requests_get_json_errors() {
         let (status, headers, body) = shard.send(req).await;
         assert_eq!(status, want, "{body}");
         assert_eq!(body["status"], want, "{body}");
-        assert!(body["error"].is_string(), "{body}");
+        assert!(body["reason"].is_string(), "{body}");
         assert_eq!(headers["x-served-by"], "jira-us-east-1/b1");
     }
     // A body of exactly the limit is accepted.

@@ -291,7 +291,7 @@ async fn overlapping_shards_share_the_data_of_their_common_regions() {
             )
             .await;
         assert_eq!(status, 400, "{hook}: {err}");
-        assert!(err["error"].as_str().unwrap().contains("eu-west-1"), "{err}");
+        assert!(err["reason"].as_str().unwrap().contains("eu-west-1"), "{err}");
     }
     assert_eq!(
         regions(&multi, "acme").await,
