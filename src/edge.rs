@@ -87,6 +87,37 @@ pub struct EdgeConfig {
     pub http1: Http1Config,
 }
 
+impl EdgeConfig {
+    /// A config with every optional setting at its default (as a file that names only these).
+    pub fn new(
+        region: Region,
+        listen_http: SocketAddr,
+        admin: SocketAddr,
+        routes: PathBuf,
+        tcs: Vec<TcsEndpoint>,
+    ) -> Self {
+        EdgeConfig {
+            region,
+            listen_http,
+            listen_https: None,
+            cert: None,
+            key: None,
+            admin,
+            routes,
+            threads: default_threads(),
+            work_stealing: false,
+            access_log: false,
+            cache_file: None,
+            cache_file_interval_secs: default_cache_file_interval_secs(),
+            prewarm: false,
+            cache: CacheConfig::default(),
+            lookup: LookupConfig::default(),
+            tcs,
+            http1: Http1Config::default(),
+        }
+    }
+}
+
 fn default_threads() -> usize {
     2
 }

@@ -18,6 +18,7 @@
 //! - [`durable`]: crash-safe replacement of state files (temp file, fsync, rename).
 //! - [`ctl`]: the operator CLI over the catalogue API.
 //! - [`cli`]: command-line parsing and dispatch to the roles.
+//! - [`stack`]: a role run as a child process, ready when it says where it listens.
 
 pub mod catalogue;
 pub mod cli;
@@ -32,5 +33,6 @@ pub mod feed;
 pub mod http_client;
 pub mod metrics;
 pub mod routes;
+pub mod stack;
 pub mod tcs;
 pub mod tenant;

@@ -274,6 +274,18 @@ impl Tcs {
         ));
         let addr = listener.local_addr().map_err(TcsError::Serve)?;
         tracing::info!("tcs {} listening on {addr}", cfg.region);
+        let me = self.clone();
+        let ready_log = tasks.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = ready_log.cancelled() => {}
+                () = me.ready() => tracing::info!(
+                    "tcs {}: {}",
+                    me.0.config.region,
+                    crate::stack::TCS_READY
+                ),
+            }
+        });
         let app = api::router(self.clone(), shutdown.clone());
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -299,7 +299,7 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     while c.get("/healthz").await.expect(200)["waiting"] != 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = c.child.id().to_string();
+    let pid = c.child.pid().unwrap().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -318,5 +318,8 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
         answered.json::<Value>().await.unwrap(),
         json!({"changes": [], "head": 0})
     );
-    assert!(c.child.wait().unwrap().success());
+    let stopped = tokio::task::spawn_blocking(move || c.child.terminate())
+        .await
+        .unwrap();
+    assert!(stopped, "a clean exit");
 }

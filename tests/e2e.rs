@@ -281,7 +281,6 @@ async fn tcs_restart_resumes_from_its_snapshot_file() {
     assert!(body["seq"].as_u64().unwrap() > 0);
     // And once the catalogue is back it catches up with writes made meanwhile.
     stack.catalogue.restart();
-    wait_ok(&format!("{}/healthz", stack.catalogue_url)).await;
     let doc = json!({"id": "globex", "hosts": ["globex.example.test", "globex2.example.test"], "realm": "eu",
         "placements": {"jira": {"shard": "jira-eu-west-1"}}});
     assert_eq!(stack.put_tenant(&doc).await.0, 200);

@@ -169,7 +169,7 @@ async fn a_write_reaches_four_edges() {
                 &format!("edge{i}"),
                 &stack.routes,
                 &stack.tcs_urls,
-                "",
+                |_| {},
             )
             .await,
         );

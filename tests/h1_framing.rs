@@ -10,18 +10,28 @@ use std::time::Duration;
 use common::http1::{exchange, read_answers, until_closed};
 use common::recorder::Recorder;
 use common::{eventually, write_routes, Stack, StackOptions};
+use tenant_edge::edge::Http1Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Timeouts short enough to test, limits small enough to reach.
-const HTTP1: &str = "[http1]\nheader_timeout_ms = 600\nbody_timeout_ms = 600\nkeepalive_timeout_ms = 5000\n\
-                     max_request_target = 1024\nmax_header_bytes = 4096\n";
+/// Short timeouts and small limits, so that the slow-client and size cases run quickly.
+fn http1() -> Http1Config {
+    Http1Config {
+        header_timeout_ms: 600,
+        body_timeout_ms: 600,
+        keepalive_timeout_ms: 5000,
+        max_request_target: 1024,
+        max_header_bytes: 4096,
+        ..Http1Config::default()
+    }
+}
 
 /// A stack whose `jira-us-east-1` and `confluence-us-east-1` shards are the recorder.
 async fn stack_with_recorder() -> (Stack, Recorder) {
     let recorder = Recorder::start().await;
     let stack = Stack::start_with(StackOptions {
-        edge_extra: HTTP1.into(),
+        http1: Some(http1()),
         ..Default::default()
     })
     .await;

@@ -5,9 +5,6 @@
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 #![expect(clippy::panic, reason = "test helpers fail loudly")]
 
-#[path = "common/ports.rs"]
-mod ports;
-
 #[path = "support/tcs.rs"]
 #[expect(dead_code, reason = "shared with tcs_api.rs, which uses the rest")]
 mod tcs_support;
@@ -21,6 +18,7 @@ use tcs_support::{config, put, seq_prev, Ndjson, Server, EDGE_TOKEN};
 use tenant_edge::catalogue::{self, SqliteStore};
 use tenant_edge::feed::CatalogueClient;
 use tenant_edge::feed::{ApiError, RealmDoc, TenantDoc, ViewEvent, ViewSnapshot};
+use tenant_edge::stack::Child;
 use tenant_edge::tcs::faults::{Faults, MAX_LATENCY_MS};
 use tenant_edge::tcs::{Tcs, TcsConfig};
 use tenant_edge::tenant::{Host, Realm, Region, TenantId};
@@ -332,17 +330,18 @@ impl Client {
 #[tokio::test]
 async fn allow_faults_flag_overrides_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let mut cfg = faults_config(false);
-    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.snapshot = dir.path().join("tcs.json");
     let file = dir.path().join("tcs.toml");
     std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
-    let _tcs = Role::start(
+    let tcs = Child::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_tenant-edge")),
+        "tcs",
         &["tcs", "--config", file.to_str().unwrap(), "--allow-faults"],
-        "listening on",
-    );
-    let url = format!("http://127.0.0.1:{port}{FAULTS}");
+    )
+    .unwrap();
+    let url = format!("{}{FAULTS}", tcs.url());
     let resp = reqwest::get(&url).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Faults>().await.unwrap(), Faults::default());
@@ -406,44 +405,4 @@ fn after_of(query: &str) -> Option<u64> {
         .split('&')
         .find_map(|kv| kv.strip_prefix("after="))
         .and_then(|v| v.parse().ok())
-}
-
-use ports::free_port;
-
-/// A `tenant-edge` role as its own process, killed when dropped.
-struct Role(std::process::Child);
-
-impl Role {
-    /// Starts the binary with `args` and returns once it has logged `ready`.
-    fn start(args: &[&str], ready: &'static str) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                eprintln!("[tcs] {line}");
-                if line.contains(ready) {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        // Returns at once if the process dies (the sender is dropped); the bound is a backstop.
-        rx.recv_timeout(Duration::from_secs(60)).unwrap();
-        Self(child)
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -16,8 +16,12 @@ pub mod recorder;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tenant_edge::context::TcsEndpoint;
+use tenant_edge::edge::{EdgeConfig, Http1Config};
+use tenant_edge::stack::{Child, TCS_READY};
+use tenant_edge::tenant::Region;
 
 pub const EDGE_TOKEN: &str = "test-edge-token";
 
@@ -32,77 +36,56 @@ pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A child process that is killed when dropped.
-pub struct Proc {
-    pub name: String,
-    child: Option<Child>,
-    args: Vec<String>,
-}
+/// A role of the binary as its own process (the library's one harness, [`Child`]), killed
+/// when dropped. Started means listening: each role says where once it has bound.
+pub struct Proc(Child);
 
 impl Proc {
+    /// Starts the role and returns once it listens.
     pub fn start(name: &str, args: &[&str]) -> Proc {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let child = spawn(&args);
-        Proc {
-            name: name.into(),
-            child: Some(child),
-            args,
-        }
+        Proc(Child::start(Path::new(bin()), name, args).unwrap())
+    }
+
+    /// Starts a TCS and returns once its view has caught up with the catalogue.
+    pub fn start_tcs(name: &str, args: &[&str]) -> Proc {
+        Proc(Child::start_until(Path::new(bin()), name, args, Some(TCS_READY)).unwrap())
+    }
+
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// `http://<addr>` of a role that said its address.
+    pub fn url(&self) -> String {
+        self.0.url()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.0.pid().unwrap()
+    }
+
+    /// The port it said it listens on.
+    pub fn port(&self) -> u16 {
+        self.0.addr().unwrap().port()
     }
 
     /// SIGKILL: a crash.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.kill();
     }
 
-    /// SIGTERM, then wait for a clean exit.
+    /// SIGTERM, then a clean exit.
     pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if c.try_wait().unwrap().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("{} did not stop on SIGTERM", self.name);
-        }
+        assert!(
+            self.0.terminate(),
+            "{} did not stop cleanly on SIGTERM",
+            self.name()
+        );
     }
 
-    /// Starts the same command again.
+    /// Starts the same command again, on the same address, and returns once it listens.
     pub fn restart(&mut self) {
-        self.kill();
-        self.child = Some(spawn(&self.args));
-    }
-}
-
-fn spawn(args: &[String]) -> Child {
-    let quiet = std::env::var("TEST_LOG").is_err();
-    Command::new(bin())
-        .args(args)
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(if quiet { Stdio::null() } else { Stdio::inherit() })
-        .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
-        .spawn()
-        .unwrap()
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
+        self.0.restart().unwrap();
     }
 }
 
@@ -121,26 +104,39 @@ impl Edge {
 }
 
 /// Starts an edge named `name` (its config file is `<name>.toml` in `dir`) and waits until it is
-/// ready. `extra` is appended to the top-level keys of its config.
-pub async fn start_edge(dir: &Path, name: &str, routes: &Path, tcs_urls: &[String], extra: &str) -> Edge {
+/// ready; `edit` changes its config first. The proxy's ports are picked here (pingora binds
+/// them itself, so it cannot report a port 0 back).
+pub async fn start_edge(
+    dir: &Path,
+    name: &str,
+    routes: &Path,
+    tcs_urls: &[String],
+    edit: impl FnOnce(&mut EdgeConfig),
+) -> Edge {
     let (http, https, admin) = (free_port(), free_port(), free_port());
     let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-    let mut cfg = format!(
-        "region = \"us-east-1\"\nlisten_http = \"127.0.0.1:{http}\"\nlisten_https = \"127.0.0.1:{https}\"\n\
-         cert = \"{}\"\nkey = \"{}\"\nadmin = \"127.0.0.1:{admin}\"\nroutes = \"{}\"\nthreads = 1\n{extra}\n\
-         \n[cache]\nnegative_ttl_secs = 1\n\n[lookup]\ntimeout_ms = 500\ncheck_interval_ms = 200\n\
-         canaries = [\"acme.example.test\"]\n",
-        certs.join("dev.crt").display(),
-        certs.join("dev.key").display(),
-        routes.display()
-    );
-    for (region, url) in ["us-east-1", "eu-west-1"].iter().zip(tcs_urls) {
-        cfg.push_str(&format!(
-            "\n[[tcs]]\nregion = \"{region}\"\nurl = \"{url}\"\ntoken = \"{EDGE_TOKEN}\"\n"
-        ));
-    }
+    let tcs = ["us-east-1", "eu-west-1"]
+        .iter()
+        .zip(tcs_urls)
+        .map(|(region, url)| TcsEndpoint {
+            region: (*region).into(),
+            url: url.clone(),
+            token: EDGE_TOKEN.into(),
+        })
+        .collect();
+    let region = Region::new("us-east-1").unwrap();
+    let mut cfg = EdgeConfig::new(region, addr(http), addr(admin), routes.to_owned(), tcs);
+    cfg.listen_https = Some(addr(https));
+    cfg.cert = Some(certs.join("dev.crt"));
+    cfg.key = Some(certs.join("dev.key"));
+    cfg.threads = 1;
+    cfg.cache.negative_ttl_secs = 1;
+    cfg.lookup.timeout_ms = 500;
+    cfg.lookup.check_interval_ms = 200;
+    cfg.lookup.canaries = vec!["acme.example.test".into()];
+    edit(&mut cfg);
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, cfg).unwrap();
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
     let proc = Proc::start(name, &["proxy", "--config", path.to_str().unwrap()]);
     wait_ok(&format!("http://127.0.0.1:{admin}/readyz")).await;
     Edge {
@@ -243,8 +239,8 @@ pub fn write_routes(path: &Path, version: &str, backends: &[(String, Vec<u16>)])
 pub struct StackOptions {
     /// Give the edge a cache file (`Stack::edge_cache_file`), written every this many seconds.
     pub cache_file_interval_secs: Option<u64>,
-    /// TOML appended to the edge's config after its top-level keys (tables such as `[http1]`).
-    pub edge_extra: String,
+    /// The edge's lean HTTP/1.1 path settings, when not the defaults.
+    pub http1: Option<Http1Config>,
 }
 
 /// The whole stack, each role its own process.
@@ -274,28 +270,23 @@ impl Stack {
     pub async fn start_with(options: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let routes = dir.path().join("routes.toml");
-        let backends: Vec<(String, Vec<u16>)> = SHARDS
-            .iter()
-            .map(|(id, _, _)| (id.to_string(), vec![free_port(), free_port()]))
-            .collect();
-        write_routes(&routes, "test-1", &backends);
         let shard_data = dir.path().join("shards");
         let shard_data = shard_data.to_str().unwrap();
+        // Each backend binds port 0 and says which port it got; the route file names those.
         let mut shards = Vec::new();
-        for (id, ports) in &backends {
-            let product = SHARDS.iter().find(|s| s.0 == id).unwrap().1;
+        let mut backends: Vec<(String, Vec<u16>)> = Vec::new();
+        for (id, product, _) in SHARDS {
             let regions = data_regions(id).join(",");
-            for (i, port) in ports.iter().enumerate() {
-                let listen = addr(*port).to_string();
-                let backend = format!("b{}", i + 1);
+            let mut ports = Vec::new();
+            for backend in ["b1", "b2"] {
                 let args = [
                     "demo-shard",
                     "--shard",
                     id,
                     "--backend",
-                    &backend,
+                    backend,
                     "--listen",
-                    &listen,
+                    "127.0.0.1:0",
                     "--product",
                     product,
                     "--regions",
@@ -303,42 +294,40 @@ impl Stack {
                     "--data",
                     shard_data,
                 ];
-                shards.push(Proc::start(&format!("{id}/{backend}"), &args));
+                let shard = Proc::start(&format!("{id}/{backend}"), &args);
+                ports.push(shard.port());
+                shards.push(shard);
             }
+            backends.push((id.to_string(), ports));
         }
-        let (catalogue, catalogue_url) = start_catalogue(dir.path());
-        wait_ok(&format!("{catalogue_url}/healthz")).await;
+        write_routes(&routes, "test-1", &backends);
+        let catalogue = start_catalogue(dir.path());
+        let catalogue_url = catalogue.url();
         let http = reqwest::Client::new();
         seed(&http, &catalogue_url, &backends).await;
         let mut tcs = Vec::new();
         let mut tcs_urls = Vec::new();
         for region in ["us-east-1", "eu-west-1"] {
-            let (p, url) = start_tcs(dir.path(), region, &catalogue_url);
-            wait_ok(&format!("{url}/readyz")).await;
+            let p = start_tcs(dir.path(), region, &catalogue_url);
+            tcs_urls.push(p.url());
             tcs.push(p);
-            tcs_urls.push(url);
-        }
-        for (_, ports) in &backends {
-            for p in ports {
-                wait_ok(&format!("http://127.0.0.1:{p}/healthz")).await;
-            }
         }
         let edge_cache_file = dir.path().join("edge-cache.json");
-        let extra = match options.cache_file_interval_secs {
-            Some(secs) => format!(
-                "cache_file = \"{}\"
-cache_file_interval_secs = {secs}
-",
-                edge_cache_file.display()
-            ),
-            None => String::new(),
-        } + &options.edge_extra;
         let Edge {
             proc: edge,
             http: edge_http,
             https: edge_https,
             admin: edge_admin,
-        } = start_edge(dir.path(), "edge", &routes, &tcs_urls, &extra).await;
+        } = start_edge(dir.path(), "edge", &routes, &tcs_urls, |cfg| {
+            if let Some(secs) = options.cache_file_interval_secs {
+                cfg.cache_file = Some(edge_cache_file.clone());
+                cfg.cache_file_interval_secs = secs;
+            }
+            if let Some(http1) = options.http1 {
+                cfg.http1 = http1;
+            }
+        })
+        .await;
         Stack {
             dir,
             routes,
@@ -443,38 +432,46 @@ cache_file_interval_secs = {secs}
 
     pub fn shard_proc(&mut self, id: &str, backend: usize) -> &mut Proc {
         let name = format!("{id}/b{backend}");
-        self.shards.iter_mut().find(|p| p.name == name).unwrap()
+        self.shards.iter_mut().find(|p| p.name() == name).unwrap()
     }
 }
 
-pub fn start_catalogue(dir: &Path) -> (Proc, String) {
-    let port = free_port();
+/// A catalogue on a port of its choosing, its data in `dir/catalogue`.
+pub fn start_catalogue(dir: &Path) -> Proc {
     let data = dir.join("catalogue");
-    let listen = addr(port).to_string();
-    let p = Proc::start(
+    Proc::start(
         "catalogue",
-        &["catalogue", "--listen", &listen, "--data", data.to_str().unwrap()],
-    );
-    (p, format!("http://{listen}"))
+        &[
+            "catalogue",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+    )
 }
 
-pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> (Proc, String) {
-    let port = free_port();
+/// A TCS of `region` tailing `catalogue_url`, returned once its view has caught up. It binds a
+/// port of its choosing, which is then written into its config file, so a restart binds it again.
+pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> Proc {
     let cfg = dir.join(format!("tcs-{region}.toml"));
     let snapshot = dir.join(format!("tcs-{region}.json"));
-    let text = format!(
-        "region = \"{region}\"\nlisten = \"127.0.0.1:{port}\"\ncatalogue = \"{catalogue_url}\"\n\
-         snapshot = \"{}\"\nmax_lag = 100\nallow_faults = true\n\n\
-         [[consumers]]\nname = \"edge\"\ntoken = \"{EDGE_TOKEN}\"\nviews = [\"ingress\"]\n\n\
-         [[consumers]]\nname = \"billing\"\ntoken = \"billing-token\"\nviews = []\n",
-        snapshot.display()
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let p = Proc::start(
+    let text = |listen: &str| {
+        format!(
+            "region = \"{region}\"\nlisten = \"{listen}\"\ncatalogue = \"{catalogue_url}\"\n\
+             snapshot = \"{}\"\nmax_lag = 100\nallow_faults = true\n\n\
+             [[consumers]]\nname = \"edge\"\ntoken = \"{EDGE_TOKEN}\"\nviews = [\"ingress\"]\n\n\
+             [[consumers]]\nname = \"billing\"\ntoken = \"billing-token\"\nviews = []\n",
+            snapshot.display()
+        )
+    };
+    std::fs::write(&cfg, text("127.0.0.1:0")).unwrap();
+    let p = Proc::start_tcs(
         &format!("tcs-{region}"),
         &["tcs", "--config", cfg.to_str().unwrap()],
     );
-    (p, format!("http://127.0.0.1:{port}"))
+    std::fs::write(&cfg, text(&format!("127.0.0.1:{}", p.port()))).unwrap();
+    p
 }
 
 /// Seeds realms, the dev shards (each shard's mover hooks on its first backend in `backends`)

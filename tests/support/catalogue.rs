@@ -1,22 +1,19 @@
 //! The catalogue binary on a free loopback port, and helpers shared by its integration tests.
 
-#[path = "../common/ports.rs"]
-mod ports;
-
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tenant_edge::stack::Child;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tenant-edge");
 
-/// A catalogue process on a free loopback port, killed when dropped.
+/// A catalogue process on a loopback port of its choosing, killed when dropped.
 pub struct Catalogue {
     pub child: Child,
     pub base: String,
@@ -24,34 +21,18 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// Starts the binary and returns once it has logged that it listens.
+    /// Starts the binary and returns once it has said where it listens.
     pub fn start(data: &Path) -> Self {
-        // Port 0 is not an option across a process boundary: pick one below the ephemeral range.
-        let port = ports::free_port();
-        let mut child = Command::new(BIN)
-            .args(["catalogue", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (ready, listening) = mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                eprintln!("[catalogue] {line}");
-                if line.contains("catalogue listening on") {
-                    let _ = ready.send(());
-                }
-            }
-        });
-        // Returns at once if the process dies (the sender is dropped); the bound is a backstop.
-        listening.recv_timeout(Duration::from_secs(60)).unwrap();
+        let data = data.to_str().unwrap();
+        let child = Child::start(
+            Path::new(BIN),
+            "catalogue",
+            &["catalogue", "--listen", "127.0.0.1:0", "--data", data],
+        )
+        .unwrap();
         Catalogue {
+            base: child.url(),
             child,
-            base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
         }
     }
@@ -136,13 +117,6 @@ impl Catalogue {
     /// Runs `tenant-edge ctl` against this catalogue.
     pub fn ctl(&self, args: &[&str], stdin: &str) -> Output {
         ctl_at(&self.base, args, stdin)
-    }
-}
-
-impl Drop for Catalogue {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
