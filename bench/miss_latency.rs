@@ -18,18 +18,17 @@ use tokio_util::sync::CancellationToken;
 const TOKEN: &str = "bench-token";
 
 fn tcs(region: &str, tenants: usize) -> Result<Tcs, Box<dyn std::error::Error>> {
+    let edge = ConsumerConfig::new("edge", TOKEN, &["ingress"]);
+    let listen = "127.0.0.1:0".parse()?;
     let config = TcsConfig {
-        region: Region::new(region)?,
-        listen: "127.0.0.1:0".parse()?,
-        catalogue: "http://127.0.0.1:9".into(),
-        snapshot: "unused.json".into(),
-        max_lag: 100,
         allow_faults: true,
-        consumers: vec![ConsumerConfig {
-            name: "edge".into(),
-            token: TOKEN.into(),
-            views: vec!["ingress".into()],
-        }],
+        ..TcsConfig::new(
+            Region::new(region)?,
+            listen,
+            "http://127.0.0.1:9",
+            "unused.json".into(),
+            vec![edge],
+        )
     };
     let tcs = Tcs::new(config)?;
     for i in 0..tenants {

@@ -189,18 +189,11 @@ fn part<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> DevError {
 }
 
 fn tcs_config(data: &Path, region: &Region, listen: SocketAddr, catalogue: &str) -> TcsConfig {
+    let snapshot = data.join(format!("tcs-{region}.json"));
+    let edge = ConsumerConfig::new("edge", DEV_EDGE_TOKEN, &["ingress"]);
     TcsConfig {
-        region: region.clone(),
-        listen,
-        catalogue: catalogue.into(),
-        snapshot: data.join(format!("tcs-{region}.json")),
-        max_lag: 100,
         allow_faults: true,
-        consumers: vec![ConsumerConfig {
-            name: "edge".into(),
-            token: DEV_EDGE_TOKEN.into(),
-            views: vec!["ingress".into()],
-        }],
+        ..TcsConfig::new(region.clone(), listen, catalogue, snapshot, vec![edge])
     }
 }
 
@@ -238,9 +231,10 @@ fn name<T>(r: Result<T, crate::tenant::NameError>) -> Result<T, DevError> {
     r.map_err(|e| DevError::Part(e.to_string()))
 }
 
-/// Seeds realms, the shards of the route file and the demo tenants; existing tenants are left
-/// as they are, so a restart keeps what the operator changed.
-async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -> Result<(), DevError> {
+/// Seeds realms, the shards of the route file (each shard's mover hooks on its first backend)
+/// and the demo tenants; existing tenants are left as they are, so a restart keeps what the
+/// operator changed. The dev stack and the integration tests seed through this.
+pub async fn seed(client: &CatalogueClient, routes: &crate::routes::RouteSnapshot) -> Result<(), DevError> {
     for (realm, regions) in [
         ("us", ["us-east-1", "us-west-2"]),
         ("eu", ["eu-west-1", "eu-central-1"]),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -132,8 +132,9 @@ struct Traffic {
     reads: u64,
 }
 
-/// Writes (and reads back the last write) every ~5 ms until `stop`.
-async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>) -> Traffic {
+/// Writes (and reads back the last write) every ~5 ms until `stop`; `acked` counts the writes
+/// acknowledged so far.
+async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -> Traffic {
     let mut t = Traffic::default();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -143,6 +144,7 @@ async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>) -> Traffic {
             201 => {
                 let v: Value = r.json().await.unwrap();
                 t.acked.push(v["id"].as_str().unwrap().to_owned());
+                acked.fetch_add(1, Ordering::Relaxed);
             }
             503 => t.write_503s.push(Instant::now()),
             s => t.other_errors.push(format!("POST {s}")),
@@ -165,7 +167,8 @@ async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>) -> Traffic {
 async fn a_move_under_traffic_loses_no_acknowledged_write() {
     let stack = Arc::new(Stack::start().await);
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = tokio::spawn(client(stack.clone(), stop.clone()));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let traffic = tokio::spawn(client(stack.clone(), stop.clone(), acked.clone()));
     // Some writes land on the source before the move.
     eventually(Duration::from_secs(10), || async {
         (export(&stack, SOURCE, "acme").await["items"].as_array()?.len() >= 5).then_some(())
@@ -181,7 +184,12 @@ async fn a_move_under_traffic_loses_no_acknowledged_write() {
             ran.stdout
         );
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Traffic goes on until writes after the move are acknowledged too.
+    let moved_at = acked.load(Ordering::Relaxed);
+    eventually(Duration::from_secs(10), || async {
+        (acked.load(Ordering::Relaxed) >= moved_at + 20).then_some(())
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let t = traffic.await.unwrap();
 

@@ -23,18 +23,18 @@ pub(crate) fn tcs_with_faults() -> Tcs {
 }
 
 fn tcs_with(ring: usize, allow_faults: bool) -> Tcs {
+    let edge = ConsumerConfig::new("edge", TOKEN, &["ingress"]);
+    let region = Region::new("us-east-1").unwrap();
+    let listen = "127.0.0.1:0".parse().unwrap();
     let config = TcsConfig {
-        region: Region::new("us-east-1").unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        catalogue: "http://127.0.0.1:9".into(),
-        snapshot: "unused.json".into(),
-        max_lag: 100,
         allow_faults,
-        consumers: vec![ConsumerConfig {
-            name: "edge".into(),
-            token: TOKEN.into(),
-            views: vec!["ingress".into()],
-        }],
+        ..TcsConfig::new(
+            region,
+            listen,
+            "http://127.0.0.1:9",
+            "unused.json".into(),
+            vec![edge],
+        )
     };
     Tcs::with_capacities(config, ring, crate::tcs::view::DEFAULT_CHANNEL_CAPACITY).unwrap()
 }

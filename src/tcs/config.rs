@@ -77,7 +77,39 @@ impl fmt::Debug for ConsumerConfig {
     }
 }
 
+impl ConsumerConfig {
+    /// Consumer `name`, presenting `token`, reading `views`.
+    pub fn new(name: &str, token: &str, views: &[&str]) -> Self {
+        ConsumerConfig {
+            name: name.to_owned(),
+            token: token.to_owned(),
+            views: views.iter().map(|v| (*v).to_owned()).collect(),
+        }
+    }
+}
+
 impl TcsConfig {
+    /// A node of `region` on `listen`, tailing the catalogue at `catalogue`, its view snapshot
+    /// in `snapshot`, read by `consumers`; readiness lag and faults at their defaults (as a file
+    /// that names only these).
+    pub fn new(
+        region: Region,
+        listen: SocketAddr,
+        catalogue: &str,
+        snapshot: PathBuf,
+        consumers: Vec<ConsumerConfig>,
+    ) -> Self {
+        TcsConfig {
+            region,
+            listen,
+            catalogue: catalogue.to_owned(),
+            snapshot,
+            max_lag: DEFAULT_MAX_LAG,
+            allow_faults: false,
+            consumers,
+        }
+    }
+
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, TcsError> {
         let text = std::fs::read_to_string(path).map_err(|source| TcsError::ReadConfig {

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 
 use tenant_edge::context::TcsEndpoint;
 use tenant_edge::edge::{EdgeConfig, Http1Config};
+use tenant_edge::feed::CatalogueClient;
+use tenant_edge::routes::RouteSnapshot;
 use tenant_edge::stack::{Child, TCS_READY};
+use tenant_edge::tcs::{ConsumerConfig, TcsConfig};
 use tenant_edge::tenant::Region;
 
 pub const EDGE_TOKEN: &str = "test-edge-token";
@@ -304,7 +307,9 @@ impl Stack {
         let catalogue = start_catalogue(dir.path());
         let catalogue_url = catalogue.url();
         let http = reqwest::Client::new();
-        seed(&http, &catalogue_url, &backends).await;
+        let snapshot = RouteSnapshot::load_file(&routes).unwrap();
+        let client = CatalogueClient::new(&catalogue_url).unwrap();
+        tenant_edge::dev::seed(&client, &snapshot).await.unwrap();
         let mut tcs = Vec::new();
         let mut tcs_urls = Vec::new();
         for region in ["us-east-1", "eu-west-1"] {
@@ -454,66 +459,28 @@ pub fn start_catalogue(dir: &Path) -> Proc {
 /// A TCS of `region` tailing `catalogue_url`, returned once its view has caught up. It binds a
 /// port of its choosing, which is then written into its config file, so a restart binds it again.
 pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> Proc {
-    let cfg = dir.join(format!("tcs-{region}.toml"));
+    let file = dir.join(format!("tcs-{region}.toml"));
+    let consumers = vec![
+        ConsumerConfig::new("edge", EDGE_TOKEN, &["ingress"]),
+        ConsumerConfig::new("billing", "billing-token", &[]),
+    ];
     let snapshot = dir.join(format!("tcs-{region}.json"));
-    let text = |listen: &str| {
-        format!(
-            "region = \"{region}\"\nlisten = \"{listen}\"\ncatalogue = \"{catalogue_url}\"\n\
-             snapshot = \"{}\"\nmax_lag = 100\nallow_faults = true\n\n\
-             [[consumers]]\nname = \"edge\"\ntoken = \"{EDGE_TOKEN}\"\nviews = [\"ingress\"]\n\n\
-             [[consumers]]\nname = \"billing\"\ntoken = \"billing-token\"\nviews = []\n",
-            snapshot.display()
-        )
-    };
-    std::fs::write(&cfg, text("127.0.0.1:0")).unwrap();
+    let mut cfg = TcsConfig::new(
+        Region::new(region).unwrap(),
+        addr(0),
+        catalogue_url,
+        snapshot,
+        consumers,
+    );
+    cfg.allow_faults = true;
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
     let p = Proc::start_tcs(
         &format!("tcs-{region}"),
-        &["tcs", "--config", cfg.to_str().unwrap()],
+        &["tcs", "--config", file.to_str().unwrap()],
     );
-    std::fs::write(&cfg, text(&format!("127.0.0.1:{}", p.port()))).unwrap();
+    cfg.listen = addr(p.port());
+    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
     p
-}
-
-/// Seeds realms, the dev shards (each shard's mover hooks on its first backend in `backends`)
-/// and the demo tenants through the catalogue API.
-pub async fn seed(http: &reqwest::Client, url: &str, backends: &[(String, Vec<u16>)]) {
-    use serde_json::json;
-    let put = |path: String, body: serde_json::Value| {
-        let http = http.clone();
-        async move {
-            let r = http.put(path).json(&body).send().await.unwrap();
-            assert!(
-                r.status().is_success(),
-                "seeding: {} {}",
-                r.status(),
-                r.text().await.unwrap()
-            );
-        }
-    };
-    put(
-        format!("{url}/v1/realms/us"),
-        json!({"name": "us", "regions": ["us-east-1", "us-west-2"]}),
-    )
-    .await;
-    put(
-        format!("{url}/v1/realms/eu"),
-        json!({"name": "eu", "regions": ["eu-west-1", "eu-central-1"]}),
-    )
-    .await;
-    for (id, product, _) in SHARDS {
-        let mut doc = json!({"id": id, "product": product, "regions": data_regions(id)});
-        if let Some((_, ports)) = backends.iter().find(|(b, _)| b == id) {
-            doc["mover"] = json!(format!("http://127.0.0.1:{}", ports[0]));
-        }
-        put(format!("{url}/v1/shards/{id}"), doc).await;
-    }
-    for doc in tenant_edge::dev::demo_tenants().unwrap() {
-        put(
-            format!("{url}/v1/tenants/{}", doc.id),
-            serde_json::to_value(&doc).unwrap(),
-        )
-        .await;
-    }
 }
 
 /// Sends raw bytes to `port` and returns the status code of the answer.

@@ -13,23 +13,16 @@ pub const AUDIT_TOKEN: &str = "dev-audit-token";
 
 /// A config with an `edge` consumer of `ingress` and an `audit` consumer of nothing.
 pub fn config(catalogue: &str) -> TcsConfig {
-    let consumer = |name: &str, token: &str, views: &[&str]| ConsumerConfig {
-        name: name.to_owned(),
-        token: token.to_owned(),
-        views: views.iter().map(|v| (*v).to_owned()).collect(),
-    };
-    TcsConfig {
-        region: Region::new("us-east-1").unwrap(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        catalogue: format!("http://{catalogue}"),
-        snapshot: "unused.json".into(),
-        max_lag: 100,
-        allow_faults: false,
-        consumers: vec![
-            consumer("edge", EDGE_TOKEN, &["ingress"]),
-            consumer("audit", AUDIT_TOKEN, &[]),
+    TcsConfig::new(
+        Region::new("us-east-1").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        &format!("http://{catalogue}"),
+        "unused.json".into(),
+        vec![
+            ConsumerConfig::new("edge", EDGE_TOKEN, &["ingress"]),
+            ConsumerConfig::new("audit", AUDIT_TOKEN, &[]),
         ],
-    }
+    )
 }
 
 pub fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Change {
