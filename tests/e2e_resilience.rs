@@ -160,20 +160,12 @@ async fn a_frozen_placement_takes_effect_from_the_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_reaches_four_edges() {
-    let stack = Stack::start().await;
-    let mut edges = Vec::new();
-    for i in 1..4 {
-        edges.push(
-            start_edge(
-                stack.dir.path(),
-                &format!("edge{i}"),
-                &stack.routes,
-                &stack.tcs_urls,
-                |_| {},
-            )
-            .await,
-        );
-    }
+    let stack = Stack::start_with(StackOptions {
+        more_edges: 3,
+        ..Default::default()
+    })
+    .await;
+    let edges = &stack.more_edges;
     let admins: Vec<String> = std::iter::once(stack.admin(""))
         .chain(edges.iter().map(|e| e.admin("")))
         .collect();

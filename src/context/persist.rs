@@ -151,7 +151,7 @@ pub async fn restore(cache: &Arc<TenantCache>, stream: &StreamStatus, file: Cach
             return;
         }
     };
-    stream.applied.fetch_max(seq, Ordering::AcqRel);
+    stream.raise_applied(seq);
     tracing::info!(
         records,
         hosts,
@@ -202,7 +202,7 @@ pub async fn prewarm(cache: &TenantCache, stream: &StreamStatus, status: &FileSt
         };
         let (seq, records) = (snapshot.seq, snapshot.records.len());
         cache.resync(snapshot, &region.name, true).await;
-        stream.applied.store(seq, Ordering::Release);
+        stream.set_applied(seq);
         status.lock().prewarmed = true;
         tracing::info!(region = %region.name, seq, records, "prewarmed tenant contexts from the bulk snapshot");
         return true;

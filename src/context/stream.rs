@@ -24,8 +24,10 @@ const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from
 /// What the edge knows of its change-stream subscription, for `/readyz`, `/admin` and metrics.
 #[derive(Debug)]
 pub struct StreamStatus {
-    /// The last catalogue sequence applied.
+    /// The last catalogue sequence applied; set through [`StreamStatus::set_applied`] and
+    /// [`StreamStatus::raise_applied`], which wake [`StreamStatus::applied_at_least`].
     pub applied: AtomicU64,
+    moved: tokio::sync::Notify,
     /// Per region: connected now, and the last time (unix ms) a message arrived.
     pub regions: Vec<RegionStatus>,
 }
@@ -54,7 +56,35 @@ impl StreamStatus {
             .collect();
         StreamStatus {
             applied: AtomicU64::new(0),
+            moved: tokio::sync::Notify::new(),
             regions,
+        }
+    }
+
+    /// Records that everything up to `seq` is applied (it may go back: a resync from another
+    /// region's snapshot).
+    pub fn set_applied(&self, seq: u64) {
+        self.applied.store(seq, Ordering::Release);
+        self.moved.notify_waiters();
+    }
+
+    /// Records `seq` as applied unless a later one already is.
+    pub fn raise_applied(&self, seq: u64) {
+        self.applied.fetch_max(seq, Ordering::AcqRel);
+        self.moved.notify_waiters();
+    }
+
+    /// Resolves once the applied sequence is `seq` or later: what a caller waits on instead
+    /// of polling.
+    pub async fn applied_at_least(&self, seq: u64) {
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.applied.load(Ordering::Acquire) >= seq {
+                return;
+            }
+            moved.await;
         }
     }
 
@@ -252,7 +282,7 @@ impl Follower<'_> {
     }
 
     fn advance(&self, seq: u64, kind: &'static str) {
-        self.status.applied.store(seq, Ordering::Release);
+        self.status.set_applied(seq);
         self.metrics
             .stream_seq
             .set(i64::try_from(seq).unwrap_or(i64::MAX));
@@ -266,7 +296,7 @@ impl Follower<'_> {
         // fetching every tenant of the region (a million records, seconds of CPU) to keep none.
         if let Some(seq) = at.filter(|_| self.cache.holds_nothing()) {
             tracing::info!(region = %self.region.name, seq, "nothing cached; resuming the change stream at TCS's seq");
-            self.status.applied.fetch_max(seq, Ordering::AcqRel);
+            self.status.raise_applied(seq);
             self.metrics.stream_events.with_label_values(&["resync"]).inc();
             return Ok(());
         }
@@ -274,7 +304,7 @@ impl Follower<'_> {
         let snapshot = self.client.snapshot(self.region).await?;
         let seq = snapshot.seq;
         self.cache.resync(snapshot, &self.region.name, false).await;
-        self.status.applied.store(seq, Ordering::Release);
+        self.status.set_applied(seq);
         self.metrics.stream_events.with_label_values(&["resync"]).inc();
         Ok(())
     }

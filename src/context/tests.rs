@@ -106,6 +106,16 @@ impl Following {
         ));
     }
 
+    /// Waits (10 s at most) until the follower has applied `seq`.
+    async fn applied_at_least(&self, seq: u64) {
+        let waited = tokio::time::timeout(Duration::from_secs(10), self.status.applied_at_least(seq)).await;
+        assert!(
+            waited.is_ok(),
+            "seq {seq} not applied within 10 s (at {})",
+            self.applied()
+        );
+    }
+
     fn applied(&self) -> u64 {
         self.status.applied.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -350,7 +360,7 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
     assert_eq!(version(&cache.resolve("acme.example.test").await), Some(1));
     assert_eq!(version(&cache.resolve("globex.example.test").await), Some(1));
     edge.follow();
-    until(|| edge.applied() == 2).await;
+    edge.applied_at_least(2).await;
     assert_eq!(edge.applied(), 2);
 
     // The first region goes away; meanwhile globex is deleted and acme changes, and more
@@ -364,10 +374,8 @@ async fn a_gap_in_the_stream_resyncs_and_leaves_nothing_stale() {
     let stop_second = CancellationToken::new();
     testing::serve(&tcs, second, stop_second.clone());
 
-    assert!(
-        until(|| edge.applied() >= 6).await,
-        "the follower caught up through the second region"
-    );
+    // The follower catches up through the second region.
+    edge.applied_at_least(6).await;
     assert!(
         cache.peek("globex.example.test").is_none(),
         "the deleted tenant is not left behind"
@@ -411,7 +419,7 @@ async fn an_edge_holding_nothing_resumes_at_the_tcs_seq_without_the_snapshot() {
     );
     let edge = Following::new(&client);
     edge.follow();
-    until(|| edge.applied() == 5).await;
+    edge.applied_at_least(5).await;
     assert_eq!(edge.applied(), 5);
     assert_eq!(edge.resyncs(), 1);
     assert_eq!(snapshots(&tcs), 0, "nothing held, nothing fetched");
@@ -420,8 +428,7 @@ async fn an_edge_holding_nothing_resumes_at_the_tcs_seq_without_the_snapshot() {
     // It follows from there: a tenant it then fills gets the next change pushed.
     assert_eq!(version(&edge.cache.resolve("t3.example.test").await), Some(1));
     tcs.ingress().apply(&put(6, "t3", 2, &["t3.example.test"]));
-    let pushed = || edge.cache.peek("t3.example.test").map(|e| e.record.version) == Some(2);
-    until(pushed).await;
+    edge.applied_at_least(6).await;
     assert_eq!(edge.cache.peek("t3.example.test").unwrap().record.version, 2);
     assert_eq!(snapshots(&tcs), 0);
     stop.cancel();

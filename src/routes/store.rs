@@ -25,6 +25,8 @@ pub struct RouteStore {
     updates: watch::Sender<Arc<RouteSnapshot>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Woken after every rejected reload, for [`RouteStore::failed_at_least`].
+    rejected: tokio::sync::Notify,
     /// Serialises reloads, so a slow read can never swap in a file older than a faster one.
     writer: Mutex<()>,
 }
@@ -47,6 +49,7 @@ impl RouteStore {
             updates,
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            rejected: tokio::sync::Notify::new(),
             writer: Mutex::new(()),
         }
     }
@@ -78,6 +81,7 @@ impl RouteStore {
             Ok(next) => Ok(self.install(next)),
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.rejected.notify_waiters();
                 tracing::warn!(path = %self.path.display(), error = %e, "route snapshot rejected, keeping the old one");
                 Err(e)
             }
@@ -106,6 +110,20 @@ impl RouteStore {
     /// Rejected reloads since start (unreadable or invalid files).
     pub fn reloads_failed(&self) -> u64 {
         self.reloads_failed.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once `n` reloads or more have been rejected since start (a file the watcher
+    /// could not use leaves no other trace but the log).
+    pub async fn failed_at_least(&self, n: u64) {
+        loop {
+            let rejected = self.rejected.notified();
+            tokio::pin!(rejected);
+            rejected.as_mut().enable();
+            if self.reloads_failed() >= n {
+                return;
+            }
+            rejected.await;
+        }
     }
 
     /// A receiver woken after every swap, holding the new snapshot, so holders of derived state

@@ -244,6 +244,8 @@ pub struct StackOptions {
     pub cache_file_interval_secs: Option<u64>,
     /// The edge's lean HTTP/1.1 path settings, when not the defaults.
     pub http1: Option<Http1Config>,
+    /// Edges beyond the first (`Stack::more_edges`), each with the default config.
+    pub more_edges: usize,
 }
 
 /// The whole stack, each role its own process.
@@ -262,6 +264,8 @@ pub struct Stack {
     pub edge_admin: u16,
     /// Where the edge's cache file is, when `StackOptions` asked for one.
     pub edge_cache_file: PathBuf,
+    /// The edges `StackOptions::more_edges` asked for.
+    pub more_edges: Vec<Edge>,
     pub http: reqwest::Client,
 }
 
@@ -333,6 +337,11 @@ impl Stack {
             }
         })
         .await;
+        let mut more_edges = Vec::new();
+        for i in 1..=options.more_edges {
+            let name = format!("edge{i}");
+            more_edges.push(start_edge(dir.path(), &name, &routes, &tcs_urls, |_| {}).await);
+        }
         Stack {
             dir,
             routes,
@@ -347,6 +356,7 @@ impl Stack {
             edge_https,
             edge_admin,
             edge_cache_file,
+            more_edges,
             http,
         }
     }
