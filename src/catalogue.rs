@@ -102,7 +102,7 @@ impl Bound {
 
     /// Serves the API until `shutdown` is cancelled, then finishes the requests in flight.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), CatalogueError> {
-        tracing::info!("catalogue listening on {}", self.addr);
+        tracing::info!(target: crate::stack::LISTENING, "catalogue listening on {}", self.addr);
         let app = api::app(Arc::new(self.store), shutdown.clone());
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -184,13 +184,16 @@ pub struct Bound {
     state: Arc<DemoState>,
 }
 
-/// Opens (creating if needed) the shard's database and binds `cfg.listen` (port 0 picks a free
-/// port; see [`Bound::addr`]).
+/// Binds `cfg.listen` (port 0 picks a free port; see [`Bound::addr`]) and opens (creating if
+/// needed) the shard's database.
 pub async fn bind(cfg: DemoShardConfig) -> Result<Bound, DemoError> {
     let shard = ShardId::new(&cfg.shard)?;
     if cfg.regions.is_empty() {
         return Err(DemoError::NoRegions);
     }
+    // The socket first: a taken port leaves no files behind.
+    let listener = TcpListener::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
     let path = store::db_path(&cfg.data_dir, &shard);
     let store = open_store(
         cfg.data_dir.clone(),
@@ -199,8 +202,6 @@ pub async fn bind(cfg: DemoShardConfig) -> Result<Bound, DemoError> {
         cfg.regions.clone(),
     )
     .await?;
-    let listener = TcpListener::bind(cfg.listen).await?;
-    let addr = listener.local_addr()?;
     let served_by = HeaderValue::try_from(format!("{}/{}", cfg.shard, cfg.backend))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     let state = Arc::new(DemoState {
@@ -225,6 +226,7 @@ impl Bound {
     /// Serves until `shutdown` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), DemoError> {
         tracing::info!(
+            target: crate::stack::LISTENING,
             "demo shard {}/{} listening on {}",
             self.state.shard,
             self.state.backend,

@@ -103,12 +103,21 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), DevEr
 
 type Parts = JoinSet<Result<(), String>>;
 
-fn spawn_part<F, E>(parts: &mut Parts, fut: F)
+/// Runs a part; one that fails stops the whole stack at once (a start still waiting on
+/// another part sees `shutdown` and gives up).
+fn spawn_part<F, E>(parts: &mut Parts, shutdown: &CancellationToken, fut: F)
 where
     F: Future<Output = Result<(), E>> + Send + 'static,
     E: std::fmt::Display,
 {
-    parts.spawn(async move { fut.await.map_err(|e| e.to_string()) });
+    let shutdown = shutdown.clone();
+    parts.spawn(async move {
+        let done = fut.await.map_err(|e| e.to_string());
+        if done.is_err() {
+            shutdown.cancel();
+        }
+        done
+    });
 }
 
 /// Starts every part in order, each bound before the next needs it: a role's `bind` (or the
@@ -127,7 +136,7 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
                 data_dir: args.data.join("shards"),
             };
             let bound = crate::demo::bind(cfg).await.map_err(part("demo shard"))?;
-            spawn_part(parts, bound.serve(shutdown.clone()));
+            spawn_part(parts, shutdown, bound.serve(shutdown.clone()));
         }
     }
     let catalogue = CatalogueConfig {
@@ -138,7 +147,7 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
         .await
         .map_err(part("catalogue"))?;
     let catalogue_url = format!("http://{}", catalogue.addr());
-    spawn_part(parts, catalogue.serve(shutdown.clone()));
+    spawn_part(parts, shutdown, catalogue.serve(shutdown.clone()));
     seed(&CatalogueClient::new(&catalogue_url)?, &routes).await?;
 
     let mut endpoints = Vec::new();
@@ -153,14 +162,20 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
             &catalogue_url,
         );
         write_toml(&args.data.join(format!("tcs-{region}.toml")), &cfg)?;
-        let bound = crate::tcs::bind(cfg).await.map_err(part("tcs"))?;
+        let bound = crate::tcs::bind(cfg)
+            .await
+            .map_err(|e| DevError::Part(format!("tcs {region}: {e}")))?;
         let url = format!("http://{}", bound.addr());
         let tcs = bound.tcs().clone();
-        spawn_part(parts, bound.serve(shutdown.clone()));
-        // Ready once its view caught up with the catalogue (the tailer signals each poll).
-        tokio::time::timeout(READY_WITHIN, tcs.ready())
-            .await
-            .map_err(|_| DevError::NotReady(format!("tcs {region}")))?;
+        spawn_part(parts, shutdown, bound.serve(shutdown.clone()));
+        // Ready once its view is within max_lag of the catalogue (the tailer signals each
+        // applied poll); a Ctrl-C or a part that stopped (it cancels `shutdown`) ends the wait.
+        tokio::select! {
+            ready = tokio::time::timeout(READY_WITHIN, tcs.ready()) => {
+                ready.map_err(|_| DevError::NotReady(format!("tcs {region}")))?;
+            }
+            () = shutdown.cancelled() => return Err(DevError::NotReady(format!("tcs {region}"))),
+        }
         endpoints.push(TcsEndpoint {
             region: region.into(),
             url,

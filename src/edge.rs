@@ -167,6 +167,16 @@ impl EdgeConfig {
     /// Every problem of the config, all at once (as the route file and the TCS config report).
     fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        // pingora binds the proxy listeners on its own thread: a port it picked could not be
+        // reported back, nor waited for.
+        for (name, addr) in [
+            ("listen_http", Some(self.listen_http)),
+            ("listen_https", self.listen_https),
+        ] {
+            if addr.is_some_and(|a| a.port() == 0) {
+                problems.push(format!("{name} needs a port (0 is only for the admin listener)"));
+            }
+        }
         if self.tcs.is_empty() {
             problems.push("at least one [[tcs]] region is needed".to_owned());
         } else if !self.tcs.iter().any(|t| t.region == self.region.as_str()) {
@@ -330,6 +340,7 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
 
 /// A started edge: accepting on its proxy listeners, its admin API serving. Its existence is
 /// the readiness signal; [`Started::wait`] runs it until shutdown.
+#[must_use = "an edge runs until shutdown; `wait` joins it and its last cache file write"]
 pub struct Started {
     /// The admin API's address (`/healthz`, `/readyz`, `/metrics`, `/admin/...`).
     pub admin: SocketAddr,
@@ -410,12 +421,22 @@ pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Start
     });
     tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
 
-    let proxy = server::start(server, shutdown.clone());
+    // Its own token, so a start that fails after this can stop the proxy alone.
+    let proxy_stop = shutdown.child_token();
+    let proxy = server::start(server, proxy_stop.clone());
     // pingora binds its listeners on its own thread: the admin listener (and so `/readyz`)
     // answers only once the proxy's accept, so "ready" never means "connection refused".
-    wait_listening(cfg.listen_http, &shutdown).await;
+    if !wait_listening(cfg.listen_http, &shutdown).await {
+        proxy_stop.cancel();
+        let _ = tokio::task::spawn_blocking(move || proxy.join()).await;
+        return Err(EdgeError::Listen(format!(
+            "the proxy did not accept on {} within 30 s",
+            cfg.listen_http
+        )));
+    }
     tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
     tracing::info!(
+        target: crate::stack::LISTENING,
         http = %cfg.listen_http,
         https = ?cfg.listen_https,
         admin = %admin_addr,
@@ -430,8 +451,9 @@ pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Start
     })
 }
 
-/// Waits (up to 30 s) until `addr` accepts a connection.
-async fn wait_listening(addr: SocketAddr, shutdown: &CancellationToken) {
+/// Waits (up to 30 s) until `addr` accepts a connection; whether it did. (pingora binds on its
+/// own thread and says nothing when it has.)
+async fn wait_listening(addr: SocketAddr, shutdown: &CancellationToken) -> bool {
     let mut probe = addr;
     if probe.ip().is_unspecified() {
         probe.set_ip(match addr {
@@ -444,11 +466,11 @@ async fn wait_listening(addr: SocketAddr, shutdown: &CancellationToken) {
         let attempt =
             tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(probe)).await;
         if matches!(attempt, Ok(Ok(_))) {
-            return;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tracing::warn!(%addr, "the proxy listener did not accept within 30 s; serving admin anyway");
+    false
 }
 
 /// Before serving: restore the cache file, then prewarm from the bulk snapshot, as configured.

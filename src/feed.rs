@@ -431,9 +431,14 @@ impl ApiError {
 }
 
 impl axum::response::IntoResponse for ApiError {
-    fn into_response(self) -> axum::response::Response {
+    /// A 500's reason is the server's business (storage errors, paths): the body says only
+    /// that it was internal; whoever made the error logs its detail.
+    fn into_response(mut self) -> axum::response::Response {
         let status =
             http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        if status == http::StatusCode::INTERNAL_SERVER_ERROR {
+            self.reason = "internal error".to_owned();
+        }
         (
             status,
             [(http::header::CACHE_CONTROL, "no-store")],

@@ -1,11 +1,14 @@
 //! Running a role as a child process, for tests, benches and tools: one harness instead of one
 //! per test file.
 //!
-//! A role binds before it serves and then logs one line saying where: `<role> listening on
-//! <addr>` (catalogue, TCS, demo shard) or `edge listening` (the edge, whose proxy ports come from
-//! its config). [`Child::start`] returns once that line is logged, with the address it names, so
-//! a caller neither polls nor picks a port: port 0 works across the process boundary. A
-//! restart binds the address the first start was given, so clients keep their URLs.
+//! A role binds before it serves and then logs one line, on the [`LISTENING`] target, saying
+//! where: `<role> listening on <addr>` (catalogue, TCS, demo shard) or `edge listening` (the
+//! edge, whose proxy ports come from its config). [`Child::start`] returns once that line is
+//! logged, with the address it names, so a caller neither polls nor picks a port: port 0 works
+//! across the process boundary. A restart must bind the address the first start got (an
+//! argument `IP:0` is rewritten to it; a config file must name it): a port 0 picked from the
+//! ephemeral range may be taken meanwhile by an outgoing connection, so a caller that restarts
+//! roles gives them ports outside it.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,8 +20,12 @@ use std::time::{Duration, Instant};
 /// How long a role may take to bind (a loaded machine starts a dozen at once).
 const START_WITHIN: Duration = Duration::from_secs(60);
 
-/// What a TCS logs once its view has caught up with the catalogue (its `/readyz` holds).
-pub const TCS_READY: &str = "view caught up with the catalogue";
+/// The log target of the lines that say a role listens (and that a TCS is ready): always
+/// let through to a child's stderr, whatever the caller's log filter.
+pub const LISTENING: &str = "tenant_edge::listening";
+
+/// What a TCS logs once its view trails the catalogue by at most `max_lag` (its `/readyz`).
+pub const TCS_READY: &str = crate::tcs::READY_LINE;
 
 /// How long a role may take to exit after SIGTERM.
 const STOP_WITHIN: Duration = Duration::from_secs(10);
@@ -34,8 +41,9 @@ pub enum ChildError {
         /// The cause.
         source: std::io::Error,
     },
-    /// It exited, or said nothing, before saying it listens.
-    #[error("{name} never said it listens (exited, or silent for {START_WITHIN:?})")]
+    /// It exited, or said nothing, before saying it listens (or a restart bound elsewhere);
+    /// run with `TEST_LOG=info` to see its log.
+    #[error("{name} never said it listens where expected (exited, bound elsewhere, or silent for {START_WITHIN:?}); TEST_LOG=info shows its log")]
     NotListening {
         /// The role's name.
         name: String,
@@ -89,10 +97,8 @@ impl Child {
 
     fn spawn(&mut self, until: bool) -> Result<(), ChildError> {
         let shown = std::env::var("TEST_LOG").ok();
-        // The line that says the role listens is an `info` line: always let it through.
-        let filter = shown
-            .clone()
-            .unwrap_or_else(|| "warn,tenant_edge=info".to_owned());
+        // The line that says the role listens has a target of its own: always let it through.
+        let filter = format!("{},{LISTENING}=info", shown.as_deref().unwrap_or("warn"));
         let mut process = Command::new(&self.bin)
             .args(&self.args)
             .env("RUST_LOG", filter)
@@ -121,10 +127,13 @@ impl Child {
                 if shown.is_some() {
                     eprintln!("[{name}] {line}");
                 }
-                if let Some(addr) = listening_on(&line) {
-                    let _ = said.send(Said::Listening(addr));
-                } else if until.as_deref().is_some_and(|m| line.contains(m)) {
+                if !line.contains(LISTENING) {
+                    continue;
+                }
+                if until.as_deref().is_some_and(|m| line.contains(m)) {
                     let _ = said.send(Said::Marker);
+                } else if let Some(addr) = listening_on(&line) {
+                    let _ = said.send(Said::Listening(addr));
                 }
             }
         });
@@ -136,7 +145,14 @@ impl Child {
             match listening.recv_timeout(left) {
                 Ok(Said::Listening(addr)) => {
                     listening_seen = true;
-                    self.addr = self.addr.or(addr);
+                    match (self.addr, addr) {
+                        (None, addr) => self.addr = addr,
+                        // A restart that bound elsewhere would leave its clients at the old URL.
+                        (Some(old), Some(new)) if old != new => {
+                            return Err(self.not_listening(process));
+                        }
+                        _ => {}
+                    }
                 }
                 Ok(Said::Marker) => marker_seen = true,
                 Err(_) => return Err(self.not_listening(process)),
@@ -242,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_listening_line_names_the_address() {
-        let line = "2026-12-02T03:37:25Z  INFO tenant_edge::catalogue: catalogue listening on 127.0.0.1:7000";
+        let line = "2026-12-02T03:37:25Z  INFO tenant_edge::listening: catalogue listening on 127.0.0.1:7000";
         assert_eq!(listening_on(line), Some(Some("127.0.0.1:7000".parse().unwrap())));
         let tcs = "INFO tenant_edge::tcs: tcs us-east-1 listening on 127.0.0.1:40001";
         assert_eq!(listening_on(tcs), Some(Some("127.0.0.1:40001".parse().unwrap())));

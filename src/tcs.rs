@@ -103,6 +103,10 @@ impl TcsError {
 /// A configured consumer, as the API checks it.
 pub type Consumer = ConsumerConfig;
 
+/// What a TCS logs once [`Tcs::ready`] resolves: its view trails the catalogue by at most
+/// `max_lag` (what `/readyz` checks).
+pub const READY_LINE: &str = "ready: the view is within max_lag of the catalogue";
+
 /// One TCS instance: its views, tail status, consumers and metrics. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Tcs(Arc<Inner>);
@@ -273,16 +277,17 @@ impl Tcs {
             tasks.clone(),
         ));
         let addr = listener.local_addr().map_err(TcsError::Serve)?;
-        tracing::info!("tcs {} listening on {addr}", cfg.region);
+        tracing::info!(target: crate::stack::LISTENING, "tcs {} listening on {addr}", cfg.region);
         let me = self.clone();
         let ready_log = tasks.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = ready_log.cancelled() => {}
                 () = me.ready() => tracing::info!(
+                    target: crate::stack::LISTENING,
                     "tcs {}: {}",
                     me.0.config.region,
-                    crate::stack::TCS_READY
+                    READY_LINE
                 ),
             }
         });

@@ -19,7 +19,7 @@ use super::batch::Batcher;
 use crate::feed::{HostLookup, ViewSnapshot};
 
 /// One TCS region an edge may ask.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcsEndpoint {
     /// Region of this TCS (`us-east-1`).
@@ -28,6 +28,17 @@ pub struct TcsEndpoint {
     pub url: String,
     /// Bearer token of this edge as a consumer of the `ingress` view.
     pub token: String,
+}
+
+// The token is a secret: keep it out of logs and panic messages (as `ConsumerConfig` does).
+impl std::fmt::Debug for TcsEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcsEndpoint")
+            .field("region", &self.region)
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// How misses are fetched and regions judged (`[lookup]` in the edge config).
@@ -481,7 +492,10 @@ impl TcsClient {
     async fn lookup_alone(&self, host: &str, min_version: u64) -> Result<Lookup, TcsError> {
         let region = &self.regions[0];
         let slot = Slot::take(region, self.config.max_in_flight_per_region).ok_or(TcsError::NoCapacity)?;
-        match self.ask(0, host, slot).await.1? {
+        let answer = self.ask(0, host, slot).await.1.inspect_err(|e| {
+            tracing::debug!(error = %e, host, "tcs lookup failed");
+        })?;
+        match answer {
             Answer::Found(found) if found.record.version >= min_version => Ok(Lookup::Found {
                 region: region.name.clone(),
                 found,

@@ -12,7 +12,6 @@ mod load;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -246,7 +245,7 @@ async fn write_once(
     // The sequence is read before the entries: everything applied up to it is then in what we
     // collect. Reading it after could record a delete as applied while the file still holds
     // the deleted tenant, which a resumed stream would never correct.
-    let seq = stream.applied.load(Ordering::Acquire);
+    let seq = stream.applied();
     let (cache, owned) = (cache.clone(), path.to_owned());
     let task = tokio::task::spawn_blocking(move || {
         let records = cache.records();

@@ -24,9 +24,10 @@ const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from
 /// What the edge knows of its change-stream subscription, for `/readyz`, `/admin` and metrics.
 #[derive(Debug)]
 pub struct StreamStatus {
-    /// The last catalogue sequence applied; set through [`StreamStatus::set_applied`] and
-    /// [`StreamStatus::raise_applied`], which wake [`StreamStatus::applied_at_least`].
-    pub applied: AtomicU64,
+    /// The last catalogue sequence applied ([`StreamStatus::applied`]); set only through
+    /// [`StreamStatus::set_applied`] and [`StreamStatus::raise_applied`], which wake
+    /// [`StreamStatus::applied_at_least`].
+    applied: AtomicU64,
     moved: tokio::sync::Notify,
     /// Per region: connected now, and the last time (unix ms) a message arrived.
     pub regions: Vec<RegionStatus>,
@@ -61,6 +62,11 @@ impl StreamStatus {
         }
     }
 
+    /// The last catalogue sequence applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
     /// Records that everything up to `seq` is applied (it may go back: a resync from another
     /// region's snapshot).
     pub fn set_applied(&self, seq: u64) {
@@ -81,7 +87,7 @@ impl StreamStatus {
             let moved = self.moved.notified();
             tokio::pin!(moved);
             moved.as_mut().enable();
-            if self.applied.load(Ordering::Acquire) >= seq {
+            if self.applied() >= seq {
                 return;
             }
             moved.await;
@@ -170,7 +176,7 @@ impl Follower<'_> {
 
     /// Reads one connection's worth of stream. `Ok(true)` when it delivered at least a message.
     async fn run(&self) -> Result<bool, TcsError> {
-        let after = self.status.applied.load(Ordering::Acquire);
+        let after = self.status.applied();
         let url = format!("{}/v1/views/ingress/changes?after={after}", self.region.base);
         let transport = |source: reqwest::Error| TcsError::Transport {
             region: self.region.name.clone(),
@@ -235,7 +241,7 @@ impl Follower<'_> {
     }
 
     async fn on_event(&self, event: ViewEvent) -> Next {
-        let applied = self.status.applied.load(Ordering::Acquire);
+        let applied = self.status.applied();
         match event {
             ViewEvent::Upsert {
                 seq,

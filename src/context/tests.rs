@@ -117,7 +117,7 @@ impl Following {
     }
 
     fn applied(&self) -> u64 {
-        self.status.applied.load(std::sync::atomic::Ordering::Acquire)
+        self.status.applied()
     }
 
     fn resyncs(&self) -> u64 {

@@ -31,6 +31,10 @@ pub(super) async fn serve(
         .route("/admin/routes", get(routes))
         .route("/admin/regions", get(regions))
         .route("/admin/cache", get(cache))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
         .with_state(shared);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -155,7 +159,7 @@ async fn regions(State(shared): State<Arc<Shared>>) -> Response {
         .collect();
     let (hedges, hedges_refused) = shared.cache.client().hedge_counts();
     Json(json!({
-        "applied_seq": shared.stream.applied.load(Ordering::Relaxed),
+        "applied_seq": shared.stream.applied(),
         "hedges": hedges,
         "hedges_refused_by_budget": hedges_refused,
         "regions": regions,
@@ -173,7 +177,7 @@ async fn cache(State(shared): State<Arc<Shared>>) -> Response {
     Json(json!({
         "cached_hosts": shared.cache.len(),
         "cached_tenants": tenants,
-        "applied_seq": shared.stream.applied.load(Ordering::Acquire),
+        "applied_seq": shared.stream.applied(),
         "file": shared.file.report(),
     }))
     .into_response()

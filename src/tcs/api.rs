@@ -51,6 +51,10 @@ pub fn router(tcs: Tcs, shutdown: CancellationToken) -> Router {
             shutdown,
         })
         .merge(faults::admin_router(tcs))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
 }
 
 /// Why an API request failed; one place maps every failure to a status and an [`ApiError`].
@@ -117,6 +121,9 @@ impl ApiFailure {
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let status = self.status();
+        if status.is_server_error() && !matches!(self, ApiFailure::Injected(_)) {
+            tracing::error!(error = %self, "tcs request failed");
+        }
         let mut resp = ApiError::new(status, self.to_string()).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

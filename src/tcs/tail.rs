@@ -31,7 +31,8 @@ pub type PollError = ClientError;
 pub struct TailStatus {
     head: AtomicU64,
     last_ok: Mutex<Option<Instant>>,
-    /// Woken after every successful poll (and what it applied), for [`crate::tcs::Tcs::ready`].
+    /// Woken once a successful poll's page is applied, for [`crate::tcs::Tcs::ready`] (not at
+    /// `record_ok`, which comes before: the head would be new and the view not yet).
     polled: tokio::sync::Notify,
 }
 
@@ -53,11 +54,10 @@ impl TailStatus {
     pub fn record_ok(&self, head: u64) {
         self.head.store(head, Ordering::Relaxed);
         *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        self.polled.notify_waiters();
     }
 
-    /// Resolves at the next successful poll, or once the page it brought is applied. Create it
-    /// before checking what it should change, so that no wake-up is lost in between.
+    /// Resolves once the next successful poll's page is applied. Create it before checking what
+    /// it should change, so that no wake-up is lost in between.
     pub fn next_poll(&self) -> tokio::sync::futures::Notified<'_> {
         self.polled.notified()
     }

@@ -49,7 +49,7 @@ impl Proc {
         Proc(Child::start(Path::new(bin()), name, args).unwrap())
     }
 
-    /// Starts a TCS and returns once its view has caught up with the catalogue.
+    /// Starts a TCS and returns once its view is within `max_lag` of the catalogue.
     pub fn start_tcs(name: &str, args: &[&str]) -> Proc {
         Proc(Child::start_until(Path::new(bin()), name, args, Some(TCS_READY)).unwrap())
     }
@@ -279,7 +279,9 @@ impl Stack {
         let routes = dir.path().join("routes.toml");
         let shard_data = dir.path().join("shards");
         let shard_data = shard_data.to_str().unwrap();
-        // Each backend binds port 0 and says which port it got; the route file names those.
+        // Ports below the ephemeral range: a restarted role binds its port again, and one that
+        // port 0 had picked could be an outgoing connection's by then. Each role still says
+        // when it listens, so nothing polls.
         let mut shards = Vec::new();
         let mut backends: Vec<(String, Vec<u16>)> = Vec::new();
         for (id, product, _) in SHARDS {
@@ -293,7 +295,7 @@ impl Stack {
                     "--backend",
                     backend,
                     "--listen",
-                    "127.0.0.1:0",
+                    &addr(free_port()).to_string(),
                     "--product",
                     product,
                     "--regions",
@@ -451,23 +453,18 @@ impl Stack {
     }
 }
 
-/// A catalogue on a port of its choosing, its data in `dir/catalogue`.
+/// A catalogue, its data in `dir/catalogue`.
 pub fn start_catalogue(dir: &Path) -> Proc {
     let data = dir.join("catalogue");
+    let listen = addr(free_port()).to_string();
     Proc::start(
         "catalogue",
-        &[
-            "catalogue",
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-        ],
+        &["catalogue", "--listen", &listen, "--data", data.to_str().unwrap()],
     )
 }
 
-/// A TCS of `region` tailing `catalogue_url`, returned once its view has caught up. It binds a
-/// port of its choosing, which is then written into its config file, so a restart binds it again.
+/// A TCS of `region` tailing `catalogue_url`, returned once its view is within `max_lag` of the
+/// catalogue.
 pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> Proc {
     let file = dir.join(format!("tcs-{region}.toml"));
     let consumers = vec![
@@ -477,20 +474,17 @@ pub fn start_tcs(dir: &Path, region: &str, catalogue_url: &str) -> Proc {
     let snapshot = dir.join(format!("tcs-{region}.json"));
     let mut cfg = TcsConfig::new(
         Region::new(region).unwrap(),
-        addr(0),
+        addr(free_port()),
         catalogue_url,
         snapshot,
         consumers,
     );
     cfg.allow_faults = true;
     std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
-    let p = Proc::start_tcs(
+    Proc::start_tcs(
         &format!("tcs-{region}"),
         &["tcs", "--config", file.to_str().unwrap()],
-    );
-    cfg.listen = addr(p.port());
-    std::fs::write(&file, toml::to_string(&cfg).unwrap()).unwrap();
-    p
+    )
 }
 
 /// Sends raw bytes to `port` and returns the status code of the answer.

@@ -110,7 +110,7 @@ async fn file_round_trip_restores_every_host_with_its_record() {
     let stream = status_of(&cold);
     let file = FileStatus::new(Some(path.clone()));
     restore_file(&cold, &stream, &path, &file).await;
-    assert_eq!(stream.applied.load(Ordering::Acquire), 17);
+    assert_eq!(stream.applied(), 17);
     assert_eq!(version_of(&cold, "acme.example.test").await, Some(2));
     assert_eq!(version_of(&cold, "acme.example.net").await, Some(2));
     // The stale host was only held by the older record: it is not brought back.
@@ -199,7 +199,7 @@ async fn a_corrupt_file_is_logged_set_aside_and_the_edge_starts_empty() {
     let file = FileStatus::new(Some(path.clone()));
     restore_file(&cache, &stream, &path, &file).await;
     assert!(cache.peek("acme.example.test").is_none());
-    assert_eq!(stream.applied.load(Ordering::Acquire), 0);
+    assert_eq!(stream.applied(), 0);
     assert_eq!(file.report().loaded_records, 0);
     assert!(!path.exists());
     assert!(dir.path().join("edge-cache.json.corrupt").exists());
@@ -213,7 +213,7 @@ async fn a_missing_file_is_a_first_start() {
     let cache = cache();
     let stream = status_of(&cache);
     restore_file(&cache, &stream, &path, &FileStatus::new(None)).await;
-    assert_eq!(stream.applied.load(Ordering::Acquire), 0);
+    assert_eq!(stream.applied(), 0);
 }
 
 #[tokio::test]
@@ -222,7 +222,7 @@ async fn writes_skip_unchanged_content_and_follow_changes() {
     let path = dir.path().join("edge-cache.json");
     let cache = warm_cache().await;
     let stream = status_of(&cache);
-    stream.applied.store(30, Ordering::Release);
+    stream.set_applied(30);
     let file = FileStatus::new(Some(path.clone()));
     let print = write_once(&cache, &stream, &path, &file, None).await;
     let print = write_once(&cache, &stream, &path, &file, print).await;
@@ -302,7 +302,7 @@ async fn prewarm_loads_the_bulk_snapshot_over_what_the_file_gave() {
     cache.restore(from_file, &region, Origin::File).await;
     let file = FileStatus::new(None);
     assert!(prewarm(&cache, &stream, &file).await);
-    assert_eq!(stream.applied.load(Ordering::Acquire), 3);
+    assert_eq!(stream.applied(), 3);
     assert_eq!(version_of(&cache, "acme.example.test").await, Some(2));
     assert_eq!(version_of(&cache, "initech.example.test").await, Some(1));
     assert_eq!(version_of(&cache, "gone.example.test").await, None);
@@ -314,11 +314,11 @@ async fn prewarm_loads_the_bulk_snapshot_over_what_the_file_gave() {
 async fn prewarm_without_any_tcs_keeps_what_the_file_gave() {
     let cache = cache();
     let stream = status_of(&cache);
-    stream.applied.store(12, Ordering::Release);
+    stream.set_applied(12);
     from_file(&cache, record("acme", 1, &["acme.example.test"])).await;
     let file = FileStatus::new(None);
     assert!(!prewarm(&cache, &stream, &file).await);
-    assert_eq!(stream.applied.load(Ordering::Acquire), 12);
+    assert_eq!(stream.applied(), 12);
     assert_eq!(version_of(&cache, "acme.example.test").await, Some(1));
     assert!(!file.report().prewarmed);
 }
@@ -365,6 +365,6 @@ async fn a_record_that_does_not_parse_leaves_the_cache_empty() {
     let file = FileStatus::new(Some(path.clone()));
     restore_file(&cache, &stream, &path, &file).await;
     assert!(cache.peek("acme.example.test").is_none());
-    assert_eq!(stream.applied.load(Ordering::Acquire), 0);
+    assert_eq!(stream.applied(), 0);
     assert_eq!(file.report().loaded_records, 0);
 }
