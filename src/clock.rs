@@ -1,5 +1,6 @@
-//! Time shared by the roles: the wall clock in milliseconds, and the one backoff every retry
-//! loop waits by (the TCS tailer polling the catalogue, the edge following the change stream).
+//! Time and waiting shared by the roles: the wall clock in milliseconds, the one backoff every
+//! retry loop waits by (the TCS tailer polling the catalogue, the edge following the change
+//! stream), and the one wait for a state another task moves (`when_notified`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,21 @@ impl Backoff {
             .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
         let ceiling = u64::try_from(exp.min(self.cap).as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rand::thread_rng().gen_range(10..=ceiling.max(10)))
+    }
+}
+
+/// Resolves once `done()` holds, checked again each time `notify` wakes its waiters: the
+/// one way the roles wait for a state another task moves (no wake-up between the check and the
+/// wait is lost, since the waiter is registered before the check).
+pub async fn when_notified(notify: &tokio::sync::Notify, mut done: impl FnMut() -> bool) {
+    loop {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if done() {
+            return;
+        }
+        woken.await;
     }
 }
 

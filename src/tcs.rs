@@ -216,15 +216,7 @@ impl Tcs {
     /// Resolves once [`Self::readiness`] holds: what an in-process starter waits on instead of
     /// polling `/readyz` (the tailer wakes it after every poll).
     pub async fn ready(&self) {
-        loop {
-            let next = self.0.status.next_poll();
-            tokio::pin!(next);
-            next.as_mut().enable();
-            if self.readiness().is_ok() {
-                return;
-            }
-            next.await;
-        }
+        crate::clock::when_notified(self.0.status.polled(), || self.readiness().is_ok()).await;
     }
 
     /// Brings the seq, head and lag gauges up to date (called before each scrape).

@@ -83,15 +83,7 @@ impl StreamStatus {
     /// Resolves once the applied sequence is `seq` or later: what a caller waits on instead
     /// of polling.
     pub async fn applied_at_least(&self, seq: u64) {
-        loop {
-            let moved = self.moved.notified();
-            tokio::pin!(moved);
-            moved.as_mut().enable();
-            if self.applied() >= seq {
-                return;
-            }
-            moved.await;
-        }
+        crate::clock::when_notified(&self.moved, || self.applied() >= seq).await;
     }
 
     /// Whether any region's stream has spoken within the silence limit.

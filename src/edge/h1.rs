@@ -44,7 +44,7 @@ use self::parse::{Framing, Limits, Parsed, Refusal, RequestHead, ResponseHead};
 use self::upstream::Upstream;
 use super::pool::ShardPool;
 use super::proxy::{
-    decide, error_json, found, is_idempotent, place, reject, relocate, Decision, RequestIds, RequestView,
+    decide, decide_missed, error_json, is_idempotent, reject, relocate, Decision, RequestIds, RequestView,
     RETRY_AFTER_FROZEN, RETRY_AFTER_OUTAGE,
 };
 use super::{EdgeProxy, EdgeState, Reject, Shared};
@@ -463,11 +463,8 @@ impl H1App {
         let (pool, tenant) = match decision {
             Decision::Placed(pool, tenant) => (pool, tenant),
             Decision::Missed => {
-                let entry = found(host, self.shared.cache.resolve_missed(host).await)?;
-                (
-                    place(&state, product, &entry, &head.method)?,
-                    TenantLine::of(&entry),
-                )
+                let (pool, entry) = decide_missed(&state, cache, host, product, &head.method).await?;
+                (pool, TenantLine::of(&entry))
             }
         };
         ex.host_len = host_len;

@@ -142,6 +142,19 @@ pub fn decide<'s, 'b, T>(
     Ok(((host, product, rewritten), decision))
 }
 
+/// The rest of the decision after [`decide`] said [`Decision::Missed`]: resolve `host` (the one
+/// step with I/O), then place what was found, or answer what [`found`] says.
+pub async fn decide_missed(
+    state: &EdgeState,
+    cache: &TenantCache,
+    host: &str,
+    product: &ProductRoute,
+    method: &http::Method,
+) -> Result<(Arc<ShardPool>, Arc<Entry>), Reject> {
+    let entry = found(host, cache.resolve_missed(host).await)?;
+    Ok((place(state, product, &entry, method)?, entry))
+}
+
 /// Steps 1-2 of the request path, without I/O: the normalised host (in `buf`), the product by
 /// path, and the path to forward when normalising changed it.
 pub fn target<'s, 'b>(
@@ -281,10 +294,7 @@ impl EdgeProxy {
         ctx.rewritten_path = rewritten;
         let (pool, entry) = match decision {
             Decision::Placed(pool, entry) => (pool, entry),
-            Decision::Missed => {
-                let entry = found(host, cache.resolve_missed(host).await)?;
-                (place(&state, product, &entry, &req.method)?, entry)
-            }
+            Decision::Missed => decide_missed(&state, cache, host, product, &req.method).await?,
         };
         // The request's own value when it is already normalised (the common case): no copy.
         ctx.host = match req.headers.get(HOST) {

@@ -115,15 +115,7 @@ impl RouteStore {
     /// Resolves once `n` reloads or more have been rejected since start (a file the watcher
     /// could not use leaves no other trace but the log).
     pub async fn failed_at_least(&self, n: u64) {
-        loop {
-            let rejected = self.rejected.notified();
-            tokio::pin!(rejected);
-            rejected.as_mut().enable();
-            if self.reloads_failed() >= n {
-                return;
-            }
-            rejected.await;
-        }
+        crate::clock::when_notified(&self.rejected, || self.reloads_failed() >= n).await;
     }
 
     /// A receiver woken after every swap, holding the new snapshot, so holders of derived state

@@ -56,10 +56,9 @@ impl TailStatus {
         *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 
-    /// Resolves once the next successful poll's page is applied. Create it before checking what
-    /// it should change, so that no wake-up is lost in between.
-    pub fn next_poll(&self) -> tokio::sync::futures::Notified<'_> {
-        self.polled.notified()
+    /// Woken once each successful poll's page is applied (see [`crate::clock::when_notified`]).
+    pub fn polled(&self) -> &tokio::sync::Notify {
+        &self.polled
     }
 }
 
