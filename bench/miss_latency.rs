@@ -11,7 +11,7 @@ use tenant_edge::context::{CacheConfig, LookupConfig, Resolved, TcsClient, TcsEn
 use tenant_edge::feed::{Change, ChangeBody, TenantDoc};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::tcs::faults::Faults;
-use tenant_edge::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
+use tenant_edge::tcs::{ConsumerConfig, Tcs, TcsConfig};
 use tenant_edge::tenant::{Host, Realm, Region, TenantId};
 use tokio_util::sync::CancellationToken;
 
@@ -55,13 +55,7 @@ fn tcs(region: &str, tenants: usize) -> Result<Tcs, Box<dyn std::error::Error>> 
 async fn serve(tcs: &Tcs, stop: &CancellationToken) -> Result<String, std::io::Error> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = api::router(tcs.clone(), stop.clone());
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    tokio::spawn(tcs.clone().serve_api(listener, stop.clone()));
     Ok(url)
 }
 

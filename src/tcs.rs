@@ -121,7 +121,7 @@ struct Inner {
 }
 
 impl Tcs {
-    /// An instance with empty views; nothing runs until [`Tcs::serve`] (or the caller drives
+    /// An instance with empty views; nothing runs until it is served (or the caller drives
     /// the views itself, as tests do).
     pub fn new(config: TcsConfig) -> Result<Self, TcsError> {
         Self::with_capacities(
@@ -234,9 +234,23 @@ impl Tcs {
         }
     }
 
+    /// Serves the API alone on `listener` until `shutdown` is cancelled: no tailer, no snapshot
+    /// file, for a view filled by hand (`ingress().apply`), as unit tests and benches do.
+    pub async fn serve_api(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let app = api::router(self, shutdown.clone());
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    }
+
     /// Loads the snapshot file, then serves on `listener` with the tailer and the snapshot
-    /// writer running, until `shutdown` is cancelled; writes the snapshot on the way out.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), TcsError> {
+    /// writer running, until `shutdown` is cancelled; writes the snapshot on the way out. The
+    /// role's way in is [`bind`], then [`Bound::serve`].
+    pub(crate) async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), TcsError> {
         let cfg = &self.0.config;
         let ingress = self.ingress();
         let on_disk = match snapshot::load(&cfg.snapshot) {
@@ -332,13 +346,14 @@ impl Bound {
         &self.tcs
     }
 
-    /// Serves until `shutdown` is cancelled (see [`Tcs::serve`]).
+    /// Serves until `shutdown` is cancelled: the snapshot file loaded, the tailer and the
+    /// snapshot writer running, the snapshot written on the way out.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), TcsError> {
         self.tcs.serve(self.listener, shutdown).await
     }
 }
 
-/// Binds `cfg.listen` and serves until `shutdown` is cancelled (see [`Tcs::serve`]).
+/// Binds `cfg.listen` and serves until `shutdown` is cancelled (see [`Bound::serve`]).
 pub async fn run(cfg: TcsConfig, shutdown: CancellationToken) -> Result<(), TcsError> {
     bind(cfg).await?.serve(shutdown).await
 }

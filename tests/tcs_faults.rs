@@ -248,11 +248,10 @@ async fn pause_ingest_stops_application_until_lifted() {
     cfg.catalogue = catalogue.url.clone();
     cfg.snapshot = dir.path().join("tcs.json");
     cfg.max_lag = 0;
-    let tcs = Tcs::new(cfg).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let bound = tenant_edge::tcs::bind(cfg).await.unwrap();
+    let (tcs, addr) = (bound.tcs().clone(), bound.addr());
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(tcs.clone().serve(listener, shutdown.clone()));
+    let running = tokio::spawn(bound.serve(shutdown.clone()));
     let srv = Client::new(addr);
     catalogue.wait_for_poll_after(2).await;
     assert_eq!(srv.lookup("acme").await, StatusCode::OK);
@@ -291,7 +290,7 @@ fn tenant(id: &str) -> TenantDoc {
     }
 }
 
-/// A client of a TCS served by `Tcs::serve`.
+/// A client of a TCS served by `tcs::bind` and `Bound::serve`.
 struct Client {
     base: String,
     http: reqwest::Client,

@@ -279,14 +279,15 @@ impl Follower<'_> {
         Next::Continue
     }
 
+    /// Counts the event, then moves the seq: whoever waits on the seq sees the count too.
     fn advance(&self, seq: u64, kind: &'static str) {
-        self.status.set_applied(seq);
         self.metrics
             .stream_seq
             .set(i64::try_from(seq).unwrap_or(i64::MAX));
         if kind != "heartbeat" {
             self.metrics.stream_events.with_label_values(&[kind]).inc();
         }
+        self.status.set_applied(seq);
     }
 
     async fn resync(&self, at: Option<u64>) -> Result<(), TcsError> {
@@ -294,16 +295,17 @@ impl Follower<'_> {
         // fetching every tenant of the region (a million records, seconds of CPU) to keep none.
         if let Some(seq) = at.filter(|_| self.cache.holds_nothing()) {
             tracing::info!(region = %self.region.name, seq, "nothing cached; resuming the change stream at TCS's seq");
-            self.status.raise_applied(seq);
+            // Counted before the seq moves: whoever waits on the seq sees the count too.
             self.metrics.stream_events.with_label_values(&["resync"]).inc();
+            self.status.raise_applied(seq);
             return Ok(());
         }
         tracing::info!(region = %self.region.name, "resyncing tenant contexts from the bulk snapshot");
         let snapshot = self.client.snapshot(self.region).await?;
         let seq = snapshot.seq;
         self.cache.resync(snapshot, &self.region.name, false).await;
-        self.status.set_applied(seq);
         self.metrics.stream_events.with_label_values(&["resync"]).inc();
+        self.status.set_applied(seq);
         Ok(())
     }
 }

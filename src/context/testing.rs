@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::TcsEndpoint;
 use crate::feed::{Change, ChangeBody, TenantDoc};
-use crate::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
+use crate::tcs::{ConsumerConfig, Tcs, TcsConfig};
 use crate::tenant::{Host, Realm, Region, TenantId};
 
 /// The edge's token at the test TCS.
@@ -46,12 +46,7 @@ pub(crate) fn tcs() -> Tcs {
 
 /// Serves `tcs`'s API on `listener` until `stop` is cancelled.
 pub(crate) fn serve(tcs: &Tcs, listener: tokio::net::TcpListener, stop: CancellationToken) {
-    let app = api::router(tcs.clone(), stop.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
+    tokio::spawn(tcs.clone().serve_api(listener, stop));
 }
 
 /// Serves `tcs` on a fresh loopback port until `stop`; returns its base URL.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use tenant_edge::feed::{Change, ChangeBody, Lines, TenantDoc, ViewEvent, MAX_STREAM_LINE};
-use tenant_edge::tcs::{api, ConsumerConfig, Tcs, TcsConfig};
+use tenant_edge::tcs::{ConsumerConfig, Tcs, TcsConfig};
 use tenant_edge::tenant::{Host, Realm, Region, TenantId};
 use tokio_util::sync::CancellationToken;
 
@@ -74,14 +74,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let app = api::router(tcs, shutdown.clone());
-        let stop = shutdown.clone().cancelled_owned();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-                .unwrap();
-        });
+        let served = tcs.serve_api(listener, shutdown.clone());
+        let task = tokio::spawn(async move { served.await.unwrap() });
         Self {
             addr,
             client: reqwest::Client::new(),
