@@ -22,7 +22,7 @@ pub enum ClientError {
     /// The catalogue answered with an error status; `ApiError::status` is the HTTP status.
     #[error("{} {}", .0.status, .0.reason)]
     Api(ApiError),
-    /// No answer: refused, reset, timed out.
+    /// No answer: refused, reset, timed out (or the client to ask with could not be built).
     #[error("cannot reach the catalogue at {url}: {source}")]
     Unreachable {
         /// The URL called.

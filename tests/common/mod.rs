@@ -384,8 +384,8 @@ impl Stack {
         format!("http://127.0.0.1:{}{path}", self.edge_admin)
     }
 
-    /// An admin answer of the edge as JSON, whatever its status (`Null` if it is not JSON).
-    /// Creates or replaces a tenant through the catalogue API: status and the stored document.
+    /// Creates or replaces a tenant through the catalogue API: status and the stored document
+    /// (raw, for the tests that assert refusals).
     pub async fn put_tenant(&self, doc: &serde_json::Value) -> (u16, serde_json::Value) {
         let id = doc["id"].as_str().unwrap();
         let r = self
@@ -401,6 +401,7 @@ impl Stack {
         )
     }
 
+    /// An admin answer of the edge as JSON, whatever its status (`Null` if it is not JSON).
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         let r = self.http.get(self.admin(path)).send().await.unwrap();
         r.json().await.unwrap_or(serde_json::Value::Null)
