@@ -164,7 +164,7 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
         write_toml(&args.data.join(format!("tcs-{region}.toml")), &cfg)?;
         let bound = crate::tcs::bind(cfg)
             .await
-            .map_err(|e| DevError::Part(format!("tcs {region}: {e}")))?;
+            .map_err(part(format!("tcs {region}")))?;
         let url = format!("http://{}", bound.addr());
         let tcs = bound.tcs().clone();
         spawn_part(parts, shutdown, bound.serve(shutdown.clone()));
@@ -199,7 +199,7 @@ async fn start(args: &DevArgs, shutdown: &CancellationToken, parts: &mut Parts) 
 const READY_WITHIN: Duration = Duration::from_secs(15);
 
 /// Names the part a start error came from.
-fn part<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> DevError {
+fn part<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl Fn(E) -> DevError {
     move |e| DevError::Part(format!("{what}: {e}"))
 }
 

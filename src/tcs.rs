@@ -214,7 +214,7 @@ impl Tcs {
     }
 
     /// Resolves once [`Self::readiness`] holds: what an in-process starter waits on instead of
-    /// polling `/readyz` (the tailer wakes it after every poll).
+    /// polling `/readyz` (the tailer wakes it once each poll's page is applied).
     pub async fn ready(&self) {
         crate::clock::when_notified(self.0.status.polled(), || self.readiness().is_ok()).await;
     }

@@ -5,7 +5,8 @@
 //! the first valid answer wins and the other request is dropped (its stream is reset). A `404`
 //! counts only from a region the trust checks ([`super::trust`]) have not flagged, so an
 //! emptied table cannot make the edge believe tenants are gone. Lookups to one region that
-//! pile up share requests ([`super::batch`]).
+//! pile up share requests ([`super::batch`]). With a single region there is nobody to race or
+//! agree with: a miss asks it directly.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -423,9 +424,8 @@ impl TcsClient {
         let hedge = tokio::time::sleep(delay);
         tokio::pin!(hedge);
         // With no delay the hedge goes out now: even `sleep(0)` waits for the timer's next
-        // millisecond tick. With one region there is nobody to hedge to, and the timer is
-        // never registered.
-        let mut hedge_armed = !delay.is_zero() && order.len() > 1;
+        // millisecond tick. (A single region never gets here: see `lookup_alone`.)
+        let mut hedge_armed = !delay.is_zero();
         if delay.is_zero() && launch(&mut pending) {
             self.hedges.fetch_add(1, Ordering::Relaxed);
         }

@@ -112,8 +112,7 @@ pub type Targeted<'b, 's> = (&'b str, &'s ProductRoute, Option<String>);
 pub enum Decision<T> {
     /// A cache hit, placed: the shard's pool, and what the caller kept of the entry.
     Placed(Arc<ShardPool>, T),
-    /// Not cached: the caller resolves the host (I/O), then [`place`]s what it found, or
-    /// answers what [`found`] says.
+    /// Not cached: the caller goes on with [`decide_missed`] (the one step with I/O).
     Missed,
 }
 
@@ -416,7 +415,7 @@ pub(super) async fn relocate(
 
 /// The entry a resolve found, or what both paths answer instead: 404 for a host no tenant has,
 /// 503 with `Retry-After` when no TCS could say.
-pub(super) fn found(host: &str, resolved: Result<Resolved, Unavailable>) -> Result<Arc<Entry>, Reject> {
+fn found(host: &str, resolved: Result<Resolved, Unavailable>) -> Result<Arc<Entry>, Reject> {
     match resolved {
         Ok(Resolved::Found(entry)) => Ok(entry),
         Ok(Resolved::Unknown) => Err(reject(404, "unknown host")),
