@@ -344,12 +344,37 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
 pub struct Started {
     /// The admin API's address (`/healthz`, `/readyz`, `/metrics`, `/admin/...`).
     pub admin: SocketAddr,
+    ready: Ready,
     shutdown: CancellationToken,
     proxy: std::thread::JoinHandle<()>,
     writer: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// What an edge logs once it is ready (`/readyz`): it knows a tenant, or a change stream is live.
+pub const READY_LINE: &str = "ready: tenants cached or a change stream live";
+
+/// Resolves when the edge is ready, as `/readyz` judges it.
+#[derive(Clone)]
+struct Ready(Arc<Shared>);
+
+impl Ready {
+    async fn wait(&self) {
+        // Before it is ready, only a fill (a request) or a stream message can cache a tenant:
+        // the stream's liveness is what is waited for. (A cache file or a prewarm filled the
+        // cache before the edge started.)
+        if self.0.cache.is_empty() {
+            self.0.stream.live().await;
+        }
+    }
+}
+
 impl Started {
+    /// Resolves once the edge is ready (what `/readyz` answers 200 to): a tenant is cached or
+    /// a change stream is live.
+    pub async fn ready(&self) {
+        self.ready.wait().await;
+    }
+
     /// Waits for `shutdown`, then for the proxy's drain and the cache file's last write.
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
@@ -434,7 +459,7 @@ pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Start
             cfg.listen_http
         )));
     }
-    tokio::spawn(admin::serve(admin, shared, shutdown.clone()));
+    tokio::spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
     tracing::info!(
         target: crate::stack::LISTENING,
         http = %cfg.listen_http,
@@ -443,8 +468,18 @@ pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Start
         region = %cfg.region,
         "edge listening"
     );
+    let ready = Ready(shared);
+    let logged = ready.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = logged.wait() => tracing::info!(target: crate::stack::LISTENING, "edge {READY_LINE}"),
+        }
+    });
     Ok(Started {
         admin: admin_addr,
+        ready,
         shutdown,
         proxy,
         writer,

@@ -21,6 +21,7 @@ mod schema;
 mod store;
 
 pub use path::{normalize_path, PathError};
+pub use schema::{HealthCheckToml, ProductToml, RoutesFile, ShardToml};
 pub use store::RouteStore;
 
 /// Why a route snapshot could not be loaded.

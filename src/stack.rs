@@ -1,270 +1,939 @@
-//! Running a role as a child process, for tests, benches and tools: one harness instead of one
-//! per test file.
+//! One way to start the stack (demo shards, catalogue, TCS regions, edges) for `tenant-edge
+//! dev`, the integration tests and the benches: a typed builder, each role in this process or
+//! as its own child process.
 //!
-//! A role binds before it serves and then logs one line, on the [`LISTENING`] target, saying
-//! where: `<role> listening on <addr>` (catalogue, TCS, demo shard) or `edge listening` (the
-//! edge, whose proxy ports come from its config). [`Child::start`] returns once that line is
-//! logged, with the address it names, so a caller neither polls nor picks a port: port 0 works
-//! across the process boundary. A restart must bind the address the first start got (an
-//! argument `IP:0` is rewritten to it; a config file must name it): a port 0 picked from the
-//! ephemeral range may be taken meanwhile by an outgoing connection, so a caller that restarts
-//! roles gives them ports outside it.
+//! A caller states what it needs and reads back where each part listens:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tenant_edge::stack::StackError> {
+//! use tenant_edge::routes::RoutesFile;
+//! use tenant_edge::stack::Stack;
+//! let routes = RoutesFile::load("routes/dev.toml".as_ref())?;
+//! let stack = Stack::builder("data/try", routes).edges(2).start().await?;
+//! println!("edge on {}, catalogue on {}", stack.edges[0].http, stack.catalogue.url());
+//! # Ok(()) }
+//! ```
+//!
+//! Every role binds before it serves, and a part is started only once the parts it needs are
+//! ready: a catalogue that listens, a TCS whose view caught up with it, an edge that listens and
+//! hears a change stream. Starting returns when all are; nothing polls. Seeding (realms, the
+//! route file's shards, the demo tenants) goes through the one catalogue client. Every config is
+//! a struct, written into the stack's directory as TOML, so what ran can be run role by role.
+//!
+//! Ports: [`Ports::Contract`] is the design's fixed dev ports and the route file's backend
+//! addresses (the route file is used in place, so editing it reloads the edges); [`Ports::Free`]
+//! lets the kernel pick (port 0) where a role reports what it bound, and picks free ports below
+//! the ephemeral range where it cannot (the edge's proxy listeners, which pingora binds) or
+//! where a child is restarted on the same address.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+mod child;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-/// How long a role may take to bind (a loaded machine starts a dozen at once).
-const START_WITHIN: Duration = Duration::from_secs(60);
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-/// The log target of the lines that say a role listens (and that a TCS is ready): always
-/// let through to a child's stderr, whatever the caller's log filter.
-pub const LISTENING: &str = "tenant_edge::listening";
+pub use child::{Child, ChildError, LISTENING, TCS_READY};
 
-/// What a TCS logs once its view trails the catalogue by at most `max_lag` (its `/readyz`).
-pub const TCS_READY: &str = crate::tcs::READY_LINE;
+use crate::catalogue::CatalogueConfig;
+use crate::context::TcsEndpoint;
+use crate::demo::DemoShardConfig;
+use crate::edge::EdgeConfig;
+use crate::feed::{CatalogueClient, ClientError, RealmDoc, ShardDoc, TenantDoc};
+use crate::routes::{RouteError, RouteSnapshot, RoutesFile};
+use crate::tcs::{ConsumerConfig, TcsConfig};
+use crate::tenant::{Placement, PlacementState, Product, Realm, Region, ShardId, TenantId};
 
-/// How long a role may take to exit after SIGTERM.
-const STOP_WITHIN: Duration = Duration::from_secs(10);
+/// The token a stack's edges present to its TCS nodes, unless [`StackBuilder::edge_token`]
+/// says otherwise.
+pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
 
-/// Why a child role did not start.
+/// How long a TCS may take to catch up with the catalogue, and an edge to hear its stream.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Fixed loopback ports of the dev stack (the contract in the design), used with
+/// [`Ports::Contract`].
+pub mod ports {
+    /// Edge, plain HTTP.
+    pub const EDGE_HTTP: u16 = 8080;
+    /// Edge, HTTPS (h2 + http/1.1).
+    pub const EDGE_HTTPS: u16 = 8443;
+    /// Edge admin.
+    pub const EDGE_ADMIN: u16 = 9900;
+    /// Catalogue API.
+    pub const CATALOGUE: u16 = 7000;
+    /// TCS us-east-1.
+    pub const TCS_US_EAST_1: u16 = 7101;
+    /// TCS eu-west-1.
+    pub const TCS_EU_WEST_1: u16 = 7102;
+}
+
+/// Where the roles run.
+#[derive(Debug, Clone)]
+pub enum Run {
+    /// As tasks of this process (the dev stack, benches).
+    InProcess,
+    /// Each as its own process of this binary (tests that kill, restart or measure a role).
+    Children(PathBuf),
+}
+
+/// Where the roles listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// The contract's fixed ports ([`ports`]) and the route file's backend addresses: one
+    /// edge, the `us-east-1` and `eu-west-1` regions.
+    Contract,
+    /// Whatever is free.
+    Free,
+}
+
+/// Why a stack did not start, or a part of it stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ChildError {
-    /// The process could not be spawned.
-    #[error("cannot start {name}: {source}")]
-    Spawn {
-        /// The role's name.
-        name: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// It exited, or said nothing, before saying it listens (or a restart bound elsewhere);
-    /// run with `TEST_LOG=info` to see its log.
-    #[error("{name} never said it listens where expected (exited, bound elsewhere, or silent for {START_WITHIN:?}); TEST_LOG=info shows its log")]
-    NotListening {
-        /// The role's name.
-        name: String,
-    },
+pub enum StackError {
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// The route file is invalid.
+    #[error(transparent)]
+    Routes(#[from] RouteError),
+    /// Seeding the catalogue failed.
+    #[error("seeding the catalogue: {0}")]
+    Seed(#[from] ClientError),
+    /// A child process did not start.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    /// A part did not come up, or failed.
+    #[error("{0}")]
+    Part(String),
+    /// The builder was asked for something it cannot start.
+    #[error("{0}")]
+    Spec(String),
 }
 
-/// A role running as a child process of `bin`, killed when dropped.
-#[derive(Debug)]
-pub struct Child {
-    name: String,
-    bin: PathBuf,
-    args: Vec<String>,
-    /// A second line to wait for after the listening one (a TCS's "ready").
-    until: Option<String>,
-    process: Option<std::process::Child>,
-    addr: Option<SocketAddr>,
+fn io_err(what: &Path, e: impl std::fmt::Display) -> StackError {
+    StackError::Io(format!("{}: {e}", what.display()))
 }
 
-/// What the reader thread saw.
-enum Said {
-    Listening(Option<SocketAddr>),
-    Marker,
+/// Names the part an error came from.
+fn part<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl Fn(E) -> StackError {
+    move |e| StackError::Part(format!("{what}: {e}"))
 }
 
-impl Child {
-    /// Starts `bin` with `args` (a role's command line) and returns once it says it listens.
-    /// Its log goes to this process's stderr when `TEST_LOG` is set (as the `RUST_LOG` filter).
-    pub fn start(bin: &Path, name: &str, args: &[&str]) -> Result<Child, ChildError> {
-        Self::start_until(bin, name, args, None)
+/// Changes a config before it is written and started.
+type Edit<T> = Box<dyn Fn(usize, &mut T) + Send + Sync>;
+
+/// What to start; see [`Stack::builder`].
+pub struct StackBuilder {
+    dir: PathBuf,
+    routes: RoutesFile,
+    routes_in_place: Option<PathBuf>,
+    run: Run,
+    ports: Ports,
+    shards: bool,
+    regions: Vec<Region>,
+    edges: usize,
+    certs: Option<PathBuf>,
+    edge_token: String,
+    consumers: Vec<ConsumerConfig>,
+    seed: bool,
+    edit_tcs: Option<Edit<TcsConfig>>,
+    edit_edge: Option<Edit<EdgeConfig>>,
+}
+
+impl StackBuilder {
+    /// Runs the roles in this process (the default) or as children of `bin`.
+    pub fn run(mut self, run: Run) -> Self {
+        self.run = run;
+        self
     }
 
-    /// [`Child::start`], then also waits for a line containing `until` (for a TCS, the line
-    /// saying its view caught up: [`TCS_READY`]).
-    pub fn start_until(
-        bin: &Path,
-        name: &str,
-        args: &[&str],
-        until: Option<&str>,
-    ) -> Result<Child, ChildError> {
-        let mut child = Child {
-            name: name.to_owned(),
-            bin: bin.to_owned(),
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            until: until.map(str::to_owned),
-            process: None,
-            addr: None,
-        };
-        child.spawn(true)?;
-        Ok(child)
+    /// Where the roles listen (default [`Ports::Free`]).
+    pub fn ports(mut self, ports: Ports) -> Self {
+        self.ports = ports;
+        self
     }
 
-    fn spawn(&mut self, until: bool) -> Result<(), ChildError> {
-        let shown = std::env::var("TEST_LOG").ok();
-        // The line that says the role listens has a target of its own: always let it through.
-        let filter = format!("{},{LISTENING}=info", shown.as_deref().unwrap_or("warn"));
-        let mut process = Command::new(&self.bin)
-            .args(&self.args)
-            .env("RUST_LOG", filter)
-            .env("NO_COLOR", "1")
-            .stdout(if shown.is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            })
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ChildError::Spawn {
-                name: self.name.clone(),
-                source,
-            })?;
-        let (said, listening) = mpsc::channel();
-        let Some(stderr) = process.stderr.take() else {
-            return Err(self.not_listening(process));
+    /// Edges read `path`, the file the template came from, instead of a copy in the stack's
+    /// directory: editing it reloads them. Only with [`Ports::Contract`] (a copy is what
+    /// records the ports picked).
+    pub fn routes_in_place(mut self, path: impl Into<PathBuf>) -> Self {
+        self.routes_in_place = Some(path.into());
+        self
+    }
+
+    /// Whether to start a demo shard for every backend of the route file (default yes).
+    pub fn shards(mut self, on: bool) -> Self {
+        self.shards = on;
+        self
+    }
+
+    /// The TCS regions, one node each (default `us-east-1`, `eu-west-1`); the edges are in
+    /// the first, and ask every region.
+    pub fn regions(mut self, regions: &[&str]) -> Result<Self, StackError> {
+        self.regions = regions
+            .iter()
+            .map(|r| Region::new(r).map_err(|e| StackError::Spec(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// How many edges (default 1; 0 for none).
+    pub fn edges(mut self, n: usize) -> Self {
+        self.edges = n;
+        self
+    }
+
+    /// The directory holding `dev.crt` and `dev.key`: the edges get an HTTPS listener.
+    pub fn certs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.certs = Some(dir.into());
+        self
+    }
+
+    /// The token the edges present to TCS (default [`DEV_EDGE_TOKEN`]).
+    pub fn edge_token(mut self, token: &str) -> Self {
+        token.clone_into(&mut self.edge_token);
+        self
+    }
+
+    /// One more TCS consumer besides the edges'.
+    pub fn consumer(mut self, consumer: ConsumerConfig) -> Self {
+        self.consumers.push(consumer);
+        self
+    }
+
+    /// Whether to seed realms, shards and the demo tenants (default yes).
+    pub fn seed(mut self, on: bool) -> Self {
+        self.seed = on;
+        self
+    }
+
+    /// Changes each TCS config (with the region's index) before it starts.
+    pub fn tcs(mut self, edit: impl Fn(usize, &mut TcsConfig) + Send + Sync + 'static) -> Self {
+        self.edit_tcs = Some(Box::new(edit));
+        self
+    }
+
+    /// Changes each edge config (with the edge's index) before it starts.
+    pub fn edge(mut self, edit: impl Fn(usize, &mut EdgeConfig) + Send + Sync + 'static) -> Self {
+        self.edit_edge = Some(Box::new(edit));
+        self
+    }
+
+    /// Starts every part, each once what it needs is ready; returns when all are. A part that
+    /// fails to start stops the ones already running.
+    pub async fn start(self) -> Result<Stack, StackError> {
+        self.check()?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        let routes = self
+            .routes_in_place
+            .clone()
+            .unwrap_or_else(|| self.dir.join("routes.toml"));
+        let mut stack = Stack {
+            dir: self.dir.clone(),
+            routes,
+            routes_file: self.routes.clone(),
+            shards: Vec::new(),
+            catalogue: None,
+            tcs: Vec::new(),
+            edges: Vec::new(),
+            shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
         };
-        let name = self.name.clone();
-        let until = self.until.clone().filter(|_| until);
-        let mut marker_seen = until.is_none();
-        std::thread::spawn(move || {
-            // Read to the end, so the child never blocks on a full pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if shown.is_some() {
-                    eprintln!("[{name}] {line}");
-                }
-                if !line.contains(LISTENING) {
-                    continue;
-                }
-                if until.as_deref().is_some_and(|m| line.contains(m)) {
-                    let _ = said.send(Said::Marker);
-                } else if let Some(addr) = listening_on(&line) {
-                    let _ = said.send(Said::Listening(addr));
-                }
-            }
-        });
-        // At once when the process dies (the sender is dropped with the reader).
-        let deadline = Instant::now() + START_WITHIN;
-        let mut listening_seen = false;
-        while !(listening_seen && marker_seen) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match listening.recv_timeout(left) {
-                Ok(Said::Listening(addr)) => {
-                    listening_seen = true;
-                    match (self.addr, addr) {
-                        (None, addr) => self.addr = addr,
-                        // A restart that bound elsewhere would leave its clients at the old URL.
-                        (Some(old), Some(new)) if old != new => {
-                            return Err(self.not_listening(process));
-                        }
-                        _ => {}
-                    }
-                }
-                Ok(Said::Marker) => marker_seen = true,
-                Err(_) => return Err(self.not_listening(process)),
+        match self.start_parts(&mut stack).await {
+            Ok(()) => Ok(stack),
+            Err(e) => {
+                stack.stop().await;
+                Err(e)
             }
         }
-        self.process = Some(process);
+    }
+
+    fn check(&self) -> Result<(), StackError> {
+        if self.regions.is_empty() && self.edges > 0 {
+            return Err(StackError::Spec("edges need at least one TCS region".into()));
+        }
+        if self.ports == Ports::Contract {
+            if self.edges > 1 {
+                return Err(StackError::Spec("the contract's ports fit one edge".into()));
+            }
+            if let Some(r) = self.regions.iter().find(|r| contract_tcs_port(r).is_none()) {
+                return Err(StackError::Spec(format!("the contract has no TCS port for {r}")));
+            }
+        } else if self.routes_in_place.is_some() {
+            return Err(StackError::Spec(
+                "a route file used in place keeps its own ports: use Ports::Contract".into(),
+            ));
+        }
         Ok(())
     }
 
-    fn not_listening(&self, mut process: std::process::Child) -> ChildError {
-        let _ = process.kill();
-        let _ = process.wait();
-        ChildError::NotListening {
-            name: self.name.clone(),
+    async fn start_parts(&self, stack: &mut Stack) -> Result<(), StackError> {
+        // Validated before anything starts: a bad template is a clear error, not a stack
+        // whose edges refuse their routes. (A catalogue alone needs no routes.)
+        let routed = self.shards || self.seed || self.edges > 0;
+        if routed {
+            let snapshot = RouteSnapshot::from_toml_str(&self.routes.to_toml())?;
+            if self.shards {
+                self.start_shards(stack, &snapshot).await?;
+            }
+        }
+        if routed && self.routes_in_place.is_none() {
+            stack
+                .routes_file
+                .write(&stack.routes)
+                .map_err(|e| io_err(&stack.routes, e))?;
+        }
+        let catalogue = self.start_catalogue(stack).await?;
+        let catalogue_url = catalogue.url();
+        stack.catalogue = Some(catalogue);
+        if self.seed {
+            let snapshot = RouteSnapshot::from_toml_str(&stack.routes_file.to_toml())?;
+            seed(&CatalogueClient::new(&catalogue_url)?, &snapshot).await?;
+        }
+        let mut endpoints = Vec::new();
+        for (i, region) in self.regions.iter().enumerate() {
+            let tcs = self.start_tcs(stack, i, region, &catalogue_url).await?;
+            endpoints.push(TcsEndpoint {
+                region: region.to_string(),
+                url: tcs.url(),
+                token: self.edge_token.clone(),
+            });
+            stack.tcs.push(tcs);
+        }
+        for i in 0..self.edges {
+            let edge = self.start_edge(stack, i, &endpoints).await?;
+            stack.edges.push(edge);
+        }
+        Ok(())
+    }
+
+    /// The address a role binds itself: the contract's, or port 0 (a child that may be
+    /// restarted gets a free port instead, to bind again).
+    fn bind_addr(&self, contract: u16) -> SocketAddr {
+        match (self.ports, &self.run) {
+            (Ports::Contract, _) => loopback(contract),
+            (Ports::Free, Run::InProcess) => loopback(0),
+            (Ports::Free, Run::Children(_)) => loopback(free_port()),
         }
     }
 
-    /// The role's name.
+    async fn start_shards(&self, stack: &mut Stack, snapshot: &RouteSnapshot) -> Result<(), StackError> {
+        let data = self.dir.join("shards");
+        let mut ids: Vec<&ShardId> = snapshot.shards.keys().collect();
+        ids.sort();
+        for id in ids {
+            let shard = &snapshot.shards[id];
+            let mut bound = Vec::new();
+            for (i, &listen) in shard.backends.iter().enumerate() {
+                let listen = match self.ports {
+                    Ports::Contract => listen,
+                    Ports::Free => self.bind_addr(0),
+                };
+                let cfg = DemoShardConfig {
+                    shard: shard.id.to_string(),
+                    backend: format!("b{}", i + 1),
+                    listen,
+                    product: shard.product.clone(),
+                    regions: shard.data_regions.clone(),
+                    data_dir: data.clone(),
+                };
+                let name = format!("{}/{}", cfg.shard, cfg.backend);
+                let part = match &self.run {
+                    Run::InProcess => {
+                        let b = crate::demo::bind(cfg).await.map_err(part(&name))?;
+                        let addr = b.addr();
+                        stack.task(name, addr, |stop| b.serve(stop))
+                    }
+                    Run::Children(bin) => {
+                        let regions: Vec<String> = cfg.regions.iter().map(ToString::to_string).collect();
+                        let args = [
+                            "demo-shard",
+                            "--shard",
+                            &cfg.shard,
+                            "--backend",
+                            &cfg.backend,
+                            "--listen",
+                            &cfg.listen.to_string(),
+                            "--product",
+                            cfg.product.as_str(),
+                            "--regions",
+                            &regions.join(","),
+                            "--data",
+                            &path_arg(&cfg.data_dir)?,
+                        ];
+                        Part::child(Child::start(bin, &name, &args)?)?
+                    }
+                };
+                bound.push(part.addr.to_string());
+                stack.shards.push(part);
+            }
+            if let Some(toml) = stack.routes_file.shard_mut(id.as_str()) {
+                toml.backends = bound;
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_catalogue(&self, stack: &mut Stack) -> Result<Part, StackError> {
+        let cfg = CatalogueConfig {
+            listen: self.bind_addr(ports::CATALOGUE),
+            data_dir: self.dir.join("catalogue"),
+        };
+        match &self.run {
+            Run::InProcess => {
+                let b = crate::catalogue::bind(cfg).await.map_err(part("catalogue"))?;
+                let addr = b.addr();
+                Ok(stack.task("catalogue".into(), addr, |stop| b.serve(stop)))
+            }
+            Run::Children(bin) => {
+                let args = [
+                    "catalogue",
+                    "--listen",
+                    &cfg.listen.to_string(),
+                    "--data",
+                    &path_arg(&cfg.data_dir)?,
+                ];
+                Part::child(Child::start(bin, "catalogue", &args)?)
+            }
+        }
+    }
+
+    async fn start_tcs(
+        &self,
+        stack: &mut Stack,
+        index: usize,
+        region: &Region,
+        catalogue: &str,
+    ) -> Result<Part, StackError> {
+        let listen = self.bind_addr(contract_tcs_port(region).unwrap_or(0));
+        let snapshot = self.dir.join(format!("tcs-{region}.json"));
+        let mut consumers = vec![ConsumerConfig::new("edge", &self.edge_token, &["ingress"])];
+        consumers.extend(self.consumers.iter().cloned());
+        let mut cfg = TcsConfig::new(region.clone(), listen, catalogue, snapshot, consumers);
+        if let Some(edit) = &self.edit_tcs {
+            edit(index, &mut cfg);
+        }
+        let file = self.dir.join(format!("tcs-{region}.toml"));
+        write_toml(&file, &cfg)?;
+        let name = format!("tcs-{region}");
+        match &self.run {
+            Run::InProcess => {
+                let b = crate::tcs::bind(cfg).await.map_err(part(&name))?;
+                let (addr, tcs) = (b.addr(), b.tcs().clone());
+                let part = stack.task(name.clone(), addr, |stop| b.serve(stop));
+                stack.ready(&name, tcs.ready()).await?;
+                Ok(part)
+            }
+            Run::Children(bin) => {
+                let args = ["tcs", "--config", &path_arg(&file)?];
+                Part::child(Child::start_until(bin, &name, &args, Some(TCS_READY))?)
+            }
+        }
+    }
+
+    async fn start_edge(
+        &self,
+        stack: &mut Stack,
+        index: usize,
+        tcs: &[TcsEndpoint],
+    ) -> Result<EdgePart, StackError> {
+        // pingora binds the proxy listeners itself: their ports are picked here.
+        let proxy = |contract| match self.ports {
+            Ports::Contract => loopback(contract),
+            Ports::Free => loopback(free_port()),
+        };
+        let region = self
+            .regions
+            .first()
+            .cloned()
+            .ok_or_else(|| StackError::Spec("no region".into()))?;
+        let mut cfg = EdgeConfig::new(
+            region,
+            proxy(ports::EDGE_HTTP),
+            self.bind_addr(ports::EDGE_ADMIN),
+            stack.routes.clone(),
+            tcs.to_vec(),
+        );
+        if let Some(certs) = &self.certs {
+            cfg.listen_https = Some(proxy(ports::EDGE_HTTPS));
+            cfg.cert = Some(certs.join("dev.crt"));
+            cfg.key = Some(certs.join("dev.key"));
+        }
+        cfg.threads = 1;
+        cfg.lookup.canaries = vec!["acme.example.test".into()];
+        if let Some(edit) = &self.edit_edge {
+            edit(index, &mut cfg);
+        }
+        let name = if index == 0 {
+            "edge".to_owned()
+        } else {
+            format!("edge{index}")
+        };
+        let file = self.dir.join(format!("{name}.toml"));
+        write_toml(&file, &cfg)?;
+        let (http, https) = (cfg.listen_http, cfg.listen_https);
+        let part = match &self.run {
+            Run::InProcess => {
+                let stop = stack.shutdown.child_token();
+                let started = crate::edge::start(cfg, stop.clone()).await.map_err(part(&name))?;
+                let admin = started.admin;
+                stack.ready(&name, started.ready()).await?;
+                stack.tasks.spawn(async move {
+                    started.wait().await;
+                    Ok(())
+                });
+                Part {
+                    name,
+                    addr: admin,
+                    runs: Runs::Task(stop),
+                }
+            }
+            Run::Children(bin) => {
+                let args = ["proxy", "--config", &path_arg(&file)?];
+                let child = Child::start_until(bin, &name, &args, Some(crate::edge::READY_LINE))?;
+                Part {
+                    name,
+                    addr: cfg.admin,
+                    runs: Runs::Child(child),
+                }
+            }
+        };
+        Ok(EdgePart { part, http, https })
+    }
+}
+
+/// The TCS port of `region` in the contract.
+fn contract_tcs_port(region: &Region) -> Option<u16> {
+    match region.as_str() {
+        "us-east-1" => Some(ports::TCS_US_EAST_1),
+        "eu-west-1" => Some(ports::TCS_EU_WEST_1),
+        _ => None,
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn path_arg(path: &Path) -> Result<String, StackError> {
+    path.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| io_err(path, "not UTF-8"))
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StackError> {
+    let text = toml::to_string_pretty(value).map_err(|e| io_err(path, e))?;
+    std::fs::write(path, text).map_err(|e| io_err(path, e))
+}
+
+/// A started stack. Dropping it stops the in-process parts and kills the child processes.
+pub struct Stack {
+    /// Its directory: data, snapshots, and every config it wrote.
+    pub dir: PathBuf,
+    /// The route file the edges read.
+    pub routes: PathBuf,
+    /// What that file held at start, with the backends' bound addresses: a template for a
+    /// caller that rewrites it ([`Stack::write_routes`]).
+    pub routes_file: RoutesFile,
+    /// The demo shards' backends, by shard id, then backend (`jira-us-east-1/b1`).
+    pub shards: Vec<Part>,
+    catalogue: Option<Part>,
+    /// One TCS node per region, in the order asked.
+    pub tcs: Vec<Part>,
+    /// The edges.
+    pub edges: Vec<EdgePart>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<Result<(), String>>,
+}
+
+impl Stack {
+    /// A stack built from the route file `routes` (its products, shards and health checks), with
+    /// its files in `dir`.
+    pub fn builder(dir: impl Into<PathBuf>, routes: RoutesFile) -> StackBuilder {
+        let regions = ["us-east-1", "eu-west-1"]
+            .iter()
+            .filter_map(|r| Region::new(r).ok())
+            .collect();
+        StackBuilder {
+            dir: dir.into(),
+            routes,
+            routes_in_place: None,
+            run: Run::InProcess,
+            ports: Ports::Free,
+            shards: true,
+            regions,
+            edges: 1,
+            certs: None,
+            edge_token: DEV_EDGE_TOKEN.to_owned(),
+            consumers: Vec::new(),
+            seed: true,
+            edit_tcs: None,
+            edit_edge: None,
+        }
+    }
+
+    /// The catalogue.
+    pub fn catalogue(&self) -> &Part {
+        // Set before `start` returns a stack.
+        self.catalogue
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("a started stack has a catalogue"))
+    }
+
+    /// The catalogue, to stop or restart it.
+    pub fn catalogue_mut(&mut self) -> &mut Part {
+        self.catalogue
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("a started stack has a catalogue"))
+    }
+
+    /// The demo shard backend `shard`/`b<backend>`.
+    pub fn shard(&mut self, shard: &str, backend: usize) -> Option<&mut Part> {
+        let name = format!("{shard}/b{backend}");
+        self.shards.iter_mut().find(|p| p.name == name)
+    }
+
+    /// Writes the route file again, as at start but labelled `version` and with `backends`
+    /// (shard id, addresses) for the shards named there: the edges reload it.
+    pub fn write_routes(
+        &self,
+        version: &str,
+        backends: &[(String, Vec<SocketAddr>)],
+    ) -> Result<(), StackError> {
+        let mut file = self.routes_file.clone();
+        file.version = Some(version.to_owned());
+        for (id, addrs) in backends {
+            let shard = file
+                .shard_mut(id)
+                .ok_or_else(|| StackError::Spec(format!("no shard {id} in the route file")))?;
+            shard.backends = addrs.iter().map(ToString::to_string).collect();
+        }
+        file.write(&self.routes).map_err(|e| io_err(&self.routes, e))
+    }
+
+    /// Runs `serve` as an in-process part with its own stop token; one that fails stops the
+    /// whole stack.
+    fn task<F, E>(
+        &mut self,
+        name: String,
+        addr: SocketAddr,
+        serve: impl FnOnce(CancellationToken) -> F,
+    ) -> Part
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let stop = self.shutdown.child_token();
+        let fut = serve(stop.clone());
+        let shutdown = self.shutdown.clone();
+        let what = name.clone();
+        self.tasks.spawn(async move {
+            let done = fut.await.map_err(|e| format!("{what}: {e}"));
+            if done.is_err() {
+                shutdown.cancel();
+            }
+            done
+        });
+        Part {
+            name,
+            addr,
+            runs: Runs::Task(stop),
+        }
+    }
+
+    /// Waits for `ready`, giving up on the stack stopping (a part failed) or after a minute.
+    async fn ready(&self, name: &str, ready: impl Future<Output = ()>) -> Result<(), StackError> {
+        tokio::select! {
+            done = tokio::time::timeout(READY_WITHIN, ready) => {
+                done.map_err(|_| StackError::Part(format!("{name} did not become ready")))
+            }
+            () = self.shutdown.cancelled() => Err(StackError::Part(format!("{name}: the stack stopped while it started"))),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled or an in-process part fails; then stops every part.
+    /// The first failure, if any, is the error.
+    pub async fn run_until(mut self, shutdown: CancellationToken) -> Result<(), StackError> {
+        let mut failed = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.shutdown.cancelled() => break,
+                done = self.tasks.join_next() => match done {
+                    None => return Ok(()),
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(e))) => { failed = Some(e); break; }
+                    Some(Err(e)) => { failed = Some(format!("a part panicked: {e}")); break; }
+                },
+            }
+        }
+        while let Some(done) = self.drain_one().await {
+            if let (None, Err(e)) = (&failed, done) {
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), |e| Err(StackError::Part(e)))
+    }
+
+    async fn drain_one(&mut self) -> Option<Result<(), String>> {
+        self.shutdown.cancel();
+        match self.tasks.join_next().await? {
+            Ok(done) => Some(done),
+            Err(e) => Some(Err(format!("a part panicked: {e}"))),
+        }
+    }
+
+    /// Stops every part: in-process ones drain (the edges write their cache files), children
+    /// are sent SIGTERM.
+    pub async fn stop(&mut self) {
+        while self.drain_one().await.is_some() {}
+        for part in self
+            .edges
+            .iter_mut()
+            .map(|e| &mut e.part)
+            .chain(&mut self.tcs)
+            .chain(&mut self.catalogue)
+            .chain(&mut self.shards)
+        {
+            part.terminate();
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// How a part runs.
+#[derive(Debug)]
+enum Runs {
+    /// A task of this process, stopped by its token.
+    Task(CancellationToken),
+    /// A child process.
+    Child(Child),
+}
+
+/// One running role of a stack.
+#[derive(Debug)]
+pub struct Part {
+    name: String,
+    addr: SocketAddr,
+    runs: Runs,
+}
+
+impl Part {
+    fn child(child: Child) -> Result<Part, StackError> {
+        let addr = child
+            .addr()
+            .ok_or_else(|| StackError::Part(format!("{} named no address", child.name())))?;
+        Ok(Part {
+            name: child.name().to_owned(),
+            addr,
+            runs: Runs::Child(child),
+        })
+    }
+
+    /// Its name (`catalogue`, `tcs-us-east-1`, `jira-us-east-1/b1`, `edge`).
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The address its line named (the first start's, kept across restarts); `None` for the
-    /// edge, whose addresses come from its config.
-    pub fn addr(&self) -> Option<SocketAddr> {
+    /// Where it listens (an edge's: its admin API).
+    pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// `http://<addr>`, for a role that said its address.
+    /// `http://<addr>`.
     pub fn url(&self) -> String {
-        self.addr.map(|a| format!("http://{a}")).unwrap_or_default()
+        format!("http://{}", self.addr)
     }
 
-    /// The process id, while running.
+    /// The id of the process it runs in (this one's, for an in-process part).
     pub fn pid(&self) -> Option<u32> {
-        self.process.as_ref().map(std::process::Child::id)
+        match &self.runs {
+            Runs::Task(_) => Some(std::process::id()),
+            Runs::Child(c) => c.pid(),
+        }
     }
 
-    /// SIGKILL: a crash.
+    /// Stops it at once: SIGKILL for a child (a crash); an in-process part is cancelled.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            let _ = p.kill();
-            let _ = p.wait();
+        match &mut self.runs {
+            Runs::Task(stop) => stop.cancel(),
+            Runs::Child(c) => c.kill(),
         }
     }
 
-    /// SIGTERM, then waits for the exit; true when it exited cleanly within 10 s (otherwise it
-    /// is killed).
+    /// Stops it cleanly: SIGTERM for a child, true when it exited cleanly within 10 s; an
+    /// in-process part is cancelled (and drains as the stack's tasks are joined).
     pub fn terminate(&mut self) -> bool {
-        let Some(mut p) = self.process.take() else {
-            return true;
+        match &mut self.runs {
+            Runs::Task(stop) => {
+                stop.cancel();
+                true
+            }
+            Runs::Child(c) => c.terminate(),
+        }
+    }
+
+    /// Kills a child and starts it again on the same address; returns once it listens. An
+    /// in-process part cannot be restarted.
+    pub fn restart(&mut self) -> Result<(), StackError> {
+        match &mut self.runs {
+            Runs::Task(_) => Err(StackError::Spec(format!(
+                "{} runs in process: no restart",
+                self.name
+            ))),
+            Runs::Child(c) => Ok(c.restart()?),
+        }
+    }
+}
+
+/// An edge of a stack: its part (whose address is the admin API's) and its proxy listeners.
+#[derive(Debug)]
+pub struct EdgePart {
+    /// The running edge.
+    pub part: Part,
+    /// Plain HTTP listener.
+    pub http: SocketAddr,
+    /// HTTPS listener (h2 + http/1.1), when the stack has certificates.
+    pub https: Option<SocketAddr>,
+}
+
+impl EdgePart {
+    /// The admin API's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.part.addr
+    }
+}
+
+impl std::ops::Deref for EdgePart {
+    type Target = Part;
+    fn deref(&self) -> &Part {
+        &self.part
+    }
+}
+
+impl std::ops::DerefMut for EdgePart {
+    fn deref_mut(&mut self) -> &mut Part {
+        &mut self.part
+    }
+}
+
+/// A free loopback port below the ephemeral range, never handed out twice by this process:
+/// for a listener bound by someone else later (a child, pingora). A port the kernel picked
+/// with `bind(0)` and released is in the ephemeral range, where the kernel may hand it to an
+/// outgoing connection before the listener binds it.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = ephemeral_low().clamp(12_000, 65_536);
+    let span = low - 10_000;
+    // Test binaries run side by side; the pid spreads them.
+    let seed = std::process::id().wrapping_mul(97);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below {low}");
+        let port = u16::try_from(10_000 + (seed.wrapping_add(n) % span)).unwrap_or(10_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|l| l.parse().ok()))
+        .unwrap_or(32_768)
+}
+
+fn name<T>(r: Result<T, crate::tenant::NameError>) -> Result<T, StackError> {
+    r.map_err(|e| StackError::Spec(e.to_string()))
+}
+
+/// Seeds realms, the shards of the route file (each shard's mover hooks on its first backend)
+/// and the demo tenants; existing tenants are left as they are, so a restart keeps what the
+/// operator changed.
+pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot) -> Result<(), StackError> {
+    for (realm, regions) in [
+        ("us", ["us-east-1", "us-west-2"]),
+        ("eu", ["eu-west-1", "eu-central-1"]),
+    ] {
+        let regions = regions
+            .iter()
+            .map(|r| name(Region::new(r)))
+            .collect::<Result<_, _>>()?;
+        client
+            .put_realm(&RealmDoc {
+                name: name(Realm::new(realm))?,
+                regions,
+            })
+            .await?;
+    }
+    let mut shards: Vec<_> = routes.shards.values().collect();
+    shards.sort_by(|a, b| a.id.cmp(&b.id));
+    for shard in shards {
+        let doc = ShardDoc {
+            id: shard.id.clone(),
+            product: shard.product.clone(),
+            regions: shard.data_regions.clone(),
+            // Both backends share the shard's data, so the first one's hooks serve the shard.
+            mover: shard.backends.first().map(|a| format!("http://{a}")),
         };
-        let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
-        let deadline = Instant::now() + STOP_WITHIN;
-        while Instant::now() < deadline {
-            match p.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(_) => break,
+        client.put_shard(&doc).await?;
+    }
+    for doc in demo_tenants()? {
+        match client.get_tenant(&doc.id).await {
+            Ok(_) => {}
+            Err(e) if e.status() == Some(404) => {
+                client.put_tenant(&doc, None).await?;
             }
+            Err(e) => return Err(e.into()),
         }
-        let _ = p.kill();
-        let _ = p.wait();
-        false
     }
-
-    /// Kills it and starts the same command again, on the address the first start bound (a
-    /// `:0` in its arguments becomes that port); returns once it listens (the second line of
-    /// [`Child::start_until`] is not waited for: a TCS restarted without its catalogue serves
-    /// its snapshot but never catches up).
-    pub fn restart(&mut self) -> Result<(), ChildError> {
-        self.kill();
-        if let Some(addr) = self.addr {
-            let any = format!("{}:0", addr.ip());
-            for arg in &mut self.args {
-                if *arg == any {
-                    *arg = addr.to_string();
-                }
-            }
-        }
-        self.spawn(false)
-    }
+    Ok(())
 }
 
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `Some(addr)` when `line` is a role saying it listens (`None` inside for the edge, which
-/// names no single address), else `None`.
-fn listening_on(line: &str) -> Option<Option<SocketAddr>> {
-    if let Some((_, rest)) = line.split_once(" listening on ") {
-        return rest.split_whitespace().next()?.parse().ok().map(Some);
-    }
-    line.contains("edge listening").then_some(None)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_listening_line_names_the_address() {
-        let line = "2026-12-02T03:37:25Z  INFO tenant_edge::listening: catalogue listening on 127.0.0.1:7000";
-        assert_eq!(listening_on(line), Some(Some("127.0.0.1:7000".parse().unwrap())));
-        let tcs = "INFO tenant_edge::tcs: tcs us-east-1 listening on 127.0.0.1:40001";
-        assert_eq!(listening_on(tcs), Some(Some("127.0.0.1:40001".parse().unwrap())));
-        let edge = "INFO tenant_edge::edge: edge listening http=127.0.0.1:8080 admin=127.0.0.1:9900";
-        assert_eq!(listening_on(edge), Some(None));
-        assert_eq!(listening_on("INFO tenant_edge::tcs: view snapshot loaded"), None);
-        assert_eq!(listening_on("x listening on nowhere"), None);
-    }
+/// The demo tenants of the contract.
+pub fn demo_tenants() -> Result<Vec<TenantDoc>, StackError> {
+    let tenant = |id: &str, realm: &str, placements: &[(&str, &str)]| -> Result<TenantDoc, StackError> {
+        let placements = placements
+            .iter()
+            .map(|(p, s)| {
+                let placement = Placement {
+                    shard: name(ShardId::new(s))?,
+                    state: PlacementState::Active,
+                };
+                Ok((name(Product::new(p))?, placement))
+            })
+            .collect::<Result<_, StackError>>()?;
+        let host = crate::tenant::Host::parse(&format!("{id}.example.test"))
+            .map_err(|e| StackError::Spec(e.to_string()))?;
+        Ok(TenantDoc {
+            id: name(TenantId::new(id))?,
+            hosts: vec![host],
+            realm: name(Realm::new(realm))?,
+            placements,
+            version: 0,
+        })
+    };
+    Ok(vec![
+        tenant(
+            "acme",
+            "us",
+            &[("jira", "jira-us-east-1"), ("confluence", "confluence-us-east-1")],
+        )?,
+        tenant(
+            "globex",
+            "eu",
+            &[("jira", "jira-eu-west-1"), ("confluence", "confluence-eu-west-1")],
+        )?,
+        tenant("initech", "us", &[("jira", "jira-us-east-1")])?,
+    ])
 }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn tenants_follow_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Catalogue::start(dir.path());
+    let c = Catalogue::start(dir.path()).await;
     assert_eq!(c.get("/healthz").await.expect(200)["status"], "ok");
     seed_registry(&c).await;
 
@@ -96,7 +96,7 @@ async fn tenants_follow_the_contract() {
 #[tokio::test]
 async fn the_change_log_lists_every_write_and_long_polls() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Catalogue::start(dir.path());
+    let c = Catalogue::start(dir.path()).await;
     seed_registry(&c).await; // seqs 1..=5
     c.put("/v1/tenants/acme", &acme()).await.expect(201); // 6
     c.delete("/v1/tenants/acme", None).await.expect(204); // 7
@@ -167,7 +167,7 @@ async fn the_change_log_lists_every_write_and_long_polls() {
 async fn a_restart_keeps_everything_and_ctl_reads_it() {
     let dir = tempfile::tempdir().unwrap();
     let before = {
-        let c = Catalogue::start(dir.path());
+        let c = Catalogue::start(dir.path()).await;
         seed_registry(&c).await;
         c.put("/v1/tenants/acme", &acme()).await.expect(201);
         c.put("/v1/tenants/acme", &acme()).await.expect(200);
@@ -177,7 +177,7 @@ async fn a_restart_keeps_everything_and_ctl_reads_it() {
         )
         // Dropped here: killed without a chance to flush anything.
     };
-    let c = Catalogue::start(dir.path());
+    let c = Catalogue::start(dir.path()).await;
     assert_eq!(c.get("/v1/tenants/acme").await.expect(200), before.0);
     assert_eq!(c.get("/v1/changes").await.expect(200), before.1);
     assert_eq!(c.get("/healthz").await.expect(200)["head"], 7);
@@ -229,7 +229,7 @@ fn numbered(i: usize) -> Value {
 #[tokio::test]
 async fn bulk_import_is_all_or_nothing_and_logs_every_tenant() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Catalogue::start(dir.path());
+    let c = Catalogue::start(dir.path()).await;
     seed_registry(&c).await;
     let head = c.get("/healthz").await.expect(200)["head"].as_u64().unwrap();
 
@@ -293,13 +293,13 @@ fn unused_base() -> String {
 #[tokio::test]
 async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Catalogue::start(dir.path());
+    let mut c = Catalogue::start(dir.path()).await;
     let url = format!("{}/v1/changes?after=0&wait_ms=30000", c.base);
     let poll = tokio::spawn(c.http.get(url).send());
     while c.get("/healthz").await.expect(200)["waiting"] != 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = c.child.pid().unwrap().to_string();
+    let pid = c.stack.catalogue().pid().unwrap().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -318,7 +318,7 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
         answered.json::<Value>().await.unwrap(),
         json!({"changes": [], "head": 0})
     );
-    let stopped = tokio::task::spawn_blocking(move || c.child.terminate())
+    let stopped = tokio::task::spawn_blocking(move || c.stack.catalogue_mut().terminate())
         .await
         .unwrap();
     assert!(stopped, "a clean exit");

@@ -78,7 +78,7 @@ fn pair(kind: &str, what: &str) -> (String, String) {
 #[tokio::test]
 async fn creation_checks_follow_the_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Catalogue::start(dir.path());
+    let c = Catalogue::start(dir.path()).await;
     seeded(&c).await;
 
     // Checked before anything exists, so that no open migration answers first.
@@ -152,7 +152,7 @@ async fn creation_checks_follow_the_contract() {
 #[tokio::test]
 async fn phases_move_the_tenant_by_compare_and_set() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Catalogue::start(dir.path());
+    let c = Catalogue::start(dir.path()).await;
     seeded(&c).await;
     c.post("/v1/migrations", &move_acme_to("jira-us-west-2"))
         .await
@@ -199,7 +199,7 @@ async fn phases_move_the_tenant_by_compare_and_set() {
 #[tokio::test]
 async fn a_rollback_puts_the_tenant_back_and_ctl_shows_migrations() {
     let dir = tempfile::tempdir().unwrap();
-    let c = Catalogue::start(dir.path());
+    let c = Catalogue::start(dir.path()).await;
     seeded(&c).await;
     c.post("/v1/migrations", &move_acme_to("jira-us-west-2"))
         .await

@@ -179,7 +179,7 @@ async fn catalogue_update_reaches_the_edge_without_restart() {
 async fn route_file_hot_reload_keeps_old_snapshot_on_error() {
     let stack = Stack::start().await;
     assert_eq!(stack.admin_json("/admin/routes").await["version"], "test-1");
-    write_routes(&stack.routes, "test-2", &stack.backends);
+    stack.write_routes("test-2", &stack.backends);
     eventually(Duration::from_secs(10), || async {
         (stack.admin_json("/admin/routes").await["version"] == "test-2").then_some(())
     })
@@ -223,7 +223,7 @@ async fn backend_failure_fails_over_then_503() {
     let (status, body) = stack.get_json("acme.example.test", "/wiki").await;
     assert_eq!((status, shard_of(&body)), (200, "confluence-us-east-1"));
     // The backend comes back, the health checks notice.
-    stack.shard_proc("jira-us-east-1", 2).restart();
+    stack.shard_proc("jira-us-east-1", 2).restart().unwrap();
     eventually(Duration::from_secs(10), || async {
         (stack.get("acme.example.test", "/").await.status() == 200).then_some(())
     })
@@ -251,8 +251,9 @@ async fn tcs_outage_serves_known_tenants_and_503s_unknown_hosts() {
 async fn tcs_restart_resumes_from_its_snapshot_file() {
     let mut stack = Stack::start().await;
     let token = format!("Bearer {EDGE_TOKEN}");
+    let client = stack.http.clone();
     let lookup = |url: String| {
-        let http = stack.http.clone();
+        let http = client.clone();
         let token = token.clone();
         async move {
             match http.get(url).header("authorization", token).send().await {
@@ -268,9 +269,9 @@ async fn tcs_restart_resumes_from_its_snapshot_file() {
     assert_eq!(lookup(url.clone()).await.0, 200);
     // Stop TCS cleanly (it writes its snapshot), then take the catalogue away: a TCS that
     // resumes from its file still answers, one that had to replay the log could not.
-    stack.tcs[0].terminate();
-    stack.catalogue.kill();
-    stack.tcs[0].restart();
+    assert!(stack.tcs[0].terminate(), "TCS stops cleanly on SIGTERM");
+    stack.catalogue_mut().kill();
+    stack.tcs[0].restart().unwrap();
     let (status, body) = eventually(Duration::from_secs(10), || async {
         let (s, b) = lookup(url.clone()).await;
         (s != 0).then_some((s, b))
@@ -280,7 +281,7 @@ async fn tcs_restart_resumes_from_its_snapshot_file() {
     assert_eq!(body["record"]["id"], "globex");
     assert!(body["seq"].as_u64().unwrap() > 0);
     // And once the catalogue is back it catches up with writes made meanwhile.
-    stack.catalogue.restart();
+    stack.catalogue_mut().restart().unwrap();
     let doc = json!({"id": "globex", "hosts": ["globex.example.test", "globex2.example.test"], "realm": "eu",
         "placements": {"jira": {"shard": "jira-eu-west-1"}}});
     assert_eq!(stack.put_tenant(&doc).await.0, 200);

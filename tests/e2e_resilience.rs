@@ -165,15 +165,16 @@ async fn a_write_reaches_four_edges() {
         ..Default::default()
     })
     .await;
-    let edges = &stack.more_edges;
-    let admins: Vec<String> = std::iter::once(stack.admin(""))
-        .chain(edges.iter().map(|e| e.admin("")))
+    let admins: Vec<String> = stack
+        .edges
+        .iter()
+        .map(|e| format!("http://{}", e.admin()))
         .collect();
     let host = "initech.example.test";
-    for e in std::iter::once(stack.edge_http).chain(edges.iter().map(|e| e.http)) {
+    for e in stack.edges.iter().map(|e| e.http) {
         let r = stack
             .http
-            .get(format!("http://127.0.0.1:{e}/"))
+            .get(format!("http://{e}/"))
             .header("host", host)
             .send()
             .await

@@ -53,7 +53,7 @@ async fn a_restarted_edge_serves_known_tenants_from_its_file_with_every_tcs_down
     let mut stack = Stack::start_with(options).await;
     warm(&stack).await;
     // SIGTERM: the edge writes its file on the way out (the periodic write is an hour away).
-    stack.edge.terminate();
+    assert!(stack.edges[0].terminate(), "the edge stops cleanly on SIGTERM");
     let file = tenant_edge::context::persist::read(&stack.edge_cache_file)
         .unwrap()
         .expect("the edge wrote its cache file on shutdown");
@@ -62,7 +62,7 @@ async fn a_restarted_edge_serves_known_tenants_from_its_file_with_every_tcs_down
     for tcs in &mut stack.tcs {
         tcs.kill();
     }
-    stack.edge.restart();
+    stack.edges[0].restart().unwrap();
     wait_ok(&stack.admin("/readyz")).await;
     wait_for_proxy(&stack).await;
 
@@ -95,7 +95,7 @@ async fn a_restarted_edge_serves_known_tenants_from_its_file_with_every_tcs_down
     assert_eq!(r.status(), 200, "an edge that knows tenants stays ready");
 
     // A TCS comes back: the stream resumes from the file's sequence and changes flow again.
-    stack.tcs[0].restart();
+    stack.tcs[0].restart().unwrap();
     let doc = json!({"id": "acme", "hosts": ["acme.example.test", "acme2.example.test"], "realm": "us",
         "placements": {"jira": {"shard": "jira-us-east-1"}}});
     assert_eq!(stack.put_tenant(&doc).await.0, 200);
@@ -122,7 +122,7 @@ async fn the_cache_file_is_written_periodically_without_a_shutdown() {
     })
     .await;
     // SIGKILL: no shutdown write, so what is on disk came from the periodic writer.
-    stack.edge.kill();
+    stack.edges[0].kill();
     let file = tenant_edge::context::persist::read(&stack.edge_cache_file)
         .unwrap()
         .expect("the periodic writer wrote the cache file");

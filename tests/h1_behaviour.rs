@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::http1::{read_response, until_closed};
 use common::recorder::Sink;
-use common::{eventually, write_routes, Stack};
+use common::{eventually, Stack};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -101,12 +101,12 @@ async fn hundred_mib_bodies_stream_with_bounded_memory() {
             *ports = vec![sink.port];
         }
     }
-    write_routes(&stack.routes, "sink", &backends);
+    stack.write_routes("sink", &backends);
     eventually(Duration::from_secs(20), || async {
         (stack.admin_json("/admin/routes").await["version"] == "sink").then_some(())
     })
     .await;
-    let pid = stack.edge.pid();
+    let pid = stack.edges[0].pid().unwrap();
     let before = peak_rss_kib(pid);
 
     // Upload, content-length: written in 1 MiB pieces while the edge streams it on.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::http1::{exchange, read_answers, until_closed};
 use common::recorder::Recorder;
-use common::{eventually, write_routes, Stack, StackOptions};
+use common::{eventually, Stack, StackOptions};
 use tenant_edge::edge::Http1Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,7 +41,7 @@ async fn stack_with_recorder() -> (Stack, Recorder) {
             *ports = vec![recorder.port];
         }
     }
-    write_routes(&stack.routes, "framing", &backends);
+    stack.write_routes("framing", &backends);
     eventually(Duration::from_secs(20), || async {
         (stack.admin_json("/admin/routes").await["version"] == "framing").then_some(())
     })

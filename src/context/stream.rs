@@ -28,6 +28,7 @@ pub struct StreamStatus {
     /// [`StreamStatus::set_applied`] and [`StreamStatus::raise_applied`], which wake
     /// [`StreamStatus::applied_at_least`].
     applied: AtomicU64,
+    /// Woken when the applied seq moves and when a message arrives.
     moved: tokio::sync::Notify,
     /// Per region: connected now, and the last time (unix ms) a message arrived.
     pub regions: Vec<RegionStatus>,
@@ -84,6 +85,11 @@ impl StreamStatus {
     /// of polling.
     pub async fn applied_at_least(&self, seq: u64) {
         crate::clock::when_notified(&self.moved, || self.applied() >= seq).await;
+    }
+
+    /// Resolves once a region's stream is live ([`StreamStatus::any_live`]).
+    pub async fn live(&self) {
+        crate::clock::when_notified(&self.moved, || self.any_live()).await;
     }
 
     /// Whether any region's stream has spoken within the silence limit.
@@ -219,6 +225,8 @@ impl Follower<'_> {
     async fn on_line(&self, line: &[u8]) -> Next {
         if let Some(s) = self.region_status() {
             s.last_message_ms.store(now_ms(), Ordering::Relaxed);
+            // A message (a heartbeat a second at most, or an event) may make the stream live.
+            self.status.moved.notify_waiters();
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             return Next::Continue;

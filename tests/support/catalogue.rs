@@ -1,4 +1,4 @@
-//! The catalogue binary on a free loopback port, and helpers shared by its integration tests.
+//! The catalogue binary on a loopback port, and helpers shared by its integration tests.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,31 +8,37 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tenant_edge::stack::Child;
+use tenant_edge::routes::RoutesFile;
+use tenant_edge::stack::{Run, Stack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tenant-edge");
 
-/// A catalogue process on a loopback port of its choosing, killed when dropped.
+/// A catalogue process on a loopback port of its choosing (a stack of the catalogue alone),
+/// killed when dropped.
 pub struct Catalogue {
-    pub child: Child,
+    pub stack: Stack,
     pub base: String,
     pub http: reqwest::Client,
 }
 
 impl Catalogue {
-    /// Starts the binary and returns once it has said where it listens.
-    pub fn start(data: &Path) -> Self {
-        let data = data.to_str().unwrap();
-        let child = Child::start(
-            Path::new(BIN),
-            "catalogue",
-            &["catalogue", "--listen", "127.0.0.1:0", "--data", data],
-        )
-        .unwrap();
+    /// Starts the binary with its data in `dir/catalogue` and returns once it has said where
+    /// it listens.
+    pub async fn start(dir: &Path) -> Self {
+        let stack = Stack::builder(dir, RoutesFile::default())
+            .run(Run::Children(BIN.into()))
+            .shards(false)
+            .regions(&[])
+            .unwrap()
+            .edges(0)
+            .seed(false)
+            .start()
+            .await
+            .unwrap();
         Catalogue {
-            base: child.url(),
-            child,
+            base: stack.catalogue().url(),
+            stack,
             http: reqwest::Client::new(),
         }
     }
