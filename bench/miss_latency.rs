@@ -8,55 +8,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tenant_edge::context::{CacheConfig, LookupConfig, Resolved, TcsClient, TcsEndpoint, TenantCache};
-use tenant_edge::feed::{Change, ChangeBody, TenantDoc};
 use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::tcs::faults::Faults;
-use tenant_edge::tcs::{ConsumerConfig, Tcs, TcsConfig};
-use tenant_edge::tenant::{Host, Realm, Region, TenantId};
+use tenant_edge::tcs::{standalone, ConsumerConfig, Tcs, TcsConfig};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "bench-token";
 
 fn tcs(region: &str, tenants: usize) -> Result<Tcs, Box<dyn std::error::Error>> {
     let edge = ConsumerConfig::new("edge", TOKEN, &["ingress"]);
-    let listen = "127.0.0.1:0".parse()?;
     let config = TcsConfig {
         allow_faults: true,
-        ..TcsConfig::new(
-            Region::new(region)?,
-            listen,
-            "http://127.0.0.1:9",
-            "unused.json".into(),
-            vec![edge],
-        )
+        ..standalone::config(region, vec![edge])?
     };
     let tcs = Tcs::new(config)?;
     for i in 0..tenants {
-        let doc = TenantDoc {
-            id: TenantId::new(&format!("t{i}"))?,
-            hosts: vec![Host::parse(&format!("t{i}.example.test"))?],
-            realm: Realm::new("us")?,
-            placements: Default::default(),
-            version: 1,
-        };
-        let change = Change {
-            seq: i as u64 + 1,
-            body: ChangeBody::Tenant {
-                id: doc.id.clone(),
-                version: 1,
-                doc: Some(doc),
-            },
-        };
-        tcs.ingress().apply(&change);
+        let id = format!("t{i}");
+        let host = format!("{id}.example.test");
+        tcs.ingress()
+            .apply(&standalone::put(i as u64 + 1, &id, 1, &[&host])?);
     }
     Ok(tcs)
 }
 
 async fn serve(tcs: &Tcs, stop: &CancellationToken) -> Result<String, std::io::Error> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(tcs.clone().serve_api(listener, stop.clone()));
-    Ok(url)
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let (addr, _) = standalone::serve(tcs, any, stop.clone()).await?;
+    Ok(format!("http://{addr}"))
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod faults;
 pub mod metrics;
 pub mod snapshot;
+pub mod standalone;
 pub mod tail;
 pub mod view;
 

@@ -3,55 +3,32 @@
 
 use std::net::SocketAddr;
 
-use tenant_edge::feed::{Change, ChangeBody, Lines, TenantDoc, ViewEvent, MAX_STREAM_LINE};
-use tenant_edge::tcs::{ConsumerConfig, Tcs, TcsConfig};
-use tenant_edge::tenant::{Host, Realm, Region, TenantId};
+use tenant_edge::feed::{Change, Lines, ViewEvent, MAX_STREAM_LINE};
+use tenant_edge::tcs::{standalone, ConsumerConfig, Tcs, TcsConfig};
 use tokio_util::sync::CancellationToken;
 
 pub const EDGE_TOKEN: &str = "dev-edge-token";
 pub const AUDIT_TOKEN: &str = "dev-audit-token";
 
-/// A config with an `edge` consumer of `ingress` and an `audit` consumer of nothing.
+/// A config with an `edge` consumer of `ingress` and an `audit` consumer of nothing, tailing
+/// the catalogue at `catalogue` (`IP:port`) when a test starts its tailer.
 pub fn config(catalogue: &str) -> TcsConfig {
-    TcsConfig::new(
-        Region::new("us-east-1").unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        &format!("http://{catalogue}"),
-        "unused.json".into(),
-        vec![
-            ConsumerConfig::new("edge", EDGE_TOKEN, &["ingress"]),
-            ConsumerConfig::new("audit", AUDIT_TOKEN, &[]),
-        ],
-    )
+    let consumers = vec![
+        ConsumerConfig::new("edge", EDGE_TOKEN, &["ingress"]),
+        ConsumerConfig::new("audit", AUDIT_TOKEN, &[]),
+    ];
+    TcsConfig {
+        catalogue: format!("http://{catalogue}"),
+        ..standalone::config("us-east-1", consumers).unwrap()
+    }
 }
 
 pub fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Change {
-    let doc = TenantDoc {
-        id: TenantId::new(id).unwrap(),
-        hosts: hosts.iter().map(|h| Host::parse(h).unwrap()).collect(),
-        realm: Realm::new("us").unwrap(),
-        placements: Default::default(),
-        version,
-    };
-    Change {
-        seq,
-        body: ChangeBody::Tenant {
-            id: doc.id.clone(),
-            version,
-            doc: Some(doc),
-        },
-    }
+    standalone::put(seq, id, version, hosts).unwrap()
 }
 
 pub fn del(seq: u64, id: &str, version: u64) -> Change {
-    Change {
-        seq,
-        body: ChangeBody::Tenant {
-            id: TenantId::new(id).unwrap(),
-            version,
-            doc: None,
-        },
-    }
+    standalone::del(seq, id, version).unwrap()
 }
 
 pub fn seq_prev(event: &ViewEvent) -> (u64, u64) {
@@ -71,11 +48,10 @@ pub struct Server {
 
 impl Server {
     pub async fn start(tcs: Tcs) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let served = tcs.serve_api(listener, shutdown.clone());
-        let task = tokio::spawn(async move { served.await.unwrap() });
+        let any = "127.0.0.1:0".parse().unwrap();
+        let (addr, served) = standalone::serve(&tcs, any, shutdown.clone()).await.unwrap();
+        let task = tokio::spawn(async move { served.await.unwrap().unwrap() });
         Self {
             addr,
             client: reqwest::Client::new(),
