@@ -167,16 +167,6 @@ impl EdgeConfig {
     /// Every problem of the config, all at once (as the route file and the TCS config report).
     fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        // pingora binds the proxy listeners on its own thread: a port it picked could not be
-        // reported back, nor waited for.
-        for (name, addr) in [
-            ("listen_http", Some(self.listen_http)),
-            ("listen_https", self.listen_https),
-        ] {
-            if addr.is_some_and(|a| a.port() == 0) {
-                problems.push(format!("{name} needs a port (0 is only for the admin listener)"));
-            }
-        }
         if self.tcs.is_empty() {
             problems.push("at least one [[tcs]] region is needed".to_owned());
         } else if !self.tcs.iter().any(|t| t.region == self.region.as_str()) {
@@ -344,6 +334,10 @@ pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), Edg
 pub struct Started {
     /// The admin API's address (`/healthz`, `/readyz`, `/metrics`, `/admin/...`).
     pub admin: SocketAddr,
+    /// The plain HTTP proxy listener's address (the port picked, for a port 0).
+    pub http: SocketAddr,
+    /// The HTTPS proxy listener's address.
+    pub https: Option<SocketAddr>,
     ready: Ready,
     shutdown: CancellationToken,
     proxy: std::thread::JoinHandle<()>,
@@ -392,9 +386,15 @@ impl Started {
 }
 
 /// Builds the edge and starts it: returns once the proxy accepts and the admin API serves.
-/// pingora binds the proxy listeners on its own thread, so their ports come from the config
-/// (port 0 cannot be reported back); the admin listener is bound here and may be port 0.
-pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Started, EdgeError> {
+/// Every listener may be port 0: [`Started`] says where each is.
+pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Started, EdgeError> {
+    // pingora binds the proxy listeners on its own thread: a port 0 is picked here first, and
+    // held (bound, not listening) until pingora listens on it, so nothing else can take it.
+    let held_http = reserve(&mut cfg.listen_http)?;
+    let held_https = match &mut cfg.listen_https {
+        Some(addr) => reserve(addr)?,
+        None => None,
+    };
     let metrics = EdgeMetrics::new()?;
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
     let client = Arc::new(TcsClient::new(&cfg.tcs, cfg.region.as_str(), cfg.lookup.clone())?);
@@ -451,14 +451,20 @@ pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Start
     let proxy = server::start(server, proxy_stop.clone());
     // pingora binds its listeners on its own thread: the admin listener (and so `/readyz`)
     // answers only once the proxy's accept, so "ready" never means "connection refused".
-    if !wait_listening(cfg.listen_http, &shutdown).await {
-        proxy_stop.cancel();
-        let _ = tokio::task::spawn_blocking(move || proxy.join()).await;
-        return Err(EdgeError::Listen(format!(
-            "the proxy did not accept on {} within 30 s",
-            cfg.listen_http
-        )));
+    let listeners = [(cfg.listen_http, Probe::Connect)]
+        .into_iter()
+        .chain(cfg.listen_https.map(|a| (a, Probe::Bind)));
+    for (addr, probe) in listeners {
+        if !wait_listening(addr, probe, &shutdown).await {
+            proxy_stop.cancel();
+            let _ = tokio::task::spawn_blocking(move || proxy.join()).await;
+            return Err(EdgeError::Listen(format!(
+                "the proxy did not accept on {addr} within 30 s"
+            )));
+        }
     }
+    // pingora listens on them now: the reservations may go.
+    drop((held_http, held_https));
     tokio::spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
     tracing::info!(
         target: crate::stack::LISTENING,
@@ -479,6 +485,8 @@ pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Start
     });
     Ok(Started {
         admin: admin_addr,
+        http: cfg.listen_http,
+        https: cfg.listen_https,
         ready,
         shutdown,
         proxy,
@@ -488,19 +496,70 @@ pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Start
 
 /// Waits (up to 30 s) until `addr` accepts a connection; whether it did. (pingora binds on its
 /// own thread and says nothing when it has.)
-async fn wait_listening(addr: SocketAddr, shutdown: &CancellationToken) -> bool {
-    let mut probe = addr;
-    if probe.ip().is_unspecified() {
-        probe.set_ip(match addr {
+/// For a port 0: binds a socket on `addr`'s IP with a port of the kernel's choosing, writes
+/// that port into `addr`, and returns the socket. Bound with `SO_REUSEADDR` and never
+/// listening, it keeps every other socket off the port (a plain bind, another reservation,
+/// an outgoing connection's source port) while letting pingora's listener, also
+/// `SO_REUSEADDR`, bind and listen on it.
+fn reserve(addr: &mut SocketAddr) -> Result<Option<tokio::net::TcpSocket>, EdgeError> {
+    if addr.port() != 0 {
+        return Ok(None);
+    }
+    let ip = addr.ip();
+    reserve_exactly(addr)
+        .map(Some)
+        .map_err(|e| EdgeError::Listen(format!("reserving a port on {ip}: {e}")))
+}
+
+/// Binds a `SO_REUSEADDR` socket, not listening, to `addr`, and writes the address bound
+/// into it (the port picked, for a port 0).
+fn reserve_exactly(addr: &mut SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(*addr)?;
+    *addr = socket.local_addr()?;
+    Ok(socket)
+}
+
+/// How to tell that pingora listens on an address.
+#[derive(Clone, Copy)]
+enum Probe {
+    /// Connect (and hang up): the accept itself works. For the plain listener, which takes a
+    /// silent connection quietly.
+    Connect,
+    /// Bind a `SO_REUSEADDR` socket to it: refused once a socket listens there. For the TLS
+    /// listener, which would log a failed handshake for every probe connection.
+    Bind,
+}
+
+/// Waits until the proxy listens on `addr` (at most 30 s, or until shutdown).
+async fn wait_listening(addr: SocketAddr, probe: Probe, shutdown: &CancellationToken) -> bool {
+    let mut local = addr;
+    if local.ip().is_unspecified() && matches!(probe, Probe::Connect) {
+        local.set_ip(match addr {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() {
-        let attempt =
-            tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(probe)).await;
-        if matches!(attempt, Ok(Ok(_))) {
+        let listening = match probe {
+            Probe::Connect => {
+                let attempt = tokio::net::TcpStream::connect(local);
+                matches!(
+                    tokio::time::timeout(Duration::from_millis(200), attempt).await,
+                    Ok(Ok(_))
+                )
+            }
+            Probe::Bind => {
+                let mut taken = local;
+                matches!(reserve_exactly(&mut taken), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+            }
+        };
+        if listening {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -22,9 +22,9 @@
 //!
 //! Ports: [`Ports::Contract`] is the design's fixed dev ports and the route file's backend
 //! addresses (the route file is used in place, so editing it reloads the edges); [`Ports::Free`]
-//! lets the kernel pick (port 0) where a role reports what it bound, and picks free ports below
-//! the ephemeral range where it cannot (the edge's proxy listeners, which pingora binds) or
-//! where a child is restarted on the same address.
+//! lets the kernel pick (port 0) in process, where every role reports what it bound, and picks
+//! free ports below the ephemeral range for children, which are restarted on the same address
+//! (a port 0 picked from the ephemeral range may meanwhile be an outgoing connection's).
 
 mod child;
 
@@ -441,11 +441,8 @@ impl StackBuilder {
         index: usize,
         tcs: &[TcsEndpoint],
     ) -> Result<EdgePart, StackError> {
-        // pingora binds the proxy listeners itself: their ports are picked here.
-        let proxy = |contract| match self.ports {
-            Ports::Contract => loopback(contract),
-            Ports::Free => loopback(free_port()),
-        };
+        // The proxy listeners of an edge that may be restarted get ports it can bind again.
+        let proxy = |contract| self.bind_addr(contract);
         let region = self
             .regions
             .first()
@@ -475,11 +472,12 @@ impl StackBuilder {
         };
         let file = self.dir.join(format!("{name}.toml"));
         write_toml(&file, &cfg)?;
-        let (http, https) = (cfg.listen_http, cfg.listen_https);
+        let (mut http, mut https) = (cfg.listen_http, cfg.listen_https);
         let part = match &self.run {
             Run::InProcess => {
                 let stop = stack.shutdown.child_token();
                 let started = crate::edge::start(cfg, stop.clone()).await.map_err(part(&name))?;
+                (http, https) = (started.http, started.https);
                 let admin = started.admin;
                 stack.ready(&name, started.ready()).await?;
                 stack.tasks.spawn(async move {
