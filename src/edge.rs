@@ -63,6 +63,11 @@ pub struct EdgeConfig {
     /// Log one line per request.
     #[serde(default)]
     pub access_log: bool,
+    /// Pass the shards' backend headers (`x-served-by`, and any `x-tenant-*`, `x-forwarded-*`,
+    /// `forwarded`, `x-real-ip` in an answer) on to clients: for debugging only. Off, they
+    /// are removed, so a client learns nothing of the fleet's layout.
+    #[serde(default)]
+    pub show_backend_headers: bool,
     /// File the tenant-context cache is written to (periodically and on shutdown) and read
     /// back from at start, so a restart during a TCS outage still serves known tenants.
     /// Absent: off.
@@ -107,6 +112,7 @@ impl EdgeConfig {
             threads: default_threads(),
             work_stealing: false,
             access_log: false,
+            show_backend_headers: false,
             cache_file: None,
             cache_file_interval_secs: default_cache_file_interval_secs(),
             prewarm: false,
@@ -319,6 +325,8 @@ pub(crate) struct Shared {
     pub(crate) routes: Arc<RouteStore>,
     pub(crate) registry: BackendRegistry,
     pub(crate) access_log: bool,
+    /// See [`EdgeConfig::show_backend_headers`].
+    pub(crate) show_backend_headers: bool,
     pub(crate) file: Arc<FileStatus>,
 }
 
@@ -417,6 +425,7 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         routes: routes.clone(),
         registry,
         access_log: cfg.access_log,
+        show_backend_headers: cfg.show_backend_headers,
         file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)

@@ -165,7 +165,13 @@ async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize
 /// while frozen, and afterwards everything is served by the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_under_traffic_loses_no_acknowledged_write() {
-    let stack = Arc::new(Stack::start().await);
+    let stack = Arc::new(
+        Stack::start_with(StackOptions {
+            show_backend_headers: true,
+            ..Default::default()
+        })
+        .await,
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicUsize::new(0));
     let traffic = tokio::spawn(client(stack.clone(), stop.clone(), acked.clone()));
@@ -222,7 +228,11 @@ async fn a_move_under_traffic_loses_no_acknowledged_write() {
 /// Rolling back from `copying` brings the tenant back at the source and empties the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_from_copying_brings_the_tenant_back_at_the_source() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        show_backend_headers: true,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(post_item(&stack, "acme.example.test", 1).await.status(), 201);
     // An orchestrator got as far as copying (the import done) and died.
     let m = create(&stack, "acme", TARGET).await;
@@ -262,7 +272,11 @@ async fn rollback_from_copying_brings_the_tenant_back_at_the_source() {
 /// the switch cannot be rolled back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_move_resumes_from_its_recorded_phase() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        show_backend_headers: true,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(post_item(&stack, "initech.example.test", 1).await.status(), 201);
     let m = create(&stack, "initech", TARGET).await;
     let id = m["id"].as_str().unwrap();
@@ -298,7 +312,11 @@ async fn an_interrupted_move_resumes_from_its_recorded_phase() {
 /// The catalogue's refusals reach the operator with their reason and a non-zero exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_moves_fail_with_the_catalogues_reason() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        show_backend_headers: true,
+        ..Default::default()
+    })
+    .await;
     let ran = migrate(&stack, "acme", "jira-eu-west-1", &[]).await;
     assert!(!ran.ok);
     assert!(ran.stderr.contains("422"), "{}", ran.stderr);
@@ -352,7 +370,11 @@ async fn items_via_edge_at(stack: &Stack, host: &str, shard: &str) -> usize {
 /// only the regions dropped; the data in the shared region is never copied nor deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_between_overlapping_shards_touch_only_the_regions_that_differ() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        show_backend_headers: true,
+        ..Default::default()
+    })
+    .await;
     for n in 0..3 {
         assert_eq!(post_item(&stack, "acme.example.test", n).await.status(), 201);
     }
@@ -424,7 +446,11 @@ async fn moves_between_overlapping_shards_touch_only_the_regions_that_differ() {
 /// region holds the source's own data and stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_into_an_overlapping_shard_leaves_the_shared_region_whole() {
-    let stack = Stack::start().await;
+    let stack = Stack::start_with(StackOptions {
+        show_backend_headers: true,
+        ..Default::default()
+    })
+    .await;
     for n in 0..2 {
         assert_eq!(post_item(&stack, "acme.example.test", n).await.status(), 201);
     }

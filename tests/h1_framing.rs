@@ -181,6 +181,14 @@ fn table() -> Vec<(&'static str, String, Want)> {
             Forwarded { has: &[], lacks: &["Connection", "X-Hop", "Keep-Alive", "Proxy-Connection", "TE:", "Trailer"] },
         ),
         (
+            "the edge's fields spelt with underscores, Forwarded and X-Real-IP replaced",
+            get("GET / HTTP/1.1", &h("x_forwarded_for: 6.6.6.6\r\nX_Forwarded_Host: evil.test\r\nx_request_id: mine\r\nX_Real_IP: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nForwarded: for=6.6.6.6;host=evil.test\r\nX-Forwarded-Port: 1\r\nx-forwardedish: kept\r\n")),
+            Forwarded {
+                has: &["x-real-ip: 127.0.0.1\r\n", "forwarded: for=127.0.0.1;proto=http\r\n", "x-forwardedish: kept\r\n"],
+                lacks: &["6.6.6.6", "evil.test", "mine", "X-Forwarded-Port"],
+            },
+        ),
+        (
             "client forwarded fields replaced",
             get("GET / HTTP/1.1", &h("X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: https\r\nX-Request-Id: mine\r\n")),
             Forwarded { has: &["x-forwarded-for: 127.0.0.1\r\n", "x-forwarded-proto: http\r\n", "x-forwarded-host: acme.example.test\r\n"], lacks: &["6.6.6.6", "evil.test", "mine"] },
@@ -305,6 +313,13 @@ async fn shard_answers_are_held_to_the_same_rules() {
         "{head}"
     );
     assert!(head.contains("x-request-id: "), "{head}");
+    // Which backend answered, and the shard's own copies of the edge's fields, stay inside.
+    let answers = exchange(stack.edge_http, ask("backend-headers").as_bytes(), 1).await;
+    let head = &answers.responses[0].head;
+    for inside in ["X-Served-By", "X-Tenant-Shard", "X_Tenant_Id", "10.1.2.3"] {
+        assert!(!head.contains(inside), "{inside} reached the client: {head}");
+    }
+    assert!(head.contains("X-Kept: yes"), "{head}");
     let answers = exchange(stack.edge_http, ask("http10").as_bytes(), 1).await;
     assert_eq!(answers.responses[0].body, b"ok");
 }
@@ -439,4 +454,46 @@ async fn a_stale_pooled_connection_is_retried_once_on_a_fresh_one_when_idempoten
     let answers = exchange(stack.edge_http, post.as_bytes(), 1).await;
     assert_eq!(answers.responses[0].status, 502);
     assert_eq!(recorder.take().len(), 1);
+}
+
+/// The general path (HTTP/2 over TLS here) keeps the same rules as the lean one: the edge's
+/// fields in any spelling are dropped and replaced, and the backend headers stay inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_general_path_drops_and_replaces_the_same_fields() {
+    let (stack, recorder) = stack_with_recorder().await;
+    let port = stack.edge_https;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sk", "--http2", "-D", "-", "-o", "/dev/null"])
+            .args(["-H", "x_tenant_id: evil", "-H", "X_Forwarded_For: 6.6.6.6"])
+            .args(["-H", "Forwarded: for=6.6.6.6", "-H", "X-Real-IP: 6.6.6.6"])
+            .args(["-H", "x-answer: backend-headers"])
+            .arg("--resolve")
+            .arg(format!("acme.example.test:{port}:127.0.0.1"))
+            .arg(format!("https://acme.example.test:{port}/"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    for inside in ["x-served-by", "x-tenant-shard", "x_tenant_id", "10.1.2.3"] {
+        assert!(!head.contains(inside), "{inside} reached the client: {head}");
+    }
+    let seen = recorder.take();
+    assert_eq!(seen.len(), 1);
+    let request = String::from_utf8_lossy(&seen[0]).to_ascii_lowercase();
+    assert!(
+        !request.contains("6.6.6.6") && !request.contains("evil"),
+        "{request}"
+    );
+    for edge_says in [
+        "x-real-ip: 127.0.0.1\r\n",
+        "forwarded: for=127.0.0.1;proto=https\r\n",
+        "x-forwarded-for: 127.0.0.1\r\n",
+        "x-tenant-id: acme\r\n",
+    ] {
+        assert!(request.contains(edge_says), "{edge_says:?} missing: {request}");
+    }
 }

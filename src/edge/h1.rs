@@ -208,7 +208,8 @@ struct Conn {
     out: Vec<u8>,
     /// The upstream request head as written.
     wire: Vec<u8>,
-    /// `x-forwarded-for` and `x-forwarded-proto`, rendered once per connection.
+    /// `x-forwarded-for`, `x-forwarded-proto`, `x-real-ip` and `forwarded`, rendered once per
+    /// connection.
     forwarded: Vec<u8>,
     served: u64,
     /// When the connection last went idle (accepted, or answered).
@@ -220,17 +221,8 @@ struct Conn {
 impl Conn {
     fn new(client: Option<IpAddr>, tls: bool) -> Self {
         let now = tokio::time::Instant::now();
-        let mut forwarded = Vec::with_capacity(80);
-        if let Some(ip) = client {
-            forwarded.extend_from_slice(b"x-forwarded-for: ");
-            forwarded.extend_from_slice(super::proxy::ip_header(ip).as_bytes());
-            forwarded.extend_from_slice(b"\r\n");
-        }
-        forwarded.extend_from_slice(if tls {
-            b"x-forwarded-proto: https\r\n"
-        } else {
-            b"x-forwarded-proto: http\r\n"
-        });
+        let mut forwarded = Vec::with_capacity(160);
+        super::proxy::render_forwarded(client, tls, &mut forwarded);
         Conn {
             buf: Buf::new(CLIENT_BUF),
             drop: Vec::new(),
@@ -780,6 +772,7 @@ impl H1App {
                     upstream::UPSTREAM_BUF,
                     &head.method,
                     &mut conn.resp_drop,
+                    self.shared.show_backend_headers,
                 ) {
                     Ok(Parsed::Complete(resp)) if (100..200).contains(&resp.status) => {
                         if resp.status == 101 {

@@ -526,17 +526,91 @@ fn is_safe(method: &http::Method) -> bool {
     )
 }
 
-/// Removes every client-supplied `x-tenant-*` header: only the edge may set them.
+/// Removes every client-supplied header that names one of the edge's own (see
+/// [`super::h1::parse::internal`]: `x-tenant-*`, `x-forwarded-*`, `forwarded`, `x-real-ip`,
+/// spelt with `-` or `_`): only the edge may set them.
 fn strip_internal_headers(headers: &mut HeaderMap) {
-    let internal = |name: &HeaderName| name.as_str().starts_with("x-tenant-");
-    // Almost no request carries one: look before collecting.
-    if !headers.keys().any(internal) {
+    remove_where(headers, |name| {
+        super::h1::parse::internal(name.as_str().as_bytes())
+    });
+}
+
+/// Removes the backend headers from an answer (see [`EdgeConfig::show_backend_headers`]).
+///
+/// [`EdgeConfig::show_backend_headers`]: crate::edge::EdgeConfig::show_backend_headers
+fn strip_backend_headers(headers: &mut HeaderMap) {
+    remove_where(headers, |name| {
+        name == "x-served-by" || super::h1::parse::internal(name.as_str().as_bytes())
+    });
+}
+
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    // Almost no message carries one: look before collecting.
+    if !headers.keys().any(&drop) {
         return;
     }
-    let names: Vec<HeaderName> = headers.keys().filter(|n| internal(n)).cloned().collect();
+    let names: Vec<HeaderName> = headers.keys().filter(|n| drop(n)).cloned().collect();
     for name in names {
         headers.remove(&name);
     }
+}
+
+/// Writes the fields that say who the client is, as the edge saw it, each ending in CRLF:
+/// `x-forwarded-for` (when the client has an IP), `x-forwarded-proto`, `x-real-ip` and
+/// `forwarded` (RFC 7239: `for=`, quoted and bracketed for IPv6, and `proto=`). Rendered once
+/// per connection by the lean path, per request by the general one.
+pub(super) fn render_forwarded(client: Option<std::net::IpAddr>, tls: bool, out: &mut Vec<u8>) {
+    let proto: &[u8] = if tls { b"https" } else { b"http" };
+    let ip = client.map(ip_header);
+    if let Some(ip) = &ip {
+        for part in [&b"x-forwarded-for: "[..], ip.as_bytes(), b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    }
+    for part in [&b"x-forwarded-proto: "[..], proto, b"\r\n"] {
+        out.extend_from_slice(part);
+    }
+    if let Some(ip) = &ip {
+        for part in [&b"x-real-ip: "[..], ip.as_bytes(), b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(b"forwarded: ");
+    forwarded_pairs(client, ip.as_ref(), proto, out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The value of `forwarded`: `for=` (when the client has an IP; `ip` is its text) and
+/// `proto=`.
+fn forwarded_pairs(
+    client: Option<std::net::IpAddr>,
+    ip: Option<&HeaderValue>,
+    proto: &[u8],
+    out: &mut Vec<u8>,
+) {
+    if let (Some(addr), Some(ip)) = (client, ip) {
+        let (open, close): (&[u8], &[u8]) = if addr.is_ipv6() {
+            (b"\"[", b"]\"")
+        } else {
+            (b"", b"")
+        };
+        for part in [&b"for="[..], open, ip.as_bytes(), close, b";"] {
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(b"proto=");
+    out.extend_from_slice(proto);
+}
+
+/// The `forwarded` value of [`render_forwarded`], as a header value.
+fn forwarded_value(
+    client: Option<std::net::IpAddr>,
+    ip: Option<&HeaderValue>,
+    tls: bool,
+) -> Option<HeaderValue> {
+    let mut text = Vec::with_capacity(64);
+    forwarded_pairs(client, ip, if tls { b"https" } else { b"http" }, &mut text);
+    HeaderValue::from_bytes(&text).ok()
 }
 
 // The names the edge adds, parsed once: a custom name built from a string allocates.
@@ -547,9 +621,10 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers the edge adds to a forwarded request, at most.
-const ADDED_HEADERS: usize = 7;
+const ADDED_HEADERS: usize = 9;
 
 /// Runs `edit` on a request's headers as a plain `HeaderMap`.
 ///
@@ -674,8 +749,13 @@ impl ProxyHttp for EdgeProxy {
             if let Some(id) = &ctx.request_id {
                 headers.insert(X_REQUEST_ID, id.clone());
             }
-            if let Some(ip) = client_ip {
-                headers.insert(X_FORWARDED_FOR, ip_header(ip));
+            let ip = client_ip.map(ip_header);
+            if let Some(forwarded) = forwarded_value(client_ip, ip.as_ref(), tls) {
+                headers.insert(http::header::FORWARDED, forwarded);
+            }
+            if let Some(ip) = ip {
+                headers.insert(X_FORWARDED_FOR, ip.clone());
+                headers.insert(X_REAL_IP, ip);
             }
             let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
             headers.insert(X_FORWARDED_PROTO, proto);
@@ -720,9 +800,15 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(id) = &ctx.request_id {
+        let strip = !self.shared.show_backend_headers;
+        if ctx.request_id.is_some() || strip {
             edit_response_headers(resp, |headers| {
-                headers.insert(X_REQUEST_ID, id.clone());
+                if strip {
+                    strip_backend_headers(headers);
+                }
+                if let Some(id) = &ctx.request_id {
+                    headers.insert(X_REQUEST_ID, id.clone());
+                }
             });
         }
         Ok(())

@@ -84,8 +84,10 @@ pub struct StackOptions {
     pub cache_file_interval_secs: Option<u64>,
     /// The edge's lean HTTP/1.1 path settings, when not the defaults.
     pub http1: Option<Http1Config>,
-    /// Edges beyond the first (`Stack::more_edges`), each with the default config.
+    /// Edges beyond the first (`Stack::edges[1..]`), each with the default config.
     pub more_edges: usize,
+    /// Let the shards' backend headers (`x-served-by`) through the edges.
+    pub show_backend_headers: bool,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -153,6 +155,7 @@ impl Stack {
                 cfg.cache.negative_ttl_secs = 1;
                 cfg.lookup.timeout_ms = 500;
                 cfg.lookup.check_interval_ms = 200;
+                cfg.show_backend_headers = options.show_backend_headers;
                 if i > 0 {
                     return;
                 }

@@ -32,6 +32,9 @@ pub fn answer(name: &str) -> &'static [u8] {
         "http10" => b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
         "interim" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         "own-request-id" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: shard-made\r\nKeep-Alive: timeout=5\r\n\r\nok",
+        "backend-headers" => {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Served-By: jira-us-east-1/b1\r\nX-Tenant-Shard: jira-us-east-1\r\nX_Tenant_Id: acme\r\nX-Forwarded-For: 10.1.2.3\r\nX-Kept: yes\r\n\r\nok"
+        }
         "no-answer" => b"",
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     }
@@ -41,7 +44,7 @@ pub fn answer(name: &str) -> &'static [u8] {
 fn keeps_open(name: &str) -> bool {
     matches!(
         name,
-        "" | "ok" | "own-request-id" | "interim" | "chunked-ext" | "stale"
+        "" | "ok" | "own-request-id" | "backend-headers" | "interim" | "chunked-ext" | "stale"
     )
 }
 

@@ -225,7 +225,7 @@ pub fn request(
                 drop.push(start..end);
             }
             Field::HopByHop | Field::RequestId | Field::Internal => drop.push(start..end),
-            Field::Other => {}
+            Field::ServedBy | Field::Other => {}
         }
     }
     if fields_seen.named {
@@ -311,12 +311,14 @@ fn partial_request(buf: &[u8], limits: Limits) -> Result<Parsed<RequestHead>, Re
 }
 
 /// Parses a response head from the start of `buf`, for a request with `method`. Header lines
-/// the edge does not pass to the client are appended to `drop` (cleared first).
+/// the edge does not pass to the client are appended to `drop` (cleared first): hop-by-hop
+/// ones, the shard's request id, and the backend headers unless `show_backend`.
 pub fn response(
     buf: &[u8],
     max_head: usize,
     method: &http::Method,
     drop: &mut Vec<Range<usize>>,
+    show_backend: bool,
 ) -> Result<Parsed<ResponseHead>, Refusal> {
     drop.clear();
     let bad = |reason| refuse(502, reason);
@@ -378,7 +380,8 @@ pub fn response(
             }
             // The edge's own request id replaces any the shard sent.
             Field::Upgrade | Field::HopByHop | Field::RequestId => drop.push(start..end),
-            Field::Host | Field::Expect | Field::Internal | Field::Other => {
+            Field::Internal | Field::ServedBy if !show_backend => drop.push(start..end),
+            Field::Host | Field::Expect | Field::Internal | Field::ServedBy | Field::Other => {
                 if name.eq_ignore_ascii_case(b"tenant-moved") {
                     let v = at(h.value);
                     tenant_moved = Some(v..v + h.value.len());
@@ -440,9 +443,14 @@ enum Field {
     HopByHop,
     /// `x-request-id`: the edge's own replaces it, both ways.
     RequestId,
-    /// The edge's own request fields (`x-tenant-*`, spelt with `-` or `_`, and `x-forwarded-*`):
-    /// a client's copy is dropped.
+    /// The edge's own request fields, which a client's copy must not reach a shard as:
+    /// `x-tenant-*`, `x-forwarded-*`, `forwarded`, `x-real-ip` (and an `x_request_id`), with `_`
+    /// read as `-` (CGI, WSGI, Rack and PHP read `x_tenant_id` as `HTTP_X_TENANT_ID`). Dropped
+    /// from requests; from answers too, with `x-served-by`, unless the edge shows backend
+    /// headers.
     Internal,
+    /// `x-served-by`: which backend answered, for debugging only.
+    ServedBy,
     Other,
 }
 
@@ -455,24 +463,36 @@ fn classify(name: &[u8]) -> Field {
         10 if is(b"connection") => Field::Connection,
         10 if is(b"keep-alive") => Field::HopByHop,
         16 if is(b"proxy-connection") => Field::HopByHop,
-        16 if is(b"x-forwarded-host") => Field::Internal,
         2 if is(b"te") => Field::HopByHop,
         7 if is(b"trailer") => Field::HopByHop,
         7 if is(b"upgrade") => Field::Upgrade,
         6 if is(b"expect") => Field::Expect,
         12 if is(b"x-request-id") => Field::RequestId,
-        15 if is(b"x-forwarded-for") => Field::Internal,
-        17 if is(b"x-forwarded-proto") => Field::Internal,
-        n if n > 9 && internal_prefix(&name[..9]) => Field::Internal,
+        11 if alias_of(name, b"x-served-by") => Field::ServedBy,
+        _ if internal(name) => Field::Internal,
         _ => Field::Other,
     }
 }
 
-/// `x-tenant-`, with `-` and `_` alike: CGI-style servers read both as the same variable.
-fn internal_prefix(p: &[u8]) -> bool {
-    p.iter()
-        .zip(b"x-tenant-")
-        .all(|(&c, &want)| c.eq_ignore_ascii_case(&want) || (want == b'-' && c == b'_'))
+/// Whether `name` is one of the edge's own request fields, with `_` read as `-` (see
+/// [`Field::Internal`]): the one rule of both request paths.
+pub fn internal(name: &[u8]) -> bool {
+    match name.len() {
+        9 => alias_of(name, b"forwarded") || alias_of(name, b"x-real-ip"),
+        12 => alias_of(name, b"x-request-id"),
+        n if n > 9 && alias_of(&name[..9], b"x-tenant-") => true,
+        n if n > 12 && alias_of(&name[..12], b"x-forwarded-") => true,
+        _ => false,
+    }
+}
+
+/// `name` is `want` (lower case), case-insensitively and with `_` for `-`.
+fn alias_of(name: &[u8], want: &[u8]) -> bool {
+    name.len() == want.len()
+        && name
+            .iter()
+            .zip(want)
+            .all(|(&c, &w)| c.eq_ignore_ascii_case(&w) || (w == b'-' && c == b'_'))
 }
 
 /// Reads the tokens of one `Connection` field.

@@ -174,7 +174,7 @@ fn hop_by_hop_and_internal_fields_are_dropped() {
 
 fn resp(raw: &str, method: http::Method) -> Result<parse::ResponseHead, u16> {
     let mut drop = Vec::new();
-    match parse::response(raw.as_bytes(), 4096, &method, &mut drop) {
+    match parse::response(raw.as_bytes(), 4096, &method, &mut drop, false) {
         Ok(Parsed::Complete(h)) => Ok(h),
         Ok(Parsed::Partial) => Err(0),
         Err(r) => Err(r.status),
@@ -328,7 +328,7 @@ proptest! {
                 Framing::Empty | Framing::Close => prop_assert!(!text.contains("transfer-encoding")),
             }
         }
-        if let Ok(Parsed::Complete(r)) = parse::response(&bytes, 512, &http::Method::GET, &mut drop) {
+        if let Ok(Parsed::Complete(r)) = parse::response(&bytes, 512, &http::Method::GET, &mut drop, false) {
             prop_assert!(r.len <= bytes.len() && r.fields <= r.len - 2);
             prop_assert!(drop.iter().all(|d| r.fields <= d.start && d.end <= r.len - 2));
         }
@@ -391,6 +391,7 @@ mod timeouts {
             routes,
             registry,
             access_log: false,
+            show_backend_headers: false,
             file: Arc::new(FileStatus::new(None)),
         });
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
@@ -469,5 +470,35 @@ mod timeouts {
         let (mut client, handle) = serve(Http1Config::default());
         client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
         assert_eq!(handle.await.unwrap(), Next::HandOff);
+    }
+}
+
+#[test]
+fn the_edges_own_fields_are_known_in_every_spelling() {
+    for name in [
+        "x-tenant-id",
+        "X_Tenant_Shard",
+        "x-tenant_anything",
+        "x-forwarded-for",
+        "X_FORWARDED_HOST",
+        "x-forwarded-port",
+        "Forwarded",
+        "x-real-ip",
+        "X_Real_Ip",
+        "x_request_id",
+    ] {
+        assert!(parse::internal(name.as_bytes()), "{name}");
+    }
+    for name in [
+        "x-tenantish",
+        "x-tenant",
+        "x-forwardedish",
+        "forwarder",
+        "x-real-ips",
+        "x-request",
+        "content_length",
+        "x-served-by",
+    ] {
+        assert!(!parse::internal(name.as_bytes()), "{name}");
     }
 }
