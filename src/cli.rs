@@ -170,23 +170,32 @@ where
     }
 }
 
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+/// Cancels `shutdown` on Ctrl-C or SIGTERM (the role drains); a second one exits at once.
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    next_signal(term.as_mut()).await;
+    tracing::info!("shutting down (a second signal stops at once)");
+    shutdown.cancel();
+    next_signal(term.as_mut()).await;
+    tracing::warn!("second signal: exiting now");
+    std::process::exit(130);
+}
+
+/// Resolves on the next Ctrl-C or SIGTERM.
+async fn next_signal(term: Option<&mut tokio::signal::unix::Signal>) {
     let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
+        match term {
+            Some(s) => {
                 s.recv().await;
             }
-            Err(_) => std::future::pending().await,
+            None => std::future::pending().await,
         }
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
     }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }
 
 /// Sets up `tracing`: text by default, JSON lines with `--log-json`; `RUST_LOG` filters.

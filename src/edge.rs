@@ -90,6 +90,14 @@ pub struct EdgeConfig {
     /// The lean HTTP/1.1 path: limits and timeouts.
     #[serde(default)]
     pub http1: Http1Config,
+    /// On SIGTERM, how long requests in flight may take to finish before the edge stops
+    /// anyway (milliseconds). Meanwhile `/readyz` fails and every answer closes its connection.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    10_000
 }
 
 impl EdgeConfig {
@@ -120,6 +128,7 @@ impl EdgeConfig {
             lookup: LookupConfig::default(),
             tcs,
             http1: Http1Config::default(),
+            drain_timeout_ms: default_drain_timeout_ms(),
         }
     }
 }
@@ -327,7 +336,79 @@ pub(crate) struct Shared {
     pub(crate) access_log: bool,
     /// See [`EdgeConfig::show_backend_headers`].
     pub(crate) show_backend_headers: bool,
+    /// Requests in flight, and whether the edge is draining.
+    pub(crate) drain: Drain,
     pub(crate) file: Arc<FileStatus>,
+}
+
+/// The edge's drain: requests in flight, counted on both request paths, and whether a drain
+/// has begun (then `/readyz` fails and every answer closes its connection).
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    draining: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Woken when the drain begins and when the last request in flight ends.
+    changed: tokio::sync::Notify,
+}
+
+/// One request in flight; dropped when it is answered (or abandoned).
+pub(crate) struct Busy<'a>(&'a Drain);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+impl Drain {
+    /// Counts a request in flight until the guard drops.
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        self.begin();
+        Busy(self)
+    }
+
+    /// Counts a request in flight until [`Drain::end`] (for the general path, whose request
+    /// context cannot borrow).
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Ends what [`Drain::begin`] counted.
+    pub(crate) fn end(&self) {
+        let before = self.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if before == 1 && self.draining() {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether a drain has begun.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Begins the drain.
+    fn start(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once a drain has begun.
+    pub(crate) async fn begun(&self) {
+        crate::clock::when_notified(&self.changed, || self.draining()).await;
+    }
+
+    /// Resolves once no request is in flight.
+    async fn idle(&self) {
+        crate::clock::when_notified(&self.changed, || {
+            self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0
+        })
+        .await;
+    }
+
+    /// Requests in flight now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// Runs the edge until `shutdown` is cancelled.
@@ -348,6 +429,7 @@ pub struct Started {
     pub https: Option<SocketAddr>,
     ready: Ready,
     shutdown: CancellationToken,
+    admin_stop: CancellationToken,
     proxy: std::thread::JoinHandle<()>,
     writer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -384,6 +466,7 @@ impl Started {
         if tokio::task::spawn_blocking(move || proxy.join()).await.is_err() {
             tracing::warn!("proxy thread did not stop cleanly");
         }
+        self.admin_stop.cancel();
         if let Some(writer) = self.writer {
             // The writer's last write, on cancellation, is the shutdown write: wait for it.
             if writer.await.is_err() {
@@ -426,6 +509,7 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         registry,
         access_log: cfg.access_log,
         show_backend_headers: cfg.show_backend_headers,
+        drain: Drain::default(),
         file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)
@@ -457,7 +541,8 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
 
     // Its own token, so a start that fails after this can stop the proxy alone.
     let proxy_stop = shutdown.child_token();
-    let proxy = server::start(server, proxy_stop.clone());
+    let drain = Duration::from_millis(cfg.drain_timeout_ms);
+    let proxy = server::start(server, shared.clone(), proxy_stop.clone(), drain);
     // pingora binds its listeners on its own thread: the admin listener (and so `/readyz`)
     // answers only once the proxy's accept, so "ready" never means "connection refused".
     let listeners = [(cfg.listen_http, Probe::Connect)]
@@ -474,7 +559,9 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
     }
     // pingora listens on them now: the reservations may go.
     drop((held_http, held_https));
-    tokio::spawn(admin::serve(admin, shared.clone(), shutdown.clone()));
+    // The admin API outlives the drain, so `/readyz` answers 503 while it runs.
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(admin::serve(admin, shared.clone(), admin_stop.clone()));
     tracing::info!(
         target: crate::stack::LISTENING,
         http = %cfg.listen_http,
@@ -493,6 +580,7 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         }
     });
     Ok(Started {
+        admin_stop,
         admin: admin_addr,
         http: cfg.listen_http,
         https: cfg.listen_https,
@@ -640,7 +728,9 @@ pub fn server_conf(threads: usize, work_stealing: bool) -> pingora::server::conf
     pingora::server::configuration::ServerConf {
         threads,
         work_stealing,
-        grace_period_seconds: Some(0),
+        // The drain before it waits for requests in flight; this covers one accepted just
+        // before the listeners closed.
+        grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(2),
         ..Default::default()
     }
@@ -660,13 +750,31 @@ mod server {
     use super::h1::H1App;
     use super::{EdgeConfig, EdgeError, EdgeProxy, Shared};
 
-    /// Turns our cancellation token into pingora's shutdown signal.
-    struct TokenSignal(CancellationToken);
+    /// Turns our cancellation token into pingora's shutdown signal, after a drain: once the
+    /// token is cancelled, `/readyz` fails and every answer closes its connection (idle ones
+    /// close at once), and pingora is told to stop only when no request is in flight, or
+    /// when the drain timeout is up. pingora then stops accepting, gives stragglers its grace
+    /// second, and stops its runtimes.
+    struct TokenSignal {
+        token: CancellationToken,
+        shared: Arc<Shared>,
+        timeout: std::time::Duration,
+    }
 
     #[async_trait]
     impl ShutdownSignalWatch for TokenSignal {
         async fn recv(&self) -> ShutdownSignal {
-            self.0.cancelled().await;
+            self.token.cancelled().await;
+            let drain = &self.shared.drain;
+            drain.start();
+            tracing::info!(in_flight = drain.in_flight(), "draining");
+            if tokio::time::timeout(self.timeout, drain.idle()).await.is_err() {
+                tracing::warn!(
+                    in_flight = drain.in_flight(),
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "drain timed out; stopping with requests in flight"
+                );
+            }
             ShutdownSignal::GracefulTerminate
         }
     }
@@ -708,11 +816,21 @@ mod server {
             .map_err(|e| EdgeError::Listen(format!("cannot listen on {addr}: {e}")))
     }
 
-    /// Runs the server on its own thread until `shutdown`.
-    pub(super) fn start(server: Server, shutdown: CancellationToken) -> std::thread::JoinHandle<()> {
+    /// Runs the server on its own thread until `shutdown`, then drains it (see
+    /// [`TokenSignal`]) for at most `drain`.
+    pub(super) fn start(
+        server: Server,
+        shared: Arc<Shared>,
+        shutdown: CancellationToken,
+        drain: std::time::Duration,
+    ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             server.run(RunArgs {
-                shutdown_signal: Box::new(TokenSignal(shutdown)),
+                shutdown_signal: Box::new(TokenSignal {
+                    token: shutdown,
+                    shared,
+                    timeout: drain,
+                }),
             })
         })
     }

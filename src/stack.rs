@@ -780,6 +780,24 @@ impl Part {
         }
     }
 
+    /// Sends a child SIGTERM and returns at once: it drains ([`Part::wait_exit`] waits for
+    /// the end). An in-process part is cancelled.
+    pub fn signal_term(&mut self) {
+        match &mut self.runs {
+            Runs::Task(stop) => stop.cancel(),
+            Runs::Child(c) => c.signal_term(),
+        }
+    }
+
+    /// Waits up to 10 s for a child to exit; true when it exited cleanly. An in-process part
+    /// has nothing to wait for here (the stack's tasks are joined by [`Stack::stop`]).
+    pub fn wait_exit(&mut self) -> bool {
+        match &mut self.runs {
+            Runs::Task(_) => true,
+            Runs::Child(c) => c.wait_exit(),
+        }
+    }
+
     /// Kills a child and starts it again on the same address; returns once it listens. An
     /// in-process part cannot be restarted.
     pub fn restart(&mut self) -> Result<(), StackError> {

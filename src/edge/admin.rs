@@ -47,6 +47,10 @@ pub(super) async fn serve(
 /// Ready unless the edge knows nothing and hears from no TCS: an isolated edge that still
 /// knows tenants keeps serving them, a blackholed empty one is taken out.
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.drain.draining() {
+        let body = json!({ "ready": false, "draining": true, "in_flight": shared.drain.in_flight() });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let knows = !shared.cache.is_empty();
     let live = shared.stream.any_live();
     let body = Json(

@@ -320,15 +320,23 @@ impl H1App {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        // One future for the connection's life, polled only while it idles between requests.
+        // One future for the connection's life, polled only while it idles between requests:
+        // a drain beginning, or pingora stopping, closes an idle connection.
+        let drain = &self.shared.drain;
         let mut shutdown: Shutdown<'_> = Box::pin(async move {
-            while watch.changed().await.is_ok() {
-                if *watch.borrow() {
-                    return;
+            let stopped = async {
+                while watch.changed().await.is_ok() {
+                    if *watch.borrow() {
+                        return;
+                    }
                 }
+                // The server is gone without a shutdown signal: pingora drops its tasks.
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = drain.begun() => {}
+                () = stopped => {}
             }
-            // The server is gone without a shutdown signal: pingora drops its tasks.
-            std::future::pending::<()>().await;
         });
         loop {
             let head = match self.read_head(io, conn, &mut shutdown).await {
@@ -408,6 +416,7 @@ impl H1App {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        let _busy = self.shared.drain.busy();
         let mut ex = Exchange {
             id: self.ids.next(),
             state: self.shared.state.load_full(),
@@ -420,7 +429,7 @@ impl H1App {
             status: 0,
             upstream: None,
             answered: None,
-            close: head.close,
+            close: head.close || self.shared.drain.draining(),
         };
         let decided = self.decide(conn.buf.filled(), head, &mut ex).await;
         match decided {
@@ -836,7 +845,8 @@ impl H1App {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         ex.status = resp.status;
-        if resp.framing == Framing::Close {
+        // Draining: the answer tells the client to go elsewhere for its next request.
+        if resp.framing == Framing::Close || self.shared.drain.draining() {
             ex.close = true;
         }
         let buf = up.buf.filled();

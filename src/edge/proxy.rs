@@ -59,6 +59,17 @@ pub struct RequestCtx {
     replays: u8,
     /// The answer to give when a failure was decided by us mid-proxy (see `fail_to_proxy`).
     reject: Option<Reject>,
+    /// Counts the request in flight for the drain until the context drops.
+    counted: Option<Counted>,
+}
+
+/// A request of the general path counted in flight ([`crate::edge::Drain`]) until dropped.
+struct Counted(Arc<Shared>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.drain.end();
+    }
 }
 
 /// Why the edge answered itself instead of forwarding.
@@ -668,6 +679,12 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.shared.drain.begin();
+        ctx.counted = Some(Counted(self.shared.clone()));
+        if self.shared.drain.draining() {
+            // An HTTP/1 client is told to go elsewhere after this answer (HTTP/2 gets GOAWAY).
+            session.set_keepalive(None);
+        }
         ctx.request_id = Some(self.request_ids.next());
         match self.route(session, ctx).await {
             Ok(()) => Ok(false),

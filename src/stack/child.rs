@@ -202,10 +202,23 @@ impl Child {
     /// SIGTERM, then waits for the exit; true when it exited cleanly within 10 s (otherwise it
     /// is killed).
     pub fn terminate(&mut self) -> bool {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM and returns at once (the role drains; see [`Child::wait_exit`]).
+    pub fn signal_term(&self) {
+        if let Some(p) = &self.process {
+            let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
+        }
+    }
+
+    /// Waits up to 10 s for the process to exit; true when it exited cleanly (otherwise it is
+    /// killed). True when it is not running.
+    pub fn wait_exit(&mut self) -> bool {
         let Some(mut p) = self.process.take() else {
             return true;
         };
-        let _ = Command::new("kill").args(["-TERM", &p.id().to_string()]).status();
         let deadline = Instant::now() + STOP_WITHIN;
         while Instant::now() < deadline {
             match p.try_wait() {

@@ -1,6 +1,6 @@
 //! A recording backend: a real loopback server that keeps the exact bytes of every request it
 //! receives, answers each by what its `x-answer` field asks for (a well-formed answer by
-//! default, or a malformed one, to test what the edge refuses on the way back), and answers
+//! default, after 300 ms for `slow`, or a malformed one, to test what the edge refuses on the way back), and answers
 //! health checks without recording them.
 
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ pub fn answer(name: &str) -> &'static [u8] {
 fn keeps_open(name: &str) -> bool {
     matches!(
         name,
-        "" | "ok" | "own-request-id" | "backend-headers" | "interim" | "chunked-ext" | "stale"
+        "" | "ok" | "slow" | "own-request-id" | "backend-headers" | "interim" | "chunked-ext" | "stale"
     )
 }
 
@@ -97,6 +97,10 @@ async fn serve(mut conn: TcpStream, seen: Arc<Mutex<Vec<Vec<u8>>>>) {
         if answer_name == "stale" && served > 1 {
             // As a backend that timed out an idle connection just as a request arrived.
             return;
+        }
+        if answer_name == "slow" {
+            // A request that takes a while: in flight when a test stops the edge.
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let answer = if health {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..]

@@ -392,6 +392,7 @@ mod timeouts {
             registry,
             access_log: false,
             show_backend_headers: false,
+            drain: Default::default(),
             file: Arc::new(FileStatus::new(None)),
         });
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
