@@ -6,6 +6,7 @@
 //! handles resolved per product.
 
 mod admin;
+pub mod conns;
 pub mod h1;
 mod pool;
 mod proxy;
@@ -94,6 +95,9 @@ pub struct EdgeConfig {
     /// anyway (milliseconds). Meanwhile `/readyz` fails and every answer closes its connection.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Caps on client connections (`[connections]`).
+    #[serde(default)]
+    pub connections: conns::ConnectionLimits,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -129,6 +133,7 @@ impl EdgeConfig {
             tcs,
             http1: Http1Config::default(),
             drain_timeout_ms: default_drain_timeout_ms(),
+            connections: conns::ConnectionLimits::default(),
         }
     }
 }
@@ -215,6 +220,9 @@ impl EdgeConfig {
         }
         if let Err(e) = self.http1.check() {
             problems.push(e);
+        }
+        if let Err(e) = self.connections.check() {
+            problems.push(format!("[connections]: {e}"));
         }
         if problems.is_empty() {
             Ok(())
@@ -338,6 +346,8 @@ pub(crate) struct Shared {
     pub(crate) show_backend_headers: bool,
     /// Requests in flight, and whether the edge is draining.
     pub(crate) drain: Drain,
+    /// Client connections open, under their caps.
+    pub(crate) conns: conns::Connections,
     pub(crate) file: Arc<FileStatus>,
 }
 
@@ -487,6 +497,16 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         None => None,
     };
     let metrics = EdgeMetrics::new()?;
+    let fds = conns::raise_fd_limit();
+    let limits = cfg.connections.within_fds(fds);
+    if limits != cfg.connections {
+        tracing::warn!(
+            open_files = fds,
+            max_connections = limits.max_connections,
+            max_connections_per_client = limits.max_connections_per_client,
+            "connection caps lowered to what the open-file limit allows"
+        );
+    }
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
     let client = Arc::new(TcsClient::new(&cfg.tcs, cfg.region.as_str(), cfg.lookup.clone())?);
     let stream = Arc::new(StreamStatus::new(&client));
@@ -510,6 +530,7 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         access_log: cfg.access_log,
         show_backend_headers: cfg.show_backend_headers,
         drain: Drain::default(),
+        conns: conns::Connections::new(limits, Some(metrics.clone())),
         file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)

@@ -92,6 +92,10 @@ pub struct EdgeMetrics {
     pub tenant_moved: IntCounterVec,
     /// Trust in each TCS region: 0 trusted, 1 canary missing, 2 404 ratio, 3 unreachable.
     pub region_trust: IntGaugeVec,
+    /// Client connections open now (every listener).
+    pub connections_open: IntGauge,
+    /// Client connections refused at the cap, by `reason` (`total`, `per_client`).
+    pub connections_refused: IntCounterVec,
 }
 
 /// Requests counters for one product, one per status class, resolved ahead of time.
@@ -176,6 +180,14 @@ impl EdgeMetrics {
                 ),
                 &["region"],
             )?,
+            connections_open: IntGauge::new("connections_open", "Client connections open now")?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "connections_refused_total",
+                    "Client connections refused at the cap, by reason (total, per_client)",
+                ),
+                &["reason"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -199,6 +211,8 @@ impl EdgeMetrics {
         r.register(Box::new(self.upstream_connect_failures.clone()))?;
         r.register(Box::new(self.region_trust.clone()))?;
         r.register(Box::new(self.tenant_moved.clone()))?;
+        r.register(Box::new(self.connections_open.clone()))?;
+        r.register(Box::new(self.connections_refused.clone()))?;
         Ok(())
     }
 

@@ -170,12 +170,16 @@ impl H1App {
 #[async_trait]
 impl ServerApp for H1App {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        if !self.lean || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            return ServerApp::process_new(&self.general, stream, shutdown).await;
-        }
         let client = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Past a cap the connection is closed unread (and counted).
+        let Ok(_slot) = self.shared.conns.admit(client) else {
+            return None;
+        };
+        if !self.lean || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.general, stream, shutdown).await;
+        }
         let mut conn = Conn::new(client, stream.get_ssl_digest().is_some());
         let mut watch = shutdown.clone();
         if let Next::HandOff = self.serve(&mut stream, &mut conn, &mut watch).await {

@@ -88,6 +88,8 @@ pub struct StackOptions {
     pub more_edges: usize,
     /// Let the shards' backend headers (`x-served-by`) through the edges.
     pub show_backend_headers: bool,
+    /// The first edge's connection caps, when not the defaults.
+    pub connections: Option<tenant_edge::edge::conns::ConnectionLimits>,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -165,6 +167,9 @@ impl Stack {
                 }
                 if let Some(http1) = options.http1.clone() {
                     cfg.http1 = http1;
+                }
+                if let Some(limits) = options.connections {
+                    cfg.connections = limits;
                 }
             })
             .start()

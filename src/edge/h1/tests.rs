@@ -393,6 +393,7 @@ mod timeouts {
             access_log: false,
             show_backend_headers: false,
             drain: Default::default(),
+            conns: crate::edge::conns::Connections::new(Default::default(), None),
             file: Arc::new(FileStatus::new(None)),
         });
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
