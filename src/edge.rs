@@ -98,6 +98,49 @@ pub struct EdgeConfig {
     /// Caps on client connections (`[connections]`).
     #[serde(default)]
     pub connections: conns::ConnectionLimits,
+    /// HTTP/2 limits (`[http2]`).
+    #[serde(default)]
+    pub http2: Http2Config,
+}
+
+/// `[http2]`: limits of a client's HTTP/2 connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// A connection with no stream open for this long is closed (GOAWAY).
+    pub idle_timeout_ms: u64,
+    /// Streams a client may have open at once (advertised in SETTINGS).
+    pub max_concurrent_streams: u32,
+    /// Streams a client reset before the edge took them, pending at once; past it the
+    /// connection is closed (the rapid-reset defence of the HTTP/2 library).
+    pub max_pending_reset_streams: usize,
+    /// Decoded size of a request's header list.
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            idle_timeout_ms: 60_000,
+            max_concurrent_streams: 100,
+            max_pending_reset_streams: 20,
+            max_header_list_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Http2Config {
+    /// Checks the values make sense.
+    pub fn check(&self) -> Result<(), String> {
+        if self.idle_timeout_ms == 0 || self.max_concurrent_streams == 0 || self.max_header_list_bytes < 1024
+        {
+            return Err(
+                "idle_timeout_ms and max_concurrent_streams must be at least 1, max_header_list_bytes at least 1024"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -134,6 +177,7 @@ impl EdgeConfig {
             http1: Http1Config::default(),
             drain_timeout_ms: default_drain_timeout_ms(),
             connections: conns::ConnectionLimits::default(),
+            http2: Http2Config::default(),
         }
     }
 }
@@ -223,6 +267,9 @@ impl EdgeConfig {
         }
         if let Err(e) = self.connections.check() {
             problems.push(format!("[connections]: {e}"));
+        }
+        if let Err(e) = self.http2.check() {
+            problems.push(format!("[http2]: {e}"));
         }
         if problems.is_empty() {
             Ok(())
@@ -806,7 +853,17 @@ mod server {
             Server::new_with_opt_and_conf(None, super::server_conf(cfg.threads, cfg.work_stealing));
         // The lean HTTP/1.1 path serves both listeners; the general proxy beside it takes
         // HTTP/2 and the requests the lean path hands over.
-        let general = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(shared.clone()));
+        let mut general = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(shared.clone()));
+        let h2 = &cfg.http2;
+        let mut server_options = pingora::apps::HttpServerOptions::default();
+        server_options.h2_idle_timeout = Some(std::time::Duration::from_millis(h2.idle_timeout_ms));
+        general.server_options = Some(server_options);
+        let mut options = pingora::protocols::http::v2::server::default_h2_options();
+        options
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_pending_accept_reset_streams(h2.max_pending_reset_streams)
+            .max_header_list_size(h2.max_header_list_bytes);
+        general.h2_options = Some(options);
         let app = H1App::new(shared, general, &cfg.http1);
         let mut service = Service::new("edge".to_string(), app);
         check_free(cfg.listen_http)?;

@@ -64,3 +64,72 @@ async fn connections_past_the_cap_are_refused_while_admin_answers() {
     let (status, body) = stack.get_json("acme.example.test", "/").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A raw HTTP/2 client (TLS with ALPN `h2`): sends the preface and an empty SETTINGS, then
+/// reads frames until the edge closes; prints the server's MAX_CONCURRENT_STREAMS setting and
+/// whether the edge closed the connection (within the 20 s the client waits at most).
+const IDLE_H2_CLIENT: &str = r#"
+import socket, ssl, struct, sys
+port = int(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="acme.example.test")
+assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+s.settimeout(20)
+data, closed = b"", True
+while True:
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        closed = False
+        break
+    except (ConnectionResetError, ssl.SSLError):
+        break
+    if not chunk:
+        break
+    data += chunk
+streams, at = None, 0
+while at + 9 <= len(data):
+    length = int.from_bytes(data[at:at + 3], "big")
+    kind, flags = data[at + 3], data[at + 4]
+    body = data[at + 9:at + 9 + length]
+    if kind == 4 and not flags & 1:
+        for i in range(0, len(body) - 5, 6):
+            ident, value = struct.unpack(">HI", body[i:i + 6])
+            if ident == 3:
+                streams = value
+    at += 9 + length
+print(f"streams={streams} closed={closed}")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_and_its_stream_cap_advertised() {
+    let stack = Stack::start_with(StackOptions {
+        http2: Some(tenant_edge::edge::Http2Config {
+            idle_timeout_ms: 300,
+            max_concurrent_streams: 7,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let port = stack.edge_https.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", IDLE_H2_CLIENT, &port])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(said.trim(), "streams=7 closed=True");
+}

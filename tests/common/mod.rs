@@ -90,6 +90,8 @@ pub struct StackOptions {
     pub show_backend_headers: bool,
     /// The first edge's connection caps, when not the defaults.
     pub connections: Option<tenant_edge::edge::conns::ConnectionLimits>,
+    /// The first edge's HTTP/2 limits, when not the defaults.
+    pub http2: Option<tenant_edge::edge::Http2Config>,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -170,6 +172,9 @@ impl Stack {
                 }
                 if let Some(limits) = options.connections {
                     cfg.connections = limits;
+                }
+                if let Some(http2) = options.http2 {
+                    cfg.http2 = http2;
                 }
             })
             .start()
