@@ -133,3 +133,60 @@ async fn an_idle_http2_connection_is_closed_and_its_stream_cap_advertised() {
     );
     assert_eq!(said.trim(), "streams=7 closed=True");
 }
+
+/// The resident memory of process `pid` now (`VmRSS`), in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Hostile connections held open, each with a request head just under the limit and never
+/// finished: the edge's memory stays bounded (the figure is printed; 64 MiB is the bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_partial_heads_keep_memory_bounded() {
+    const HOSTILE: usize = 1000;
+    // This test process holds the client ends.
+    rlimit::increase_nofile_limit(4096).unwrap();
+    let stack = Stack::start().await;
+    let pid = stack.edges[0].pid().unwrap();
+    let (status, _) = stack.get_json("acme.example.test", "/").await;
+    assert_eq!(status, 200);
+    let idle = rss_kib(pid);
+    // A head of 30 KiB (the limit is 32 KiB) without its final empty line.
+    let mut partial = format!("GET / HTTP/1.1\r\nHost: acme.example.test\r\n").into_bytes();
+    while partial.len() < 30 * 1024 {
+        partial.extend_from_slice(b"X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    let mut held = Vec::with_capacity(HOSTILE);
+    for _ in 0..HOSTILE {
+        let mut s = tokio::net::TcpStream::connect(addr(stack.edge_http))
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &partial)
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    // Every byte sent is read by the edge (its buffers hold the heads) once all are open.
+    eventually(Duration::from_secs(20), || async {
+        let m = stack.metrics().await;
+        (metric(&m, "tenant_edge_connections_open ") == HOSTILE as u64).then_some(())
+    })
+    .await;
+    let loaded = rss_kib(pid);
+    let added_mib = loaded.saturating_sub(idle) / 1024;
+    println!(
+        "edge RSS: idle {} MiB, {HOSTILE} partial heads {} MiB (+{added_mib} MiB)",
+        idle / 1024,
+        loaded / 1024
+    );
+    assert!(added_mib <= 64, "+{added_mib} MiB for {HOSTILE} partial heads");
+    // And a normal tenant is served meanwhile.
+    let (status, _) = stack.get_json("acme.example.test", "/").await;
+    assert_eq!(status, 200);
+    drop(held);
+}
