@@ -1,6 +1,8 @@
 //! Connection caps: past them a connection is closed unread and counted, while the admin API
 //! (health, readiness, metrics) keeps answering and the slots come back when clients leave.
 
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
 mod common;
 
 use std::net::TcpStream;
@@ -157,7 +159,7 @@ async fn a_thousand_partial_heads_keep_memory_bounded() {
     assert_eq!(status, 200);
     let idle = rss_kib(pid);
     // A head of 30 KiB (the limit is 32 KiB) without its final empty line.
-    let mut partial = format!("GET / HTTP/1.1\r\nHost: acme.example.test\r\n").into_bytes();
+    let mut partial = b"GET / HTTP/1.1\r\nHost: acme.example.test\r\n".to_vec();
     while partial.len() < 30 * 1024 {
         partial.extend_from_slice(b"X-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
     }
