@@ -404,7 +404,7 @@ pub(crate) struct Shared {
 pub(crate) struct Drain {
     draining: std::sync::atomic::AtomicBool,
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Woken when the drain begins and when the last request in flight ends.
+    /// Woken when the last request in flight ends during a drain.
     changed: tokio::sync::Notify,
 }
 
@@ -446,12 +446,6 @@ impl Drain {
     /// Begins the drain.
     fn start(&self) {
         self.draining.store(true, std::sync::atomic::Ordering::Release);
-        self.changed.notify_waiters();
-    }
-
-    /// Resolves once a drain has begun.
-    pub(crate) async fn begun(&self) {
-        crate::clock::when_notified(&self.changed, || self.draining()).await;
     }
 
     /// Resolves once no request is in flight.
@@ -819,9 +813,8 @@ mod server {
     use super::{EdgeConfig, EdgeError, EdgeProxy, Shared};
 
     /// Turns our cancellation token into pingora's shutdown signal, after a drain: once the
-    /// token is cancelled, `/readyz` fails and every answer closes its connection (idle ones
-    /// close at once), and pingora is told to stop only when no request is in flight, or
-    /// when the drain timeout is up. pingora then stops accepting, gives stragglers its grace
+    /// token is cancelled, `/readyz` fails and every answer closes its connection, and pingora
+    /// is told to stop only when no request is in flight, or when the drain timeout is up. pingora then stops accepting, gives stragglers its grace
     /// second, and stops its runtimes.
     struct TokenSignal {
         token: CancellationToken,

@@ -325,22 +325,17 @@ impl H1App {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         // One future for the connection's life, polled only while it idles between requests:
-        // a drain beginning, or pingora stopping, closes an idle connection.
-        let drain = &self.shared.drain;
+        // pingora stopping (after the drain, see `edge::Drain`) closes an idle connection. An
+        // idle connection is not in flight, so it never holds the drain up; a request on it
+        // during the drain is answered with `connection: close`.
         let mut shutdown: Shutdown<'_> = Box::pin(async move {
-            let stopped = async {
-                while watch.changed().await.is_ok() {
-                    if *watch.borrow() {
-                        return;
-                    }
+            while watch.changed().await.is_ok() {
+                if *watch.borrow() {
+                    return;
                 }
-                // The server is gone without a shutdown signal: pingora drops its tasks.
-                std::future::pending::<()>().await;
-            };
-            tokio::select! {
-                () = drain.begun() => {}
-                () = stopped => {}
             }
+            // The server is gone without a shutdown signal: pingora drops its tasks.
+            std::future::pending::<()>().await;
         });
         loop {
             let head = match self.read_head(io, conn, &mut shutdown).await {
