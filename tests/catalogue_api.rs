@@ -7,7 +7,6 @@
 mod catalogue_support;
 
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::Duration;
 
 use catalogue_support::{acme, ctl_at, seed_registry, Catalogue};
@@ -299,12 +298,7 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     while c.get("/healthz").await.expect(200)["waiting"] != 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = c.stack.catalogue().pid().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    c.stack.catalogue_mut().signal_term();
 
     // Graceful shutdown waits for requests in flight; the poll must be cut short, not waited
     // out for its 30 s.
@@ -318,7 +312,8 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
         answered.json::<Value>().await.unwrap(),
         json!({"changes": [], "head": 0})
     );
-    let stopped = tokio::task::spawn_blocking(move || c.stack.catalogue_mut().terminate())
+    // Already signalled: a second signal would stop it at once.
+    let stopped = tokio::task::spawn_blocking(move || c.stack.catalogue_mut().wait_exit())
         .await
         .unwrap();
     assert!(stopped, "a clean exit");
