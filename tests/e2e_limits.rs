@@ -192,3 +192,55 @@ async fn a_thousand_partial_heads_keep_memory_bounded() {
     assert_eq!(status, 200);
     drop(held);
 }
+
+/// Slowloris: 300 connections dripping their heads a byte at a time are each cut at the
+/// header deadline with 408, while a normal tenant is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dripping_heads_are_cut_at_the_header_deadline() {
+    const DRIPPING: usize = 300;
+    rlimit::increase_nofile_limit(4096).unwrap();
+    let stack = Stack::start_with(StackOptions {
+        http1: Some(tenant_edge::edge::Http1Config {
+            header_timeout_ms: 1000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    let port = stack.edge_http;
+    let mut drips = Vec::new();
+    for _ in 0..DRIPPING {
+        drips.push(tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut conn = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+            let head = b"GET / HTTP/1.1\r\nHost: acme.example.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+            let mut answer = Vec::new();
+            // At most the whole head, a byte every 100 ms: the deadline cuts it first.
+            for &b in head.iter() {
+                if conn.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                let mut chunk = [0u8; 512];
+                match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => {
+                        answer.extend_from_slice(&chunk[..n]);
+                        break;
+                    }
+                    Err(_) => {}
+                }
+            }
+            answer.starts_with(b"HTTP/1.1 408")
+        }));
+    }
+    // Served meanwhile.
+    let (status, _) = stack.get_json("acme.example.test", "/").await;
+    assert_eq!(status, 200);
+    let mut cut = 0;
+    for drip in drips {
+        cut += usize::from(drip.await.unwrap());
+    }
+    assert_eq!(cut, DRIPPING, "every dripping head is answered 408");
+    let (status, _) = stack.get_json("acme.example.test", "/").await;
+    assert_eq!(status, 200);
+}

@@ -384,7 +384,6 @@ async fn slow_clients_are_timed_out() {
     let (stack, recorder) = stack_with_recorder().await;
     // A head trickled a byte at a time never completes within header_timeout_ms: 408, closed.
     let mut conn = TcpStream::connect(("127.0.0.1", stack.edge_http)).await.unwrap();
-    let started = std::time::Instant::now();
     let head = format!("GET / HTTP/1.1\r\n{HOST}X-Slow: {}\r\n\r\n", "a".repeat(100));
     let mut answer = Vec::new();
     for b in head.bytes() {
@@ -404,10 +403,6 @@ async fn slow_clients_are_timed_out() {
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
     assert!(answers.closed);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "cut off near the timeout"
-    );
 
     // A body that stalls is cut off; nothing is answered as if it were whole.
     let mut conn = TcpStream::connect(("127.0.0.1", stack.edge_http)).await.unwrap();
