@@ -69,6 +69,11 @@ pub struct EdgeConfig {
     /// are removed, so a client learns nothing of the fleet's layout.
     #[serde(default)]
     pub show_backend_headers: bool,
+    /// The `Server` field of every answer (the edge's own and the shards'), replacing a
+    /// shard's. Absent: no `Server` field at all (a shard's is a backend header, shown only
+    /// with `show_backend_headers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// File the tenant-context cache is written to (periodically and on shutdown) and read
     /// back from at start, so a restart during a TCS outage still serves known tenants.
     /// Absent: off.
@@ -168,6 +173,7 @@ impl EdgeConfig {
             work_stealing: false,
             access_log: false,
             show_backend_headers: false,
+            server: None,
             cache_file: None,
             cache_file_interval_secs: default_cache_file_interval_secs(),
             prewarm: false,
@@ -264,6 +270,14 @@ impl EdgeConfig {
         }
         if let Err(e) = self.http1.check() {
             problems.push(e);
+        }
+        if let Some(server) = &self.server {
+            let visible = server.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+            if server.is_empty() || server.len() > 64 || !visible || server.trim() != server {
+                problems.push(format!(
+                    "server {server:?}: 1-64 visible ASCII characters, no leading or trailing space"
+                ));
+            }
         }
         if let Err(e) = self.connections.check() {
             problems.push(format!("[connections]: {e}"));
@@ -391,6 +405,10 @@ pub(crate) struct Shared {
     pub(crate) access_log: bool,
     /// See [`EdgeConfig::show_backend_headers`].
     pub(crate) show_backend_headers: bool,
+    /// `server: <name>\r\n`, when [`EdgeConfig::server`] is set.
+    pub(crate) server_line: Option<Box<[u8]>>,
+    /// The same name as a header value, for the general path.
+    pub(crate) server_value: Option<http::HeaderValue>,
     /// Requests in flight, and whether the edge is draining.
     pub(crate) drain: Drain,
     /// Client connections open, under their caps.
@@ -570,6 +588,15 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         registry,
         access_log: cfg.access_log,
         show_backend_headers: cfg.show_backend_headers,
+        server_line: cfg
+            .server
+            .as_ref()
+            .map(|name| format!("server: {name}\r\n").into_bytes().into_boxed_slice()),
+        // Checked as visible ASCII with the config.
+        server_value: cfg
+            .server
+            .as_deref()
+            .and_then(|n| http::HeaderValue::from_str(n).ok()),
         drain: Drain::default(),
         conns: conns::Connections::new(limits, Some(metrics.clone())),
         file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
@@ -934,6 +961,22 @@ token = "t"
     fn a_good_config_loads() {
         let cfg = load(GOOD).unwrap();
         assert_eq!(cfg.region.as_str(), "us-east-1");
+    }
+
+    #[test]
+    fn limits_and_the_server_name_are_checked() {
+        let cfg = load(&format!("server = \"tenant-edge\"\n{GOOD}")).unwrap();
+        assert_eq!(cfg.server.as_deref(), Some("tenant-edge"));
+        assert_eq!(cfg.connections, conns::ConnectionLimits::default());
+        for bad in ["server = \"a\\nb\"", "server = \" padded \"", "server = \"\""] {
+            let err = load(&format!("{bad}\n{GOOD}")).unwrap_err();
+            assert!(err.contains("server"), "{bad}: {err}");
+        }
+        let err = load(&format!(
+            "{GOOD}\n[connections]\nmax_connections = 0\n[http2]\nidle_timeout_ms = 0\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("[connections]") && err.contains("[http2]"), "{err}");
     }
 
     #[test]

@@ -316,7 +316,13 @@ async fn shard_answers_are_held_to_the_same_rules() {
     // Which backend answered, and the shard's own copies of the edge's fields, stay inside.
     let answers = exchange(stack.edge_http, ask("backend-headers").as_bytes(), 1).await;
     let head = &answers.responses[0].head;
-    for inside in ["X-Served-By", "X-Tenant-Shard", "X_Tenant_Id", "10.1.2.3"] {
+    for inside in [
+        "X-Served-By",
+        "X-Tenant-Shard",
+        "X_Tenant_Id",
+        "10.1.2.3",
+        "nginx/1.25",
+    ] {
         assert!(!head.contains(inside), "{inside} reached the client: {head}");
     }
     assert!(head.contains("X-Kept: yes"), "{head}");
@@ -473,7 +479,13 @@ async fn the_general_path_drops_and_replaces_the_same_fields() {
     .unwrap();
     let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
     assert!(head.starts_with("http/2 200"), "{head}");
-    for inside in ["x-served-by", "x-tenant-shard", "x_tenant_id", "10.1.2.3"] {
+    for inside in [
+        "x-served-by",
+        "x-tenant-shard",
+        "x_tenant_id",
+        "10.1.2.3",
+        "nginx/1.25",
+    ] {
         assert!(!head.contains(inside), "{inside} reached the client: {head}");
     }
     let seen = recorder.take();
@@ -491,4 +503,60 @@ async fn the_general_path_drops_and_replaces_the_same_fields() {
     ] {
         assert!(request.contains(edge_says), "{edge_says:?} missing: {request}");
     }
+}
+
+/// A configured `Server` name is on every answer, the shards' and the edge's own, over both
+/// paths, and replaces a shard's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_server_name_replaces_the_shards() {
+    let recorder = Recorder::start().await;
+    let stack = Stack::start_with(StackOptions {
+        server: Some("tenant-edge".into()),
+        ..Default::default()
+    })
+    .await;
+    let mut backends = stack.backends.clone();
+    for (id, ports) in &mut backends {
+        if id == "jira-us-east-1" {
+            *ports = vec![recorder.port];
+        }
+    }
+    stack.write_routes("server", &backends);
+    eventually(Duration::from_secs(20), || async {
+        (stack.admin_json("/admin/routes").await["version"] == "server").then_some(())
+    })
+    .await;
+    let shard = b"GET / HTTP/1.1\r\nHost: acme.example.test\r\nx-answer: backend-headers\r\n\r\n";
+    let own = b"GET / HTTP/1.1\r\nHost: nobody.example.test\r\n\r\n";
+    for (request, status) in [(&shard[..], 200), (&own[..], 404)] {
+        let answers = exchange(stack.edge_http, request, 1).await;
+        let head = &answers.responses[0].head;
+        assert_eq!(answers.responses[0].status, status, "{head}");
+        assert!(head.contains("server: tenant-edge\r\n"), "{head}");
+        assert!(!head.contains("nginx"), "{head}");
+    }
+    let port = stack.edge_https;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "--http2",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-H",
+                "x-answer: backend-headers",
+            ])
+            .arg("--resolve")
+            .arg(format!("acme.example.test:{port}:127.0.0.1"))
+            .arg(format!("https://acme.example.test:{port}/"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains("server: tenant-edge"), "{head}");
+    assert!(!head.contains("nginx"), "{head}");
 }

@@ -781,6 +781,7 @@ impl H1App {
                     &head.method,
                     &mut conn.resp_drop,
                     self.shared.show_backend_headers,
+                    self.shared.show_backend_headers && self.shared.server_line.is_none(),
                 ) {
                     Ok(Parsed::Complete(resp)) if (100..200).contains(&resp.status) => {
                         if resp.status == 101 {
@@ -858,6 +859,9 @@ impl H1App {
             at = d.end;
         }
         slices.push(&buf[at..resp.len - 2]);
+        if let Some(server) = &self.shared.server_line {
+            slices.push(server);
+        }
         slices.push(b"x-request-id: ");
         slices.push(ex.id.as_bytes());
         slices.push(if ex.close {
@@ -923,7 +927,7 @@ impl H1App {
     {
         ex.status = r.status;
         let id = ex.id.to_str().unwrap_or("");
-        write_error(&mut conn.out, r, id, ex.close);
+        write_error(&mut conn.out, r, id, ex.close, self.shared.server_line.as_deref());
         if io.write_all(&conn.out).await.is_err() || io.flush().await.is_err() {
             ex.close = true;
         }
@@ -944,6 +948,7 @@ impl H1App {
             },
             id.to_str().unwrap_or(""),
             true,
+            self.shared.server_line.as_deref(),
         );
         let _ = io.write_all(&conn.out).await;
         let _ = io.flush().await;
@@ -1050,8 +1055,9 @@ enum Upstream502 {
     Refused(Refusal),
 }
 
-/// The edge's own answer: status line, JSON body, and `connection: close` when closing.
-fn write_error(out: &mut Vec<u8>, r: Reject, id: &str, close: bool) {
+/// The edge's own answer: status line, JSON body, the configured `server` line, and
+/// `connection: close` when closing.
+fn write_error(out: &mut Vec<u8>, r: Reject, id: &str, close: bool, server: Option<&[u8]>) {
     use std::io::Write;
     let mut body = Vec::with_capacity(96);
     error_json(&mut body, r, id);
@@ -1068,6 +1074,9 @@ fn write_error(out: &mut Vec<u8>, r: Reject, id: &str, close: bool) {
     );
     if let Some(after) = r.retry_after {
         let _ = write!(out, "retry-after: {after}\r\n");
+    }
+    if let Some(server) = server {
+        out.extend_from_slice(server);
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

@@ -397,6 +397,9 @@ impl EdgeProxy {
         if let Some(after) = r.retry_after {
             resp.insert_header("retry-after", after)?;
         }
+        if let Some(server) = self.shared.server_value.clone() {
+            resp.insert_header(http::header::SERVER, server)?;
+        }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
     }
@@ -817,11 +820,16 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let strip = !self.shared.show_backend_headers;
-        if ctx.request_id.is_some() || strip {
+        let shared = &self.shared;
+        let strip = !shared.show_backend_headers;
+        if ctx.request_id.is_some() || strip || shared.server_value.is_some() {
             edit_response_headers(resp, |headers| {
                 if strip {
                     strip_backend_headers(headers);
+                    headers.remove(http::header::SERVER);
+                }
+                if let Some(server) = shared.server_value.clone() {
+                    headers.insert(http::header::SERVER, server);
                 }
                 if let Some(id) = &ctx.request_id {
                     headers.insert(X_REQUEST_ID, id.clone());

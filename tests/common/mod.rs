@@ -92,6 +92,8 @@ pub struct StackOptions {
     pub connections: Option<tenant_edge::edge::conns::ConnectionLimits>,
     /// The first edge's HTTP/2 limits, when not the defaults.
     pub http2: Option<tenant_edge::edge::Http2Config>,
+    /// The edges' `Server` name.
+    pub server: Option<String>,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -160,6 +162,7 @@ impl Stack {
                 cfg.lookup.timeout_ms = 500;
                 cfg.lookup.check_interval_ms = 200;
                 cfg.show_backend_headers = options.show_backend_headers;
+                cfg.server.clone_from(&options.server);
                 if i > 0 {
                     return;
                 }

@@ -33,7 +33,7 @@ pub fn answer(name: &str) -> &'static [u8] {
         "interim" => b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         "own-request-id" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: shard-made\r\nKeep-Alive: timeout=5\r\n\r\nok",
         "backend-headers" => {
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Served-By: jira-us-east-1/b1\r\nX-Tenant-Shard: jira-us-east-1\r\nX_Tenant_Id: acme\r\nX-Forwarded-For: 10.1.2.3\r\nX-Kept: yes\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Served-By: jira-us-east-1/b1\r\nX-Tenant-Shard: jira-us-east-1\r\nX_Tenant_Id: acme\r\nX-Forwarded-For: 10.1.2.3\r\nServer: nginx/1.25\r\nX-Kept: yes\r\n\r\nok"
         }
         "no-answer" => b"",
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",

@@ -225,7 +225,7 @@ pub fn request(
                 drop.push(start..end);
             }
             Field::HopByHop | Field::RequestId | Field::Internal => drop.push(start..end),
-            Field::ServedBy | Field::Other => {}
+            Field::ServedBy | Field::Server | Field::Other => {}
         }
     }
     if fields_seen.named {
@@ -312,13 +312,15 @@ fn partial_request(buf: &[u8], limits: Limits) -> Result<Parsed<RequestHead>, Re
 
 /// Parses a response head from the start of `buf`, for a request with `method`. Header lines
 /// the edge does not pass to the client are appended to `drop` (cleared first): hop-by-hop
-/// ones, the shard's request id, and the backend headers unless `show_backend`.
+/// ones, the shard's request id, the backend headers unless `show_backend`, and its `Server`
+/// unless `keep_server`.
 pub fn response(
     buf: &[u8],
     max_head: usize,
     method: &http::Method,
     drop: &mut Vec<Range<usize>>,
     show_backend: bool,
+    keep_server: bool,
 ) -> Result<Parsed<ResponseHead>, Refusal> {
     drop.clear();
     let bad = |reason| refuse(502, reason);
@@ -381,7 +383,13 @@ pub fn response(
             // The edge's own request id replaces any the shard sent.
             Field::Upgrade | Field::HopByHop | Field::RequestId => drop.push(start..end),
             Field::Internal | Field::ServedBy if !show_backend => drop.push(start..end),
-            Field::Host | Field::Expect | Field::Internal | Field::ServedBy | Field::Other => {
+            Field::Server if !keep_server => drop.push(start..end),
+            Field::Host
+            | Field::Expect
+            | Field::Internal
+            | Field::ServedBy
+            | Field::Server
+            | Field::Other => {
                 if name.eq_ignore_ascii_case(b"tenant-moved") {
                     let v = at(h.value);
                     tenant_moved = Some(v..v + h.value.len());
@@ -451,6 +459,8 @@ enum Field {
     Internal,
     /// `x-served-by`: which backend answered, for debugging only.
     ServedBy,
+    /// `server`: the shard's, a backend header too (or replaced by the edge's own).
+    Server,
     Other,
 }
 
@@ -469,6 +479,7 @@ fn classify(name: &[u8]) -> Field {
         6 if is(b"expect") => Field::Expect,
         12 if is(b"x-request-id") => Field::RequestId,
         11 if alias_of(name, b"x-served-by") => Field::ServedBy,
+        6 if is(b"server") => Field::Server,
         _ if internal(name) => Field::Internal,
         _ => Field::Other,
     }

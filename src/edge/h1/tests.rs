@@ -174,7 +174,7 @@ fn hop_by_hop_and_internal_fields_are_dropped() {
 
 fn resp(raw: &str, method: http::Method) -> Result<parse::ResponseHead, u16> {
     let mut drop = Vec::new();
-    match parse::response(raw.as_bytes(), 4096, &method, &mut drop, false) {
+    match parse::response(raw.as_bytes(), 4096, &method, &mut drop, false, false) {
         Ok(Parsed::Complete(h)) => Ok(h),
         Ok(Parsed::Partial) => Err(0),
         Err(r) => Err(r.status),
@@ -328,7 +328,7 @@ proptest! {
                 Framing::Empty | Framing::Close => prop_assert!(!text.contains("transfer-encoding")),
             }
         }
-        if let Ok(Parsed::Complete(r)) = parse::response(&bytes, 512, &http::Method::GET, &mut drop, false) {
+        if let Ok(Parsed::Complete(r)) = parse::response(&bytes, 512, &http::Method::GET, &mut drop, false, false) {
             prop_assert!(r.len <= bytes.len() && r.fields <= r.len - 2);
             prop_assert!(drop.iter().all(|d| r.fields <= d.start && d.end <= r.len - 2));
         }
@@ -392,6 +392,8 @@ mod timeouts {
             registry,
             access_log: false,
             show_backend_headers: false,
+            server_line: None,
+            server_value: None,
             drain: Default::default(),
             conns: crate::edge::conns::Connections::new(Default::default(), None),
             file: Arc::new(FileStatus::new(None)),
