@@ -19,6 +19,7 @@ fn tcs(region: &str, tenants: usize) -> Result<Tcs, Box<dyn std::error::Error>> 
     let edge = ConsumerConfig::new("edge", TOKEN, &["ingress"]);
     let config = TcsConfig {
         allow_faults: true,
+        admin_token: Some("bench-admin-token-0123".into()),
         ..standalone::config(region, vec![edge])?
     };
     let tcs = Tcs::new(config)?;

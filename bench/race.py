@@ -237,7 +237,7 @@ def start_tenant_edge(procs, work, exe, backend, tenants, name="tenant-edge", ma
     d.mkdir()
     cat_port, tcs_port, http, admin, https = free_port(), free_port(), free_port(), free_port(), free_port()
     catalogue = f"http://127.0.0.1:{cat_port}"
-    procs.start(f"{name}-catalogue", [exe, "catalogue", "--listen", f"127.0.0.1:{cat_port}", "--data", d / "catalogue"])
+    procs.start(f"{name}-catalogue", [exe, "catalogue", "--listen", f"127.0.0.1:{cat_port}", "--data", d / "catalogue", "--allow-unauthenticated"])
     wait_http(f"{catalogue}/healthz")
 
     def put(path, doc):

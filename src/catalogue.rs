@@ -8,6 +8,7 @@
 //! - [`router`]: the HTTP API over any store.
 
 mod api;
+pub mod auth;
 pub mod sqlite;
 pub mod store;
 pub mod validate;
@@ -32,6 +33,11 @@ pub struct CatalogueConfig {
     pub listen: SocketAddr,
     /// Directory holding `catalogue.db` (created if missing).
     pub data_dir: PathBuf,
+    /// The token file (see [`auth`]); without one the catalogue starts only with
+    /// `allow_unauthenticated`, on loopback.
+    pub tokens: Option<PathBuf>,
+    /// Serve without tokens (loopback only).
+    pub allow_unauthenticated: bool,
 }
 
 /// Why the catalogue could not start or stopped serving.
@@ -59,6 +65,9 @@ pub enum CatalogueError {
     /// The server failed while running.
     #[error("serving failed: {0}")]
     Serve(std::io::Error),
+    /// No usable token file, or an open API asked for off loopback.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A catalogue with its store open and its listener bound, not yet serving: connections wait
@@ -67,11 +76,30 @@ pub struct Bound {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     store: SqliteStore,
+    access: auth::Access,
 }
 
 /// Opens the store in `cfg.data_dir` and binds `cfg.listen` (port 0 picks a free port; see
 /// [`Bound::addr`]).
 pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
+    let access = match (&cfg.tokens, cfg.allow_unauthenticated) {
+        (Some(path), _) => {
+            let file = auth::TokenFile::load(path).map_err(CatalogueError::Auth)?;
+            auth::Access::Tokens(file.tokens.into())
+        }
+        (None, true) if cfg.listen.ip().is_loopback() => auth::Access::Open,
+        (None, true) => {
+            return Err(CatalogueError::Auth(format!(
+                "--allow-unauthenticated is for loopback only, not {}",
+                cfg.listen
+            )))
+        }
+        (None, false) => {
+            return Err(CatalogueError::Auth(
+                "no token file: give --tokens FILE (or --allow-unauthenticated, on loopback)".into(),
+            ))
+        }
+    };
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CatalogueError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -91,6 +119,7 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
         listener,
         addr,
         store,
+        access,
     })
 }
 
@@ -103,7 +132,10 @@ impl Bound {
     /// Serves the API until `shutdown` is cancelled, then finishes the requests in flight.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), CatalogueError> {
         tracing::info!(target: crate::stack::LISTENING, "catalogue listening on {}", self.addr);
-        let app = api::app(Arc::new(self.store), shutdown.clone());
+        if matches!(self.access, auth::Access::Open) {
+            tracing::warn!("serving without authentication (loopback only)");
+        }
+        let app = api::app(Arc::new(self.store), shutdown.clone(), self.access);
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
@@ -126,6 +158,13 @@ pub struct CatalogueArgs {
     /// Directory holding catalogue.db.
     #[arg(long = "data", default_value = "./data/catalogue")]
     pub data_dir: PathBuf,
+    /// Token file: `[[tokens]]` with `name`, `token` and `scopes` (read, write, migrate,
+    /// admin), readable by its owner only.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Serve without authentication; refused unless the listen address is loopback.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 impl From<CatalogueArgs> for CatalogueConfig {
@@ -133,6 +172,8 @@ impl From<CatalogueArgs> for CatalogueConfig {
         CatalogueConfig {
             listen: args.listen,
             data_dir: args.data_dir,
+            tokens: args.tokens,
+            allow_unauthenticated: args.allow_unauthenticated,
         }
     }
 }

@@ -29,6 +29,13 @@ pub struct CtlArgs {
         default_value = "http://127.0.0.1:7000"
     )]
     pub catalogue: String,
+    /// Bearer token for the catalogue; else `--token-file`, else `data/dev/operator.token`
+    /// when it exists (the dev stack's operator token).
+    #[arg(long, global = true, env = "TENANT_EDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the bearer token (its first line).
+    #[arg(long, global = true)]
+    pub token_file: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -222,9 +229,31 @@ impl CtlArgs {
         }
     }
 
+    /// The token to present: `--token`, `--token-file`, or the dev stack's operator token.
+    fn token(&self) -> Result<Option<String>, CtlError> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        let dev = std::path::Path::new(crate::stack::DEV_OPERATOR_TOKEN);
+        let file = match &self.token_file {
+            Some(path) => path.as_path(),
+            None if dev.exists() => dev,
+            None => return Ok(None),
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| CtlError::BadFile {
+            path: file.to_owned(),
+            detail: e.to_string(),
+        })?;
+        Ok(text
+            .lines()
+            .next()
+            .map(|l| l.trim().to_owned())
+            .filter(|t| !t.is_empty()))
+    }
+
     /// Runs the command and returns what to print.
     async fn execute(self) -> Result<String, CtlError> {
-        let client = CatalogueClient::new(&self.catalogue)?;
+        let client = CatalogueClient::new(&self.catalogue)?.with_token(self.token()?);
         match self.command {
             CtlCommand::Tenants { cmd } => tenants(&client, cmd).await,
             CtlCommand::Shards { cmd } => shards(&client, cmd).await,

@@ -12,8 +12,6 @@ use tokio_util::sync::CancellationToken;
 use crate::routes::RoutesFile;
 use crate::stack::{ports, Ports, Run, Stack, StackError};
 
-pub use crate::stack::DEV_EDGE_TOKEN;
-
 /// Options of `tenant-edge dev`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DevArgs {
@@ -62,7 +60,11 @@ fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot) {
         String::new(),
         format!("tenant-edge dev stack is up (data in {})", args.data.display()),
         format!("  edge        http://127.0.0.1:{http}   https://127.0.0.1:{https} (h2)   admin http://127.0.0.1:{admin}"),
-        format!("  catalogue   http://127.0.0.1:{}", ports::CATALOGUE),
+        format!(
+            "  catalogue   http://127.0.0.1:{}   (token: {}/operator.token, every scope; ctl reads it)",
+            ports::CATALOGUE,
+            args.data.display()
+        ),
         format!(
             "  tcs         us-east-1 http://127.0.0.1:{}   eu-west-1 http://127.0.0.1:{}",
             ports::TCS_US_EAST_1,
@@ -78,6 +80,11 @@ fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot) {
         "Try:".into(),
         format!("  curl -s -H 'Host: acme.example.test' http://127.0.0.1:{http}/"),
         format!("  curl -s -H 'Host: globex.example.test' http://127.0.0.1:{http}/wiki/spaces"),
+        format!(
+            "  curl -s -H \"Authorization: Bearer $(cat {}/operator.token)\" http://127.0.0.1:{}/v1/tenants",
+            args.data.display(),
+            ports::CATALOGUE
+        ),
         format!("  curl -sk --http2 --resolve acme.example.test:{https}:127.0.0.1 https://acme.example.test:{https}/wiki"),
         String::new(),
         "Ctrl-C stops everything.".into(),

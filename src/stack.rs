@@ -48,9 +48,8 @@ use crate::routes::{RouteError, RouteSnapshot, RoutesFile};
 use crate::tcs::{ConsumerConfig, TcsConfig};
 use crate::tenant::{Placement, PlacementState, Product, Realm, Region, ShardId, TenantId};
 
-/// The token a stack's edges present to its TCS nodes, unless [`StackBuilder::edge_token`]
-/// says otherwise.
-pub const DEV_EDGE_TOKEN: &str = "dev-edge-token";
+/// Where `tenant-edge ctl` looks for the dev stack's operator token when given none.
+pub const DEV_OPERATOR_TOKEN: &str = "data/dev/operator.token";
 
 /// How long a TCS may take to catch up with the catalogue, and an edge to hear its stream.
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -137,7 +136,7 @@ pub struct StackBuilder {
     regions: Vec<Region>,
     edges: usize,
     certs: Option<PathBuf>,
-    edge_token: String,
+    edge_token: Option<String>,
     consumers: Vec<ConsumerConfig>,
     seed: bool,
     edit_tcs: Option<Edit<TcsConfig>>,
@@ -193,9 +192,10 @@ impl StackBuilder {
         self
     }
 
-    /// The token the edges present to TCS (default [`DEV_EDGE_TOKEN`]).
+    /// The token the edges present to TCS (default: one generated at the stack's first start
+    /// and kept in `edge.token`).
     pub fn edge_token(mut self, token: &str) -> Self {
-        token.clone_into(&mut self.edge_token);
+        self.edge_token = Some(token.to_owned());
         self
     }
 
@@ -232,7 +232,9 @@ impl StackBuilder {
             .routes_in_place
             .clone()
             .unwrap_or_else(|| self.dir.join("routes.toml"));
+        let secrets = Secrets::ensure(&self.dir, self.edge_token.as_deref())?;
         let mut stack = Stack {
+            secrets,
             dir: self.dir.clone(),
             routes,
             routes_file: self.routes.clone(),
@@ -292,7 +294,9 @@ impl StackBuilder {
         stack.catalogue = Some(catalogue);
         if self.seed {
             let snapshot = RouteSnapshot::from_toml_str(&stack.routes_file.to_toml())?;
-            seed(&CatalogueClient::new(&catalogue_url)?, &snapshot).await?;
+            let client =
+                CatalogueClient::new(&catalogue_url)?.with_token(Some(stack.secrets.operator.clone()));
+            seed(&client, &snapshot).await?;
         }
         let mut endpoints = Vec::new();
         for (i, region) in self.regions.iter().enumerate() {
@@ -300,7 +304,7 @@ impl StackBuilder {
             endpoints.push(TcsEndpoint {
                 region: region.to_string(),
                 url: tcs.url(),
-                token: self.edge_token.clone(),
+                token: stack.secrets.edge.clone(),
             });
             stack.tcs.push(tcs);
         }
@@ -382,6 +386,8 @@ impl StackBuilder {
         let cfg = CatalogueConfig {
             listen: self.bind_addr(ports::CATALOGUE),
             data_dir: self.dir.join("catalogue"),
+            tokens: Some(stack.secrets.token_file.clone()),
+            allow_unauthenticated: false,
         };
         match &self.run {
             Run::InProcess => {
@@ -396,6 +402,8 @@ impl StackBuilder {
                     &cfg.listen.to_string(),
                     "--data",
                     &path_arg(&cfg.data_dir)?,
+                    "--tokens",
+                    &path_arg(&stack.secrets.token_file)?,
                 ];
                 Part::child(Child::start(bin, "catalogue", &args)?)
             }
@@ -411,9 +419,12 @@ impl StackBuilder {
     ) -> Result<Part, StackError> {
         let listen = self.bind_addr(contract_tcs_port(region).unwrap_or(0));
         let snapshot = self.dir.join(format!("tcs-{region}.json"));
-        let mut consumers = vec![ConsumerConfig::new("edge", &self.edge_token, &["ingress"])];
+        let mut consumers = vec![ConsumerConfig::new("edge", &stack.secrets.edge, &["ingress"])];
         consumers.extend(self.consumers.iter().cloned());
         let mut cfg = TcsConfig::new(region.clone(), listen, catalogue, snapshot, consumers);
+        cfg.catalogue_token = Some(stack.secrets.tcs.clone());
+        // The operator's token also opens the TCS's admin endpoints.
+        cfg.admin_token = Some(stack.secrets.operator.clone());
         if let Some(edit) = &self.edit_tcs {
             edit(index, &mut cfg);
         }
@@ -523,9 +534,10 @@ fn path_arg(path: &Path) -> Result<String, StackError> {
         .ok_or_else(|| io_err(path, "not UTF-8"))
 }
 
+/// Writes a config owner-only (0600): configs hold tokens.
 fn write_toml<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StackError> {
     let text = toml::to_string_pretty(value).map_err(|e| io_err(path, e))?;
-    std::fs::write(path, text).map_err(|e| io_err(path, e))
+    crate::catalogue::auth::write_private(path, text.as_bytes()).map_err(|e| io_err(path, e))
 }
 
 /// A started stack. Dropping it stops the in-process parts and kills the child processes.
@@ -546,9 +558,89 @@ pub struct Stack {
     pub edges: Vec<EdgePart>,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), String>>,
+    secrets: Secrets,
+}
+
+/// The stack's tokens, generated at its first start and kept owner-only in its directory:
+/// the catalogue's token file (`catalogue-tokens.toml`: `operator` with every scope, `tcs`
+/// reading), the operator's token alone (`operator.token`, for `ctl` and `curl`), and the
+/// edges' token at TCS (`edge.token`).
+#[derive(Debug, Clone)]
+struct Secrets {
+    token_file: PathBuf,
+    operator: String,
+    tcs: String,
+    edge: String,
+}
+
+impl Secrets {
+    fn ensure(dir: &Path, edge: Option<&str>) -> Result<Secrets, StackError> {
+        use crate::catalogue::auth::{new_token, write_private, ApiToken, Scope, TokenFile};
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let token_file = dir.join("catalogue-tokens.toml");
+        let file = if token_file.exists() {
+            TokenFile::load(&token_file).map_err(StackError::Spec)?
+        } else {
+            let token = |name: &str, scopes: Vec<Scope>| ApiToken {
+                name: name.into(),
+                token: new_token(),
+                scopes,
+            };
+            let file = TokenFile {
+                tokens: vec![
+                    token("operator", vec![Scope::Admin]),
+                    token("tcs", vec![Scope::Read]),
+                ],
+            };
+            file.write(&token_file).map_err(|e| io_err(&token_file, e))?;
+            file
+        };
+        let named = |name: &str| {
+            file.tokens
+                .iter()
+                .find(|t| t.name == name)
+                .map(|t| t.token.clone())
+                .ok_or_else(|| StackError::Spec(format!("{}: no {name} token", token_file.display())))
+        };
+        let (operator, tcs) = (named("operator")?, named("tcs")?);
+        let operator_file = dir.join("operator.token");
+        write_private(&operator_file, format!("{operator}\n").as_bytes())
+            .map_err(|e| io_err(&operator_file, e))?;
+        let edge = match edge {
+            Some(token) => token.to_owned(),
+            None => {
+                let path = dir.join("edge.token");
+                match std::fs::read_to_string(&path) {
+                    Ok(text) if !text.trim().is_empty() => text.trim().to_owned(),
+                    _ => {
+                        let token = new_token();
+                        write_private(&path, format!("{token}\n").as_bytes())
+                            .map_err(|e| io_err(&path, e))?;
+                        token
+                    }
+                }
+            }
+        };
+        Ok(Secrets {
+            token_file,
+            operator,
+            tcs,
+            edge,
+        })
+    }
 }
 
 impl Stack {
+    /// The operator's catalogue token (every scope).
+    pub fn operator_token(&self) -> &str {
+        &self.secrets.operator
+    }
+
+    /// The token the edges present to TCS.
+    pub fn edge_token(&self) -> &str {
+        &self.secrets.edge
+    }
+
     /// A stack built from the route file `routes` (its products, shards and health checks), with
     /// its files in `dir`.
     pub fn builder(dir: impl Into<PathBuf>, routes: RoutesFile) -> StackBuilder {
@@ -566,7 +658,7 @@ impl Stack {
             regions,
             edges: 1,
             certs: None,
-            edge_token: DEV_EDGE_TOKEN.to_owned(),
+            edge_token: None,
             consumers: Vec::new(),
             seed: true,
             edit_tcs: None,

@@ -135,6 +135,12 @@ impl Tcs {
     /// Like [`Tcs::new`], with views that retain `ring` events for resuming subscribers and
     /// let a live subscriber trail by `channel` events before it is told to resync.
     pub fn with_capacities(config: TcsConfig, ring: usize, channel: usize) -> Result<Self, TcsError> {
+        if config.allow_faults && config.admin_token.as_deref().is_none_or(|t| t.len() < 16) {
+            return Err(TcsError::InvalidConfig {
+                path: std::path::PathBuf::new(),
+                problems: vec!["allow_faults needs an admin_token of 16 or more characters".into()],
+            });
+        }
         let metrics = TcsMetrics::new(config.region.as_str())?;
         let views = VIEW_NAMES
             .iter()
@@ -268,7 +274,7 @@ impl Tcs {
             None => 0,
         };
         let tailer = Tailer::new(
-            crate::feed::CatalogueClient::new(&cfg.catalogue)?,
+            crate::feed::CatalogueClient::new(&cfg.catalogue)?.with_token(cfg.catalogue_token.clone()),
             Arc::clone(&ingress),
             Arc::clone(&self.0.status),
             self.0.metrics.clone(),

@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use catalogue_support::{acme, ctl_at, seed_registry, Catalogue};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -134,10 +134,12 @@ async fn the_change_log_lists_every_write_and_long_polls() {
 
     // A long wait answers as soon as a write lands.
     let client = c.http.clone();
+    let token = c.stack.operator_token().to_owned();
     let url = format!("{}/v1/changes?after=7&wait_ms=30000", c.base);
     let poll = tokio::spawn(async move {
         client
             .get(url)
+            .bearer_auth(token)
             .send()
             .await
             .unwrap()
@@ -294,7 +296,7 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Catalogue::start(dir.path()).await;
     let url = format!("{}/v1/changes?after=0&wait_ms=30000", c.base);
-    let poll = tokio::spawn(c.http.get(url).send());
+    let poll = tokio::spawn(c.http.get(url).bearer_auth(c.stack.operator_token()).send());
     while c.get("/healthz").await.expect(200)["waiting"] != 1 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -317,4 +319,115 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
         .await
         .unwrap();
     assert!(stopped, "a clean exit");
+}
+
+#[tokio::test]
+async fn every_call_needs_a_token_holding_its_scope() {
+    use tenant_edge::catalogue::auth::TokenFile;
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalogue::start(dir.path()).await;
+    seed_registry(&c).await;
+    c.put("/v1/tenants/acme", &acme()).await.expect(201);
+    let tokens = TokenFile::load(&c.stack.dir.join("catalogue-tokens.toml")).unwrap();
+    let read_only = tokens
+        .tokens
+        .iter()
+        .find(|t| t.name == "tcs")
+        .unwrap()
+        .token
+        .clone();
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str, token: Option<&str>| {
+        let mut req = http.request(method, format!("{}{path}", c.base)).json(&json!({}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let writes = [
+        (Method::PUT, "/v1/tenants/acme"),
+        (Method::DELETE, "/v1/tenants/acme"),
+        (Method::POST, "/v1/tenants"),
+        (Method::PUT, "/v1/shards/jira-x"),
+        (Method::DELETE, "/v1/shards/jira-us-east-1"),
+        (Method::PUT, "/v1/realms/us"),
+        (Method::DELETE, "/v1/realms/us"),
+        (Method::POST, "/v1/migrations"),
+        (Method::PUT, "/v1/migrations/1/phase"),
+    ];
+    for (method, path) in writes {
+        for token in [None, Some("not-a-token-of-this-catalogue")] {
+            let r = call(method.clone(), path, token).await.unwrap();
+            assert_eq!(
+                r.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {token:?}"
+            );
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["status"], 401);
+        }
+        let r = call(method.clone(), path, Some(&read_only)).await.unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} with a read token"
+        );
+    }
+    for path in [
+        "/v1/tenants",
+        "/v1/tenants/acme",
+        "/v1/changes",
+        "/v1/shards",
+        "/v1/realms",
+        "/v1/migrations",
+    ] {
+        let r = call(Method::GET, path, None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "GET {path}");
+        let r = call(Method::GET, path, Some(&read_only)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "GET {path} with a read token");
+    }
+    let r = call(Method::GET, "/healthz", None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "health is open");
+    // Nothing refused changed anything.
+    assert_eq!(c.get("/v1/tenants/acme").await.expect(200)["version"], 1);
+}
+
+#[tokio::test]
+async fn a_catalogue_without_tokens_refuses_to_start_unless_open_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(catalogue_support::BIN)
+            .args(["catalogue", "--data", data])
+            .args(args)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tokens"),
+        "{out:?}"
+    );
+    let out = run(&["--listen", "0.0.0.0:0", "--allow-unauthenticated"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loopback"),
+        "{out:?}"
+    );
+    // A token file others may read is refused.
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        "[[tokens]]\nname = \"x\"\ntoken = \"0123456789abcdef0123\"\nscopes = [\"admin\"]\n",
+    )
+    .unwrap();
+    let out = run(&["--listen", "127.0.0.1:0", "--tokens", tokens.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{out:?}"
+    );
 }

@@ -162,6 +162,7 @@ async fn catalogue_update_reaches_the_edge_without_restart() {
     let r = stack
         .http
         .delete(format!("{}/v1/tenants/hooli", stack.catalogue_url))
+        .bearer_auth(stack.operator_token())
         .send()
         .await
         .unwrap();

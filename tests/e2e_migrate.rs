@@ -24,7 +24,13 @@ struct Ran {
 /// Runs `tenant-edge ctl --catalogue URL <args>` to completion.
 async fn ctl(stack: &Stack, args: &[&str]) -> Ran {
     let out = tokio::process::Command::new(bin())
-        .args(["ctl", "--catalogue", &stack.catalogue_url])
+        .args([
+            "ctl",
+            "--catalogue",
+            &stack.catalogue_url,
+            "--token",
+            stack.operator_token(),
+        ])
         .args(args)
         .output()
         .await
@@ -72,7 +78,8 @@ async fn export(stack: &Stack, shard: &str, tenant: &str) -> Value {
 async fn api(stack: &Stack, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut req = stack
         .http
-        .request(method, format!("{}{path}", stack.catalogue_url));
+        .request(method, format!("{}{path}", stack.catalogue_url))
+        .bearer_auth(stack.operator_token());
     if let Some(b) = body {
         req = req.json(&b);
     }

@@ -15,12 +15,7 @@ async fn deaf_to_moves(hosts: &[&str]) -> Stack {
         let (status, body) = stack.get_json(host, "/").await;
         assert_eq!((status, body["shard"].as_str()), (200, Some("jira-us-east-1")));
     }
-    tcs_faults(
-        &stack.http,
-        &stack.tcs_urls[0],
-        Some(json!({"pause_ingest": true})),
-    )
-    .await;
+    tcs_faults(&stack, &stack.tcs_urls[0], Some(json!({"pause_ingest": true}))).await;
     stack
 }
 

@@ -45,7 +45,7 @@ async fn every_region_failing_known_tenants_keep_serving() {
         assert_eq!(stack.get(host, "/").await.status(), 200);
     }
     for url in &stack.tcs_urls {
-        tcs_faults(&stack.http, url, Some(json!({"error_rate": 1.0}))).await;
+        tcs_faults(&stack, url, Some(json!({"error_rate": 1.0}))).await;
     }
     let mut errors = 0;
     for i in 0..1000 {
@@ -65,7 +65,7 @@ async fn every_region_failing_known_tenants_keep_serving() {
 async fn a_slow_local_region_does_not_slow_misses() {
     let stack = Stack::start().await;
     // The local region turns 300 ms slow; new tenants then miss at the edge.
-    tcs_faults(&stack.http, &stack.tcs_urls[0], Some(json!({"latency_ms": 300}))).await;
+    tcs_faults(&stack, &stack.tcs_urls[0], Some(json!({"latency_ms": 300}))).await;
     let ids: Vec<String> = (0..50).map(|i| format!("slow{i}")).collect();
     for id in &ids {
         put_tenant(&stack, id, "jira-us-east-1").await;
@@ -110,7 +110,7 @@ async fn an_emptied_region_is_distrusted_and_nothing_is_lost() {
         .wait_in_tcs(&stack.tcs_urls[0], "umbrella.example.test", 0)
         .await;
     // The local region's table is emptied: it says 404 for everything.
-    tcs_faults(&stack.http, &stack.tcs_urls[0], Some(json!({"empty": true}))).await;
+    tcs_faults(&stack, &stack.tcs_urls[0], Some(json!({"empty": true}))).await;
     wait_for_trust(&stack, "us-east-1", "canary_missing").await;
     for host in KNOWN {
         let (status, body) = stack.get_json(host, "/").await;
@@ -125,7 +125,7 @@ async fn an_emptied_region_is_distrusted_and_nothing_is_lost() {
         "{metrics}"
     );
     // The region recovers and is trusted again.
-    tcs_faults(&stack.http, &stack.tcs_urls[0], None).await;
+    tcs_faults(&stack, &stack.tcs_urls[0], None).await;
     wait_for_trust(&stack, "us-east-1", "trusted").await;
 }
 

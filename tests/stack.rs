@@ -43,15 +43,33 @@ async fn an_in_process_stack_on_port_zero_routes_through_every_edge() {
             assert!(bound.contains(backend), "{backend} is not a started shard");
         }
     }
-    // Every config the stack ran with is in its directory.
+    // Every config the stack ran with is in its directory, and every file holding a secret
+    // is its owner's alone.
+    use std::os::unix::fs::PermissionsExt;
     for file in [
         "edge.toml",
         "edge1.toml",
         "tcs-us-east-1.toml",
         "tcs-eu-west-1.toml",
+        "catalogue-tokens.toml",
+        "operator.token",
+        "edge.token",
     ] {
-        assert!(dir.path().join(file).exists(), "{file}");
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
     }
+    let operator = std::fs::read_to_string(dir.path().join("operator.token")).unwrap();
+    assert_eq!(operator.trim(), stack.operator_token());
+    // The catalogue refuses a call without the token.
+    let r = http
+        .get(format!("{}/v1/tenants", stack.catalogue().url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     assert!(matches!(stack.tcs[0].restart(), Err(StackError::Spec(_))));
     stack.stop().await;
 }

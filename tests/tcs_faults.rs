@@ -28,9 +28,13 @@ const ACME: &str = "/v1/views/ingress/hosts/acme.example.test";
 const SNAPSHOT: &str = "/v1/views/ingress/snapshot";
 const FAULTS: &str = "/admin/faults";
 
+/// The admin token of the tests' TCS (faults need it).
+const ADMIN: &str = "tcs-test-admin-token";
+
 fn faults_config(allow: bool) -> TcsConfig {
     let mut cfg = config("127.0.0.1:1");
     cfg.allow_faults = allow;
+    cfg.admin_token = Some(ADMIN.into());
     cfg
 }
 
@@ -46,13 +50,26 @@ fn seeded(allow: bool) -> Tcs {
 }
 
 async fn set_faults(srv: &Server, body: serde_json::Value) -> Faults {
-    let resp = srv.client.put(srv.url(FAULTS)).json(&body).send().await.unwrap();
+    let resp = srv
+        .client
+        .put(srv.url(FAULTS))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK, "PUT {body}");
     resp.json().await.unwrap()
 }
 
 async fn clear_faults(srv: &Server) {
-    let resp = srv.client.delete(srv.url(FAULTS)).send().await.unwrap();
+    let resp = srv
+        .client
+        .delete(srv.url(FAULTS))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Faults>().await.unwrap(), Faults::default());
 }
@@ -72,6 +89,7 @@ async fn admin_routes_do_not_exist_unless_allowed() {
         let resp = srv
             .client
             .request(method.clone(), srv.url(FAULTS))
+            .bearer_auth(ADMIN)
             .json(&json!({"empty": true}))
             .send()
             .await
@@ -85,7 +103,13 @@ async fn admin_routes_do_not_exist_unless_allowed() {
 #[tokio::test]
 async fn admin_faults_are_validated_shown_and_cleared() {
     let srv = Server::start(seeded(true)).await;
-    let put_raw = |body: &'static str| srv.client.put(srv.url(FAULTS)).body(body).send();
+    let put_raw = |body: &'static str| {
+        srv.client
+            .put(srv.url(FAULTS))
+            .bearer_auth(ADMIN)
+            .body(body)
+            .send()
+    };
     for malformed in [
         "",
         "not json",
@@ -107,7 +131,7 @@ async fn admin_faults_are_validated_shown_and_cleared() {
         assert_eq!(resp.json::<ApiError>().await.unwrap().status, 422);
     }
     // Nothing refused was applied.
-    let shown: Faults = srv.get(FAULTS, "").await.json().await.unwrap();
+    let shown: Faults = srv.get(FAULTS, ADMIN).await.json().await.unwrap();
     assert_eq!(shown, Faults::default());
     assert!(metrics(&srv)
         .await
@@ -121,7 +145,7 @@ async fn admin_faults_are_validated_shown_and_cleared() {
     };
     assert_eq!(set, expected);
     assert_eq!(
-        srv.get(FAULTS, "").await.json::<Faults>().await.unwrap(),
+        srv.get(FAULTS, ADMIN).await.json::<Faults>().await.unwrap(),
         expected
     );
     assert!(metrics(&srv)
@@ -130,7 +154,7 @@ async fn admin_faults_are_validated_shown_and_cleared() {
 
     clear_faults(&srv).await;
     assert_eq!(
-        srv.get(FAULTS, "").await.json::<Faults>().await.unwrap(),
+        srv.get(FAULTS, ADMIN).await.json::<Faults>().await.unwrap(),
         Faults::default()
     );
     assert!(metrics(&srv)
@@ -208,7 +232,8 @@ async fn latency_delays_view_answers_but_never_health() {
         .unwrap();
     let latency = Duration::from_millis(MAX_LATENCY_MS);
     let took = |path: &'static str| {
-        let req = http.get(srv.url(path)).bearer_auth(EDGE_TOKEN);
+        let token = if path == FAULTS { ADMIN } else { EDGE_TOKEN };
+        let req = http.get(srv.url(path)).bearer_auth(token);
         async move {
             let start = tokio::time::Instant::now();
             let status = req.send().await.unwrap().status();
@@ -320,7 +345,14 @@ impl Client {
 
     async fn send(&self, method: reqwest::Method, body: serde_json::Value) {
         let url = format!("{}{FAULTS}", self.base);
-        let resp = self.http.request(method, url).json(&body).send().await.unwrap();
+        let resp = self
+            .http
+            .request(method, url)
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
     }
 }
@@ -341,7 +373,20 @@ async fn allow_faults_flag_overrides_the_config() {
     )
     .unwrap();
     let url = format!("{}{FAULTS}", tcs.url());
-    let resp = reqwest::get(&url).await.unwrap();
+    let http = reqwest::Client::new();
+    let resp = http.get(&url).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "the admin token is needed"
+    );
+    let resp = http.get(&url).bearer_auth(EDGE_TOKEN).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED,
+        "a consumer's token is not the admin's"
+    );
+    let resp = http.get(&url).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Faults>().await.unwrap(), Faults::default());
 }
@@ -368,7 +413,8 @@ impl TappedCatalogue {
             }
             next.run(req)
         };
-        let app = catalogue::router(Arc::new(store)).layer(axum::middleware::from_fn(tap));
+        let app = catalogue::router(Arc::new(store), catalogue::auth::Access::Open)
+            .layer(axum::middleware::from_fn(tap));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

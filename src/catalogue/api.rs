@@ -63,13 +63,13 @@ impl Drop for Parked {
     }
 }
 
-/// The catalogue API over `store`, for in-process use (tests, the dev stack).
-pub fn router(store: Arc<dyn Store>) -> Router {
-    app(store, CancellationToken::new())
+/// The catalogue API over `store`, for in-process use (tests), open to `access`.
+pub fn router(store: Arc<dyn Store>, access: super::auth::Access) -> Router {
+    app(store, CancellationToken::new(), access)
 }
 
 /// The API whose long-polls end when `shutdown` is cancelled.
-pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken) -> Router {
+pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken, access: super::auth::Access) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route(
@@ -101,6 +101,7 @@ pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken) -> Router 
             Failure::Http(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(access, super::auth::check))
         .with_state(AppState {
             store,
             shutdown,

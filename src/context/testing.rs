@@ -10,6 +10,9 @@ use crate::tcs::{standalone, ConsumerConfig, Tcs, TcsConfig};
 /// The edge's token at the test TCS.
 pub(crate) const TOKEN: &str = "cache-test-token";
 
+/// The test TCS's admin token.
+pub(crate) const ADMIN_TOKEN: &str = "cache-test-admin-token";
+
 /// A TCS for region `us-east-1` with an event ring of `ring` events. Nothing tails a
 /// catalogue: tests apply changes through `tcs.ingress().apply`.
 pub(crate) fn tcs_with_ring(ring: usize) -> Tcs {
@@ -25,6 +28,7 @@ fn tcs_with(ring: usize, allow_faults: bool) -> Tcs {
     let edge = ConsumerConfig::new("edge", TOKEN, &["ingress"]);
     let config = TcsConfig {
         allow_faults,
+        admin_token: Some(ADMIN_TOKEN.into()),
         ..standalone::config("us-east-1", vec![edge]).unwrap()
     };
     Tcs::with_capacities(config, ring, crate::tcs::view::DEFAULT_CHANNEL_CAPACITY).unwrap()

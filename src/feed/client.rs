@@ -64,6 +64,8 @@ pub struct Imported {
 pub struct CatalogueClient {
     http: reqwest::Client,
     base: String,
+    /// The bearer token sent with every request (see `catalogue::auth`).
+    token: Option<String>,
 }
 
 impl CatalogueClient {
@@ -74,7 +76,18 @@ impl CatalogueClient {
             url: base.clone(),
             source,
         })?;
-        Ok(CatalogueClient { http, base })
+        Ok(CatalogueClient {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// The same client, presenting `token` (when given) with every request.
+    #[must_use]
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// Creates or replaces `doc.id`; with `if_match`, only if its version is that.
@@ -233,9 +246,14 @@ impl CatalogueClient {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
+        let req = self
+            .http
             .request(method, format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT);
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     async fn put<T: Serialize + DeserializeOwned>(&self, path: &str, doc: &T) -> Result<T, ClientError> {

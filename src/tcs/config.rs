@@ -37,6 +37,9 @@ pub struct TcsConfig {
     pub listen: SocketAddr,
     /// Base URL of the catalogue (`http://127.0.0.1:7000`).
     pub catalogue: String,
+    /// The bearer token the tailer presents to the catalogue (a `read` token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogue_token: Option<String>,
     /// The view snapshot file, written atomically and read back at start.
     pub snapshot: PathBuf,
     /// Readiness: the view may trail the catalogue head by at most this many sequences.
@@ -45,6 +48,9 @@ pub struct TcsConfig {
     /// Whether `/admin/faults` may inject faults at run time (see [`super::faults`]).
     #[serde(default)]
     pub allow_faults: bool,
+    /// The bearer token `/admin/faults` asks for; required with `allow_faults`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
     /// Who may read which views.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
@@ -103,9 +109,11 @@ impl TcsConfig {
             region,
             listen,
             catalogue: catalogue.to_owned(),
+            catalogue_token: None,
             snapshot,
             max_lag: DEFAULT_MAX_LAG,
             allow_faults: false,
+            admin_token: None,
             consumers,
         }
     }

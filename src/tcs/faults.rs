@@ -193,8 +193,9 @@ impl FaultSwitch {
     }
 }
 
-/// `GET`/`PUT`/`DELETE /admin/faults`, or no route at all when faults are not allowed. No
-/// consumer token: these are for operators on loopback, and `allow_faults` is the gate.
+/// `GET`/`PUT`/`DELETE /admin/faults`, or no route at all when faults are not allowed. Each
+/// call needs the config's `admin_token` as its bearer token (401 otherwise), compared in
+/// constant time.
 pub fn admin_router(tcs: Tcs) -> Router {
     if !tcs.faults().allowed() {
         return Router::new();
@@ -204,7 +205,27 @@ pub fn admin_router(tcs: Tcs) -> Router {
             "/admin/faults",
             get(show_faults).put(put_faults).delete(clear_faults),
         )
+        .route_layer(axum::middleware::from_fn_with_state(tcs.clone(), admin_only))
         .with_state(tcs)
+}
+
+/// Lets a call through with the admin token.
+async fn admin_only(
+    State(tcs): State<Tcs>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let admin = tcs.config().admin_token.as_deref().map(str::as_bytes);
+    match (presented, admin) {
+        (Some(p), Some(a)) if super::api::constant_time_eq(p, a) => next.run(request).await,
+        _ => crate::feed::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "the admin token is needed")
+            .into_response(),
+    }
 }
 
 async fn show_faults(State(tcs): State<Tcs>) -> Json<Faults> {

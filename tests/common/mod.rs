@@ -34,11 +34,13 @@ pub fn addr(port: u16) -> SocketAddr {
 }
 
 /// Sets (`Some`) or clears (`None`) injected faults on a TCS.
-pub async fn tcs_faults(http: &reqwest::Client, tcs_url: &str, faults: Option<serde_json::Value>) {
+pub async fn tcs_faults(stack: &Stack, tcs_url: &str, faults: Option<serde_json::Value>) {
     let url = format!("{tcs_url}/admin/faults");
+    let http = &stack.http;
+    let admin = stack.operator_token();
     let r = match faults {
-        Some(f) => http.put(url).json(&f).send().await.unwrap(),
-        None => http.delete(url).send().await.unwrap(),
+        Some(f) => http.put(url).bearer_auth(admin).json(&f).send().await.unwrap(),
+        None => http.delete(url).bearer_auth(admin).send().await.unwrap(),
     };
     assert!(r.status().is_success(), "faults: {}", r.status());
 }
@@ -250,6 +252,7 @@ impl Stack {
         let r = self
             .http
             .put(format!("{}/v1/tenants/{id}", self.catalogue_url))
+            .bearer_auth(self.operator_token())
             .json(doc)
             .send()
             .await

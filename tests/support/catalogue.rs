@@ -50,7 +50,10 @@ impl Catalogue {
         body: Option<&str>,
         if_match: Option<&str>,
     ) -> Reply {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.stack.operator_token());
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b.to_owned());
         }
@@ -104,7 +107,8 @@ impl Catalogue {
         let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
         let head = format!(
             "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+             Authorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.stack.operator_token(),
             2 << 20
         );
         conn.write_all(head.as_bytes()).await.unwrap();
@@ -122,7 +126,9 @@ impl Catalogue {
 
     /// Runs `tenant-edge ctl` against this catalogue.
     pub fn ctl(&self, args: &[&str], stdin: &str) -> Output {
-        ctl_at(&self.base, args, stdin)
+        let mut with_token = vec!["--token", self.stack.operator_token()];
+        with_token.extend_from_slice(args);
+        ctl_at(&self.base, &with_token, stdin)
     }
 }
 
