@@ -14,8 +14,13 @@ import statistics
 import time
 
 
+TOKEN = None
+
+
 def request(conn, method, path, body=None):
     headers = {"content-type": "application/json"} if body is not None else {}
+    if TOKEN:
+        headers["authorization"] = f"Bearer {TOKEN}"
     conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
     resp = conn.getresponse()
     data = resp.read()
@@ -25,10 +30,15 @@ def request(conn, method, path, body=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--catalogue", default="127.0.0.1:7000")
+    ap.add_argument("--token-file", default="data/dev/operator.token", help="the catalogue token (the dev stack's operator token)")
     ap.add_argument("--edge-admin", default="127.0.0.1:9900")
+    ap.add_argument("--edge", default="127.0.0.1:8080", help="the edge's plain HTTP listener")
     ap.add_argument("--tenant", default="initech")
     ap.add_argument("--writes", type=int, default=200)
     args = ap.parse_args()
+    global TOKEN
+    with open(args.token_file) as f:
+        TOKEN = f.readline().strip()
 
     cat = http.client.HTTPConnection(args.catalogue, timeout=5)
     edge = http.client.HTTPConnection(args.edge_admin, timeout=5)
@@ -36,8 +46,11 @@ def main():
     if status != 200:
         raise SystemExit(f"tenant {args.tenant}: catalogue answered {status}")
     host = doc["hosts"][0]
-    # Make sure this edge caches the tenant, so it is the push that updates it.
-    request(edge, "GET", f"/admin/tenants/{host}")
+    # Make sure this edge caches the tenant (a request through it fills the cache; the admin API
+    # only looks), so it is the push that updates it.
+    proxy = http.client.HTTPConnection(args.edge, timeout=5)
+    proxy.request("GET", "/", headers={"host": host})
+    proxy.getresponse().read()
     delays = []
     for i in range(args.writes):
         doc.pop("version", None)
