@@ -70,6 +70,12 @@ pub enum Command {
         /// give every backend of a shard, and every shard of the stack, the same one.
         #[arg(long)]
         data: PathBuf,
+        /// File whose first line is the token the mover hooks ask for (the orchestrator's).
+        #[arg(long)]
+        mover_token_file: Option<PathBuf>,
+        /// Leave the mover hooks open without a token (loopback only).
+        #[arg(long)]
+        allow_unauthenticated: bool,
     },
 }
 
@@ -106,7 +112,21 @@ pub fn main() -> ExitCode {
             product,
             regions,
             data,
+            mover_token_file,
+            allow_unauthenticated,
         } => {
+            let mover_token = match mover_token_file.as_deref().map(std::fs::read_to_string) {
+                None => None,
+                Some(Ok(text)) => text
+                    .lines()
+                    .next()
+                    .map(|l| l.trim().to_owned())
+                    .filter(|t| !t.is_empty()),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the mover token file");
+                    return ExitCode::FAILURE;
+                }
+            };
             let cfg = crate::demo::DemoShardConfig {
                 shard,
                 backend,
@@ -114,6 +134,8 @@ pub fn main() -> ExitCode {
                 product,
                 regions,
                 data_dir: data,
+                mover_token,
+                allow_unauthenticated,
             };
             run_role(|shutdown| crate::demo::run(cfg, shutdown))
         }

@@ -48,6 +48,11 @@ pub struct DemoShardConfig {
     /// (`data-<product>-<region>.db`), shared by the shard's backends and by shards of the same
     /// product in the same regions.
     pub data_dir: PathBuf,
+    /// The bearer token the mover hooks (`/mover/...`) ask for.
+    pub mover_token: Option<String>,
+    /// Without a token, leave the hooks open (loopback only); else a shard without a token
+    /// does not start.
+    pub allow_unauthenticated: bool,
 }
 
 /// Why a demo shard could not run.
@@ -62,6 +67,9 @@ pub enum DemoError {
     /// A shard keeps data in at least one region.
     #[error("demo shard: no data region given")]
     NoRegions,
+    /// No mover token, and open hooks not asked for (or asked for off loopback).
+    #[error("demo shard: the mover hooks need a token (--mover-token-file), or --allow-unauthenticated on loopback (listening on {0})")]
+    OpenMover(SocketAddr),
     /// The shard's database could not be opened.
     #[error("shard database {path}: {source}")]
     Store {
@@ -85,6 +93,7 @@ struct DemoState {
     backend: String,
     served_by: HeaderValue,
     store: ShardStore,
+    mover_token: Option<String>,
 }
 
 /// Why a request was refused; one JSON answer ([`ApiError`]) per variant.
@@ -191,6 +200,9 @@ pub async fn bind(cfg: DemoShardConfig) -> Result<Bound, DemoError> {
     if cfg.regions.is_empty() {
         return Err(DemoError::NoRegions);
     }
+    if cfg.mover_token.is_none() && !(cfg.allow_unauthenticated && cfg.listen.ip().is_loopback()) {
+        return Err(DemoError::OpenMover(cfg.listen));
+    }
     // The socket first: a taken port leaves no files behind.
     let listener = TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
@@ -209,6 +221,7 @@ pub async fn bind(cfg: DemoShardConfig) -> Result<Bound, DemoError> {
         backend: cfg.backend,
         served_by,
         store,
+        mover_token: cfg.mover_token,
     });
     Ok(Bound {
         listener,
@@ -265,7 +278,10 @@ fn router(state: Arc<DemoState>) -> Router {
         .route("/healthz", get(healthz).fallback(echo))
         .route("/ws/echo", get(ws_echo))
         .merge(items::routes())
-        .nest("/mover", mover::routes())
+        .nest(
+            "/mover",
+            mover::routes().route_layer(middleware::from_fn_with_state(Arc::clone(&state), mover_only)),
+        )
         .fallback(echo)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), served_by))
         .with_state(state)
@@ -275,6 +291,22 @@ async fn served_by(State(state): State<Arc<DemoState>>, req: Request, next: Next
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(SERVED_BY, state.served_by.clone());
     resp
+}
+
+/// The mover hooks move and delete a tenant's data: with a token configured, only its holder
+/// (the orchestrator) may call them.
+async fn mover_only(State(state): State<Arc<DemoState>>, req: Request, next: Next) -> Response {
+    let Some(token) = &state.mover_token else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match presented {
+        Some(p) if crate::tcs::api::constant_time_eq(p, token.as_bytes()) => next.run(req).await,
+        _ => ApiError::new(StatusCode::UNAUTHORIZED, "the mover token is needed").into_response(),
+    }
 }
 
 async fn healthz() -> &'static str {

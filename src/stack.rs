@@ -344,6 +344,9 @@ impl StackBuilder {
                     product: shard.product.clone(),
                     regions: shard.data_regions.clone(),
                     data_dir: data.clone(),
+                    // The operator's token moves tenants (`ctl migrate` presents it).
+                    mover_token: Some(stack.secrets.operator.clone()),
+                    allow_unauthenticated: false,
                 };
                 let name = format!("{}/{}", cfg.shard, cfg.backend);
                 let part = match &self.run {
@@ -368,6 +371,8 @@ impl StackBuilder {
                             &regions.join(","),
                             "--data",
                             &path_arg(&cfg.data_dir)?,
+                            "--mover-token-file",
+                            &path_arg(&stack.dir.join("operator.token"))?,
                         ];
                         Part::child(Child::start(bin, &name, &args)?)?
                     }

@@ -24,6 +24,7 @@ async fn demo_shard_subcommand_serves_and_stops_on_sigterm() {
         "127.0.0.1:0",
         "--data",
         data.to_str().unwrap(),
+        "--allow-unauthenticated",
     ];
     // Returns once the process said where it listens: nothing to poll.
     let mut shard = Child::start(Path::new(env!("CARGO_BIN_EXE_tenant-edge")), "shard", &args).unwrap();

@@ -186,7 +186,8 @@ async fn a_thousand_partial_heads_keep_memory_bounded() {
         held.push(s);
     }
     // Every byte sent is read by the edge (its buffers hold the heads) once all are open.
-    eventually(Duration::from_secs(60), || async {
+    // Generous: a machine busy with other work accepts slowly.
+    eventually(Duration::from_secs(120), || async {
         let m = stack.metrics().await;
         (metric(&m, "tenant_edge_connections_open ") >= HOSTILE as u64).then_some(())
     })

@@ -61,6 +61,7 @@ async fn hook(stack: &Stack, shard: &str, name: &str, body: Value) -> Value {
     let r = stack
         .http
         .post(format!("{}/{name}", hooks(stack, shard)))
+        .bearer_auth(stack.operator_token())
         .json(&body)
         .send()
         .await
@@ -71,7 +72,16 @@ async fn hook(stack: &Stack, shard: &str, name: &str, body: Value) -> Value {
 
 async fn export(stack: &Stack, shard: &str, tenant: &str) -> Value {
     let url = format!("{}/export?tenant={tenant}", hooks(stack, shard));
-    stack.http.get(url).send().await.unwrap().json().await.unwrap()
+    stack
+        .http
+        .get(url)
+        .bearer_auth(stack.operator_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Catalogue call: status and JSON body.
@@ -351,7 +361,16 @@ const MULTI: &str = "jira-us-multi";
 /// The tenant's item count in each data region of `shard`.
 async fn regions(stack: &Stack, shard: &str, tenant: &str) -> Value {
     let url = format!("{}/regions?tenant={tenant}", hooks(stack, shard));
-    stack.http.get(url).send().await.unwrap().json().await.unwrap()
+    stack
+        .http
+        .get(url)
+        .bearer_auth(stack.operator_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Reads the tenant's items through the edge once it routes to `shard`; the item count.

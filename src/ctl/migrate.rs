@@ -111,6 +111,8 @@ struct Mover {
 struct Run<'a> {
     catalogue: &'a CatalogueClient,
     http: reqwest::Client,
+    /// Presented to the shards' mover hooks: the operator's catalogue token.
+    token: Option<String>,
     label: String,
     source: Mover,
     target: Mover,
@@ -158,6 +160,7 @@ pub(super) async fn run(
         target: mover(catalogue, &m.to).await?,
         catalogue,
         http,
+        token: catalogue.token().map(str::to_owned),
         label,
         drain: Duration::from_millis(args.drain_ms),
     };
@@ -307,14 +310,21 @@ impl Run<'_> {
             detail,
         };
         let resp = self
-            .http
-            .get(&url)
+            .authorised(self.http.get(&url))
             .query(&[("tenant", tenant.as_str())])
             .send()
             .await
             .map_err(|e| fail(e.to_string()))?;
         let resp = checked(resp).await.map_err(fail)?;
         resp.json().await.map_err(|e| fail(e.to_string()))
+    }
+
+    /// `req` with the operator's token, when there is one.
+    fn authorised(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
     }
 
     /// A hook whose body is `{"tenant"}`.
@@ -338,8 +348,7 @@ impl Run<'_> {
             detail,
         };
         let resp = self
-            .http
-            .request(method, &url)
+            .authorised(self.http.request(method, &url))
             .json(body)
             .send()
             .await

@@ -37,8 +37,13 @@ fn config(
         product: Product::new("jira").unwrap(),
         regions: regions_of(shard),
         data_dir: dir.to_path_buf(),
+        mover_token: Some(MOVER_TOKEN.into()),
+        allow_unauthenticated: false,
     }
 }
+
+/// The token the test shards' mover hooks ask for.
+const MOVER_TOKEN: &str = "demo-test-mover-token";
 
 /// Starts backend `backend` of `shard` with its files in `dir`, and returns once it listens.
 async fn start_in(dir: &std::path::Path, shard: &str, backend: &str) -> Running {
@@ -69,8 +74,12 @@ impl Running {
     }
 
     /// A request to `path`, for `tenant` when given.
+    /// A request to `path` (the mover hooks' with their token).
     fn req(&self, method: reqwest::Method, path: &str, tenant: Option<&str>) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.base));
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if path.starts_with("/mover") {
+            r = r.bearer_auth(MOVER_TOKEN);
+        }
         match tenant {
             Some(t) => r.header("x-tenant-id", t),
             None => r,

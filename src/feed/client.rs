@@ -83,6 +83,11 @@ impl CatalogueClient {
         })
     }
 
+    /// The token it presents, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The same client, presenting `token` (when given) with every request.
     #[must_use]
     pub fn with_token(mut self, token: Option<String>) -> Self {

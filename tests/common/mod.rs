@@ -303,6 +303,7 @@ impl Stack {
         let r = self
             .http
             .post(format!("http://127.0.0.1:{}/mover/release", ports[0]))
+            .bearer_auth(self.operator_token())
             .json(&serde_json::json!({"tenant": tenant, "version": version}))
             .send()
             .await

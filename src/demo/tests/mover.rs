@@ -300,3 +300,22 @@ async fn overlapping_shards_share_the_data_of_their_common_regions() {
     single.stop().await;
     multi.stop().await;
 }
+
+#[tokio::test]
+async fn the_hooks_need_the_mover_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = start_in(dir.path(), "jira-us-east-1", "b1").await;
+    let http = reqwest::Client::new();
+    for token in [None, Some("wrong-token-of-16-chars")] {
+        let mut req = http
+            .post(format!("{}/mover/freeze", shard.base))
+            .json(&json!({"tenant": "acme"}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{token:?}");
+    }
+    // Not frozen: a write still lands (`create` asserts 201).
+    shard.create("acme", &json!({"title": "after the refused freezes"})).await;
+}
