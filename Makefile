@@ -4,10 +4,11 @@ SHELL := /bin/bash
 
 .PHONY: run test lint bench bench-quick fuzz certs deps build release
 
-## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl).
+## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl;
+## curl and python3 drive the HTTP/2 tests).
 deps:
 	@missing=""; \
-	for t in cmake:cmake cc:build-essential openssl:openssl pkg-config:pkg-config curl:curl; do \
+	for t in cmake:cmake cc:build-essential openssl:openssl pkg-config:pkg-config curl:curl python3:python3; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
