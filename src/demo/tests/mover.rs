@@ -317,5 +317,7 @@ async fn the_hooks_need_the_mover_token() {
         assert_eq!(r.status(), 401, "{token:?}");
     }
     // Not frozen: a write still lands (`create` asserts 201).
-    shard.create("acme", &json!({"title": "after the refused freezes"})).await;
+    shard
+        .create("acme", &json!({"title": "after the refused freezes"}))
+        .await;
 }
