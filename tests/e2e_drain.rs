@@ -18,17 +18,9 @@ const CLIENTS: usize = 16;
 async fn sigterm_under_load_fails_no_request_that_started_before_it() {
     let recorder = Recorder::start().await;
     let mut stack = Stack::start().await;
-    let mut backends = stack.backends.clone();
-    for (id, ports) in &mut backends {
-        if id == "jira-us-east-1" {
-            *ports = vec![recorder.port];
-        }
-    }
-    stack.write_routes("drain", &backends);
-    eventually(Duration::from_secs(20), || async {
-        (stack.admin_json("/admin/routes").await["version"] == "drain").then_some(())
-    })
-    .await;
+    stack
+        .route_shards_to("drain", &["jira-us-east-1"], recorder.port)
+        .await;
     let url = format!("http://127.0.0.1:{}/", stack.edge_http);
     let signalled = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();

@@ -1,8 +1,6 @@
 //! Connection caps: past them a connection is closed unread and counted, while the admin API
 //! (health, readiness, metrics) keeps answering and the slots come back when clients leave.
 
-#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
-
 mod common;
 
 use std::net::TcpStream;
@@ -138,12 +136,7 @@ async fn an_idle_http2_connection_is_closed_and_its_stream_cap_advertised() {
 
 /// The resident memory of process `pid` now (`VmRSS`), in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
+    proc_status_kib(pid, "VmRSS")
 }
 
 /// Hostile connections held open, each with a request head just under the limit and never

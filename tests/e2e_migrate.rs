@@ -70,18 +70,21 @@ async fn hook(stack: &Stack, shard: &str, name: &str, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
-async fn export(stack: &Stack, shard: &str, tenant: &str) -> Value {
-    let url = format!("{}/export?tenant={tenant}", hooks(stack, shard));
-    stack
+/// GET a mover hook of `shard` (`export?tenant=..`, `regions?tenant=..`) with the token.
+async fn mover_get(stack: &Stack, shard: &str, hook: &str) -> Value {
+    let url = format!("{}/{hook}", hooks(stack, shard));
+    let r = stack
         .http
         .get(url)
         .bearer_auth(stack.operator_token())
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+        .unwrap();
+    r.json().await.unwrap()
+}
+
+async fn export(stack: &Stack, shard: &str, tenant: &str) -> Value {
+    mover_get(stack, shard, &format!("export?tenant={tenant}")).await
 }
 
 /// Catalogue call: status and JSON body.
@@ -360,17 +363,7 @@ const MULTI: &str = "jira-us-multi";
 
 /// The tenant's item count in each data region of `shard`.
 async fn regions(stack: &Stack, shard: &str, tenant: &str) -> Value {
-    let url = format!("{}/regions?tenant={tenant}", hooks(stack, shard));
-    stack
-        .http
-        .get(url)
-        .bearer_auth(stack.operator_token())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    mover_get(stack, shard, &format!("regions?tenant={tenant}")).await
 }
 
 /// Reads the tenant's items through the edge once it routes to `shard`; the item count.

@@ -2,15 +2,13 @@
 //! upgrade echoed through the edge by a demo shard, `Expect: 100-continue`, an HTTP/1.0
 //! client, and 100 MiB bodies both ways with the edge's memory bounded.
 
-#![expect(clippy::unwrap_used, reason = "test: failing loudly is the point")]
-
 mod common;
 
 use std::time::Duration;
 
 use common::http1::{read_response, until_closed};
 use common::recorder::Sink;
-use common::{eventually, Stack};
+use common::Stack;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -81,12 +79,7 @@ async fn expect_continue_and_http10_are_served_whole() {
 
 /// The edge's peak resident memory, from `/proc`.
 fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
+    common::proc_status_kib(pid, "VmHWM")
 }
 
 const HUNDRED_MIB: usize = 100 * 1024 * 1024;
@@ -95,17 +88,9 @@ const HUNDRED_MIB: usize = 100 * 1024 * 1024;
 async fn hundred_mib_bodies_stream_with_bounded_memory() {
     let sink = Sink::start().await;
     let stack = Stack::start().await;
-    let mut backends = stack.backends.clone();
-    for (id, ports) in &mut backends {
-        if id == "jira-us-east-1" {
-            *ports = vec![sink.port];
-        }
-    }
-    stack.write_routes("sink", &backends);
-    eventually(Duration::from_secs(20), || async {
-        (stack.admin_json("/admin/routes").await["version"] == "sink").then_some(())
-    })
-    .await;
+    stack
+        .route_shards_to("sink", &["jira-us-east-1"], sink.port)
+        .await;
     let pid = stack.edges[0].pid().unwrap();
     let before = peak_rss_kib(pid);
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::http1::{exchange, read_answers, until_closed};
 use common::recorder::Recorder;
-use common::{eventually, Stack, StackOptions};
+use common::{curl_h2_head, Stack, StackOptions};
 use tenant_edge::edge::Http1Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,17 +35,13 @@ async fn stack_with_recorder() -> (Stack, Recorder) {
         ..Default::default()
     })
     .await;
-    let mut backends = stack.backends.clone();
-    for (id, ports) in &mut backends {
-        if id == "jira-us-east-1" || id == "confluence-us-east-1" {
-            *ports = vec![recorder.port];
-        }
-    }
-    stack.write_routes("framing", &backends);
-    eventually(Duration::from_secs(20), || async {
-        (stack.admin_json("/admin/routes").await["version"] == "framing").then_some(())
-    })
-    .await;
+    stack
+        .route_shards_to(
+            "framing",
+            &["jira-us-east-1", "confluence-us-east-1"],
+            recorder.port,
+        )
+        .await;
     // A first request through, so the cache holds acme before the table runs.
     let answers = exchange(
         stack.edge_http,
@@ -462,22 +458,17 @@ async fn a_stale_pooled_connection_is_retried_once_on_a_fresh_one_when_idempoten
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_general_path_drops_and_replaces_the_same_fields() {
     let (stack, recorder) = stack_with_recorder().await;
-    let port = stack.edge_https;
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .args(["-sk", "--http2", "-D", "-", "-o", "/dev/null"])
-            .args(["-H", "x_tenant_id: evil", "-H", "X_Forwarded_For: 6.6.6.6"])
-            .args(["-H", "Forwarded: for=6.6.6.6", "-H", "X-Real-IP: 6.6.6.6"])
-            .args(["-H", "x-answer: backend-headers"])
-            .arg("--resolve")
-            .arg(format!("acme.example.test:{port}:127.0.0.1"))
-            .arg(format!("https://acme.example.test:{port}/"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let head = curl_h2_head(
+        stack.edge_https,
+        &[
+            "x_tenant_id: evil",
+            "X_Forwarded_For: 6.6.6.6",
+            "Forwarded: for=6.6.6.6",
+            "X-Real-IP: 6.6.6.6",
+            "x-answer: backend-headers",
+        ],
+    )
+    .await;
     assert!(head.starts_with("http/2 200"), "{head}");
     for inside in [
         "x-served-by",
@@ -515,17 +506,9 @@ async fn a_configured_server_name_replaces_the_shards() {
         ..Default::default()
     })
     .await;
-    let mut backends = stack.backends.clone();
-    for (id, ports) in &mut backends {
-        if id == "jira-us-east-1" {
-            *ports = vec![recorder.port];
-        }
-    }
-    stack.write_routes("server", &backends);
-    eventually(Duration::from_secs(20), || async {
-        (stack.admin_json("/admin/routes").await["version"] == "server").then_some(())
-    })
-    .await;
+    stack
+        .route_shards_to("server", &["jira-us-east-1"], recorder.port)
+        .await;
     let shard = b"GET / HTTP/1.1\r\nHost: acme.example.test\r\nx-answer: backend-headers\r\n\r\n";
     let own = b"GET / HTTP/1.1\r\nHost: nobody.example.test\r\n\r\n";
     for (request, status) in [(&shard[..], 200), (&own[..], 404)] {
@@ -535,28 +518,7 @@ async fn a_configured_server_name_replaces_the_shards() {
         assert!(head.contains("server: tenant-edge\r\n"), "{head}");
         assert!(!head.contains("nginx"), "{head}");
     }
-    let port = stack.edge_https;
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .args([
-                "-sk",
-                "--http2",
-                "-D",
-                "-",
-                "-o",
-                "/dev/null",
-                "-H",
-                "x-answer: backend-headers",
-            ])
-            .arg("--resolve")
-            .arg(format!("acme.example.test:{port}:127.0.0.1"))
-            .arg(format!("https://acme.example.test:{port}/"))
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let head = curl_h2_head(stack.edge_https, &["x-answer: backend-headers"]).await;
     assert!(head.contains("server: tenant-edge"), "{head}");
     assert!(!head.contains("nginx"), "{head}");
 }

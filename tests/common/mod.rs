@@ -214,6 +214,22 @@ impl Stack {
         }
     }
 
+    /// Points `shards` at the backend on `port` alone (a recorder, a sink) in a route file
+    /// labelled `version`, and returns once the edge serves that file.
+    pub async fn route_shards_to(&self, version: &str, shards: &[&str], port: u16) {
+        let mut backends = self.backends.clone();
+        for (id, ports) in &mut backends {
+            if shards.contains(&id.as_str()) {
+                *ports = vec![port];
+            }
+        }
+        self.write_routes(version, &backends);
+        eventually(Duration::from_secs(20), || async {
+            (self.admin_json("/admin/routes").await["version"] == version).then_some(())
+        })
+        .await;
+    }
+
     /// Rewrites the route file as labelled `version`, with `backends` (shard id, ports) for
     /// the shards named there; the edges reload it.
     pub fn write_routes(&self, version: &str, backends: &[(String, Vec<u16>)]) {
@@ -315,6 +331,36 @@ impl Stack {
     pub fn shard_proc(&mut self, id: &str, backend: usize) -> &mut Part {
         self.inner.shard(id, backend).unwrap()
     }
+}
+
+/// A `/proc/<pid>/status` figure in KiB: `VmRSS` (resident now) or `VmHWM` (its peak).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The answer head (lower case) of a GET over HTTP/2 and TLS to the edge's `port` for
+/// `acme.example.test`, with extra `headers` (`name: value`), by curl.
+pub async fn curl_h2_head(port: u16, headers: &[&str]) -> String {
+    let mut args: Vec<String> = ["-sk", "--http2", "-D", "-", "-o", "/dev/null"]
+        .map(String::from)
+        .to_vec();
+    for h in headers {
+        args.extend(["-H".to_owned(), (*h).to_owned()]);
+    }
+    args.push("--resolve".into());
+    args.push(format!("acme.example.test:{port}:127.0.0.1"));
+    args.push(format!("https://acme.example.test:{port}/"));
+    let out = tokio::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
 }
 
 /// Sends raw bytes to `port` and returns the status code of the answer.
