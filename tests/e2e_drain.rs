@@ -50,8 +50,15 @@ async fn sigterm_under_load_fails_no_request_that_started_before_it() {
             seen
         }));
     }
-    // Let every client have a request in flight.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Every client has a request in flight once the backend has seen one from each (it holds
+    // each for 300 ms).
+    let mut seen = 0;
+    eventually(Duration::from_secs(20), || {
+        seen += recorder.take().len();
+        let all = seen >= CLIENTS;
+        async move { all.then_some(()) }
+    })
+    .await;
     stack.edges[0].signal_term();
     signalled.store(true, Ordering::SeqCst);
     // `/readyz` fails while the drain runs.
