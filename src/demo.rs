@@ -299,13 +299,10 @@ async fn mover_only(State(state): State<Arc<DemoState>>, req: Request, next: Nex
     let Some(token) = &state.mover_token else {
         return next.run(req).await;
     };
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    match presented {
-        Some(p) if crate::tcs::api::constant_time_eq(p, token.as_bytes()) => next.run(req).await,
-        _ => ApiError::new(StatusCode::UNAUTHORIZED, "the mover token is needed").into_response(),
+    if crate::feed::bearer::bears(req.headers(), token) {
+        next.run(req).await
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "the mover token is needed").into_response()
     }
 }
 

@@ -5,6 +5,7 @@
 //! from any position and detect what it missed. Beside them, [`client`]: the one typed client
 //! of the catalogue API (`ctl`, the dev stack, the TCS tailer and the tests all use it).
 
+pub mod bearer;
 pub mod client;
 
 use std::collections::BTreeMap;

@@ -164,15 +164,11 @@ pub async fn check(State(access): State<Access>, request: Request, next: Next) -
     let Some(scope) = needed(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
     // Every token is compared, whichever matches: the time taken says nothing of which.
     let mut holder = None;
-    if let Some(presented) = presented {
+    if let Some(presented) = crate::feed::bearer::bearer_token(request.headers()) {
         for t in tokens.iter() {
-            if crate::tcs::api::constant_time_eq(presented, t.token.as_bytes()) {
+            if crate::feed::bearer::constant_time_eq(presented, t.token.as_bytes()) {
                 holder = Some(t);
             }
         }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::faults::{self, Faults, Injected};
 use super::view::{Held, IngressView, SharedSnapshot};
 use super::{Consumer, Tcs};
+use crate::feed::bearer::{bearer_token, constant_time_eq};
 use crate::feed::{ApiError, HostBatch, PlacementLookup, MAX_HOST_BATCH};
 use crate::tenant::{Host, HostError, NameError, Product, TenantId};
 
@@ -159,14 +160,6 @@ fn emptied(faults: Option<Faults>) -> bool {
     faults.is_some_and(|f| f.empty)
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
-    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
-    let scheme = value.get(..7)?;
-    scheme
-        .eq_ignore_ascii_case(b"bearer ")
-        .then(|| value[7..].trim_ascii())
-}
-
 /// Looks at every consumer and every byte whatever matches, so timing reveals no token prefix.
 fn find_consumer<'a>(consumers: &'a [Consumer], token: &[u8]) -> Option<&'a Consumer> {
     let mut found = None;
@@ -176,17 +169,6 @@ fn find_consumer<'a>(consumers: &'a [Consumer], token: &[u8]) -> Option<&'a Cons
         }
     }
     found
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
 }
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {

@@ -216,15 +216,12 @@ async fn admin_only(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let presented = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-    let admin = tcs.config().admin_token.as_deref().map(str::as_bytes);
-    match (presented, admin) {
-        (Some(p), Some(a)) if super::api::constant_time_eq(p, a) => next.run(request).await,
-        _ => crate::feed::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "the admin token is needed")
-            .into_response(),
+    let admin = tcs.config().admin_token.as_deref();
+    if admin.is_some_and(|a| crate::feed::bearer::bears(request.headers(), a)) {
+        next.run(request).await
+    } else {
+        crate::feed::ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "the admin token is needed")
+            .into_response()
     }
 }
 

@@ -364,7 +364,7 @@ fn config_load_names_the_file() {
 
 #[test]
 fn constant_time_eq_compares_whole_strings() {
-    use super::api::constant_time_eq;
+    use crate::feed::bearer::constant_time_eq;
     assert!(constant_time_eq(b"dev-edge-token", b"dev-edge-token"));
     assert!(!constant_time_eq(b"dev-edge-token", b"dev-edge-tokem"));
     assert!(!constant_time_eq(b"dev-edge-token", b"dev-edge-token\0"));
