@@ -24,10 +24,35 @@ pub fn replace_file<E: From<FileError>>(
     path: &Path,
     fill: impl FnOnce(&mut File) -> Result<(), E>,
 ) -> Result<(), E> {
+    replace(path, 0o666, fill)
+}
+
+/// [`replace_file`] with `bytes`, the file readable and writable by its owner only (0600)
+/// from its creation: for files holding secrets (tokens, configs that name them).
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    use std::io::Write;
+    replace(path, 0o600, |f: &mut File| {
+        f.write_all(bytes).map_err(step("writing", path))
+    })
+}
+
+fn replace<E: From<FileError>>(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = parent_dir(path);
     std::fs::create_dir_all(&dir).map_err(step("creating", &dir))?;
     let tmp = temp_path(path);
-    let result = File::create(&tmp)
+    // A temp file a crash left behind goes first: a new one gets `mode` (an old one would keep
+    // whatever mode it had).
+    let _ = std::fs::remove_file(&tmp);
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
         .map_err(step("creating", &tmp))
         .map_err(E::from)
         .and_then(|mut file| {

@@ -104,20 +104,10 @@ impl TokenFile {
     }
 }
 
-/// Writes `bytes` to `path` readable by its owner only (0600), whole or not at all.
+/// Writes `bytes` to `path` readable by its owner only (0600), whole or not at all
+/// ([`crate::durable::replace_private`]).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::durable::replace_private(path, bytes).map_err(std::io::Error::other)
 }
 
 /// A fresh random token: 32 hex digits (128 bits).

@@ -110,12 +110,16 @@ impl RoutesFile {
         ::toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Writes the file at `path` whole, through a temporary file and a rename, so a watcher of
+    /// Writes the file at `path` whole ([`crate::durable::replace_file`]), so a watcher of
     /// `path` never reads half of it.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, self.to_toml())?;
-        std::fs::rename(&tmp, path)
+        use std::io::Write;
+        let text = self.to_toml();
+        crate::durable::replace_file(path, |f| {
+            f.write_all(text.as_bytes())
+                .map_err(crate::durable::step("writing", path))
+        })
+        .map_err(std::io::Error::other)
     }
 
     /// The shard `id`, to change its backends.
