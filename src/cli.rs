@@ -115,13 +115,12 @@ pub fn main() -> ExitCode {
             mover_token_file,
             allow_unauthenticated,
         } => {
-            let mover_token = match mover_token_file.as_deref().map(std::fs::read_to_string) {
+            let mover_token = match mover_token_file
+                .as_deref()
+                .map(crate::feed::bearer::read_token_file)
+            {
                 None => None,
-                Some(Ok(text)) => text
-                    .lines()
-                    .next()
-                    .map(|l| l.trim().to_owned())
-                    .filter(|t| !t.is_empty()),
+                Some(Ok(token)) => token,
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "cannot read the mover token file");
                     return ExitCode::FAILURE;

@@ -240,15 +240,10 @@ impl CtlArgs {
             None if dev.exists() => dev,
             None => return Ok(None),
         };
-        let text = std::fs::read_to_string(file).map_err(|e| CtlError::BadFile {
+        crate::feed::bearer::read_token_file(file).map_err(|e| CtlError::BadFile {
             path: file.to_owned(),
             detail: e.to_string(),
-        })?;
-        Ok(text
-            .lines()
-            .next()
-            .map(|l| l.trim().to_owned())
-            .filter(|t| !t.is_empty()))
+        })
     }
 
     /// Runs the command and returns what to print.

@@ -615,8 +615,8 @@ impl Secrets {
             Some(token) => token.to_owned(),
             None => {
                 let path = dir.join("edge.token");
-                match std::fs::read_to_string(&path) {
-                    Ok(text) if !text.trim().is_empty() => text.trim().to_owned(),
+                match crate::feed::bearer::read_token_file(&path) {
+                    Ok(Some(token)) => token,
                     _ => {
                         let token = new_token();
                         write_private(&path, format!("{token}\n").as_bytes())

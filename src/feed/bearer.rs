@@ -28,3 +28,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     std::hint::black_box(diff) == 0
 }
+
+/// The token a token file holds: its first line, trimmed; `None` when that is empty.
+pub fn read_token_file(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .next()
+        .map(|l| l.trim().to_owned())
+        .filter(|t| !t.is_empty()))
+}
