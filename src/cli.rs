@@ -85,13 +85,15 @@ pub fn main() -> ExitCode {
     init_tracing(cli.log_json);
     match cli.command {
         Command::CheckRoutes { file } => check_routes(&file),
-        Command::Catalogue(args) => run_role(|shutdown| crate::catalogue::run(args.into(), shutdown)),
+        Command::Catalogue(args) => run_role(Some(ROLE_DRAIN_GRACE), |shutdown| {
+            crate::catalogue::run(args.into(), shutdown)
+        }),
         Command::Ctl(args) => args.run(),
-        Command::Dev(args) => run_role(|shutdown| crate::dev::run(args, shutdown)),
+        Command::Dev(args) => run_role(None, |shutdown| crate::dev::run(args, shutdown)),
         Command::Tcs { config, allow_faults } => match crate::tcs::TcsConfig::load(&config) {
             Ok(mut cfg) => {
                 cfg.allow_faults |= allow_faults;
-                run_role(|shutdown| crate::tcs::run(cfg, shutdown))
+                run_role(Some(ROLE_DRAIN_GRACE), |shutdown| crate::tcs::run(cfg, shutdown))
             }
             Err(e) => {
                 eprintln!("error: {e}");
@@ -99,7 +101,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Proxy { config } => match crate::edge::EdgeConfig::load(&config) {
-            Ok(cfg) => run_role(|shutdown| crate::edge::run(cfg, shutdown)),
+            Ok(cfg) => run_role(None, |shutdown| crate::edge::run(cfg, shutdown)),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
@@ -136,7 +138,7 @@ pub fn main() -> ExitCode {
                 mover_token,
                 allow_unauthenticated,
             };
-            run_role(|shutdown| crate::demo::run(cfg, shutdown))
+            run_role(Some(ROLE_DRAIN_GRACE), |shutdown| crate::demo::run(cfg, shutdown))
         }
     }
 }
@@ -163,8 +165,14 @@ fn check_routes(file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Runs a long-lived role on a fresh runtime until it ends or Ctrl-C / SIGTERM cancels it.
-fn run_role<F, Fut, E>(role: F) -> ExitCode
+/// How long the catalogue, a TCS or a demo shard may take to finish its requests in flight
+/// after the first signal (it stops accepting at once; long-polls and change streams end at
+/// once). The edge and `dev` bound their drain themselves (`drain_timeout_ms`).
+const ROLE_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a long-lived role on a fresh runtime until it ends or Ctrl-C / SIGTERM cancels it;
+/// past `grace` after the signal it is stopped with its requests in flight.
+fn run_role<F, Fut, E>(grace: Option<std::time::Duration>, role: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
@@ -180,7 +188,17 @@ where
     let shutdown = CancellationToken::new();
     let result = runtime.block_on(async {
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        role(shutdown).await
+        let overdue = async {
+            shutdown.cancelled().await;
+            match grace {
+                Some(grace) => tokio::time::sleep(grace).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            done = role(shutdown.clone()) => done.map_err(|e| e.to_string()),
+            () = overdue => Err(format!("requests still in flight {grace:?} after the signal")),
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

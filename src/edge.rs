@@ -10,6 +10,7 @@ pub mod conns;
 pub mod h1;
 mod pool;
 mod proxy;
+mod resets;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -121,6 +122,13 @@ pub struct Http2Config {
     pub max_pending_reset_streams: usize,
     /// Decoded size of a request's header list.
     pub max_header_list_bytes: u32,
+    /// Stream resets (`RST_STREAM`) a client may send per second on one connection, on
+    /// average over `reset_window_ms`: a burst of the rate times the window is allowed, and
+    /// pacing above the rate overflows it however the resets are spread. Past it the
+    /// connection is closed.
+    pub max_resets_per_second: u32,
+    /// The window the reset rate is measured over (milliseconds).
+    pub reset_window_ms: u64,
 }
 
 impl Default for Http2Config {
@@ -130,6 +138,8 @@ impl Default for Http2Config {
             max_concurrent_streams: 100,
             max_pending_reset_streams: 20,
             max_header_list_bytes: 64 * 1024,
+            max_resets_per_second: 20,
+            reset_window_ms: 10_000,
         }
     }
 }
@@ -144,7 +154,18 @@ impl Http2Config {
                     .into(),
             );
         }
+        if self.max_resets_per_second == 0 || self.reset_window_ms == 0 {
+            return Err("max_resets_per_second and reset_window_ms must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// The reset limit of [`resets::ResetGuard`].
+    pub(crate) fn reset_limit(&self) -> resets::ResetLimit {
+        resets::ResetLimit {
+            per_second: self.max_resets_per_second,
+            window: Duration::from_millis(self.reset_window_ms),
+        }
     }
 }
 
@@ -413,6 +434,11 @@ pub(crate) struct Shared {
     pub(crate) drain: Drain,
     /// Client connections open, under their caps.
     pub(crate) conns: conns::Connections,
+    /// Stream resets an HTTP/2 client may send (`[http2]`).
+    pub(crate) resets: resets::ResetLimit,
+    /// How long an HTTP/2 request body may go without a byte before the request is proxied
+    /// (`[http1] body_timeout_ms`, the same for every listener).
+    pub(crate) body_timeout: Duration,
     pub(crate) file: Arc<FileStatus>,
 }
 
@@ -599,6 +625,8 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
             .and_then(|n| http::HeaderValue::from_str(n).ok()),
         drain: Drain::default(),
         conns: conns::Connections::new(limits, Some(metrics.clone())),
+        resets: cfg.http2.reset_limit(),
+        body_timeout: Duration::from_millis(cfg.http1.body_timeout_ms),
         file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)

@@ -96,6 +96,10 @@ pub struct EdgeMetrics {
     pub connections_open: IntGauge,
     /// Client connections refused at the cap, by `reason` (`total`, `per_client`).
     pub connections_refused: IntCounterVec,
+    /// HTTP/2 connections closed for sending stream resets over the limit.
+    pub http2_reset_floods: IntCounter,
+    /// HTTP/2 requests not proxied because the client had reset the stream already.
+    pub http2_reset_unproxied: IntCounter,
 }
 
 /// Requests counters for one product, one per status class, resolved ahead of time.
@@ -188,6 +192,14 @@ impl EdgeMetrics {
                 ),
                 &["reason"],
             )?,
+            http2_reset_floods: IntCounter::new(
+                "http2_reset_floods_total",
+                "HTTP/2 connections closed for sending stream resets over the limit",
+            )?,
+            http2_reset_unproxied: IntCounter::new(
+                "http2_reset_unproxied_total",
+                "HTTP/2 requests not proxied because the client had reset the stream already",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -213,6 +225,8 @@ impl EdgeMetrics {
         r.register(Box::new(self.tenant_moved.clone()))?;
         r.register(Box::new(self.connections_open.clone()))?;
         r.register(Box::new(self.connections_refused.clone()))?;
+        r.register(Box::new(self.http2_reset_floods.clone()))?;
+        r.register(Box::new(self.http2_reset_unproxied.clone()))?;
         Ok(())
     }
 

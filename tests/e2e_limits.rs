@@ -250,3 +250,230 @@ async fn dripping_heads_are_cut_at_the_header_deadline() {
     let (status, _) = stack.get_json("acme.example.test", "/").await;
     assert_eq!(status, 200);
 }
+
+/// A paced HTTP/2 rapid reset (TLS, ALPN `h2`): after the preface and the SETTINGS exchange,
+/// one stream opened every millisecond (`POST /`, its body to follow) and reset half a
+/// millisecond later, once the edge has taken it, at most `argv[3]` of them, until the edge
+/// closes the connection; prints how many were sent.
+const RAPID_RESET_CLIENT: &str = r#"
+import socket, ssl, sys, time
+port, host, most = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+raw = socket.create_connection(("127.0.0.1", port))
+# Each frame its own segment, when it is sent.
+raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s = ctx.wrap_socket(raw, server_hostname=host.decode())
+assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+s.settimeout(5)
+data = b""
+while True:
+    data += s.recv(65536)
+    if len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+        assert data[3] == 4, data
+        break
+s.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+# :method POST, :scheme https, :path /, :authority HOST (a literal with an indexed name).
+block = b"\x83\x87\x84\x01" + bytes([len(host)]) + host
+sent, closed, stream = 0, False, 1
+while sent < most:
+    ident = stream.to_bytes(4, "big")
+    headers = len(block).to_bytes(3, "big") + b"\x01\x04" + ident + block
+    reset = b"\x00\x00\x04\x03\x00" + ident + (8).to_bytes(4, "big")
+    try:
+        s.sendall(headers)
+        time.sleep(0.0005)
+        s.sendall(reset)
+    except (OSError, ssl.SSLError):
+        closed = True
+        break
+    sent, stream = sent + 1, stream + 2
+    time.sleep(0.0005)
+if not closed:
+    try:
+        while s.recv(65536):
+            pass
+        closed = True
+    except socket.timeout:
+        pass
+    except (OSError, ssl.SSLError):
+        closed = True
+print(f"sent={sent} closed={closed}")
+"#;
+
+/// Paced rapid reset: a stream opened and reset every millisecond slips under the HTTP/2
+/// library's limit of resets pending at once, but not under the edge's rate over a window. The
+/// connection is closed once the burst the window allows is spent, no reset stream reaches the
+/// shard, and another tenant is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_http2_rapid_reset_is_cut_and_never_reaches_a_shard() {
+    use common::recorder::Recorder;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const PER_SECOND: u32 = 20;
+    const WINDOW_MS: u64 = 5_000;
+    const BURST: usize = 100; // PER_SECOND x the window
+    let recorder = Recorder::start().await;
+    let stack = Stack::start_with(StackOptions {
+        http2: Some(tenant_edge::edge::Http2Config {
+            max_resets_per_second: PER_SECOND,
+            reset_window_ms: WINDOW_MS,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    stack
+        .route_shards_to("resets", &["jira-us-east-1"], recorder.port)
+        .await;
+    recorder.take();
+    // Another tenant, on another shard, served all along.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let served = {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        let (http, url) = (
+            stack.http.clone(),
+            format!("http://127.0.0.1:{}/", stack.edge_http),
+        );
+        tokio::spawn(async move {
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let ok = http
+                    .get(&url)
+                    .header("host", "globex.example.test")
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200);
+                if ok {
+                    served += 1;
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            served
+        })
+    };
+    let port = stack.edge_https.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", RAPID_RESET_CLIENT, &port, "acme.example.test", "3000"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (sent, closed) = said
+        .strip_prefix("sent=")
+        .and_then(|s| s.split_once(" closed="))
+        .map(|(n, c)| (n.parse::<usize>().unwrap(), c == "True"))
+        .unwrap();
+    assert!(closed, "the edge closes the flooding connection: {said}");
+    // The burst, and the few sent before the client saw the close.
+    assert!((BURST..BURST + 60).contains(&sent), "{said}");
+    // A normal HTTP/2 client on its own connection is served after it.
+    let head = curl_h2_head(stack.edge_https, &[]).await;
+    assert!(head.starts_with("http/2 200"), "{head}");
+    stop.store(true, Ordering::Relaxed);
+    let served = served.await.unwrap();
+    assert!(
+        served > 0 && failed.load(Ordering::Relaxed) == 0,
+        "served {served}, failed {failed:?}"
+    );
+    // The reset streams were not proxied: the shard saw curl's request alone.
+    let reached = recorder.take();
+    assert_eq!(reached.len(), 1, "{} requests reached the shard", reached.len());
+    let m = stack.metrics().await;
+    assert_eq!(metric(&m, "tenant_edge_http2_reset_floods_total "), 1);
+    assert!(
+        metric(&m, "tenant_edge_http2_reset_unproxied_total ") >= BURST as u64,
+        "{m}"
+    );
+}
+
+/// HTTP/2 request bodies are read ahead before the request is proxied (up to 32 KiB, so that a
+/// stream reset before its request is complete never reaches a shard); the rest streams after
+/// it. Small, large and unsized bodies all reach the shard whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_bodies_reach_the_shard_whole() {
+    use common::recorder::Recorder;
+    let recorder = Recorder::start().await;
+    let stack = Stack::start().await;
+    stack
+        .route_shards_to("bodies", &["jira-us-east-1"], recorder.port)
+        .await;
+    recorder.take();
+    let dir = tempfile::tempdir().unwrap();
+    for (size, sized) in [(5usize, true), (100_000, true), (70_000, false)] {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 23) as u8).collect();
+        let file = dir.path().join(format!("body-{size}"));
+        std::fs::write(&file, &body).unwrap();
+        let mut args: Vec<String> = [
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ]
+        .map(String::from)
+        .to_vec();
+        if !sized {
+            // No length: the edge frames it chunked upstream.
+            args.extend(["-H".into(), "transfer-encoding: chunked".into()]);
+        }
+        args.extend(["--data-binary".into(), format!("@{}", file.display())]);
+        args.extend([
+            "--resolve".into(),
+            format!("acme.example.test:{}:127.0.0.1", stack.edge_https),
+        ]);
+        args.push(format!("https://acme.example.test:{}/", stack.edge_https));
+        let out = tokio::process::Command::new("curl")
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200", "{size} bytes");
+        let reached = recorder.take();
+        assert_eq!(reached.len(), 1);
+        let raw = &reached[0];
+        let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+        let got = if head.contains("transfer-encoding: chunked") {
+            dechunk(&raw[head_end..]).unwrap()
+        } else {
+            assert!(head.contains(&format!("content-length: {size}\r\n")), "{head}");
+            raw[head_end..].to_vec()
+        };
+        assert!(
+            got == body,
+            "{size} bytes: the shard got {} bytes, not the body sent",
+            got.len()
+        );
+    }
+}
+
+/// The data of a chunked body (no extensions, no trailers); `None` if it is not one.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line]).ok()?, 16).ok()?;
+        raw = raw.get(line + 2..)?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}

@@ -177,7 +177,12 @@ impl ServerApp for H1App {
         let Ok(_slot) = self.shared.conns.admit(client) else {
             return None;
         };
-        if !self.lean || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            let guarded =
+                super::resets::ResetGuard::wrap(stream, self.shared.resets, self.shared.metrics.clone());
+            return ServerApp::process_new(&self.general, guarded, shutdown).await;
+        }
+        if !self.lean {
             return ServerApp::process_new(&self.general, stream, shutdown).await;
         }
         let mut conn = Conn::new(client, stream.get_ssl_digest().is_some());

@@ -682,6 +682,11 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if super::resets::reset_by_client(&mut session.downstream_session) {
+            // Nobody is waiting for the answer: nothing reaches a shard, nothing is written.
+            self.shared.metrics.http2_reset_unproxied.inc();
+            return Ok(true);
+        }
         self.shared.drain.begin();
         ctx.counted = Some(Counted(self.shared.clone()));
         if self.shared.drain.draining() {
@@ -689,9 +694,23 @@ impl ProxyHttp for EdgeProxy {
             session.set_keepalive(None);
         }
         ctx.request_id = Some(self.request_ids.next());
-        match self.route(session, ctx).await {
+        if let Err(r) = self.route(session, ctx).await {
+            self.respond(session, ctx, r).await?;
+            return Ok(true);
+        }
+        match super::resets::read_early_body(&mut session.downstream_session, self.shared.body_timeout).await
+        {
             Ok(()) => Ok(false),
-            Err(r) => {
+            Err(super::resets::EarlyBody::Reset) => {
+                self.shared.metrics.http2_reset_unproxied.inc();
+                Ok(true)
+            }
+            Err(super::resets::EarlyBody::Stalled) => {
+                let r = Reject {
+                    status: 408,
+                    reason: "request body not received in time",
+                    retry_after: None,
+                };
                 self.respond(session, ctx, r).await?;
                 Ok(true)
             }

@@ -396,6 +396,8 @@ mod timeouts {
             server_value: None,
             drain: Default::default(),
             conns: crate::edge::conns::Connections::new(Default::default(), None),
+            resets: crate::edge::Http2Config::default().reset_limit(),
+            body_timeout: Duration::from_millis(Http1Config::default().body_timeout_ms),
             file: Arc::new(FileStatus::new(None)),
         });
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
