@@ -133,7 +133,7 @@ pub enum Decision<T> {
 pub fn decide<'s, 'b, T>(
     state: &'s EdgeState,
     cache: &TenantCache,
-    req: &RequestView<'_>,
+    req: &RequestView<'b>,
     method: &http::Method,
     buf: &'b mut [u8; MAX_HOST_LEN],
     keep: impl FnOnce(&Arc<Entry>) -> T,
@@ -165,11 +165,12 @@ pub async fn decide_missed(
     Ok((place(state, product, &entry, method)?, entry))
 }
 
-/// Steps 1-2 of the request path, without I/O: the normalised host (in `buf`), the product by
-/// path, and the path to forward when normalising changed it.
+/// Steps 1-2 of the request path, without I/O: the normalised host (the request's own bytes when
+/// already normal, else in `buf`), the product by path, and the path to forward when
+/// normalising changed it.
 pub fn target<'s, 'b>(
     state: &'s EdgeState,
-    req: &RequestView<'_>,
+    req: &RequestView<'b>,
     buf: &'b mut [u8; MAX_HOST_LEN],
 ) -> Result<Targeted<'b, 's>, Reject> {
     let host = request_host(req, buf)?;
@@ -457,7 +458,7 @@ pub(super) fn error_json(out: &mut Vec<u8>, r: Reject, request_id: &str) {
 
 /// The normalised host of a request: one `Host` header, or the authority of an absolute-form
 /// URI / h2 `:authority`; both present must agree.
-fn request_host<'b>(req: &RequestView<'_>, buf: &'b mut [u8; MAX_HOST_LEN]) -> Result<&'b str, Reject> {
+fn request_host<'b>(req: &RequestView<'b>, buf: &'b mut [u8; MAX_HOST_LEN]) -> Result<&'b str, Reject> {
     if req.hosts_repeated {
         return Err(reject(400, "more than one Host header"));
     }

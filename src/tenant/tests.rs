@@ -67,7 +67,44 @@ fn bad_host_in_json_is_an_error() {
     assert!(serde_json::from_str::<IngressRecord>(json).is_err());
 }
 
+/// The one-pass form and the rule-by-rule form agree, result and error alike.
+fn agrees(raw: &[u8]) -> Result<(), TestCaseError> {
+    let (mut a, mut b) = ([0u8; MAX_HOST_LEN], [0u8; MAX_HOST_LEN]);
+    let fast = normalize_host(raw, &mut a).map(str::to_owned);
+    let slow = normalize_slow(raw, &mut b).map(str::to_owned);
+    prop_assert_eq!(fast, slow, "{:?}", String::from_utf8_lossy(raw));
+    Ok(())
+}
+
+#[test]
+fn the_fast_pass_agrees_on_edge_cases() {
+    for raw in [
+        "a", "a.", "a..", ".a", "a.b.", "a.b.:80", "a.b:80.", "1.2", "1.a", "a.1", "a.1.", "a-.b", "a.-b", "-a",
+        "a-", "a_b.c", "_a", "A.B.C", "Ab.cD:0", "a:65535", "a:65536", "a:", "a::1", "a.b:8a", ".", ":80", "",
+        "x@y", "[x]", "a.b.c.d.e.f.g.h.i.j.k.l.m.n.o.p.q.r.s.t.u.v.w.x.y.z",
+    ] {
+        agrees(raw.as_bytes()).unwrap();
+    }
+    let label = "a".repeat(63);
+    agrees(format!("{label}.{label}.{label}.{label}").as_bytes()).unwrap(); // 255 bytes
+    agrees(format!("{label}.{label}.{label}.{}", "a".repeat(61)).as_bytes()).unwrap(); // 253
+    agrees(format!("{label}.{label}.{label}.{}.", "a".repeat(61)).as_bytes()).unwrap();
+    agrees(format!("{label}a.b").as_bytes()).unwrap();
+    agrees(format!("b.{label}a").as_bytes()).unwrap();
+    agrees(format!("b.{label}a.").as_bytes()).unwrap();
+}
+
 proptest! {
+    #[test]
+    fn the_fast_pass_agrees_with_the_rules(raw in "[a-zA-Z0-9._:@-]{0,80}") {
+        agrees(raw.as_bytes())?;
+    }
+
+    #[test]
+    fn the_fast_pass_agrees_on_long_and_odd_bytes(raw in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b'.'), Just(b'-'), Just(b'9'), Just(b':'), any::<u8>()], 0..300)) {
+        agrees(&raw)?;
+    }
+
     #[test]
     fn normalisation_is_idempotent(raw in "[a-zA-Z0-9.:_-]{0,80}") {
         if let Ok(once) = norm(&raw) {
