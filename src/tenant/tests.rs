@@ -149,3 +149,13 @@ fn a_product_placed_twice_is_refused() {
     let err = serde_json::from_str::<Placements>(json).unwrap_err();
     assert!(err.to_string().contains("placed twice"), "{err}");
 }
+
+#[test]
+fn valid_hosts_take_the_one_pass() {
+    for raw in ["t1.bench.test", "acme.example.test", "Acme.Example.Test:8443", "a.b.", "x_y.z"] {
+        assert!(valid_host(raw.as_bytes()).is_some(), "{raw}");
+    }
+    for raw in ["a..b", "10.0.0.1", "-a.b", "a@b", "a.b:x"] {
+        assert!(valid_host(raw.as_bytes()).is_none(), "{raw}");
+    }
+}
