@@ -458,11 +458,15 @@ impl H1App {
         // A hit is placed on the borrowed entry, copying the two values the head needs: no
         // reference count, no write to the entry's memory (a cold line with many tenants).
         let cache = &self.shared.cache;
+        let mut lowered = [0u8; MAX_HOST_LEN];
         let ((host, product, rewritten), decision) =
-            decide(&state, cache, &view, &head.method, &mut ex.host, |e| {
+            decide(&state, cache, &view, &head.method, &mut lowered, |e| {
                 TenantLine::of(e)
             })?;
+        // The host is the request's own bytes when already normal, else in `lowered`; the
+        // exchange keeps a copy for its forwarded headers.
         let host_len = host.len();
+        ex.host[..host_len].copy_from_slice(host.as_bytes());
         ex.product = Some(product.index);
         ex.rewritten = rewritten;
         let (pool, tenant) = match decision {
