@@ -53,21 +53,13 @@ async fn routes_every_demo_tenant_and_product() {
     assert_eq!(shard_of(&body), "confluence-us-east-1");
     assert_eq!(body["path"], "/wiki/page?q=1");
     // TLS with HTTP/2 through ALPN.
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sk",
-            "--http2",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_version} %{http_code}",
-        ])
-        .arg("--resolve")
-        .arg(format!("acme.example.test:{}:127.0.0.1", stack.edge_https))
-        .arg(format!("https://acme.example.test:{}/wiki", stack.edge_https))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    let said = curl_h2(
+        stack.edge_https,
+        "/wiki",
+        &["-o", "/dev/null", "-w", "%{http_version} %{http_code}"],
+    )
+    .await;
+    assert_eq!(said, "2 200");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

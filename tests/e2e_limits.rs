@@ -418,32 +418,21 @@ async fn http2_request_bodies_reach_the_shard_whole() {
         let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 23) as u8).collect();
         let file = dir.path().join(format!("body-{size}"));
         std::fs::write(&file, &body).unwrap();
-        let mut args: Vec<String> = [
-            "-sk",
-            "--http2",
+        let data = format!("@{}", file.display());
+        let mut args = vec![
             "-o",
             "/dev/null",
             "-w",
             "%{http_version} %{http_code}",
-        ]
-        .map(String::from)
-        .to_vec();
+            "--data-binary",
+            &data,
+        ];
         if !sized {
             // No length: the edge frames it chunked upstream.
-            args.extend(["-H".into(), "transfer-encoding: chunked".into()]);
+            args.extend(["-H", "transfer-encoding: chunked"]);
         }
-        args.extend(["--data-binary".into(), format!("@{}", file.display())]);
-        args.extend([
-            "--resolve".into(),
-            format!("acme.example.test:{}:127.0.0.1", stack.edge_https),
-        ]);
-        args.push(format!("https://acme.example.test:{}/", stack.edge_https));
-        let out = tokio::process::Command::new("curl")
-            .args(&args)
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200", "{size} bytes");
+        let said = curl_h2(stack.edge_https, "/", &args).await;
+        assert_eq!(said, "2 200", "{size} bytes");
         let reached = recorder.take();
         assert_eq!(reached.len(), 1);
         let raw = &reached[0];

@@ -343,24 +343,32 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-/// The answer head (lower case) of a GET over HTTP/2 and TLS to the edge's `port` for
-/// `acme.example.test`, with extra `headers` (`name: value`), by curl.
-pub async fn curl_h2_head(port: u16, headers: &[&str]) -> String {
-    let mut args: Vec<String> = ["-sk", "--http2", "-D", "-", "-o", "/dev/null"]
-        .map(String::from)
-        .to_vec();
-    for h in headers {
-        args.extend(["-H".to_owned(), (*h).to_owned()]);
-    }
-    args.push("--resolve".into());
-    args.push(format!("acme.example.test:{port}:127.0.0.1"));
-    args.push(format!("https://acme.example.test:{port}/"));
+/// curl over HTTP/2 and TLS to the edge's `port` for `acme.example.test` at `path`, with
+/// curl's own `args` before the URL; its standard output.
+pub async fn curl_h2(port: u16, path: &str, args: &[&str]) -> String {
     let out = tokio::process::Command::new("curl")
-        .args(&args)
+        .args([
+            "-sk",
+            "--http2",
+            "--resolve",
+            &format!("acme.example.test:{port}:127.0.0.1"),
+        ])
+        .args(args)
+        .arg(format!("https://acme.example.test:{port}{path}"))
         .output()
         .await
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The answer head (lower case) of a GET over HTTP/2 and TLS to the edge's `port` for
+/// `acme.example.test`, with extra `headers` (`name: value`), by curl.
+pub async fn curl_h2_head(port: u16, headers: &[&str]) -> String {
+    let mut args = vec!["-D", "-", "-o", "/dev/null"];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    curl_h2(port, "/", &args).await.to_ascii_lowercase()
 }
 
 /// Sends raw bytes to `port` and returns the status code of the answer.
