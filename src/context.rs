@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
@@ -197,12 +197,34 @@ enum FillError {
     NotFound,
     #[error(transparent)]
     Tcs(#[from] TcsError),
-    #[error("the fill task stopped: {0}")]
-    Stopped(String),
 }
 
 /// One fill in flight, awaited by every request that missed the same host.
-type PendingFill = Shared<BoxFuture<'static, Result<Arc<Entry>, Arc<FillError>>>>;
+type PendingFill = Shared<BoxFuture<'static, FillOutcome>>;
+
+/// What a fill ends with, shared by its waiters.
+type FillOutcome = Result<Arc<Entry>, Arc<FillError>>;
+
+/// Takes a fill out of `pending` when it ends or is dropped, unless a newer fill of the host
+/// has taken its place.
+struct LeavePending {
+    cache: TenantCache,
+    host: Box<str>,
+    id: u64,
+}
+
+impl Drop for LeavePending {
+    fn drop(&mut self) {
+        let mut pending = self
+            .cache
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pending.get(&*self.host).is_some_and(|(id, _)| *id == self.id) {
+            pending.remove(&*self.host);
+        }
+    }
+}
 
 /// The latest version the change stream saw for a host, kept briefly to close the race between
 /// a fill in flight and a newer pushed change.
@@ -223,7 +245,9 @@ pub struct TenantCache {
     negative: Cache<String, (), Hasher>,
     recent: Cache<String, Seen, Hasher>,
     /// Fills in flight by host, so that misses for one host make one fetch.
-    pending: Arc<Mutex<HashMap<Box<str>, PendingFill, Hasher>>>,
+    pending: Arc<Mutex<HashMap<Box<str>, (u64, WeakShared<BoxFuture<'static, FillOutcome>>), Hasher>>>,
+    /// Numbers the fills, so that one leaving `pending` never takes a newer one's place.
+    fills: Arc<AtomicU64>,
     /// Hosts with a background refresh in flight or recently failed, so a hot stale entry is
     /// refreshed once, and at most every 30 s while TCS cannot answer.
     refreshing: moka::sync::Cache<String, (), Hasher>,
@@ -257,6 +281,7 @@ impl TenantCache {
                 .time_to_live(Duration::from_secs(30))
                 .build_with_hasher(Hasher::default()),
             pending: Arc::default(),
+            fills: Arc::default(),
             refreshing: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(30))
@@ -303,20 +328,23 @@ impl TenantCache {
             Ok(entry) => Ok(Resolved::Found(entry)),
             Err(e) => match &*e {
                 FillError::NotFound => Ok(Resolved::Unknown),
-                FillError::Tcs(_) | FillError::Stopped(_) => Err(Unavailable(e.to_string())),
+                FillError::Tcs(_) => Err(Unavailable(e.to_string())),
             },
         }
     }
 
-    /// The fill in flight for `host`, or a new one. A fill runs as its own task, so it completes
-    /// (and caches its answer) even when every request waiting for it gives up.
+    /// The fill in flight for `host`, or a new one. The fill runs inside the futures of the
+    /// requests waiting for it (whichever is polled drives it), not as a task of its own: a
+    /// task per miss cost an allocation and a wake-up more than the lookup itself. `pending`
+    /// holds only a weak handle, so a fill every waiter gave up is dropped (its batch slot
+    /// skipped if not yet sent) and leaves nothing behind; the next miss starts afresh.
     fn pending_fill(&self, host: &str) -> PendingFill {
         let mut pending = self
             .pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(fill) = pending.get(host) {
-            return fill.clone();
+        if let Some(fill) = pending.get(host).and_then(|(_, weak)| weak.upgrade()) {
+            return fill;
         }
         // A fill caches its answer before it leaves `pending`: one that ended since the caller
         // missed has left it here, and must not be fetched again.
@@ -328,30 +356,28 @@ impl TenantCache {
         if let Some(outcome) = settled {
             return futures::future::ready(outcome).boxed().shared();
         }
-        let this = self.clone();
-        let key: Box<str> = host.into();
-        // Boxed: a task's cell is as large as its future's biggest state (the lookup's, a few
-        // KiB), and tokio moves the whole cell at each stage change; a box is moved instead.
-        let task = tokio::spawn(Box::pin(async move {
-            let outcome = this.fill(&key).await;
+        let id = self.fills.fetch_add(1, Ordering::Relaxed);
+        let leave = LeavePending {
+            cache: self.clone(),
+            host: host.into(),
+            id,
+        };
+        let fill = async move {
+            let this = &leave.cache;
+            let outcome = this.fill(&leave.host).await;
             match &outcome {
                 Ok(_) => {}
-                Err(FillError::NotFound) => this.negative.insert(key.to_string(), ()).await,
+                Err(FillError::NotFound) => this.negative.insert(leave.host.to_string(), ()).await,
                 Err(_) => this.metrics.fill_failures.inc(),
             }
-            this.pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&key);
+            drop(leave);
             outcome.map_err(Arc::new)
-        }));
-        let fill = async move {
-            task.await
-                .unwrap_or_else(|e| Err(Arc::new(FillError::Stopped(e.to_string()))))
         }
         .boxed()
         .shared();
-        pending.insert(host.into(), fill.clone());
+        if let Some(weak) = fill.downgrade() {
+            pending.insert(host.into(), (id, weak));
+        }
         fill
     }
 

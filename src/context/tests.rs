@@ -502,3 +502,51 @@ async fn misses_that_pile_up_share_one_request() {
     assert_eq!(lookups(&tcs, "miss"), 1);
     shutdown.cancel();
 }
+
+/// A fill runs inside its waiters' futures: one waiter giving up leaves the others served by
+/// the same fetch, and a fill every waiter gave up leaves nothing in flight (the next miss
+/// fetches afresh and is served).
+#[tokio::test]
+async fn a_fill_outlives_a_waiter_and_an_abandoned_one_leaves_nothing() {
+    let tcs = testing::tcs_with_faults();
+    let shutdown = CancellationToken::new();
+    let url = testing::serve_on_loopback(&tcs, &shutdown).await;
+    let client = TcsClient::new(
+        &[testing::endpoint("us-east-1", &url)],
+        "us-east-1",
+        LookupConfig::default(),
+    )
+    .unwrap();
+    let cache = TenantCache::new(
+        &CacheConfig::default(),
+        Arc::new(client),
+        EdgeMetrics::new().unwrap(),
+    );
+    tcs.ingress().apply(&put(1, "acme", 1, &["acme.example.test"]));
+    tcs.ingress().apply(&put(2, "beta", 1, &["beta.example.test"]));
+    let slow = crate::tcs::faults::Faults {
+        latency_ms: 200,
+        ..Default::default()
+    };
+    tcs.faults().set(slow).unwrap();
+
+    // The first waiter drives the fill, then gives up half-way; the second is still served.
+    let quitter = tokio::time::timeout(Duration::from_millis(50), cache.resolve("acme.example.test"));
+    let stayer = cache.resolve("acme.example.test");
+    let (quitter, stayer) = tokio::join!(quitter, stayer);
+    assert!(quitter.is_err(), "the first waiter gave up");
+    assert_eq!(version(&stayer), Some(1));
+    assert_eq!(lookups(&tcs, "hit"), 1, "one fetch served both");
+
+    // Every waiter gives up: nothing stays in flight, and the next miss fetches again.
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), cache.resolve("beta.example.test")).await;
+    assert!(gave_up.is_err());
+    assert!(
+        cache.pending.lock().unwrap().is_empty(),
+        "an abandoned fill left an entry"
+    );
+    assert!(cache.peek("beta.example.test").is_none());
+    assert_eq!(version(&cache.resolve("beta.example.test").await), Some(1));
+    assert!(!cache.holds_nothing());
+    shutdown.cancel();
+}
