@@ -205,6 +205,9 @@ type PendingFill = Shared<BoxFuture<'static, FillOutcome>>;
 /// How `pending` holds a fill: numbered, and without keeping it alive.
 type WeakFill = WeakShared<BoxFuture<'static, FillOutcome>>;
 
+/// The fills in flight by host.
+type Fills = HashMap<Box<str>, (u64, WeakFill), Hasher>;
+
 /// What a fill ends with, shared by its waiters.
 type FillOutcome = Result<Arc<Entry>, Arc<FillError>>;
 
@@ -248,7 +251,7 @@ pub struct TenantCache {
     negative: Cache<String, (), Hasher>,
     recent: Cache<String, Seen, Hasher>,
     /// Fills in flight by host, so that misses for one host make one fetch.
-    pending: Arc<Mutex<HashMap<Box<str>, (u64, WeakFill), Hasher>>>,
+    pending: Arc<Mutex<Fills>>,
     /// Numbers the fills, so that one leaving `pending` never takes a newer one's place.
     fills: Arc<AtomicU64>,
     /// Hosts with a background refresh in flight or recently failed, so a hot stale entry is
