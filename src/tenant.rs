@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 /// The longest DNS name we accept, in bytes, without the trailing dot.
@@ -228,13 +229,13 @@ fn check_labels(name: &[u8]) -> Result<(), HostError> {
 /// A normalised host name: lowercase, no port, no trailing dot, valid under DNS rules.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Host(Box<str>);
+pub struct Host(CompactString);
 
 impl Host {
     /// Normalises and validates a raw host value.
     pub fn parse(raw: &str) -> Result<Self, HostError> {
         let mut buf = [0u8; MAX_HOST_LEN];
-        normalize_host(raw.as_bytes(), &mut buf).map(|s| Host(s.into()))
+        normalize_host(raw.as_bytes(), &mut buf).map(|s| Host(CompactString::new(s)))
     }
 
     /// The normalised name.
@@ -302,13 +303,13 @@ macro_rules! name_type {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
-        pub struct $name(Box<str>);
+        pub struct $name(CompactString);
 
         impl $name {
             /// Validates a name: 1-63 of `a-z`, `0-9`, `-`, starting with a letter or digit.
             pub fn new(s: &str) -> Result<Self, NameError> {
                 if valid_name(s) {
-                    Ok(Self(s.into()))
+                    Ok(Self(CompactString::new(s)))
                 } else {
                     Err(NameError { kind: $kind, value: s.to_owned() })
                 }
