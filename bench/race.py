@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STARTED = time.monotonic()
-EDGE_TOKEN = "bench-edge-token"
 
 
 def log(message):
@@ -191,7 +190,7 @@ def tenant_docs(n):
         yield {
             "id": f"t{i}",
             "hosts": [f"t{i}.bench.test"],
-            "realm": "bench",
+            "realm": "us",
             "placements": {"jira": {"shard": "bench-jira"}},
         }
 
@@ -230,45 +229,16 @@ CERT, KEY = ROOT / "certs" / "dev.crt", ROOT / "certs" / "dev.key"
 
 
 def start_tenant_edge(procs, work, exe, backend, tenants, name="tenant-edge", max_entries=None):
-    """A whole tenant-edge stack: catalogue with `tenants` tenants (bulk import), one TCS region,
-    the edge. Without `max_entries` the edge prewarms every tenant; with it the cache is bounded
-    and starts cold, so misses go to TCS."""
+    """A whole tenant-edge stack through `tenant-edge stack` (each role a child process on free
+    loopback ports): the catalogue with `tenants` tenants (bulk import, before TCS starts), one
+    TCS region, the edge. Without `max_entries` the edge prewarms every tenant; with it the
+    cache is bounded and starts cold, so misses go to TCS."""
     d = work / name
     d.mkdir()
-    cat_port, tcs_port, http, admin, https = free_port(), free_port(), free_port(), free_port(), free_port()
-    catalogue = f"http://127.0.0.1:{cat_port}"
-    procs.start(f"{name}-catalogue", [exe, "catalogue", "--listen", f"127.0.0.1:{cat_port}", "--data", d / "catalogue", "--allow-unauthenticated"])
-    wait_http(f"{catalogue}/healthz")
-
-    def put(path, doc):
-        req = urllib.request.Request(
-            f"{catalogue}{path}", data=json.dumps(doc).encode(), method="PUT", headers={"content-type": "application/json"}
-        )
-        urllib.request.urlopen(req, timeout=10).read()
-
-    put("/v1/realms/bench", {"name": "bench", "regions": ["us-east-1"]})
-    put("/v1/shards/bench-jira", {"id": "bench-jira", "product": "jira", "regions": ["us-east-1"]})
     docs = d / "tenants.jsonl"
     with docs.open("w") as f:
         for doc in tenant_docs(tenants):
             f.write(json.dumps(doc) + "\n")
-    log(f"{name}: importing {tenants:,} tenants into the catalogue")
-    run([exe, "ctl", "--catalogue", catalogue, "tenants", "import", docs], stdout=subprocess.DEVNULL)
-    log(f"{name}: imported; waiting for TCS to catch up")
-    (d / "tcs.toml").write_text(
-        f"""region = "us-east-1"
-listen = "127.0.0.1:{tcs_port}"
-catalogue = "{catalogue}"
-snapshot = "{d}/tcs.json"
-
-[[consumers]]
-name = "edge"
-token = "{EDGE_TOKEN}"
-views = ["ingress"]
-"""
-    )
-    tcs = procs.start(f"{name}-tcs", [exe, "tcs", "--config", d / "tcs.toml"])
-    wait_http(f"http://127.0.0.1:{tcs_port}/readyz", timeout=900)
     (d / "routes.toml").write_text(
         f"""version = "bench"
 
@@ -287,31 +257,56 @@ region = "us-east-1"
 backends = ["127.0.0.1:{backend}"]
 """
     )
-    (d / "edge.toml").write_text(
-        f"""region = "us-east-1"
-listen_http = "127.0.0.1:{http}"
-listen_https = "127.0.0.1:{https}"
-cert = "{CERT}"
-key = "{KEY}"
-admin = "127.0.0.1:{admin}"
-routes = "{d}/routes.toml"
-threads = 1
+    cache = f"[cache]\nmax_entries = {max_entries}\n" if max_entries else ""
+    (d / "edge-overrides.toml").write_text(
+        f"""threads = 1
 access_log = false
 prewarm = {"false" if max_entries else "true"}
-{f"[cache]{chr(10)}max_entries = {max_entries}{chr(10)}" if max_entries else ""}
-
-[[tcs]]
-region = "us-east-1"
-url = "http://127.0.0.1:{tcs_port}"
-token = "{EDGE_TOKEN}"
+{cache}
+[lookup]
+canaries = ["t1.bench.test"]
 """
     )
-    p = procs.start(name, [exe, "proxy", "--config", d / "edge.toml"])
-    wait_http(f"http://127.0.0.1:{admin}/readyz", timeout=120, proc=p)
+    log(f"{name}: starting the stack and importing {tenants:,} tenants into its catalogue")
+    log_file = procs.logs / f"{name}.log"
+    p = procs.start(name, [
+        exe, "stack", "--dir", d / "stack", "--routes", d / "routes.toml", "--regions", "us-east-1",
+        "--no-shards", "--no-demo-tenants", "--import", docs, "--certs", ROOT / "certs",
+        "--edge-overrides", d / "edge-overrides.toml",
+    ])
+    started = wait_started(p, log_file, timeout=900)
+    edge, tcs = started["edges"][0], started["tcs"][0]
+    port = lambda addr: int(addr.rsplit(":", 1)[1])  # noqa: E731
+    http, admin = port(edge["http"]), port(edge["admin"])
     wait_http(f"http://127.0.0.1:{http}/", host="t1.bench.test")
     cached = json.loads(wait_http(f"http://127.0.0.1:{admin}/readyz"))["cached_tenants"]
     log(f"{name} ready, {cached} tenants cached")
-    return {"http": http, "https": https, "admin": admin, "catalogue": catalogue, "proc": p, "tcs_proc": tcs}
+    token = Path(started["operator_token_file"]).read_text().strip()
+    return {
+        "http": http, "https": port(edge["https"]), "admin": admin,
+        "catalogue": started["catalogue"]["url"], "catalogue_token": token,
+        "proc": Pid(edge["pid"]), "tcs_proc": Pid(tcs["pid"]),
+    }
+
+
+class Pid:
+    """A process of a stack, measured through /proc like the processes the race started."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+
+def wait_started(proc, log_file, timeout):
+    """The JSON line `tenant-edge stack` prints once every part is ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"race: tenant-edge stack exited with {proc.returncode} (see {log_file})")
+        for line in log_file.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"edges"' in line:
+                return json.loads(line)
+        time.sleep(0.2)
+    sys.exit(f"race: the stack was not ready within {timeout}s (see {log_file})")
 
 
 def start_passthrough(procs, exe, backend):
@@ -550,9 +545,11 @@ def churn(edge, script, tenants, seconds, rate=100):
     lock = threading.Lock()
     stop = threading.Event()
 
-    def call(conn, method, path, body=None):
-        conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                     headers={"content-type": "application/json"})
+    def call(conn, method, path, body=None, token=None):
+        headers = {"content-type": "application/json"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
         r = conn.getresponse()
         return r.status, json.loads(r.read() or b"null")
 
@@ -563,10 +560,10 @@ def churn(edge, script, tenants, seconds, rate=100):
         while not stop.is_set():
             i = rng.randrange(tenants)
             # The same document again: the catalogue bumps the version, and the change travels.
-            doc = {"id": f"t{i}", "hosts": [f"t{i}.bench.test"], "realm": "bench",
+            doc = {"id": f"t{i}", "hosts": [f"t{i}.bench.test"], "realm": "us",
                    "placements": {"jira": {"shard": "bench-jira"}}}
             started = time.monotonic()
-            status, stored = call(cat, "PUT", f"/v1/tenants/t{i}", doc)
+            status, stored = call(cat, "PUT", f"/v1/tenants/t{i}", doc, edge["catalogue_token"])
             if status in (200, 201):
                 with lock:
                     pending.append((f"t{i}.bench.test", stored["version"], started))

@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Starts the whole stack on loopback: catalogue, two TCS regions, the edge, demo shards.
     Dev(crate::dev::DevArgs),
+    /// Starts a stack of child processes on free loopback ports and prints where each part
+    /// listens as one JSON line (for scripts and benchmarks); runs until Ctrl-C or SIGTERM.
+    Stack(crate::stack::cli::StackArgs),
     /// Runs the catalogue: the tenant/shard/realm store, its API and the ordered change log.
     Catalogue(crate::catalogue::CatalogueArgs),
     /// Operator CLI over the catalogue API.
@@ -90,6 +93,7 @@ pub fn main() -> ExitCode {
         }),
         Command::Ctl(args) => args.run(),
         Command::Dev(args) => run_role(None, |shutdown| crate::dev::run(args, shutdown)),
+        Command::Stack(args) => run_role(None, |shutdown| crate::stack::cli::run(args, shutdown)),
         Command::Tcs { config, allow_faults } => match crate::tcs::TcsConfig::load(&config) {
             Ok(mut cfg) => {
                 cfg.allow_faults |= allow_faults;

@@ -313,15 +313,14 @@ async fn migrations(client: &CatalogueClient, cmd: MigrationCmd) -> Result<Strin
     })
 }
 
-/// Reads and parses a document from `path`, or from stdin when it is `-`.
 /// `ctl tenants import`: streams FILE's lines in batches, one progress line per batch.
 async fn import(client: &CatalogueClient, path: &Path, batch: usize) -> Result<String, CtlError> {
-    use std::io::BufRead;
+    use crate::feed::ImportError;
     let bad = |detail: String| CtlError::BadFile {
         path: path.to_owned(),
         detail,
     };
-    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+    let reader: Box<dyn std::io::BufRead> = if path == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
@@ -329,34 +328,24 @@ async fn import(client: &CatalogueClient, path: &Path, batch: usize) -> Result<S
         ))
     };
     let started = std::time::Instant::now();
-    let (mut docs, mut written) = (Vec::with_capacity(batch), 0);
-    let mut lines = reader.lines().enumerate();
-    loop {
-        let next = lines.next();
-        if let Some((n, line)) = &next {
-            let line = line.as_ref().map_err(|e| bad(e.to_string()))?;
-            if !line.trim().is_empty() {
-                let doc: TenantDoc =
-                    serde_json::from_str(line).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
-                docs.push(doc);
-            }
-        }
-        if docs.len() == batch || (next.is_none() && !docs.is_empty()) {
-            written += client.put_tenants(&docs).await?.written;
-            docs.clear();
-            let rate = written as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            println!("imported {written} tenants ({rate:.0}/s)");
-        }
-        if next.is_none() {
-            break;
-        }
-    }
+    let progress = |written: usize| {
+        let rate = written as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        println!("imported {written} tenants ({rate:.0}/s)");
+    };
+    let written = client
+        .import_lines(reader, batch, progress)
+        .await
+        .map_err(|e| match e {
+            ImportError::Line { .. } => bad(e.to_string()),
+            ImportError::Client(e) => CtlError::Client(e),
+        })?;
     Ok(format!(
         "imported {written} tenants in {:.1} s\n",
         started.elapsed().as_secs_f64()
     ))
 }
 
+/// Reads and parses a document from `path`, or from stdin when it is `-`.
 fn read_doc<T: DeserializeOwned>(path: &Path) -> Result<T, CtlError> {
     let bad = |detail: String| CtlError::BadFile {
         path: path.to_owned(),

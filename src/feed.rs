@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::client::{CatalogueClient, ClientError, Imported};
+pub use self::client::{CatalogueClient, ClientError, ImportError, Imported};
 
 use crate::tenant::{
     Host, IngressRecord, Placement, PlacementState, Product, Realm, Region, ShardId, TenantId,

@@ -27,6 +27,7 @@
 //! (a port 0 picked from the ephemeral range may meanwhile be an outgoing connection's).
 
 mod child;
+pub mod cli;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -139,6 +140,8 @@ pub struct StackBuilder {
     edge_token: Option<String>,
     consumers: Vec<ConsumerConfig>,
     seed: bool,
+    demo_tenants: bool,
+    import: Option<PathBuf>,
     edit_tcs: Option<Edit<TcsConfig>>,
     edit_edge: Option<Edit<EdgeConfig>>,
 }
@@ -208,6 +211,20 @@ impl StackBuilder {
     /// Whether to seed realms, shards and the demo tenants (default yes).
     pub fn seed(mut self, on: bool) -> Self {
         self.seed = on;
+        self
+    }
+
+    /// Whether seeding includes the demo tenants (default yes); realms and shards are seeded
+    /// either way.
+    pub fn demo_tenants(mut self, on: bool) -> Self {
+        self.demo_tenants = on;
+        self
+    }
+
+    /// Imports the tenant documents of `file` (one JSON object a line, as `ctl tenants
+    /// import` reads) after seeding and before any TCS starts, so that TCS starts caught up.
+    pub fn import(mut self, file: impl Into<PathBuf>) -> Self {
+        self.import = Some(file.into());
         self
     }
 
@@ -292,11 +309,13 @@ impl StackBuilder {
         let catalogue = self.start_catalogue(stack).await?;
         let catalogue_url = catalogue.url();
         stack.catalogue = Some(catalogue);
+        let client = CatalogueClient::new(&catalogue_url)?.with_token(Some(stack.secrets.operator.clone()));
         if self.seed {
             let snapshot = RouteSnapshot::from_toml_str(&stack.routes_file.to_toml())?;
-            let client =
-                CatalogueClient::new(&catalogue_url)?.with_token(Some(stack.secrets.operator.clone()));
-            seed(&client, &snapshot).await?;
+            seed(&client, &snapshot, self.demo_tenants).await?;
+        }
+        if let Some(file) = &self.import {
+            import(&client, file).await?;
         }
         let mut endpoints = Vec::new();
         for (i, region) in self.regions.iter().enumerate() {
@@ -477,7 +496,11 @@ impl StackBuilder {
             cfg.key = Some(certs.join("dev.key"));
         }
         cfg.threads = 1;
-        cfg.lookup.canaries = vec!["acme.example.test".into()];
+        // A demo tenant is the canary that tells a region's "not found" can be trusted; without
+        // them the caller names its own (`lookup.canaries`), or none.
+        if self.seed && self.demo_tenants {
+            cfg.lookup.canaries = vec!["acme.example.test".into()];
+        }
         if let Some(edit) = &self.edit_edge {
             edit(index, &mut cfg);
         }
@@ -666,6 +689,8 @@ impl Stack {
             edge_token: None,
             consumers: Vec::new(),
             seed: true,
+            demo_tenants: true,
+            import: None,
             edit_tcs: None,
             edit_edge: None,
         }
@@ -886,6 +911,15 @@ impl Part {
         }
     }
 
+    /// Whether a child has exited, without waiting (an in-process part's end is seen by
+    /// [`Stack::run_until`]).
+    pub fn exited(&mut self) -> bool {
+        match &mut self.runs {
+            Runs::Task(_) => false,
+            Runs::Child(c) => c.exited(),
+        }
+    }
+
     /// Waits up to 10 s for a child to exit; true when it exited cleanly. An in-process part
     /// has nothing to wait for here (the stack's tasks are joined by [`Stack::stop`]).
     pub fn wait_exit(&mut self) -> bool {
@@ -971,9 +1005,9 @@ fn name<T>(r: Result<T, crate::tenant::NameError>) -> Result<T, StackError> {
 }
 
 /// Seeds realms, the shards of the route file (each shard's mover hooks on its first backend)
-/// and the demo tenants; existing tenants are left as they are, so a restart keeps what the
-/// operator changed.
-pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot) -> Result<(), StackError> {
+/// and, with `demo`, the demo tenants; existing tenants are left as they are, so a restart
+/// keeps what the operator changed.
+pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot, demo: bool) -> Result<(), StackError> {
     for (realm, regions) in [
         ("us", ["us-east-1", "us-west-2"]),
         ("eu", ["eu-west-1", "eu-central-1"]),
@@ -1001,6 +1035,9 @@ pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot) -> Result<()
         };
         client.put_shard(&doc).await?;
     }
+    if !demo {
+        return Ok(());
+    }
     for doc in demo_tenants()? {
         match client.get_tenant(&doc.id).await {
             Ok(_) => {}
@@ -1010,6 +1047,27 @@ pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot) -> Result<()
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+/// Imports the tenant documents of `file` in batches of 10 000, with a progress line every
+/// 100 000 (a million tenants take tens of seconds).
+async fn import(client: &CatalogueClient, file: &Path) -> Result<(), StackError> {
+    let reader = std::fs::File::open(file).map_err(|e| io_err(file, e))?;
+    let started = std::time::Instant::now();
+    let written = client
+        .import_lines(std::io::BufReader::new(reader), 10_000, |written| {
+            if written % 100_000 == 0 {
+                tracing::info!(written, "importing tenants");
+            }
+        })
+        .await
+        .map_err(|e| io_err(file, e))?;
+    tracing::info!(
+        written,
+        took_s = started.elapsed().as_secs_f64(),
+        "imported tenants"
+    );
     Ok(())
 }
 

@@ -98,3 +98,108 @@ async fn a_bad_request_for_a_stack_is_refused_before_anything_starts() {
         "the contract's ports fit one edge"
     );
 }
+
+/// `tenant-edge stack`, as a script starts it: every role a child process, tenants imported
+/// from a file before TCS starts, the edge config overlaid from a file; one JSON line says
+/// where each part listens and which process it is; SIGTERM stops every part.
+#[test]
+fn the_stack_command_starts_children_and_prints_where_they_listen() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let docs = dir.path().join("tenants.jsonl");
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            serde_json::json!({"id": format!("t{i}"), "hosts": [format!("t{i}.bench.test")],
+                "realm": "us", "placements": {"jira": {"shard": "jira-us-east-1"}}})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&docs, lines.join("\n") + "\n").unwrap();
+    let overrides = dir.path().join("edge.toml");
+    std::fs::write(&overrides, "access_log = false\n[cache]\nmax_entries = 50\n").unwrap();
+    let stack_dir = dir.path().join("stack");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
+        .args(["stack", "--regions", "us-east-1", "--no-demo-tenants"])
+        .arg("--dir")
+        .arg(&stack_dir)
+        .arg("--routes")
+        .arg(root.join("routes/dev.toml"))
+        .arg("--import")
+        .arg(&docs)
+        .arg("--edge-overrides")
+        .arg(&overrides)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let started: serde_json::Value = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(&line).unwrap())
+        .expect("the stack printed where it listens");
+    let edge = &started["edges"][0];
+    let pids: Vec<i64> = [&started["catalogue"], &started["tcs"][0], edge]
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap())
+        .collect();
+    assert!(
+        pids.iter().all(|&p| p != i64::from(child.id())),
+        "every role is a child"
+    );
+    assert_eq!(started["shards"].as_array().unwrap().len(), 12);
+    let get = |host: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("host: {host}"))
+            .arg(format!("http://{}/", edge["http"].as_str().unwrap()))
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(get("t1.bench.test"), "200", "an imported tenant routes");
+    assert_eq!(get("acme.example.test"), "404", "no demo tenants");
+    let written = std::fs::read_to_string(stack_dir.join("edge.toml")).unwrap();
+    let written: toml::Table = written.parse().unwrap();
+    assert_eq!(written["cache"]["max_entries"].as_integer(), Some(50));
+    assert_eq!(written["access_log"].as_bool(), Some(false));
+    let token = std::fs::read_to_string(started["operator_token_file"].as_str().unwrap()).unwrap();
+    assert!(!token.trim().is_empty());
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(child.wait().unwrap().success(), "a signalled stack exits cleanly");
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")),
+            "part {pid} still runs"
+        );
+    }
+}
+
+#[test]
+fn the_stack_command_refuses_an_unknown_override_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = dir.path().join("edge.toml");
+    std::fs::write(&overrides, "acces_log = false\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
+        .arg("stack")
+        .arg("--dir")
+        .arg(dir.path().join("stack"))
+        .arg("--routes")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("routes/dev.toml"))
+        .arg("--edge-overrides")
+        .arg(&overrides)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("acces_log"), "{said}");
+    assert!(!dir.path().join("stack").exists(), "nothing was started");
+}

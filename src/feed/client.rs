@@ -50,6 +50,22 @@ impl ClientError {
     }
 }
 
+/// Why a bulk import of JSON lines stopped. Batches before the failing one are written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A line could not be read, or is not a tenant document.
+    #[error("line {line}: {detail}")]
+    Line {
+        /// Its number, from 1.
+        line: usize,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The catalogue refused or did not answer a batch.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
 /// What a bulk import answered.
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 pub struct Imported {
@@ -106,6 +122,38 @@ impl CatalogueClient {
     pub async fn put_tenants(&self, docs: &[TenantDoc]) -> Result<Imported, ClientError> {
         self.json(self.request(Method::POST, "/v1/tenants").json(docs))
             .await
+    }
+
+    /// Imports tenant documents from `lines`, one JSON object a line (blank lines skipped),
+    /// `batch` documents a request, each all or nothing; `progress` hears the total written
+    /// after each batch. Returns the total written.
+    pub async fn import_lines(
+        &self,
+        lines: impl std::io::BufRead,
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize, ImportError> {
+        let batch = batch.max(1);
+        let (mut docs, mut written) = (Vec::with_capacity(batch), 0);
+        let mut lines = lines.lines().enumerate();
+        loop {
+            let next = lines.next();
+            if let Some((n, line)) = &next {
+                let bad = |detail: String| ImportError::Line { line: n + 1, detail };
+                let line = line.as_ref().map_err(|e| bad(e.to_string()))?;
+                if !line.trim().is_empty() {
+                    docs.push(serde_json::from_str::<TenantDoc>(line).map_err(|e| bad(e.to_string()))?);
+                }
+            }
+            if docs.len() == batch || (next.is_none() && !docs.is_empty()) {
+                written += self.put_tenants(&docs).await?.written;
+                docs.clear();
+                progress(written);
+            }
+            if next.is_none() {
+                return Ok(written);
+            }
+        }
     }
 
     /// The tenant `id`.

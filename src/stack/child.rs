@@ -232,6 +232,13 @@ impl Child {
         false
     }
 
+    /// Whether the process has exited (or was never started), without waiting.
+    pub fn exited(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_none_or(|p| !matches!(p.try_wait(), Ok(None)))
+    }
+
     /// Kills it and starts the same command again, on the address the first start bound (a
     /// `:0` in its arguments becomes that port); returns once it listens (the second line of
     /// [`Child::start_until`] is not waited for: a TCS restarted without its catalogue serves
