@@ -98,7 +98,7 @@ pub enum TenantCmd {
         /// The tenant documents, one per line.
         file: PathBuf,
         /// Tenants per batch.
-        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+        #[arg(long, default_value_t = crate::feed::client::IMPORT_BATCH, value_parser = clap::value_parser!(u32).range(1..=50_000))]
         batch: u32,
     },
     /// Prints a tenant.

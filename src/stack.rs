@@ -44,6 +44,7 @@ use crate::catalogue::CatalogueConfig;
 use crate::context::TcsEndpoint;
 use crate::demo::DemoShardConfig;
 use crate::edge::EdgeConfig;
+use crate::feed::client::IMPORT_BATCH;
 use crate::feed::{CatalogueClient, ClientError, RealmDoc, ShardDoc, TenantDoc};
 use crate::routes::{RouteError, RouteSnapshot, RoutesFile};
 use crate::tcs::{ConsumerConfig, TcsConfig};
@@ -1050,17 +1051,21 @@ pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot, demo: bool) 
     Ok(())
 }
 
-/// Imports the tenant documents of `file` in batches of 10 000, with a progress line every
-/// 100 000 (a million tenants take tens of seconds).
+/// Imports the tenant documents of `file` in batches of [`IMPORT_BATCH`], with a progress line
+/// every 100 000 (a million tenants take tens of seconds).
 async fn import(client: &CatalogueClient, file: &Path) -> Result<(), StackError> {
     let reader = std::fs::File::open(file).map_err(|e| io_err(file, e))?;
     let started = std::time::Instant::now();
     let written = client
-        .import_lines(std::io::BufReader::new(reader), 10_000, |written| {
-            if written % 100_000 == 0 {
-                tracing::info!(written, "importing tenants");
-            }
-        })
+        .import_lines(
+            std::io::BufReader::new(reader),
+            IMPORT_BATCH as usize,
+            |written| {
+                if written % 100_000 == 0 {
+                    tracing::info!(written, "importing tenants");
+                }
+            },
+        )
         .await
         .map_err(|e| io_err(file, e))?;
     tracing::info!(

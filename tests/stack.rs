@@ -108,7 +108,8 @@ fn the_stack_command_starts_children_and_prints_where_they_listen() {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let docs = dir.path().join("tenants.jsonl");
-    let lines: Vec<String> = (0..3)
+    // More than two batches of the import, and a partial one at the end.
+    let lines: Vec<String> = (0..12_001)
         .map(|i| {
             serde_json::json!({"id": format!("t{i}"), "hosts": [format!("t{i}.bench.test")],
                 "realm": "us", "placements": {"jira": {"shard": "jira-us-east-1"}}})
@@ -160,6 +161,7 @@ fn the_stack_command_starts_children_and_prints_where_they_listen() {
         String::from_utf8(out.stdout).unwrap()
     };
     assert_eq!(get("t1.bench.test"), "200", "an imported tenant routes");
+    assert_eq!(get("t12000.bench.test"), "200", "the last batch was imported");
     assert_eq!(get("acme.example.test"), "404", "no demo tenants");
     let written = std::fs::read_to_string(stack_dir.join("edge.toml")).unwrap();
     let written: toml::Table = written.parse().unwrap();

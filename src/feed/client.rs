@@ -50,6 +50,10 @@ impl ClientError {
     }
 }
 
+/// Tenants per bulk-import request by default: a few hundred KiB, well under the catalogue's
+/// body limit.
+pub const IMPORT_BATCH: u32 = 5_000;
+
 /// Why a bulk import of JSON lines stopped. Batches before the failing one are written.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
