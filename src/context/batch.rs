@@ -7,13 +7,18 @@
 //! one and go together (at most `max_hosts`) in one `POST /v1/views/ingress/hosts`. So an idle
 //! edge adds no delay, and a busy one sends fewer, fuller requests.
 //!
-//! The queue's task runs on the runtime of the first lookup (a proxy thread) and opens its own
-//! connection there, so that a lookup and its connection never wake each other across threads.
+//! Each thread that looks up has its own queue, whose task runs on that thread's runtime and
+//! opens its own connection there, so that a lookup and its connection never wake each other
+//! across threads: the edge's proxy threads each run a runtime of their own, and a lookup from
+//! elsewhere (the trust checks' canary probes, on the main runtime) must not pull every proxy
+//! thread's batches onto its thread. (A batcher owned by the first thread to look up cost the
+//! cold path a third more CPU per request, edge and TCS, once canaries were configured.)
 //! It speaks HTTP/2 on hyper's connection directly, not through reqwest: reqwest's layers
 //! (redirect policy, URL re-parsing, retries) cost ~33 000 instructions per batch, more than
 //! the lookups in it.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,9 +70,9 @@ struct Target {
 #[derive(Debug)]
 pub(crate) struct Batcher {
     target: Arc<Target>,
-    /// The queue's sender; its task runs on the runtime of the lookup that started it, and is
-    /// started again when that runtime is gone.
-    queue: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    /// A queue per thread that looks up; its task runs on the runtime of the lookup that
+    /// started it, and is started again when that runtime is gone.
+    queues: Mutex<Vec<(ThreadId, mpsc::UnboundedSender<Job>)>>,
 }
 
 impl Batcher {
@@ -111,7 +116,7 @@ impl Batcher {
                 max_hosts: max_hosts.clamp(1, MAX_HOST_BATCH),
                 in_flight: in_flight.max(1),
             }),
-            queue: Mutex::new(None),
+            queues: Mutex::new(Vec::new()),
         })
     }
 
@@ -129,16 +134,19 @@ impl Batcher {
         answer.await.unwrap_or_else(|_| Err(abandoned()))
     }
 
+    /// This thread's queue, started on this thread's runtime at its first lookup (or again
+    /// once that runtime is gone). Queues of threads that ended are dropped on the way.
     fn sender(&self) -> mpsc::UnboundedSender<Job> {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*queue {
-            Some(tx) if !tx.is_closed() => tx.clone(),
-            _ => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(drain(self.target.clone(), rx));
-                queue.insert(tx).clone()
-            }
+        let me = std::thread::current().id();
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, tx)) = queues.iter().find(|(id, tx)| *id == me && !tx.is_closed()) {
+            return tx.clone();
         }
+        queues.retain(|(id, tx)| *id != me && !tx.is_closed());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(drain(self.target.clone(), rx));
+        queues.push((me, tx.clone()));
+        tx
     }
 }
 

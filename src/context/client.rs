@@ -69,8 +69,8 @@ pub struct LookupConfig {
     pub refresh_after_secs: u64,
     /// Most hosts one batched lookup request carries.
     pub batch_max_hosts: usize,
-    /// Batched lookup requests out at once per region; lookups arriving while all are out wait
-    /// for the next one.
+    /// Batched lookup requests out at once per region and per proxy thread (each thread has
+    /// its own queue and connection); lookups arriving while all are out wait for the next one.
     pub batches_in_flight: usize,
 }
 
