@@ -240,6 +240,9 @@ pub enum EdgeError {
     /// A listener could not bind, or TLS files are unusable.
     #[error("{0}")]
     Listen(String),
+    /// A config built in code (not read from a file) has problems, every one listed.
+    #[error("edge config: {0}")]
+    Invalid(String),
 }
 
 impl EdgeConfig {
@@ -574,6 +577,10 @@ impl Started {
 /// Builds the edge and starts it: returns once the proxy accepts and the admin API serves.
 /// Every listener may be port 0: [`Started`] says where each is.
 pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Started, EdgeError> {
+    // A config read from a file was checked by `load`; one built in code (the stack, tests)
+    // is held to the same rules here.
+    cfg.check()
+        .map_err(|problems| EdgeError::Invalid(problems.join("; ")))?;
     // pingora binds the proxy listeners on its own thread: a port 0 is picked here first, and
     // held (bound, not listening) until pingora listens on it, so nothing else can take it.
     let held_http = reserve(&mut cfg.listen_http)?;
@@ -1005,6 +1012,26 @@ token = "t"
         ))
         .unwrap_err();
         assert!(err.contains("[connections]") && err.contains("[http2]"), "{err}");
+    }
+
+    /// A config built in code is held to the rules a file is: `start` refuses it before
+    /// binding anything.
+    #[tokio::test]
+    async fn a_config_built_in_code_is_checked_at_start() {
+        let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let region = Region::new("eu-west-1").unwrap();
+        let mut cfg = EdgeConfig::new(region, any, any, PathBuf::from("routes/dev.toml"), Vec::new());
+        cfg.threads = 0;
+        let err = match start(cfg, CancellationToken::new()).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("an edge with no [[tcs]] and no threads started"),
+        };
+        for problem in [
+            "at least one [[tcs]] region is needed",
+            "threads must be at least 1",
+        ] {
+            assert!(err.contains(problem), "{problem:?} missing from: {err}");
+        }
     }
 
     #[test]

@@ -333,6 +333,9 @@ pub struct Bound {
 
 /// Checks `cfg` and binds `cfg.listen` (port 0 picks a free port; see [`Bound::addr`]).
 pub async fn bind(cfg: TcsConfig) -> Result<Bound, TcsError> {
+    // Checked again for a config built in code (the stack, tests), as `from_toml` checks one
+    // read from a file.
+    cfg.validate()?;
     let addr = cfg.listen;
     let tcs = Tcs::new(cfg)?;
     let listener = TcpListener::bind(addr)

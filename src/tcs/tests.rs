@@ -370,3 +370,14 @@ fn constant_time_eq_compares_whole_strings() {
     assert!(!constant_time_eq(b"dev-edge-token", b"dev-edge-token\0"));
     assert!(!constant_time_eq(b"", b"x"));
 }
+
+/// A config built in code is held to the rules a file is: `bind` refuses it before binding.
+#[tokio::test]
+async fn a_config_built_in_code_is_validated_at_bind() {
+    let mut cfg = super::standalone::config("us-east-1", Vec::new()).unwrap();
+    cfg.catalogue = "not a url".into();
+    match super::bind(cfg).await {
+        Err(e) => assert!(e.to_string().contains("not a url"), "{e}"),
+        Ok(_) => panic!("a TCS with no usable catalogue URL bound"),
+    }
+}
