@@ -117,9 +117,10 @@ impl Ndjson {
     }
 }
 
-/// A stand-in for the catalogue's `GET /v1/changes` (the contract in `feed`), until the real
-/// catalogue can run in these tests: serves a fixed log, fails the first poll with 503, and
-/// reports the `after` of every poll so a test knows how far the tailer got.
+/// A stand-in for the catalogue's `GET /v1/changes` (the contract in `feed`): serves a fixed
+/// log, fails the first poll with 503, and reports the `after` of every poll so a test knows how
+/// far the tailer got. A real catalogue cannot be made to fail one poll, or to hand out a log
+/// of exactly these sequence numbers.
 pub struct StubCatalogue {
     pub addr: SocketAddr,
     pub polls: tokio::sync::mpsc::UnboundedReceiver<u64>,
