@@ -941,6 +941,18 @@ impl Part {
             Runs::Child(c) => Ok(c.restart()?),
         }
     }
+
+    /// [`Part::restart`], returning once the part says it is ready as at its first start (an
+    /// edge: tenants cached from its file, or a change stream live), not only listening.
+    pub fn restart_ready(&mut self) -> Result<(), StackError> {
+        match &mut self.runs {
+            Runs::Task(_) => Err(StackError::Spec(format!(
+                "{} runs in process: no restart",
+                self.name
+            ))),
+            Runs::Child(c) => Ok(c.restart_ready()?),
+        }
+    }
 }
 
 /// An edge of a stack: its part (whose address is the admin API's) and its proxy listeners.

@@ -244,6 +244,16 @@ impl Child {
     /// [`Child::start_until`] is not waited for: a TCS restarted without its catalogue serves
     /// its snapshot but never catches up).
     pub fn restart(&mut self) -> Result<(), ChildError> {
+        self.respawn(false)
+    }
+
+    /// [`Child::restart`], returning once the second line of [`Child::start_until`] is seen
+    /// too (an edge that is ready: tenants cached from its file, or a change stream live).
+    pub fn restart_ready(&mut self) -> Result<(), ChildError> {
+        self.respawn(true)
+    }
+
+    fn respawn(&mut self, until: bool) -> Result<(), ChildError> {
         self.kill();
         if let Some(addr) = self.addr {
             let any = format!("{}:0", addr.ip());
@@ -253,7 +263,7 @@ impl Child {
                 }
             }
         }
-        self.spawn(false)
+        self.spawn(until)
     }
 }
 

@@ -45,21 +45,6 @@ pub async fn tcs_faults(stack: &Stack, tcs_url: &str, faults: Option<serde_json:
     assert!(r.status().is_success(), "faults: {}", r.status());
 }
 
-/// Polls `url` until it answers 2xx (60 s at most: a loaded machine starts fourteen processes per stack).
-pub async fn wait_ok(url: &str) {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = http.get(url).timeout(Duration::from_millis(500)).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never became ready");
-}
-
 /// Polls `check` until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
 where
