@@ -933,24 +933,23 @@ impl Part {
     /// Kills a child and starts it again on the same address; returns once it listens. An
     /// in-process part cannot be restarted.
     pub fn restart(&mut self) -> Result<(), StackError> {
-        match &mut self.runs {
-            Runs::Task(_) => Err(StackError::Spec(format!(
-                "{} runs in process: no restart",
-                self.name
-            ))),
-            Runs::Child(c) => Ok(c.restart()?),
-        }
+        Ok(self.restartable()?.restart()?)
     }
 
     /// [`Part::restart`], returning once the part says it is ready as at its first start (an
     /// edge: tenants cached from its file, or a change stream live), not only listening.
     pub fn restart_ready(&mut self) -> Result<(), StackError> {
+        Ok(self.restartable()?.restart_ready()?)
+    }
+
+    /// The child process to restart; an in-process part has none.
+    fn restartable(&mut self) -> Result<&mut Child, StackError> {
         match &mut self.runs {
             Runs::Task(_) => Err(StackError::Spec(format!(
                 "{} runs in process: no restart",
                 self.name
             ))),
-            Runs::Child(c) => Ok(c.restart_ready()?),
+            Runs::Child(c) => Ok(c),
         }
     }
 }
