@@ -238,6 +238,10 @@ pub struct ChangesPage {
     pub changes: Vec<Change>,
     /// The newest sequence number in the log when the page was read.
     pub head: u64,
+    /// The log's epoch, minted when the log was created (or restored): sequence numbers of
+    /// one epoch mean nothing in another, so a reader that sees a new epoch reloads in full.
+    #[serde(default)]
+    pub epoch: String,
 }
 
 /// Body of `POST /v1/views/ingress/hosts` on a TCS: many host lookups in one request.

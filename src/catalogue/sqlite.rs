@@ -4,11 +4,8 @@
 //!
 //! rusqlite blocks, so every operation runs on tokio's blocking pool.
 
-mod migrations;
-mod registry;
 mod rows;
 mod schema;
-mod tenants;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,6 +14,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::watch;
 
+use self::rows::Sql;
+use crate::catalogue::ops::{self, Rows};
 use crate::catalogue::store::{Store, StoreError, Written};
 use crate::clock::now_ms;
 use crate::feed::{ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
@@ -54,10 +53,10 @@ impl SqliteStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Sql<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&inner.lock()))
+        tokio::task::spawn_blocking(move || f(&Sql(&inner.lock())))
             .await
             .map_err(StoreError::storage)?
     }
@@ -67,13 +66,13 @@ impl SqliteStore {
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Sql<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.lock();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
+            let out = f(&Sql(&tx))?;
             let head = rows::head(&tx)?;
             tx.commit()?;
             // Still under the mutex, so heads are published in commit order.
@@ -103,101 +102,90 @@ impl Store for SqliteStore {
         doc: TenantDoc,
         if_match: Option<u64>,
     ) -> Result<Written<TenantDoc>, StoreError> {
-        self.write(move |c| tenants::put(c, &id, doc, if_match)).await
+        self.write(move |r| now(ops::tenants::put(r, &id, doc, if_match)))
+            .await
     }
 
     async fn put_tenants(&self, docs: Vec<TenantDoc>) -> Result<usize, StoreError> {
-        self.write(move |c| {
-            let n = docs.len();
-            for (i, doc) in docs.into_iter().enumerate() {
-                let id = doc.id.clone();
-                tenants::put(c, &id, doc, None).map_err(|e| match e {
-                    StoreError::Invalid(problems) => StoreError::Invalid(
-                        problems
-                            .into_iter()
-                            .map(|p| format!("tenants[{i}] ({id}): {p}"))
-                            .collect(),
-                    ),
-                    // Conflicts name the host and its owner already.
-                    other => other,
-                })?;
-            }
-            Ok(n)
-        })
-        .await
+        self.write(move |r| now(ops::tenants::put_all(r, docs))).await
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<TenantDoc, StoreError> {
         let id = id.clone();
-        self.read(move |c| tenants::get(c, &id)).await
+        self.read(move |r| now(r.tenant(&id))?.ok_or(StoreError::NotFound))
+            .await
     }
 
     async fn delete_tenant(&self, id: &TenantId, if_match: Option<u64>) -> Result<u64, StoreError> {
         let id = id.clone();
-        self.write(move |c| tenants::delete(c, &id, if_match)).await
+        self.write(move |r| now(ops::tenants::delete(r, &id, if_match)))
+            .await
     }
 
     async fn list_tenants(&self) -> Result<Vec<TenantDoc>, StoreError> {
-        self.read(tenants::list).await
+        self.read(|r| now(r.tenants())).await
     }
 
     async fn put_shard(&self, id: ShardId, doc: ShardDoc) -> Result<Written<ShardDoc>, StoreError> {
-        self.write(move |c| registry::put_shard(c, &id, doc)).await
+        self.write(move |r| now(ops::registry::put_shard(r, &id, doc)))
+            .await
     }
 
     async fn get_shard(&self, id: &ShardId) -> Result<ShardDoc, StoreError> {
         let id = id.clone();
-        self.read(move |c| rows::shard(c, id.as_str())?.ok_or(StoreError::NotFound))
+        self.read(move |r| now(r.shard(&id))?.ok_or(StoreError::NotFound))
             .await
     }
 
     async fn delete_shard(&self, id: &ShardId) -> Result<(), StoreError> {
         let id = id.clone();
-        self.write(move |c| registry::delete_shard(c, &id)).await
-    }
-
-    async fn list_shards(&self) -> Result<Vec<ShardDoc>, StoreError> {
-        self.read(|c| rows::all_docs(c, "SELECT doc FROM shards ORDER BY id"))
+        self.write(move |r| now(ops::registry::delete_shard(r, &id)))
             .await
     }
 
+    async fn list_shards(&self) -> Result<Vec<ShardDoc>, StoreError> {
+        self.read(|r| now(r.shards())).await
+    }
+
     async fn put_realm(&self, name: Realm, doc: RealmDoc) -> Result<Written<RealmDoc>, StoreError> {
-        self.write(move |c| registry::put_realm(c, &name, doc)).await
+        self.write(move |r| now(ops::registry::put_realm(r, &name, doc)))
+            .await
     }
 
     async fn get_realm(&self, name: &Realm) -> Result<RealmDoc, StoreError> {
         let name = name.clone();
-        self.read(move |c| rows::realm(c, name.as_str())?.ok_or(StoreError::NotFound))
+        self.read(move |r| now(r.realm(&name))?.ok_or(StoreError::NotFound))
             .await
     }
 
     async fn delete_realm(&self, name: &Realm) -> Result<(), StoreError> {
         let name = name.clone();
-        self.write(move |c| registry::delete_realm(c, &name)).await
+        self.write(move |r| now(ops::registry::delete_realm(r, &name)))
+            .await
     }
 
     async fn list_realms(&self) -> Result<Vec<RealmDoc>, StoreError> {
-        self.read(|c| rows::all_docs(c, "SELECT doc FROM realms ORDER BY name"))
-            .await
+        self.read(|r| now(r.realms())).await
     }
 
     async fn tenant_by_host(&self, host: &Host) -> Result<Option<TenantDoc>, StoreError> {
         let host = host.clone();
-        self.read(move |c| tenants::by_host(c, &host)).await
+        self.read(move |r| now(r.tenant_by_host(&host))).await
     }
 
     async fn create_migration(&self, req: NewMigration) -> Result<MigrationDoc, StoreError> {
-        self.write(move |c| migrations::create(c, req, now_ms())).await
+        self.write(move |r| now(ops::migrations::create(r, req, now_ms())))
+            .await
     }
 
     async fn get_migration(&self, id: &str) -> Result<MigrationDoc, StoreError> {
         let id = id.to_owned();
-        self.read(move |c| migrations::get(c, &id)).await
+        self.read(move |r| now(ops::migrations::get(r, &id))).await
     }
 
     async fn list_migrations(&self, tenant: Option<&TenantId>) -> Result<Vec<MigrationDoc>, StoreError> {
         let tenant = tenant.cloned();
-        self.read(move |c| migrations::list(c, tenant.as_ref())).await
+        self.read(move |r| now(r.migrations(tenant.as_ref()))).await
     }
 
     async fn set_phase(
@@ -207,12 +195,12 @@ impl Store for SqliteStore {
         if_match: Option<u64>,
     ) -> Result<MigrationDoc, StoreError> {
         let id = id.to_owned();
-        self.write(move |c| migrations::set_phase(c, &id, phase, if_match, now_ms()))
+        self.write(move |r| now(ops::migrations::set_phase(r, &id, phase, if_match, now_ms())))
             .await
     }
 
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {
-        self.read(move |c| rows::changes(c, after, limit)).await
+        self.read(move |r| now(r.changes(after, limit))).await
     }
 
     fn head(&self) -> u64 {
@@ -222,4 +210,10 @@ impl Store for SqliteStore {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.head.subscribe()
     }
+}
+
+/// Runs one of [`Rows`]' futures over SQLite, which complete without suspending, to its end on
+/// this (blocking-pool) thread.
+fn now<F: std::future::Future>(f: F) -> F::Output {
+    futures::executor::block_on(f)
 }

@@ -1,10 +1,14 @@
 //! Helpers shared by the TCS integration tests: catalogue changes, a config, a served router
-//! on a loopback port, and an NDJSON line reader.
+//! on a loopback port, an NDJSON line reader, and a real catalogue whose polls a test sees.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tenant_edge::feed::{Change, Lines, ViewEvent, MAX_STREAM_LINE};
+use axum::extract::Query;
+use tenant_edge::catalogue::{self, SqliteStore};
+use tenant_edge::feed::{CatalogueClient, Change, Lines, RealmDoc, TenantDoc, ViewEvent, MAX_STREAM_LINE};
 use tenant_edge::tcs::{standalone, ConsumerConfig, Tcs, TcsConfig};
+use tenant_edge::tenant::{Host, Realm, Region, TenantId};
 use tokio_util::sync::CancellationToken;
 
 pub const EDGE_TOKEN: &str = "dev-edge-token";
@@ -117,66 +121,110 @@ impl Ndjson {
     }
 }
 
-/// A stand-in for the catalogue's `GET /v1/changes` (the contract in `feed`): serves a fixed
-/// log, fails the first poll with 503, and reports the `after` of every poll so a test knows how
-/// far the tailer got. A real catalogue cannot be made to fail one poll, or to hand out a log
-/// of exactly these sequence numbers.
-pub struct StubCatalogue {
-    pub addr: SocketAddr,
-    pub polls: tokio::sync::mpsc::UnboundedReceiver<u64>,
+/// The `after` of each `GET /v1/changes` poll a [`TappedCatalogue`] received, in order: how
+/// far its tailer got, known without sleeping.
+pub struct Polls(tokio::sync::mpsc::UnboundedReceiver<u64>);
+
+impl Polls {
+    /// The `after` of the next poll.
+    pub async fn next(&mut self) -> u64 {
+        self.0.recv().await.unwrap()
+    }
+
+    /// Waits for a poll for changes after `seq`: the tailer has seen the log up to `seq`.
+    pub async fn wait_for_poll_after(&mut self, seq: u64) {
+        while self.next().await != seq {}
+    }
 }
 
+/// The query of a `/v1/changes` poll (`after` is 0 when absent, as the catalogue reads it).
 #[derive(serde::Deserialize)]
 struct ChangesQuery {
+    #[serde(default)]
     after: u64,
-    limit: usize,
-    wait_ms: u64,
 }
 
-impl StubCatalogue {
-    pub async fn start(log: Vec<Change>) -> Self {
-        use axum::extract::{Query, State};
+/// The real catalogue (SQLite in a temp dir, no tokens) behind a tap that reports the `after`
+/// of every `/v1/changes` poll ([`Polls`]) and can answer the first one 503 in its place. The
+/// tap is a layer on the catalogue's router, so the router is served here rather than by
+/// `catalogue::bind` or the stack builder, which serve their own.
+pub struct TappedCatalogue {
+    pub addr: SocketAddr,
+    pub polls: Polls,
+    client: CatalogueClient,
+    _dir: tempfile::TempDir,
+}
+
+impl TappedCatalogue {
+    /// A catalogue whose every poll reaches it.
+    pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A catalogue whose first poll is answered 503 by the tap (a tailer must recover).
+    pub async fn failing_first_poll() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(fail_first: bool) -> Self {
+        use axum::http::StatusCode;
+        use axum::response::IntoResponse;
         use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
-        type St = (
-            Arc<Vec<Change>>,
-            tokio::sync::mpsc::UnboundedSender<u64>,
-            Arc<AtomicBool>,
-        );
-        async fn changes(
-            State((log, tx, failed)): State<St>,
-            Query(q): Query<ChangesQuery>,
-        ) -> axum::response::Response {
-            use axum::response::IntoResponse;
-            tx.send(q.after).unwrap();
-            if !failed.swap(true, Ordering::SeqCst) {
-                return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
-            }
-            let head = log.last().map_or(0, |c| c.seq);
-            let page: Vec<Change> = log
-                .iter()
-                .filter(|c| c.seq > q.after)
-                .take(q.limit)
-                .cloned()
-                .collect();
-            if page.is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(q.wait_ms)).await;
-            }
-            axum::Json(tenant_edge::feed::ChangesPage { changes: page, head }).into_response()
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("catalogue.db")).unwrap();
         let (tx, polls) = tokio::sync::mpsc::unbounded_channel();
-        let state: St = (Arc::new(log), tx, Arc::new(AtomicBool::new(false)));
-        let app = axum::Router::new()
-            .route("/v1/changes", axum::routing::get(changes))
-            .with_state(state);
+        let failed = Arc::new(AtomicBool::new(!fail_first));
+        let tap = move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let mut fail = false;
+            if req.uri().path() == "/v1/changes" {
+                let Query(q) = Query::<ChangesQuery>::try_from_uri(req.uri()).unwrap();
+                let _ = tx.send(q.after);
+                fail = !failed.swap(true, Ordering::SeqCst);
+            }
+            async move {
+                if fail {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                next.run(req).await
+            }
+        };
+        let app = catalogue::router(Arc::new(store), catalogue::auth::Access::Open)
+            .layer(axum::middleware::from_fn(tap));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { addr, polls }
+        Self {
+            client: CatalogueClient::new(&format!("http://{addr}")).unwrap(),
+            addr,
+            polls: Polls(polls),
+            _dir: dir,
+        }
     }
 
-    /// Waits for the tailer to ask for changes after `seq`, i.e. to have applied up to it.
-    pub async fn wait_for_poll_after(&mut self, seq: u64) {
-        while self.polls.recv().await.unwrap() != seq {}
+    /// Writes realm `us` (in `us-east-1`).
+    pub async fn put_realm_us(&self) {
+        let doc = RealmDoc {
+            name: Realm::new("us").unwrap(),
+            regions: vec![Region::new("us-east-1").unwrap()],
+        };
+        self.client.put_realm(&doc).await.unwrap();
+    }
+
+    /// Writes tenant `id` of realm `us` with the host `<id>.example.test`, no placements.
+    pub async fn put_tenant(&self, id: &str) {
+        let doc = TenantDoc {
+            id: TenantId::new(id).unwrap(),
+            hosts: vec![Host::parse(&format!("{id}.example.test")).unwrap()],
+            realm: Realm::new("us").unwrap(),
+            placements: Default::default(),
+            version: 0,
+        };
+        self.client.put_tenant(&doc, None).await.unwrap();
+    }
+
+    /// Deletes tenant `id`.
+    pub async fn delete_tenant(&self, id: &str) {
+        let id = TenantId::new(id).unwrap();
+        self.client.delete_tenant(&id, None).await.unwrap();
     }
 }

@@ -61,6 +61,13 @@ CREATE TABLE migrations (
 CREATE UNIQUE INDEX migrations_open ON migrations(tenant, product) WHERE open = 1;
 CREATE INDEX migrations_tenant ON migrations(tenant, n);
 ",
+    r"
+-- The log's epoch: minted once, with the log; readers that see another one reload in full.
+CREATE TABLE log_meta (
+    epoch TEXT NOT NULL
+);
+INSERT INTO log_meta (epoch) VALUES (lower(hex(randomblob(16))));
+",
 ];
 
 /// Opens (creating if needed) the catalogue database at `path` and brings its schema up to date.
@@ -117,7 +124,7 @@ mod tests {
         }
         let conn = open(&path).unwrap();
         assert_eq!(user_version(&conn), MIGRATIONS.len());
-        assert_eq!(MIGRATIONS.len(), 2);
+        assert_eq!(MIGRATIONS.len(), 3);
         let realms: u32 = conn
             .query_row("SELECT COUNT(*) FROM realms", [], |r| r.get(0))
             .unwrap();
