@@ -357,19 +357,19 @@ async fn health_readiness_and_metrics() {
     srv.stop().await;
 }
 
-/// `tcs::bind` then serve, end to end against a stand-in catalogue: the tailer recovers from an error,
-/// applies the log, the API answers, shutdown writes the snapshot, and a restart resumes
-/// from it instead of replaying the log.
+/// `tcs::bind` then serve, end to end against a real catalogue whose first poll fails: the
+/// tailer recovers from the error, applies the log, the API answers, shutdown writes the
+/// snapshot, and a restart resumes from it instead of replaying the log.
 #[tokio::test]
 async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
     use tenant_edge::tcs;
     use tokio_util::sync::CancellationToken;
-    let log = vec![
-        put(1, "acme", 1, &["acme.example.test"]),
-        put(2, "globex", 1, &["globex.example.test"]),
-        del(3, "globex", 2),
-    ];
-    let mut catalogue = tcs_support::StubCatalogue::start(log).await;
+    let mut catalogue = tcs_support::TappedCatalogue::start().await;
+    catalogue.put_realm_us().await; // seq 1
+    catalogue.put_tenant("acme").await; // seq 2
+    catalogue.put_tenant("globex").await; // seq 3
+    catalogue.delete_tenant("globex").await; // seq 4
+    catalogue.fail_next_poll();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&catalogue.addr.to_string());
     cfg.snapshot = dir.path().join("tcs-us-east-1.json");
@@ -379,8 +379,8 @@ async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
     assert_ne!(addr.port(), 0, "the bound port is reported");
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(bound.serve(shutdown.clone()));
-    assert_eq!(catalogue.polls.recv().await, Some(0)); // answered 503
-    catalogue.wait_for_poll_after(3).await;
+    assert_eq!(catalogue.polls.next().await, 0); // answered 503
+    catalogue.polls.wait_for_poll_after(4).await;
 
     let client = reqwest::Client::new();
     let get = |path: &str| {
@@ -395,7 +395,7 @@ async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
         .json()
         .await
         .unwrap();
-    assert_eq!((found.seq, found.record.version), (3, 1));
+    assert_eq!((found.seq, found.record.version), (4, 1));
     let gone = get("/v1/views/ingress/hosts/globex.example.test").await.unwrap();
     assert_eq!(gone.status(), StatusCode::NOT_FOUND);
     assert_eq!(get("/readyz").await.unwrap().status(), StatusCode::OK);
@@ -412,11 +412,11 @@ async fn serve_tails_the_catalogue_and_resumes_from_its_snapshot() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
     let snap: ViewSnapshot = serde_json::from_slice(&std::fs::read(&cfg.snapshot).unwrap()).unwrap();
-    assert_eq!((snap.seq, snap.records.len()), (3, 1));
+    assert_eq!((snap.seq, snap.records.len()), (4, 1));
 
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(tcs::bind(cfg).await.unwrap().serve(shutdown.clone()));
-    assert_eq!(catalogue.polls.recv().await, Some(3));
+    assert_eq!(catalogue.polls.next().await, 4);
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }

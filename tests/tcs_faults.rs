@@ -9,19 +9,15 @@
 #[expect(dead_code, reason = "shared with tcs_api.rs, which uses the rest")]
 mod tcs_support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tcs_support::{config, put, seq_prev, Ndjson, Server, EDGE_TOKEN};
-use tenant_edge::catalogue::{self, SqliteStore};
-use tenant_edge::feed::CatalogueClient;
-use tenant_edge::feed::{ApiError, RealmDoc, TenantDoc, ViewEvent, ViewSnapshot};
+use tcs_support::{config, put, seq_prev, Ndjson, Server, TappedCatalogue, EDGE_TOKEN};
+use tenant_edge::feed::{ApiError, ViewEvent, ViewSnapshot};
 use tenant_edge::stack::Child;
 use tenant_edge::tcs::faults::{Faults, MAX_LATENCY_MS};
 use tenant_edge::tcs::{Tcs, TcsConfig};
-use tenant_edge::tenant::{Host, Realm, Region, TenantId};
 use tokio_util::sync::CancellationToken;
 
 const ACME: &str = "/v1/views/ingress/hosts/acme.example.test";
@@ -263,14 +259,12 @@ async fn latency_delays_view_answers_but_never_health() {
 #[tokio::test]
 async fn pause_ingest_stops_application_until_lifted() {
     let mut catalogue = TappedCatalogue::start().await;
-    let realm = Realm::new("us").unwrap();
-    let regions = vec![Region::new("us-east-1").unwrap()];
-    catalogue.put_realm(&realm, regions).await; // seq 1
-    catalogue.put_tenant(&tenant("acme")).await; // seq 2
+    catalogue.put_realm_us().await; // seq 1
+    catalogue.put_tenant("acme").await; // seq 2
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = faults_config(true);
-    cfg.catalogue = catalogue.url.clone();
+    cfg.catalogue = format!("http://{}", catalogue.addr);
     cfg.snapshot = dir.path().join("tcs.json");
     cfg.max_lag = 0;
     let bound = tenant_edge::tcs::bind(cfg).await.unwrap();
@@ -278,15 +272,15 @@ async fn pause_ingest_stops_application_until_lifted() {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(bound.serve(shutdown.clone()));
     let srv = Client::new(addr);
-    catalogue.wait_for_poll_after(2).await;
+    catalogue.polls.wait_for_poll_after(2).await;
     assert_eq!(srv.lookup("acme").await, StatusCode::OK);
     assert_eq!(srv.status("/readyz").await, StatusCode::OK);
 
     srv.send(reqwest::Method::PUT, json!({"pause_ingest": true}))
         .await;
-    catalogue.put_tenant(&tenant("globex")).await; // seq 3
-                                                   // Paused, the tailer polls from the newest head it saw: it has seen seq 3.
-    catalogue.wait_for_poll_after(3).await;
+    catalogue.put_tenant("globex").await; // seq 3
+                                          // Paused, the tailer polls from the newest head it saw: it has seen seq 3.
+    catalogue.polls.wait_for_poll_after(3).await;
     assert_eq!(srv.lookup("globex").await, StatusCode::NOT_FOUND);
     assert_eq!(tcs.ingress().seq(), 2);
     assert_eq!(srv.status("/readyz").await, StatusCode::SERVICE_UNAVAILABLE);
@@ -303,16 +297,6 @@ async fn pause_ingest_stops_application_until_lifted() {
     assert_eq!(srv.status("/readyz").await, StatusCode::OK);
     shutdown.cancel();
     running.await.unwrap().unwrap();
-}
-
-fn tenant(id: &str) -> TenantDoc {
-    TenantDoc {
-        id: TenantId::new(id).unwrap(),
-        hosts: vec![Host::parse(&format!("{id}.example.test")).unwrap()],
-        realm: Realm::new("us").unwrap(),
-        placements: Default::default(),
-        version: 0,
-    }
 }
 
 /// A client of a TCS served by `tcs::bind` and `Bound::serve`.
@@ -389,65 +373,4 @@ async fn allow_faults_flag_overrides_the_config() {
     let resp = http.get(&url).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Faults>().await.unwrap(), Faults::default());
-}
-
-/// The real catalogue (SQLite in a temp dir) behind a tap that reports the `after` of every
-/// `/v1/changes` poll, so a test knows how far the tailer got without sleeping.
-struct TappedCatalogue {
-    url: String,
-    client: CatalogueClient,
-    polls: tokio::sync::mpsc::UnboundedReceiver<u64>,
-    _dir: tempfile::TempDir,
-}
-
-impl TappedCatalogue {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("catalogue.db")).unwrap();
-        let (tx, polls) = tokio::sync::mpsc::unbounded_channel();
-        let tap = move |req: axum::extract::Request, next: axum::middleware::Next| {
-            if req.uri().path() == "/v1/changes" {
-                if let Some(after) = after_of(req.uri().query().unwrap_or("")) {
-                    let _ = tx.send(after);
-                }
-            }
-            next.run(req)
-        };
-        let app = catalogue::router(Arc::new(store), catalogue::auth::Access::Open)
-            .layer(axum::middleware::from_fn(tap));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let client = CatalogueClient::new(&url).unwrap();
-        Self {
-            url,
-            client,
-            polls,
-            _dir: dir,
-        }
-    }
-
-    async fn put_realm(&self, name: &Realm, regions: Vec<Region>) {
-        let doc = RealmDoc {
-            name: name.clone(),
-            regions,
-        };
-        self.client.put_realm(&doc).await.unwrap();
-    }
-
-    async fn put_tenant(&self, doc: &TenantDoc) {
-        self.client.put_tenant(doc, None).await.unwrap();
-    }
-
-    /// Waits for a poll for changes after `seq`: the tailer has seen the log up to `seq`.
-    async fn wait_for_poll_after(&mut self, seq: u64) {
-        while self.polls.recv().await.unwrap() != seq {}
-    }
-}
-
-fn after_of(query: &str) -> Option<u64> {
-    query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("after="))
-        .and_then(|v| v.parse().ok())
 }

@@ -2,9 +2,12 @@
 //! on a loopback port, an NDJSON line reader, and a real catalogue whose polls a test sees.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use tenant_edge::catalogue::{self, SqliteStore};
 use tenant_edge::feed::{CatalogueClient, Change, Lines, RealmDoc, TenantDoc, ViewEvent, MAX_STREAM_LINE};
 use tenant_edge::tcs::{standalone, ConsumerConfig, Tcs, TcsConfig};
@@ -145,41 +148,31 @@ struct ChangesQuery {
 }
 
 /// The real catalogue (SQLite in a temp dir, no tokens) behind a tap that reports the `after`
-/// of every `/v1/changes` poll ([`Polls`]) and can answer the first one 503 in its place. The
+/// of every `/v1/changes` poll ([`Polls`]) and can answer one with 503 in its place. The
 /// tap is a layer on the catalogue's router, so the router is served here rather than by
 /// `catalogue::bind` or the stack builder, which serve their own.
 pub struct TappedCatalogue {
     pub addr: SocketAddr,
     pub polls: Polls,
     client: CatalogueClient,
+    fail_next: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
 impl TappedCatalogue {
-    /// A catalogue whose every poll reaches it.
+    /// An empty catalogue served on a loopback port.
     pub async fn start() -> Self {
-        Self::start_with(false).await
-    }
-
-    /// A catalogue whose first poll is answered 503 by the tap (a tailer must recover).
-    pub async fn failing_first_poll() -> Self {
-        Self::start_with(true).await
-    }
-
-    async fn start_with(fail_first: bool) -> Self {
-        use axum::http::StatusCode;
-        use axum::response::IntoResponse;
-        use std::sync::atomic::{AtomicBool, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("catalogue.db")).unwrap();
         let (tx, polls) = tokio::sync::mpsc::unbounded_channel();
-        let failed = Arc::new(AtomicBool::new(!fail_first));
+        let fail_next = Arc::new(AtomicBool::new(false));
+        let failing = Arc::clone(&fail_next);
         let tap = move |req: axum::extract::Request, next: axum::middleware::Next| {
             let mut fail = false;
             if req.uri().path() == "/v1/changes" {
                 let Query(q) = Query::<ChangesQuery>::try_from_uri(req.uri()).unwrap();
                 let _ = tx.send(q.after);
-                fail = !failed.swap(true, Ordering::SeqCst);
+                fail = failing.swap(false, Ordering::SeqCst);
             }
             async move {
                 if fail {
@@ -197,8 +190,14 @@ impl TappedCatalogue {
             client: CatalogueClient::new(&format!("http://{addr}")).unwrap(),
             addr,
             polls: Polls(polls),
+            fail_next,
             _dir: dir,
         }
+    }
+
+    /// The next poll is answered 503 by the tap, without reaching the catalogue.
+    pub fn fail_next_poll(&self) {
+        self.fail_next.store(true, Ordering::SeqCst);
     }
 
     /// Writes realm `us` (in `us-east-1`).
