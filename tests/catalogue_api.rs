@@ -9,7 +9,8 @@ mod catalogue_support;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use catalogue_support::{acme, ctl_at, seed_registry, Catalogue};
+use catalogue_support::ctl::ctl;
+use catalogue_support::{acme, seed_registry, Catalogue};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -148,9 +149,7 @@ async fn the_change_log_lists_every_write_and_long_polls() {
             .unwrap()
     });
     // Write only once the poll is parked, so that the write is what wakes it.
-    while c.get("/healthz").await.expect(200)["waiting"] != 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    c.wait_for_parked_polls(1).await;
     c.put("/v1/tenants/acme", &acme()).await.expect(201);
     // After its 30 s the poll would re-read and find the write too, so only answering well before
     // then shows that the write woke it. The bound is generous: a wake takes milliseconds.
@@ -185,14 +184,14 @@ async fn a_restart_keeps_everything_and_ctl_reads_it() {
 
     let initech = r#"{"id": "initech", "hosts": ["initech.example.test"], "realm": "us",
                       "placements": {"jira": {"shard": "jira-us-east-1"}}}"#;
-    let put = c.ctl(&["tenants", "put", "-"], initech);
-    assert!(put.status.success(), "{put:?}");
-    let stored: Value = serde_json::from_slice(&put.stdout).unwrap();
+    let put = c.ctl(&["tenants", "put", "-"], initech).await;
+    assert!(put.ok(), "{put:?}");
+    let stored: Value = serde_json::from_str(&put.stdout).unwrap();
     assert_eq!(stored["version"], 1);
 
-    let list = c.ctl(&["tenants", "list"], "");
-    assert!(list.status.success(), "{list:?}");
-    let out = String::from_utf8(list.stdout).unwrap();
+    let list = c.ctl(&["tenants", "list"], "").await;
+    assert!(list.ok(), "{list:?}");
+    let out = list.stdout;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     let cells = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
@@ -211,15 +210,12 @@ async fn a_restart_keeps_everything_and_ctl_reads_it() {
         "{out}"
     );
 
-    let missing = c.ctl(&["tenants", "get", "nobody"], "");
-    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
-    assert!(
-        String::from_utf8_lossy(&missing.stderr).contains("404"),
-        "{missing:?}"
-    );
+    let missing = c.ctl(&["tenants", "get", "nobody"], "").await;
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert!(missing.stderr.contains("404"), "{missing:?}");
     drop(c);
-    let unreachable = ctl_at(&unused_base(), &["tenants", "list"], "");
-    assert_eq!(unreachable.status.code(), Some(2), "{unreachable:?}");
+    let unreachable = ctl(&unused_base(), None, &["tenants", "list"], "").await;
+    assert_eq!(unreachable.code, Some(2), "{unreachable:?}");
 }
 
 fn numbered(i: usize) -> Value {
@@ -262,9 +258,9 @@ async fn bulk_import_is_all_or_nothing_and_logs_every_tenant() {
     // `ctl tenants import`: JSON lines in batches, a progress line per batch; existing tenants
     // are replaced (a new version), new ones created.
     let lines: String = (1..6).map(|i| format!("{}\n", numbered(i))).collect();
-    let out = c.ctl(&["tenants", "import", "--batch", "2", "-"], &lines);
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let out = c.ctl(&["tenants", "import", "--batch", "2", "-"], &lines).await;
+    assert!(out.ok(), "{out:?}");
+    let stdout = out.stdout;
     assert_eq!(
         stdout
             .lines()
@@ -276,9 +272,11 @@ async fn bulk_import_is_all_or_nothing_and_logs_every_tenant() {
     assert!(stdout.contains("imported 5 tenants in"), "{stdout}");
     assert_eq!(c.get("/v1/tenants/t2").await.expect(200)["version"], 2);
     assert_eq!(c.get("/v1/tenants/t5").await.expect(200)["version"], 1);
-    let bad = c.ctl(&["tenants", "import", "-"], "{\"id\": \"t9\"}\nnot json\n");
-    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 1"), "{bad:?}");
+    let bad = c
+        .ctl(&["tenants", "import", "-"], "{\"id\": \"t9\"}\nnot json\n")
+        .await;
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("line 1"), "{bad:?}");
 }
 
 /// A loopback URL where nothing listens.
@@ -297,9 +295,7 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
     let mut c = Catalogue::start(dir.path()).await;
     let url = format!("{}/v1/changes?after=0&wait_ms=30000", c.base);
     let poll = tokio::spawn(c.http.get(url).bearer_auth(c.stack.operator_token()).send());
-    while c.get("/healthz").await.expect(200)["waiting"] != 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    c.wait_for_parked_polls(1).await;
     c.stack.catalogue_mut().signal_term();
 
     // Graceful shutdown waits for requests in flight; the poll must be cut short, not waited

@@ -217,9 +217,9 @@ async fn a_rollback_puts_the_tenant_back_and_ctl_shows_migrations() {
         .await
         .expect(201);
 
-    let list = c.ctl(&["migrations", "list", "--tenant", "acme"], "");
-    assert!(list.status.success(), "{list:?}");
-    let out = String::from_utf8(list.stdout).unwrap();
+    let list = c.ctl(&["migrations", "list", "--tenant", "acme"], "").await;
+    assert!(list.ok(), "{list:?}");
+    let out = list.stdout;
     let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(
         rows,
@@ -250,15 +250,15 @@ async fn a_rollback_puts_the_tenant_back_and_ctl_shows_migrations() {
         ],
         "{out}"
     );
-    let get = c.ctl(&["migrations", "get", "m-1"], "");
-    assert!(get.status.success(), "{get:?}");
-    let doc: Value = serde_json::from_slice(&get.stdout).unwrap();
+    let get = c.ctl(&["migrations", "get", "m-1"], "").await;
+    assert!(get.ok(), "{get:?}");
+    let doc: Value = serde_json::from_str(&get.stdout).unwrap();
     assert_eq!(doc, c.get("/v1/migrations/m-1").await.expect(200));
-    let missing = c.ctl(&["migrations", "get", "m-9"], "");
-    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    let missing = c.ctl(&["migrations", "get", "m-9"], "").await;
+    assert_eq!(missing.code, Some(1), "{missing:?}");
 
-    let changes = c.ctl(&["changes", "--after", &before.to_string()], "");
-    let out = String::from_utf8(changes.stdout).unwrap();
+    let changes = c.ctl(&["changes", "--after", &before.to_string()], "").await;
+    let out = changes.stdout;
     let first: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(
         first,

@@ -4,51 +4,25 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::ctl::{ctl, Ran};
 use common::*;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 const SOURCE: &str = "jira-us-east-1";
 const TARGET: &str = "jira-us-west-2";
 
-/// What one `ctl` run printed, and whether it succeeded.
-struct Ran {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `tenant-edge ctl --catalogue URL <args>` to completion.
-async fn ctl(stack: &Stack, args: &[&str]) -> Ran {
-    let out = tokio::process::Command::new(bin())
-        .args([
-            "ctl",
-            "--catalogue",
-            &stack.catalogue_url,
-            "--token",
-            stack.operator_token(),
-        ])
-        .args(args)
-        .output()
-        .await
-        .unwrap();
-    let ran = Ran {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    println!("ctl {args:?}:\n{}{}", ran.stdout, ran.stderr);
-    ran
-}
-
+/// Runs `ctl migrate` for `tenant`'s jira to shard `to`, with the operator token.
 async fn migrate(stack: &Stack, tenant: &str, to: &str, extra: &[&str]) -> Ran {
     let host = format!("{tenant}.example.test");
     let mut args = vec!["migrate", "--host", &host, "--product", "jira", "--to", to];
     args.extend_from_slice(extra);
-    ctl(stack, &args).await
+    let token = Some(stack.operator_token());
+    ctl(&stack.catalogue_url, token, &args, "").await
 }
 
 /// The first backend port of `shard`: where its mover hooks are.
@@ -154,7 +128,7 @@ struct Traffic {
 
 /// Writes (and reads back the last write) every ~5 ms until `stop`; `acked` counts the writes
 /// acknowledged so far.
-async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -> Traffic {
+async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>, acked: watch::Sender<usize>) -> Traffic {
     let mut t = Traffic::default();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -164,7 +138,7 @@ async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize
             201 => {
                 let v: Value = r.json().await.unwrap();
                 t.acked.push(v["id"].as_str().unwrap().to_owned());
-                acked.fetch_add(1, Ordering::Relaxed);
+                acked.send_modify(|n| *n += 1);
             }
             503 => t.write_503s.push(Instant::now()),
             s => t.other_errors.push(format!("POST {s}")),
@@ -181,6 +155,16 @@ async fn client(stack: Arc<Stack>, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize
     t
 }
 
+/// Waits (10 s at most) until the traffic has had `n` writes acknowledged.
+async fn acked_at_least(acks: &mut watch::Receiver<usize>, n: usize) {
+    let reached = tokio::time::timeout(Duration::from_secs(10), acks.wait_for(|&a| a >= n));
+    let acked = reached
+        .await
+        .map_err(|_| format!("{n} writes not acknowledged"))
+        .unwrap();
+    acked.map_err(|_| "the traffic stopped").unwrap();
+}
+
 /// A move under write traffic loses no acknowledged write, fails only writes (503) and only
 /// while frozen, and afterwards everything is served by the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,16 +177,13 @@ async fn a_move_under_traffic_loses_no_acknowledged_write() {
         .await,
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new(AtomicUsize::new(0));
-    let traffic = tokio::spawn(client(stack.clone(), stop.clone(), acked.clone()));
+    let (acked, mut acks) = watch::channel(0);
+    let traffic = tokio::spawn(client(stack.clone(), stop.clone(), acked));
     // Some writes land on the source before the move.
-    eventually(Duration::from_secs(10), || async {
-        (export(&stack, SOURCE, "acme").await["items"].as_array()?.len() >= 5).then_some(())
-    })
-    .await;
+    acked_at_least(&mut acks, 5).await;
 
     let ran = migrate(&stack, "acme", TARGET, &["--drain-ms", "300"]).await;
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.ok(), "{}", ran.stderr);
     for step in ["frozen", "copying", "switched", "cleaning", "done"] {
         assert!(
             ran.stdout.contains(&format!("[acme/jira] {step} (")),
@@ -211,11 +192,8 @@ async fn a_move_under_traffic_loses_no_acknowledged_write() {
         );
     }
     // Traffic goes on until writes after the move are acknowledged too.
-    let moved_at = acked.load(Ordering::Relaxed);
-    eventually(Duration::from_secs(10), || async {
-        (acked.load(Ordering::Relaxed) >= moved_at + 20).then_some(())
-    })
-    .await;
+    let moved_at = *acks.borrow();
+    acked_at_least(&mut acks, moved_at + 20).await;
     stop.store(true, Ordering::Relaxed);
     let t = traffic.await.unwrap();
 
@@ -271,7 +249,7 @@ async fn rollback_from_copying_brings_the_tenant_back_at_the_source() {
     );
 
     let ran = migrate(&stack, "acme", TARGET, &["--rollback"]).await;
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.ok(), "{}", ran.stderr);
     assert!(ran.stdout.contains("[acme/jira] rolled_back ("), "{}", ran.stdout);
     assert_eq!(phase(&stack, id).await, "rolled_back");
     assert_eq!(export(&stack, TARGET, "acme").await["items"], json!([]));
@@ -284,7 +262,7 @@ async fn rollback_from_copying_brings_the_tenant_back_at_the_source() {
     assert!(by.starts_with(SOURCE), "{by}");
     // Nothing is left to roll back.
     let again = migrate(&stack, "acme", TARGET, &["--rollback"]).await;
-    assert!(!again.ok);
+    assert!(!again.ok());
     assert!(again.stderr.contains("no open migration"), "{}", again.stderr);
 }
 
@@ -304,7 +282,7 @@ async fn an_interrupted_move_resumes_from_its_recorded_phase() {
     set_phase(&stack, id, "frozen").await;
 
     let ran = migrate(&stack, "initech", TARGET, &["--drain-ms", "0"]).await;
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.ok(), "{}", ran.stderr);
     assert!(ran.stdout.contains(&format!("resuming {id}")), "{}", ran.stdout);
     assert!(!ran.stdout.contains("[initech/jira] frozen ("), "{}", ran.stdout);
     assert_eq!(phase(&stack, id).await, "done");
@@ -325,7 +303,7 @@ async fn an_interrupted_move_resumes_from_its_recorded_phase() {
         set_phase(&stack, back_id, p).await;
     }
     let ran = migrate(&stack, "initech", SOURCE, &["--rollback"]).await;
-    assert!(!ran.ok);
+    assert!(!ran.ok());
     assert!(ran.stderr.contains("cannot be rolled back"), "{}", ran.stderr);
 }
 
@@ -338,7 +316,7 @@ async fn refused_moves_fail_with_the_catalogues_reason() {
     })
     .await;
     let ran = migrate(&stack, "acme", "jira-eu-west-1", &[]).await;
-    assert!(!ran.ok);
+    assert!(!ran.ok());
     assert!(ran.stderr.contains("422"), "{}", ran.stderr);
 
     // Another shard inside the realm, so the second move is valid but for the open one.
@@ -353,7 +331,7 @@ async fn refused_moves_fail_with_the_catalogues_reason() {
     assert_eq!(status, 201);
     create(&stack, "acme", TARGET).await;
     let ran = migrate(&stack, "acme", "jira-us-west-3", &[]).await;
-    assert!(!ran.ok);
+    assert!(!ran.ok());
     assert!(ran.stderr.contains("409"), "{}", ran.stderr);
     // Neither refused run froze the source.
     assert_eq!(post_item(&stack, "acme.example.test", 1).await.status(), 201);
@@ -404,7 +382,7 @@ async fn moves_between_overlapping_shards_touch_only_the_regions_that_differ() {
 
     // jira-us-east-1 -> jira-us-multi: add us-west-2, remove nothing.
     let ran = migrate(&stack, "acme", MULTI, &["--drain-ms", "100"]).await;
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.ok(), "{}", ran.stderr);
     assert!(
         ran.stdout
             .contains("copied 3 items to jira-us-multi in us-west-2"),
@@ -436,7 +414,7 @@ async fn moves_between_overlapping_shards_touch_only_the_regions_that_differ() {
 
     // And back: add nothing, remove us-west-2; us-east-1 keeps every item, the new one too.
     let ran = migrate(&stack, "acme", SOURCE, &["--drain-ms", "100"]).await;
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.ok(), "{}", ran.stderr);
     assert!(ran.stdout.contains("nothing to copy"), "{}", ran.stdout);
     assert!(
         ran.stdout.contains("deleted from jira-us-multi in us-west-2"),
@@ -488,7 +466,7 @@ async fn rollback_into_an_overlapping_shard_leaves_the_shared_region_whole() {
     );
 
     let ran = migrate(&stack, "acme", MULTI, &["--rollback"]).await;
-    assert!(ran.ok, "{}", ran.stderr);
+    assert!(ran.ok(), "{}", ran.stderr);
     assert!(
         ran.stdout.contains("target jira-us-multi emptied in us-west-2"),
         "{}",

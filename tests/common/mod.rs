@@ -9,6 +9,8 @@
     reason = "test harness: failing loudly is the point"
 )]
 
+#[path = "../support/ctl.rs"]
+pub mod ctl;
 pub mod http1;
 pub mod recorder;
 

@@ -1,8 +1,9 @@
 //! The catalogue binary on a loopback port, and helpers shared by its integration tests.
 
-use std::io::Write;
+#[path = "ctl.rs"]
+pub mod ctl;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, ETAG, IF_MATCH};
@@ -124,25 +125,20 @@ impl Catalogue {
         (status, serde_json::from_str(body).unwrap())
     }
 
-    /// Runs `tenant-edge ctl` against this catalogue.
-    pub fn ctl(&self, args: &[&str], stdin: &str) -> Output {
-        let mut with_token = vec!["--token", self.stack.operator_token()];
-        with_token.extend_from_slice(args);
-        ctl_at(&self.base, &with_token, stdin)
+    /// Waits until `n` long-polls of `/v1/changes` are parked. The catalogue is another process
+    /// and logs nothing when a poll parks: the count its `/healthz` reports is the only witness,
+    /// so this polls it.
+    pub async fn wait_for_parked_polls(&self, n: u64) {
+        while self.get("/healthz").await.expect(200)["waiting"] != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
-}
 
-pub fn ctl_at(base: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(["ctl", "--catalogue", base])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    /// Runs `tenant-edge ctl` against this catalogue with the operator token.
+    pub async fn ctl(&self, args: &[&str], stdin: &str) -> ctl::Ran {
+        let token = Some(self.stack.operator_token());
+        ctl::ctl(&self.base, token, args, stdin).await
+    }
 }
 
 pub struct Reply {
