@@ -9,6 +9,8 @@
 
 mod api;
 pub mod auth;
+mod ops;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 pub mod validate;
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use self::api::{router, DEFAULT_LIMIT, MAX_BODY, MAX_LIMIT, MAX_WAIT_MS};
+pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 pub use self::store::{Store, StoreError, Written};
 

@@ -28,6 +28,7 @@
 
 mod child;
 pub mod cli;
+pub mod postgres;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};

@@ -135,6 +135,7 @@ impl Failure {
                 | StoreError::InUse(_)
                 | StoreError::MigrationOpen { .. } => StatusCode::CONFLICT,
                 StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 StoreError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
@@ -147,7 +148,13 @@ impl IntoResponse for Failure {
         if status.is_server_error() {
             tracing::error!(error = %self, "catalogue request failed");
         }
-        ApiError::new(status, self.to_string()).into_response()
+        let mut response = ApiError::new(status, self.to_string()).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

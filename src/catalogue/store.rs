@@ -43,6 +43,11 @@ pub enum StoreError {
         /// The open migration.
         id: String,
     },
+    /// The backing store cannot be reached now (503 with `Retry-After`): the database is
+    /// down, failing over, or refusing connections. Nothing was written, or the write's
+    /// outcome is unknown and a retry by compare-and-set is safe.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// The backing store failed (500).
     #[error("storage: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -1,23 +1,137 @@
-//! Store tests on real SQLite files in temporary directories.
+//! The conformance suite: every rule of the catalogue's stores, run against each store, so
+//! neither can drift from the other: SQLite on a file in a temporary directory, PostgreSQL on
+//! a real server this test binary starts (one per process, a fresh database per test).
 
 mod migrations;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::json;
 
+use super::postgres::PgStore;
 use super::sqlite::{SqliteStore, DB_FILE};
 use super::store::{Store, StoreError};
 use crate::feed::{ChangeBody, RealmDoc, ShardDoc, TenantDoc};
+use crate::stack::postgres::PgServer;
 use crate::tenant::{Realm, ShardId, TenantId};
 
-fn db(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join(DB_FILE)
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Sqlite,
+    Postgres,
 }
 
-fn open(path: &Path) -> SqliteStore {
-    SqliteStore::open(path).unwrap()
+/// A store under test, with what it takes to open it again or reach it behind its back.
+pub(super) struct Fixture {
+    kind: Kind,
+    /// SQLite: the temporary directory of the file.
+    dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: the database's URL.
+    url: String,
+    store: Arc<dyn Store>,
 }
+
+impl std::ops::Deref for Fixture {
+    type Target = dyn Store;
+    fn deref(&self) -> &(dyn Store + 'static) {
+        &*self.store
+    }
+}
+
+impl Fixture {
+    /// An empty store of `kind`.
+    pub(super) async fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(&dir.path().join(DB_FILE)).unwrap();
+                Fixture {
+                    kind,
+                    dir: Some(dir),
+                    url: String::new(),
+                    store: Arc::new(store),
+                }
+            }
+            Kind::Postgres => {
+                let url = PgServer::shared().unwrap().fresh_database().unwrap();
+                let store = PgStore::connect(&url).await.unwrap();
+                Fixture {
+                    kind,
+                    dir: None,
+                    url,
+                    store: Arc::new(store),
+                }
+            }
+        }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.as_ref().unwrap().path().join(DB_FILE)
+    }
+
+    /// Another instance of the same store (a second catalogue process, or a restart).
+    pub(super) async fn open_again(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self.kind {
+            Kind::Sqlite => Arc::new(SqliteStore::open(&self.db())?),
+            Kind::Postgres => Arc::new(PgStore::connect(&self.url).await?),
+        })
+    }
+
+    /// Runs `sqlite` or `postgres` (statements) on the database behind the store's back.
+    pub(super) async fn raw(&self, sqlite: &str, postgres: &str) {
+        match self.kind {
+            Kind::Sqlite => rusqlite::Connection::open(self.db())
+                .unwrap()
+                .execute_batch(sqlite)
+                .unwrap(),
+            Kind::Postgres => {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client.batch_execute(postgres).await.unwrap();
+            }
+        }
+    }
+
+    /// The one number `sql` selects, behind the store's back.
+    pub(super) async fn count(&self, sql: &str) -> i64 {
+        match self.kind {
+            Kind::Sqlite => rusqlite::Connection::open(self.db())
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Kind::Postgres => {
+                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                client.query_one(sql, &[]).await.unwrap().get(0)
+            }
+        }
+    }
+}
+
+/// Runs each named test (an `async fn(Kind)`) once per store.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Kind::Sqlite).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Kind::Postgres).await
+            })*
+        }
+    };
+}
+pub(super) use conformance;
 
 fn tid(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
@@ -46,7 +160,7 @@ fn realm(name: &str, regions: &[&str]) -> RealmDoc {
 }
 
 /// Realms us and eu; shards jira-us-east-1, jira-us-west-2, jira-eu-west-1, confluence-us-east-1.
-async fn registry(store: &SqliteStore) {
+async fn registry(store: &dyn Store) {
     for r in [
         realm("us", &["us-east-1", "us-west-2"]),
         realm("eu", &["eu-west-1", "eu-central-1"]),
@@ -63,15 +177,15 @@ async fn registry(store: &SqliteStore) {
     }
 }
 
-async fn seeded() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db(&dir));
-    registry(&store).await;
-    (dir, store)
+/// A store of `kind` holding the [`registry`] (log seqs 1..=6).
+async fn seeded(kind: Kind) -> Fixture {
+    let store = Fixture::new(kind).await;
+    registry(&*store).await;
+    store
 }
 
 /// Puts `doc` under its own id and returns the stored version.
-async fn version_of_put(store: &SqliteStore, doc: TenantDoc) -> u64 {
+async fn version_of_put(store: &dyn Store, doc: TenantDoc) -> u64 {
     store
         .put_tenant(doc.id.clone(), doc, None)
         .await
@@ -87,9 +201,8 @@ fn problems(err: StoreError) -> Vec<String> {
     }
 }
 
-#[tokio::test]
-async fn versions_start_at_one_and_guard_compare_and_set() {
-    let (_dir, store) = seeded().await;
+async fn versions_start_at_one_and_guard_compare_and_set(kind: Kind) {
+    let store = seeded(kind).await;
     let w = store.put_tenant(tid("acme"), acme(), None).await.unwrap();
     assert_eq!((w.doc.version, w.created), (1, true));
     let w = store.put_tenant(tid("acme"), acme(), None).await.unwrap();
@@ -118,9 +231,8 @@ async fn versions_start_at_one_and_guard_compare_and_set() {
     assert_eq!(w.doc.version, 1);
 }
 
-#[tokio::test]
-async fn delete_keeps_a_tombstone_so_versions_keep_rising() {
-    let (_dir, store) = seeded().await;
+async fn delete_keeps_a_tombstone_so_versions_keep_rising(kind: Kind) {
+    let store = seeded(kind).await;
     store.put_tenant(tid("acme"), acme(), None).await.unwrap();
     let conflict = store.delete_tenant(&tid("acme"), Some(7)).await.unwrap_err();
     assert!(matches!(conflict, StoreError::VersionConflict { current: 1 }));
@@ -144,9 +256,8 @@ async fn delete_keeps_a_tombstone_so_versions_keep_rising() {
     assert_eq!((w.doc.version, w.created), (3, true));
 }
 
-#[tokio::test]
-async fn a_host_names_one_tenant_only() {
-    let (_dir, store) = seeded().await;
+async fn a_host_names_one_tenant_only(kind: Kind) {
+    let store = seeded(kind).await;
     store.put_tenant(tid("acme"), acme(), None).await.unwrap();
     let thief = tenant("globex", "acme.example.test", "us", json!({}));
     match store.put_tenant(tid("globex"), thief, None).await.unwrap_err() {
@@ -160,12 +271,11 @@ async fn a_host_names_one_tenant_only() {
     let moved = tenant("acme", "new.acme.test", "us", json!({}));
     store.put_tenant(tid("acme"), moved, None).await.unwrap();
     let globex = tenant("globex", "acme.example.test", "us", json!({}));
-    assert_eq!(version_of_put(&store, globex).await, 1);
+    assert_eq!(version_of_put(&*store, globex).await, 1);
 }
 
-#[tokio::test]
-async fn validation_lists_every_problem() {
-    let (_dir, store) = seeded().await;
+async fn validation_lists_every_problem(kind: Kind) {
+    let store = seeded(kind).await;
     let mut doc = tenant(
         "acme",
         "acme.example.test",
@@ -200,9 +310,8 @@ async fn validation_lists_every_problem() {
     assert!(found[0].contains("eu-west-1 outside realm us"), "{found:?}");
 }
 
-#[tokio::test]
-async fn shards_and_realms_cannot_break_their_tenants() {
-    let (_dir, store) = seeded().await;
+async fn shards_and_realms_cannot_break_their_tenants(kind: Kind) {
+    let store = seeded(kind).await;
     store.put_tenant(tid("acme"), acme(), None).await.unwrap();
     let sid = ShardId::new("jira-us-east-1").unwrap();
 
@@ -233,9 +342,8 @@ async fn shards_and_realms_cannot_break_their_tenants() {
     assert_eq!(store.list_realms().await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn the_log_is_dense_ordered_and_pages() {
-    let (_dir, store) = seeded().await; // 2 realms + 4 shards: seqs 1..=6
+async fn the_log_is_dense_ordered_and_pages(kind: Kind) {
+    let store = seeded(kind).await; // 2 realms + 4 shards: seqs 1..=6
     let mut head = store.subscribe();
     store.put_tenant(tid("acme"), acme(), None).await.unwrap(); // 7
     assert!(head.has_changed().unwrap());
@@ -272,9 +380,8 @@ async fn the_log_is_dense_ordered_and_pages() {
     assert!(store.changes(8, 10).await.unwrap().changes.is_empty());
 }
 
-#[tokio::test]
-async fn rejected_writes_leave_no_change_and_no_state() {
-    let (_dir, store) = seeded().await;
+async fn rejected_writes_leave_no_change_and_no_state(kind: Kind) {
+    let store = seeded(kind).await;
     store.put_tenant(tid("acme"), acme(), None).await.unwrap();
     let before = (
         store.changes(0, 100).await.unwrap(),
@@ -304,78 +411,148 @@ async fn rejected_writes_leave_no_change_and_no_state() {
     assert_eq!(store.head(), before.0.head);
     // No tombstone was left behind for the refused tenant: its first write is still version 1.
     let globex = tenant("globex", "globex.example.test", "us", json!({}));
-    assert_eq!(version_of_put(&store, globex).await, 1);
+    assert_eq!(version_of_put(&*store, globex).await, 1);
 }
 
-#[tokio::test]
-async fn a_write_failing_midway_rolls_back_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(&db(&dir));
-    registry(&store).await;
+async fn a_write_failing_midway_rolls_back_whole(kind: Kind) {
+    let store = seeded(kind).await;
     // Make the log refuse its next entry, so the tenant rows are written before the failure.
-    let raw = rusqlite::Connection::open(db(&dir)).unwrap();
-    raw.execute_batch(
-        "CREATE TRIGGER refuse BEFORE INSERT ON changes BEGIN SELECT RAISE(ABORT, 'refused'); END;",
-    )
-    .unwrap();
+    store
+        .raw(
+            "CREATE TRIGGER refuse BEFORE INSERT ON changes BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON changes FOR EACH ROW EXECUTE FUNCTION refuse();",
+        )
+        .await;
 
     let err = store.put_tenant(tid("acme"), acme(), None).await.unwrap_err();
     assert!(matches!(err, StoreError::Storage(_)), "{err:?}");
     assert_eq!(store.head(), 6);
 
-    raw.execute_batch("DROP TRIGGER refuse;").unwrap();
-    let hosts: i64 = raw
-        .query_row("SELECT COUNT(*) FROM tenant_hosts", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(hosts, 0);
+    store
+        .raw("DROP TRIGGER refuse;", "DROP TRIGGER refuse ON changes;")
+        .await;
+    assert_eq!(store.count("SELECT COUNT(*) FROM tenant_hosts").await, 0);
+    assert_eq!(store.count("SELECT COUNT(*) FROM tenants").await, 0);
     assert!(matches!(
         store.get_tenant(&tid("acme")).await,
         Err(StoreError::NotFound)
     ));
-    assert_eq!(
-        store
-            .put_tenant(tid("acme"), acme(), None)
-            .await
-            .unwrap()
-            .doc
-            .version,
-        1
-    );
+    assert_eq!(version_of_put(&*store, acme()).await, 1);
     assert_eq!(store.head(), 7);
 }
 
-#[tokio::test]
-async fn everything_survives_a_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let stored = {
-        let store = open(&db(&dir));
-        registry(&store).await;
-        store.put_tenant(tid("acme"), acme(), None).await.unwrap();
-        store.put_tenant(tid("acme"), acme(), None).await.unwrap().doc
-    };
-    let mode: String = rusqlite::Connection::open(db(&dir))
-        .unwrap()
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(mode, "wal");
+async fn everything_survives_a_reopen(kind: Kind) {
+    let fixture = seeded(kind).await;
+    fixture.put_tenant(tid("acme"), acme(), None).await.unwrap();
+    let stored = fixture.put_tenant(tid("acme"), acme(), None).await.unwrap().doc;
+    let epoch = fixture.changes(0, 1).await.unwrap().epoch;
+    assert!(epoch.len() >= 16, "an epoch is minted with the log: {epoch:?}");
 
-    let store = open(&db(&dir));
+    let store = fixture.open_again().await.unwrap();
     assert_eq!(store.head(), 8);
     assert_eq!(store.get_tenant(&tid("acme")).await.unwrap(), stored);
     assert_eq!(store.list_shards().await.unwrap().len(), 4);
-    assert_eq!(store.changes(0, 100).await.unwrap().changes.len(), 8);
+    let page = store.changes(0, 100).await.unwrap();
+    assert_eq!(page.changes.len(), 8);
+    assert_eq!(page.epoch, epoch, "the epoch is the log's, not the process's");
     // Versions and sequence numbers carry on from where they were.
     assert_eq!(store.delete_tenant(&tid("acme"), Some(2)).await.unwrap(), 3);
     assert_eq!(store.changes(8, 10).await.unwrap().changes[0].seq, 9);
 }
 
-#[tokio::test]
-async fn a_newer_schema_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    drop(open(&db(&dir)));
-    let raw = rusqlite::Connection::open(db(&dir)).unwrap();
-    raw.pragma_update(None, "user_version", 99).unwrap();
-    drop(raw);
-    let err = SqliteStore::open(&db(&dir)).err().unwrap();
+async fn a_newer_schema_is_refused(kind: Kind) {
+    let store = Fixture::new(kind).await;
+    store
+        .raw(
+            "PRAGMA user_version = 99;",
+            "UPDATE schema_version SET version = 99;",
+        )
+        .await;
+    let err = store.open_again().await.err().unwrap();
     assert!(err.to_string().contains("newer"), "{err}");
+}
+
+/// Two instances of one store (two catalogue processes on one file or database), each with
+/// writers in parallel: the log has no gap and no duplicate, and holds every acknowledged
+/// write once, in the order of each tenant's versions.
+async fn concurrent_writers_keep_the_log_dense(kind: Kind) {
+    const WRITERS: usize = 4;
+    const WRITES: usize = 25;
+    let first = seeded(kind).await;
+    let second = first.open_again().await.unwrap();
+    let instances: [Arc<dyn Store>; 2] = [Arc::clone(&first.store), second];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, store) in instances.iter().enumerate() {
+        for w in 0..WRITERS {
+            let store = Arc::clone(store);
+            tasks.spawn(async move {
+                let id = format!("t-{i}-{w}");
+                let mut acked = Vec::new();
+                for n in 0..WRITES {
+                    let doc = tenant(&id, &format!("{id}-{n}.example.test"), "us", json!({}));
+                    let w = store.put_tenant(tid(&id), doc, None).await.unwrap();
+                    acked.push((id.clone(), w.doc.version));
+                }
+                acked
+            });
+        }
+    }
+    let mut acked = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        acked.extend(done.unwrap());
+    }
+    assert_eq!(acked.len(), 2 * WRITERS * WRITES);
+
+    let page = first.changes(0, 10_000).await.unwrap();
+    let seqs: Vec<u64> = page.changes.iter().map(|c| c.seq).collect();
+    let total = 6 + acked.len() as u64;
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<Vec<_>>(),
+        "dense, ordered, no duplicate"
+    );
+    assert_eq!(page.head, total);
+    let mut logged = Vec::new();
+    for change in &page.changes[6..] {
+        match &change.body {
+            ChangeBody::Tenant { id, version, .. } => logged.push((id.to_string(), *version)),
+            other => panic!("unexpected change {other:?}"),
+        }
+    }
+    // Each tenant's versions appear in the log in order, 1..=WRITES, each once.
+    for i in 0..2 {
+        for w in 0..WRITERS {
+            let id = format!("t-{i}-{w}");
+            let versions: Vec<u64> = logged.iter().filter(|(t, _)| *t == id).map(|(_, v)| *v).collect();
+            assert_eq!(versions, (1..=WRITES as u64).collect::<Vec<_>>(), "{id}");
+        }
+    }
+    acked.sort();
+    logged.sort();
+    assert_eq!(acked, logged, "every acknowledged write is in the log once");
+}
+
+conformance!(
+    versions_start_at_one_and_guard_compare_and_set,
+    delete_keeps_a_tombstone_so_versions_keep_rising,
+    a_host_names_one_tenant_only,
+    validation_lists_every_problem,
+    shards_and_realms_cannot_break_their_tenants,
+    the_log_is_dense_ordered_and_pages,
+    rejected_writes_leave_no_change_and_no_state,
+    a_write_failing_midway_rolls_back_whole,
+    everything_survives_a_reopen,
+    a_newer_schema_is_refused,
+    concurrent_writers_keep_the_log_dense,
+);
+
+#[tokio::test]
+async fn sqlite_keeps_its_file_in_wal_mode() {
+    let store = Fixture::new(Kind::Sqlite).await;
+    let mode: String = rusqlite::Connection::open(store.db())
+        .unwrap()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
 }

@@ -3,8 +3,7 @@
 
 use serde_json::json;
 
-use super::{acme, problems, seeded, shard, tenant, tid};
-use crate::catalogue::sqlite::SqliteStore;
+use super::{acme, conformance, problems, seeded, shard, tenant, tid, Fixture, Kind};
 use crate::catalogue::store::{Store, StoreError};
 use crate::feed::{Change, ChangeBody, MigrationDoc, NewMigration, Phase, TenantDoc};
 use crate::tenant::{Host, PlacementState, Product, Region, ShardId};
@@ -22,36 +21,35 @@ fn regions(names: &[&str]) -> Vec<Region> {
 }
 
 /// The seeded registry plus acme on jira-us-east-1 (tenant version 1).
-async fn with_acme() -> (tempfile::TempDir, SqliteStore) {
-    let (dir, store) = seeded().await;
+async fn with_acme(kind: Kind) -> Fixture {
+    let store = seeded(kind).await;
     store.put_tenant(tid("acme"), acme(), None).await.unwrap();
-    (dir, store)
+    store
 }
 
-async fn plan(store: &SqliteStore, to: &str) -> MigrationDoc {
+async fn plan(store: &dyn Store, to: &str) -> MigrationDoc {
     store.create_migration(req("acme", "jira", to)).await.unwrap()
 }
 
-async fn acme_now(store: &SqliteStore) -> TenantDoc {
+async fn acme_now(store: &dyn Store) -> TenantDoc {
     store.get_tenant(&tid("acme")).await.unwrap()
 }
 
 /// acme's jira placement as `(shard, state)`.
-async fn jira_of(store: &SqliteStore) -> (String, PlacementState) {
+async fn jira_of(store: &dyn Store) -> (String, PlacementState) {
     let doc = acme_now(store).await;
     let p = &doc.placements["jira"];
     (p.shard.to_string(), p.state)
 }
 
-async fn log_after(store: &SqliteStore, after: u64) -> Vec<Change> {
+async fn log_after(store: &dyn Store, after: u64) -> Vec<Change> {
     store.changes(after, 100).await.unwrap().changes
 }
 
-#[tokio::test]
-async fn a_new_migration_is_planned_with_its_region_delta_and_logged() {
-    let (_dir, store) = with_acme().await;
+async fn a_new_migration_is_planned_with_its_region_delta_and_logged(kind: Kind) {
+    let store = with_acme(kind).await;
     let head = store.head();
-    let m = plan(&store, "jira-us-west-2").await;
+    let m = plan(&*store, "jira-us-west-2").await;
     assert_eq!(m.id, "m-1");
     assert_eq!((m.phase, m.version), (Phase::Planned, 1));
     assert_eq!(
@@ -64,7 +62,7 @@ async fn a_new_migration_is_planned_with_its_region_delta_and_logged() {
     assert!(m.created_ms > 0);
     assert_eq!(store.get_migration("m-1").await.unwrap(), m);
 
-    let log = log_after(&store, head).await;
+    let log = log_after(&*store, head).await;
     assert_eq!(log.len(), 1, "creating touches no tenant: {log:?}");
     assert_eq!(
         log[0].body,
@@ -74,15 +72,14 @@ async fn a_new_migration_is_planned_with_its_region_delta_and_logged() {
         }
     );
     assert_eq!(
-        jira_of(&store).await,
+        jira_of(&*store).await,
         ("jira-us-east-1".into(), PlacementState::Active)
     );
-    assert_eq!(acme_now(&store).await.version, 1);
+    assert_eq!(acme_now(&*store).await.version, 1);
 }
 
-#[tokio::test]
-async fn one_open_migration_per_tenant_product() {
-    let (_dir, store) = seeded().await;
+async fn one_open_migration_per_tenant_product(kind: Kind) {
+    let store = seeded(kind).await;
     let both = tenant(
         "acme",
         "acme.example.test",
@@ -97,7 +94,7 @@ async fn one_open_migration_per_tenant_product() {
         )
         .await
         .unwrap();
-    let first = plan(&store, "jira-us-west-2").await;
+    let first = plan(&*store, "jira-us-west-2").await;
     let head = store.head();
     let again = store
         .create_migration(req("acme", "jira", "jira-us-west-2"))
@@ -115,12 +112,11 @@ async fn one_open_migration_per_tenant_product() {
     assert_eq!(other.id, "m-2");
     // Closed (rolled back), the product can be moved again.
     store.set_phase(&first.id, Phase::RolledBack, None).await.unwrap();
-    assert_eq!(plan(&store, "jira-us-west-2").await.id, "m-3");
+    assert_eq!(plan(&*store, "jira-us-west-2").await.id, "m-3");
 }
 
-#[tokio::test]
-async fn invalid_migrations_are_refused_with_every_reason() {
-    let (_dir, store) = with_acme().await;
+async fn invalid_migrations_are_refused_with_every_reason(kind: Kind) {
+    let store = with_acme(kind).await;
     let initech = tenant("initech", "initech.example.test", "us", json!({}));
     store.put_tenant(tid("initech"), initech, None).await.unwrap();
     let head = store.head();
@@ -155,10 +151,9 @@ async fn invalid_migrations_are_refused_with_every_reason() {
     assert!(store.list_migrations(None).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn each_phase_changes_the_tenant_in_the_same_write() {
-    let (_dir, store) = with_acme().await;
-    let m = plan(&store, "jira-us-west-2").await;
+async fn each_phase_changes_the_tenant_in_the_same_write(kind: Kind) {
+    let store = with_acme(kind).await;
+    let m = plan(&*store, "jira-us-west-2").await;
     let steps = [
         (Phase::Frozen, Some(("jira-us-east-1", PlacementState::Frozen))),
         (Phase::Copying, None),
@@ -172,7 +167,7 @@ async fn each_phase_changes_the_tenant_in_the_same_write() {
         let doc = store.set_phase(&m.id, phase, None).await.unwrap();
         assert_eq!((doc.phase, doc.version), (phase, i as u64 + 2));
         assert!(doc.updated_ms >= doc.created_ms);
-        let log = log_after(&store, head).await;
+        let log = log_after(&*store, head).await;
         assert_eq!(
             log[0].body,
             ChangeBody::Migration {
@@ -194,25 +189,24 @@ async fn each_phase_changes_the_tenant_in_the_same_write() {
                 };
                 assert_eq!((*version, t.version), (tenant_version, tenant_version));
                 assert_eq!(t.placements["jira"].shard.as_str(), shard);
-                assert_eq!(jira_of(&store).await, (shard.to_owned(), state));
+                assert_eq!(jira_of(&*store).await, (shard.to_owned(), state));
             }
             None => assert_eq!(log.len(), 1, "{phase} touches no tenant: {log:?}"),
         }
     }
-    assert_eq!(acme_now(&store).await.version, tenant_version);
+    assert_eq!(acme_now(&*store).await.version, tenant_version);
     // Done closes it: the tenant's jira can move again (back, now).
     assert_eq!(
-        plan(&store, "jira-us-east-1").await.from.as_str(),
+        plan(&*store, "jira-us-east-1").await.from.as_str(),
         "jira-us-west-2"
     );
 }
 
-#[tokio::test]
-async fn a_rollback_brings_the_tenant_back_active_on_the_source() {
+async fn a_rollback_brings_the_tenant_back_active_on_the_source(kind: Kind) {
     let paths: [&[Phase]; 3] = [&[], &[Phase::Frozen], &[Phase::Frozen, Phase::Copying]];
     for path in paths {
-        let (_dir, store) = with_acme().await;
-        let m = plan(&store, "jira-us-west-2").await;
+        let store = with_acme(kind).await;
+        let m = plan(&*store, "jira-us-west-2").await;
         for &p in path {
             store.set_phase(&m.id, p, None).await.unwrap();
         }
@@ -221,21 +215,20 @@ async fn a_rollback_brings_the_tenant_back_active_on_the_source() {
         let head = store.head();
         let doc = store.set_phase(&m.id, Phase::RolledBack, None).await.unwrap();
         assert_eq!(doc.phase, Phase::RolledBack);
-        let log = log_after(&store, head).await;
+        let log = log_after(&*store, head).await;
         assert_eq!(log.len(), 2, "{before}: {log:?}");
         assert!(matches!(log[0].body, ChangeBody::Migration { .. }));
         assert!(matches!(log[1].body, ChangeBody::Tenant { .. }));
         assert_eq!(
-            jira_of(&store).await,
+            jira_of(&*store).await,
             ("jira-us-east-1".into(), PlacementState::Active)
         );
     }
 }
 
-#[tokio::test]
-async fn illegal_transitions_are_refused_and_change_nothing() {
-    let (_dir, store) = with_acme().await;
-    let m = plan(&store, "jira-us-west-2").await;
+async fn illegal_transitions_are_refused_and_change_nothing(kind: Kind) {
+    let store = with_acme(kind).await;
+    let m = plan(&*store, "jira-us-west-2").await;
     let illegal = |from: Phase, to: Phase| format!("cannot go from {from} to {to}");
     for to in [Phase::Planned, Phase::Copying, Phase::Switched, Phase::Done] {
         let head = store.head();
@@ -248,7 +241,7 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
     }
     let before = (
         store.get_migration(&m.id).await.unwrap(),
-        acme_now(&store).await,
+        acme_now(&*store).await,
         store.head(),
     );
     for to in [Phase::RolledBack, Phase::Frozen, Phase::Switched, Phase::Done] {
@@ -257,7 +250,7 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
     }
     let after = (
         store.get_migration(&m.id).await.unwrap(),
-        acme_now(&store).await,
+        acme_now(&*store).await,
         store.head(),
     );
     assert_eq!(after, before);
@@ -271,10 +264,9 @@ async fn illegal_transitions_are_refused_and_change_nothing() {
     ));
 }
 
-#[tokio::test]
-async fn phase_changes_compare_and_set_on_the_migration_version() {
-    let (_dir, store) = with_acme().await;
-    let m = plan(&store, "jira-us-west-2").await;
+async fn phase_changes_compare_and_set_on_the_migration_version(kind: Kind) {
+    let store = with_acme(kind).await;
+    let m = plan(&*store, "jira-us-west-2").await;
     let head = store.head();
     let stale = store.set_phase(&m.id, Phase::Frozen, Some(2)).await.unwrap_err();
     assert!(
@@ -282,7 +274,7 @@ async fn phase_changes_compare_and_set_on_the_migration_version() {
         "{stale:?}"
     );
     assert_eq!(store.head(), head);
-    assert_eq!(jira_of(&store).await.1, PlacementState::Active);
+    assert_eq!(jira_of(&*store).await.1, PlacementState::Active);
     let frozen = store.set_phase(&m.id, Phase::Frozen, Some(1)).await.unwrap();
     assert_eq!(frozen.version, 2);
     // A second writer holding version 1 loses, even for a legal step from its view.
@@ -296,10 +288,9 @@ async fn phase_changes_compare_and_set_on_the_migration_version() {
     );
 }
 
-#[tokio::test]
-async fn a_switch_the_tenant_cannot_take_rolls_back_whole() {
-    let (_dir, store) = with_acme().await;
-    let m = plan(&store, "jira-us-west-2").await;
+async fn a_switch_the_tenant_cannot_take_rolls_back_whole(kind: Kind) {
+    let store = with_acme(kind).await;
+    let m = plan(&*store, "jira-us-west-2").await;
     store.set_phase(&m.id, Phase::Frozen, None).await.unwrap();
     store.set_phase(&m.id, Phase::Copying, None).await.unwrap();
     // The target stops serving jira while the copy runs: switching to it must fail whole.
@@ -310,14 +301,14 @@ async fn a_switch_the_tenant_cannot_take_rolls_back_whole() {
         .unwrap();
     let before = (
         store.get_migration(&m.id).await.unwrap(),
-        acme_now(&store).await,
+        acme_now(&*store).await,
         store.head(),
     );
     let found = problems(store.set_phase(&m.id, Phase::Switched, None).await.unwrap_err());
     assert!(found.iter().any(|p| p.contains("serves confluence")), "{found:?}");
     let after = (
         store.get_migration(&m.id).await.unwrap(),
-        acme_now(&store).await,
+        acme_now(&*store).await,
         store.head(),
     );
     assert_eq!(
@@ -328,15 +319,14 @@ async fn a_switch_the_tenant_cannot_take_rolls_back_whole() {
     // Rolling back is still possible.
     store.set_phase(&m.id, Phase::RolledBack, None).await.unwrap();
     assert_eq!(
-        jira_of(&store).await,
+        jira_of(&*store).await,
         ("jira-us-east-1".into(), PlacementState::Active)
     );
 }
 
-#[tokio::test]
-async fn freezing_needs_the_tenant_still_on_the_source() {
-    let (_dir, store) = with_acme().await;
-    let m = plan(&store, "jira-us-west-2").await;
+async fn freezing_needs_the_tenant_still_on_the_source(kind: Kind) {
+    let store = with_acme(kind).await;
+    let m = plan(&*store, "jira-us-west-2").await;
     let mut moved = acme();
     moved.placements.get_mut("jira").unwrap().shard = ShardId::new("jira-us-west-2").unwrap();
     store.put_tenant(tid("acme"), moved, None).await.unwrap();
@@ -349,12 +339,11 @@ async fn freezing_needs_the_tenant_still_on_the_source() {
     store.delete_tenant(&tid("acme"), None).await.unwrap();
     let head = store.head();
     store.set_phase(&m.id, Phase::RolledBack, None).await.unwrap();
-    assert_eq!(log_after(&store, head).await.len(), 1);
+    assert_eq!(log_after(&*store, head).await.len(), 1);
 }
 
-#[tokio::test]
-async fn overlapping_shards_add_and_remove_only_the_difference() {
-    let (_dir, store) = with_acme().await;
+async fn overlapping_shards_add_and_remove_only_the_difference(kind: Kind) {
+    let store = with_acme(kind).await;
     let global = ShardId::new("jira-us-global").unwrap();
     store
         .put_shard(
@@ -363,7 +352,7 @@ async fn overlapping_shards_add_and_remove_only_the_difference() {
         )
         .await
         .unwrap();
-    let out = plan(&store, "jira-us-global").await;
+    let out = plan(&*store, "jira-us-global").await;
     assert_eq!(out.regions_to_add, regions(&["us-west-2"]));
     assert!(out.regions_to_remove.is_empty());
     for p in [
@@ -375,14 +364,13 @@ async fn overlapping_shards_add_and_remove_only_the_difference() {
     ] {
         store.set_phase(&out.id, p, None).await.unwrap();
     }
-    let back = plan(&store, "jira-us-east-1").await;
+    let back = plan(&*store, "jira-us-east-1").await;
     assert!(back.regions_to_add.is_empty());
     assert_eq!(back.regions_to_remove, regions(&["us-west-2"]));
 }
 
-#[tokio::test]
-async fn migrations_list_newest_first_and_filter_by_tenant() {
-    let (_dir, store) = with_acme().await;
+async fn migrations_list_newest_first_and_filter_by_tenant(kind: Kind) {
+    let store = with_acme(kind).await;
     let globex = tenant(
         "globex",
         "globex.example.test",
@@ -390,7 +378,7 @@ async fn migrations_list_newest_first_and_filter_by_tenant() {
         json!({"jira": {"shard": "jira-us-east-1"}}),
     );
     store.put_tenant(tid("globex"), globex, None).await.unwrap();
-    let a = plan(&store, "jira-us-west-2").await;
+    let a = plan(&*store, "jira-us-west-2").await;
     let g = store
         .create_migration(req("globex", "jira", "jira-us-west-2"))
         .await
@@ -411,16 +399,30 @@ async fn migrations_list_newest_first_and_filter_by_tenant() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn a_host_finds_its_live_tenant() {
-    let (_dir, store) = with_acme().await;
+async fn a_host_finds_its_live_tenant(kind: Kind) {
+    let store = with_acme(kind).await;
     let host = Host::parse("acme.example.test").unwrap();
     assert_eq!(
         store.tenant_by_host(&host).await.unwrap(),
-        Some(acme_now(&store).await)
+        Some(acme_now(&*store).await)
     );
     let nobody = Host::parse("nobody.example.test").unwrap();
     assert_eq!(store.tenant_by_host(&nobody).await.unwrap(), None);
     store.delete_tenant(&tid("acme"), None).await.unwrap();
     assert_eq!(store.tenant_by_host(&host).await.unwrap(), None);
 }
+
+conformance!(
+    a_new_migration_is_planned_with_its_region_delta_and_logged,
+    one_open_migration_per_tenant_product,
+    invalid_migrations_are_refused_with_every_reason,
+    each_phase_changes_the_tenant_in_the_same_write,
+    a_rollback_brings_the_tenant_back_active_on_the_source,
+    illegal_transitions_are_refused_and_change_nothing,
+    phase_changes_compare_and_set_on_the_migration_version,
+    a_switch_the_tenant_cannot_take_rolls_back_whole,
+    freezing_needs_the_tenant_still_on_the_source,
+    overlapping_shards_add_and_remove_only_the_difference,
+    migrations_list_newest_first_and_filter_by_tenant,
+    a_host_finds_its_live_tenant,
+);
