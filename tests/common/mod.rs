@@ -47,7 +47,9 @@ pub async fn tcs_faults(stack: &Stack, tcs_url: &str, faults: Option<serde_json:
     assert!(r.status().is_success(), "faults: {}", r.status());
 }
 
-/// Polls `check` until it returns `Some`, for at most `limit`.
+/// Polls `check` until it returns `Some`, for at most `limit`. For state in another process
+/// (a change reaching an edge, a reload, a metric): every role here is a child process, and
+/// nothing in-band tells the test when that state moved.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
