@@ -29,13 +29,59 @@ pub use self::postgres::PgStore;
 pub use self::sqlite::SqliteStore;
 pub use self::store::{Store, StoreError, Written};
 
-/// Where the catalogue listens and keeps its file.
+/// Which store holds the catalogue.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// One SQLite file, `catalogue.db` in the data directory (the embedded default).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database: a libpq-style connection string (`postgres://user@host/db`, or
+    /// `host=a,b port=5432 dbname=c target_session_attrs=read-write`). Several catalogue
+    /// processes may serve one database; a multi-host string follows a failover.
+    Postgres(String),
+}
+
+impl std::str::FromStr for StoreConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "sqlite" {
+            Ok(StoreConfig::Sqlite)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") || s.contains('=') {
+            s.parse::<tokio_postgres::Config>()
+                .map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+            Ok(StoreConfig::Postgres(s.to_owned()))
+        } else {
+            Err(
+                "expected `sqlite` or a PostgreSQL connection string (postgres://... or key=value pairs)"
+                    .into(),
+            )
+        }
+    }
+}
+
+/// A connection string may hold a password: only where it points is ever shown.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite => f.write_str("Sqlite"),
+            StoreConfig::Postgres(url) => match url.parse::<tokio_postgres::Config>() {
+                Ok(cfg) => write!(f, "Postgres({})", postgres::describe(&cfg)),
+                Err(_) => f.write_str("Postgres(?)"),
+            },
+        }
+    }
+}
+
+/// Where the catalogue listens and keeps its data.
 #[derive(Debug, Clone)]
 pub struct CatalogueConfig {
     /// HTTP listen address.
     pub listen: SocketAddr,
-    /// Directory holding `catalogue.db` (created if missing).
+    /// Directory holding `catalogue.db` (created if missing; unused with PostgreSQL).
     pub data_dir: PathBuf,
+    /// The store: SQLite in `data_dir` (default) or PostgreSQL.
+    pub store: StoreConfig,
     /// The token file (see [`auth`]); without one the catalogue starts only with
     /// `allow_unauthenticated`, on loopback.
     pub tokens: Option<PathBuf>,
@@ -78,7 +124,7 @@ pub enum CatalogueError {
 pub struct Bound {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     access: auth::Access,
 }
 
@@ -103,14 +149,7 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
             ))
         }
     };
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CatalogueError::DataDir {
-        path: cfg.data_dir.clone(),
-        source,
-    })?;
-    let path = cfg.data_dir.join(sqlite::DB_FILE);
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-        .await
-        .map_err(StoreError::storage)??;
+    let store = open_store(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| CatalogueError::Bind {
@@ -126,6 +165,24 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
     })
 }
 
+/// Opens the store `cfg` names (creating the data directory for SQLite).
+async fn open_store(cfg: &CatalogueConfig) -> Result<Arc<dyn Store>, CatalogueError> {
+    match &cfg.store {
+        StoreConfig::Sqlite => {
+            std::fs::create_dir_all(&cfg.data_dir).map_err(|source| CatalogueError::DataDir {
+                path: cfg.data_dir.clone(),
+                source,
+            })?;
+            let path = cfg.data_dir.join(sqlite::DB_FILE);
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                .await
+                .map_err(StoreError::storage)??;
+            Ok(Arc::new(store))
+        }
+        StoreConfig::Postgres(url) => Ok(Arc::new(PgStore::connect(url).await?)),
+    }
+}
+
 impl Bound {
     /// The address the API listens on.
     pub fn addr(&self) -> SocketAddr {
@@ -138,7 +195,7 @@ impl Bound {
         if matches!(self.access, auth::Access::Open) {
             tracing::warn!("serving without authentication (loopback only)");
         }
-        let app = api::app(Arc::new(self.store), shutdown.clone(), self.access);
+        let app = api::app(self.store, shutdown.clone(), self.access);
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
@@ -161,6 +218,16 @@ pub struct CatalogueArgs {
     /// Directory holding catalogue.db.
     #[arg(long = "data", default_value = "./data/catalogue")]
     pub data_dir: PathBuf,
+    /// The store: `sqlite` (catalogue.db in --data), or a PostgreSQL connection string
+    /// (`postgres://user@host:5432/db`, or `host=a,b dbname=c target_session_attrs=read-write`
+    /// to follow a failover). Prefer the environment variable for a string with a password.
+    #[arg(
+        long,
+        env = "TENANT_EDGE_CATALOGUE_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub store: StoreConfig,
     /// Token file: `[[tokens]]` with `name`, `token` and `scopes` (read, write, migrate,
     /// admin), readable by its owner only.
     #[arg(long)]
@@ -175,6 +242,7 @@ impl From<CatalogueArgs> for CatalogueConfig {
         CatalogueConfig {
             listen: args.listen,
             data_dir: args.data_dir,
+            store: args.store,
             tokens: args.tokens,
             allow_unauthenticated: args.allow_unauthenticated,
         }

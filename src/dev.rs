@@ -24,6 +24,14 @@ pub struct DevArgs {
     /// Directory holding `dev.crt` and `dev.key` for the HTTPS listener.
     #[arg(long, default_value = "certs")]
     pub certs: PathBuf,
+    /// The catalogue's store: `sqlite` (in --data) or a PostgreSQL connection string.
+    #[arg(
+        long,
+        env = "TENANT_EDGE_CATALOGUE_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
+    pub catalogue_store: crate::catalogue::StoreConfig,
 }
 
 /// Runs the dev stack until `shutdown` is cancelled (Ctrl-C or SIGTERM in the binary): every
@@ -37,6 +45,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), Stack
         .ports(Ports::Contract)
         .routes_in_place(&args.routes)
         .certs(&args.certs)
+        .catalogue_store(args.catalogue_store.clone())
         .tcs(|_, cfg| cfg.allow_faults = true)
         .edge(move |_, cfg| {
             cfg.threads = 2;

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use child::{Child, ChildError, LISTENING, TCS_READY};
 
-use crate::catalogue::CatalogueConfig;
+use crate::catalogue::{CatalogueConfig, StoreConfig};
 use crate::context::TcsEndpoint;
 use crate::demo::DemoShardConfig;
 use crate::edge::EdgeConfig;
@@ -144,6 +144,7 @@ pub struct StackBuilder {
     seed: bool,
     demo_tenants: bool,
     import: Option<PathBuf>,
+    catalogue_store: StoreConfig,
     edit_tcs: Option<Edit<TcsConfig>>,
     edit_edge: Option<Edit<EdgeConfig>>,
 }
@@ -227,6 +228,13 @@ impl StackBuilder {
     /// import` reads) after seeding and before any TCS starts, so that TCS starts caught up.
     pub fn import(mut self, file: impl Into<PathBuf>) -> Self {
         self.import = Some(file.into());
+        self
+    }
+
+    /// The catalogue's store (default: SQLite in the stack's directory); with PostgreSQL, the
+    /// stack's catalogue serves that database.
+    pub fn catalogue_store(mut self, store: StoreConfig) -> Self {
+        self.catalogue_store = store;
         self
     }
 
@@ -412,6 +420,7 @@ impl StackBuilder {
         let cfg = CatalogueConfig {
             listen: self.bind_addr(ports::CATALOGUE),
             data_dir: self.dir.join("catalogue"),
+            store: self.catalogue_store.clone(),
             tokens: Some(stack.secrets.token_file.clone()),
             allow_unauthenticated: false,
         };
@@ -422,15 +431,19 @@ impl StackBuilder {
                 Ok(stack.task("catalogue".into(), addr, |stop| b.serve(stop)))
             }
             Run::Children(bin) => {
-                let args = [
-                    "catalogue",
-                    "--listen",
-                    &cfg.listen.to_string(),
-                    "--data",
-                    &path_arg(&cfg.data_dir)?,
-                    "--tokens",
-                    &path_arg(&stack.secrets.token_file)?,
+                let mut args = vec![
+                    "catalogue".to_owned(),
+                    "--listen".to_owned(),
+                    cfg.listen.to_string(),
+                    "--data".to_owned(),
+                    path_arg(&cfg.data_dir)?,
+                    "--tokens".to_owned(),
+                    path_arg(&stack.secrets.token_file)?,
                 ];
+                if let StoreConfig::Postgres(url) = &cfg.store {
+                    args.extend(["--store".to_owned(), url.clone()]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 Part::child(Child::start(bin, "catalogue", &args)?)
             }
         }
@@ -693,6 +706,7 @@ impl Stack {
             seed: true,
             demo_tenants: true,
             import: None,
+            catalogue_store: StoreConfig::Sqlite,
             edit_tcs: None,
             edit_edge: None,
         }

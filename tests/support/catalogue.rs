@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, ETAG, IF_MATCH};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use tenant_edge::catalogue::StoreConfig;
 use tenant_edge::routes::RoutesFile;
 use tenant_edge::stack::{Run, Stack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,7 +28,13 @@ impl Catalogue {
     /// Starts the binary with its data in `dir/catalogue` and returns once it has said where
     /// it listens.
     pub async fn start(dir: &Path) -> Self {
+        Self::start_on(dir, StoreConfig::Sqlite).await
+    }
+
+    /// As [`Catalogue::start`], on `store`.
+    pub async fn start_on(dir: &Path, store: StoreConfig) -> Self {
         let stack = Stack::builder(dir, RoutesFile::default())
+            .catalogue_store(store)
             .run(Run::Children(BIN.into()))
             .shards(false)
             .regions(&[])
