@@ -85,6 +85,8 @@ pub struct StackOptions {
     pub http2: Option<tenant_edge::edge::Http2Config>,
     /// The edges' `Server` name.
     pub server: Option<String>,
+    /// The catalogue's store, when not SQLite.
+    pub catalogue_store: Option<tenant_edge::catalogue::StoreConfig>,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -147,6 +149,7 @@ impl Stack {
             .edge_token(EDGE_TOKEN)
             .consumer(ConsumerConfig::new("billing", "billing-token", &[]))
             .edges(1 + options.more_edges)
+            .catalogue_store(options.catalogue_store.clone().unwrap_or_default())
             .tcs(|_, cfg| cfg.allow_faults = true)
             .edge(move |i, cfg| {
                 cfg.cache.negative_ttl_secs = 1;
