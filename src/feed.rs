@@ -294,6 +294,10 @@ pub struct PlacementLookup {
 pub struct ViewSnapshot {
     /// The sequence the view was current to.
     pub seq: u64,
+    /// The epoch of the catalogue log that sequence belongs to (see [`ChangesPage::epoch`]);
+    /// empty when not known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
     /// Every tenant in the view.
     pub records: Vec<IngressRecord>,
 }

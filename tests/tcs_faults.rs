@@ -299,6 +299,64 @@ async fn pause_ingest_stops_application_until_lifted() {
     running.await.unwrap().unwrap();
 }
 
+/// The catalogue's log replaced under a running TCS (restored from elsewhere, re-created):
+/// its sequence numbers mean something else now, so the view is reloaded in full from the new
+/// log instead of being patched by them, and a change-stream subscriber is told to resync.
+#[tokio::test]
+async fn a_catalogue_log_with_a_new_epoch_is_reloaded_in_full() {
+    let mut catalogue = TappedCatalogue::start().await;
+    catalogue.put_realm_us().await; // seq 1
+    catalogue.put_tenant("acme").await; // seq 2
+    catalogue.put_tenant("globex").await; // seq 3
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = faults_config(false);
+    cfg.catalogue = format!("http://{}", catalogue.addr);
+    cfg.snapshot = dir.path().join("tcs.json");
+    let bound = tenant_edge::tcs::bind(cfg).await.unwrap();
+    let (tcs, addr) = (bound.tcs().clone(), bound.addr());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(bound.serve(shutdown.clone()));
+    let srv = Client::new(addr);
+    catalogue.polls.wait_for_poll_after(3).await;
+    assert_eq!(srv.lookup("acme").await, StatusCode::OK);
+    let mut lines = Ndjson::new(srv.get("/v1/views/ingress/changes?after=3").await);
+
+    // The new log is longer than the old: its head alone would not tell.
+    catalogue.replace_log();
+    catalogue.put_realm_us().await; // seq 1 of the new log
+    for t in ["umbrella", "initech", "hooli", "piper"] {
+        catalogue.put_tenant(t).await; // seqs 2..=5
+    }
+    catalogue.wake_replaced().await; // the old log's seq 4 answers the parked poll
+    loop {
+        match lines.next_event().await {
+            Some(ViewEvent::Heartbeat { .. }) => {}
+            Some(ViewEvent::Resync { seq }) => {
+                assert_eq!(seq, 5);
+                break;
+            }
+            other => panic!("expected a resync, got {other:?}"),
+        }
+    }
+    for gone in ["acme", "globex"] {
+        assert_eq!(srv.lookup(gone).await, StatusCode::NOT_FOUND, "{gone}");
+    }
+    for t in ["umbrella", "initech", "hooli", "piper"] {
+        assert_eq!(srv.lookup(t).await, StatusCode::OK, "{t}");
+    }
+    assert_eq!(tcs.ingress().seq(), 5);
+    // Later changes of the new log apply as usual.
+    catalogue.put_tenant("acme").await; // seq 6
+    match lines.next_change().await {
+        ViewEvent::Upsert { seq: 6, record, .. } => assert_eq!(record.id.as_str(), "acme"),
+        other => panic!("expected acme at seq 6, got {other:?}"),
+    }
+    drop(lines);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
 /// A client of a TCS served by `tcs::bind` and `Bound::serve`.
 struct Client {
     base: String,

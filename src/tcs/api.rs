@@ -301,6 +301,7 @@ async fn snapshot(
     if emptied(faults) {
         let none = SharedSnapshot {
             seq: view.seq(),
+            epoch: view.epoch(),
             records: Vec::new(),
         };
         return Ok(json_response(StatusCode::OK, &none));

@@ -137,12 +137,22 @@ impl Tailer {
         if *pause.borrow() {
             return Ok(0);
         }
-        if page.head < after {
+        let known = self.view.epoch();
+        let new_epoch = !known.is_empty() && !page.epoch.is_empty() && known != page.epoch;
+        if new_epoch || page.head < after {
+            // Restored from a backup, re-created, or a failover that lost the log's tail: its
+            // sequence numbers are not the ones the view counts in.
             tracing::warn!(
                 after,
                 head = page.head,
-                "catalogue head is behind the view: snapshot from another catalogue?"
+                view_epoch = %known,
+                epoch = %page.epoch,
+                "the catalogue's log is not the one the view follows: reloading the view in full"
             );
+            return self.reload().await;
+        }
+        if known.is_empty() && !page.epoch.is_empty() {
+            self.view.set_epoch(&page.epoch);
         }
         if let Some(first) = page.changes.first() {
             if first.seq != after + 1 {
@@ -170,6 +180,38 @@ impl Tailer {
                 Ok(())
             }
         }
+    }
+
+    /// Rebuilds the view from the catalogue's whole log (page by page into a fresh view), then
+    /// swaps it in at once; subscribers are told to resync. Returns how many tenants it holds.
+    async fn reload(&self) -> Result<usize, PollError> {
+        let fresh = IngressView::default();
+        let mut epoch = String::new();
+        loop {
+            let page = self
+                .client
+                .changes(fresh.seq(), Some(PAGE_LIMIT), Some(0))
+                .await?;
+            self.status.record_ok(page.head);
+            epoch.clone_from(&page.epoch);
+            for change in &page.changes {
+                fresh.apply(change);
+            }
+            if page.changes.is_empty() || fresh.seq() >= page.head {
+                break;
+            }
+        }
+        let mut snapshot = fresh.snapshot().to_owned_snapshot();
+        snapshot.epoch = epoch;
+        let tenants = snapshot.records.len();
+        tracing::info!(seq = snapshot.seq, tenants, epoch = %snapshot.epoch, "view reloaded in full");
+        self.view.reload(snapshot);
+        self.metrics
+            .events
+            .with_label_values(&["ingress", "reload"])
+            .inc();
+        self.status.polled.notify_waiters();
+        Ok(tenants)
     }
 
     async fn fetch(&self, after: u64) -> Result<ChangesPage, PollError> {

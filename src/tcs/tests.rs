@@ -277,6 +277,7 @@ fn missing_or_corrupt_snapshot_is_ignored() {
         snapshot::load(&path),
         Some(ViewSnapshot {
             seq: 12,
+            epoch: String::new(),
             records: vec![]
         })
     );

@@ -64,6 +64,12 @@ struct State {
     /// No event with a seq at or below this is guaranteed to be in the ring (evicted, or
     /// emitted before the snapshot this view was loaded from).
     forgotten_upto: u64,
+    /// The catalogue log's epoch the seqs belong to; empty until the first page says it.
+    epoch: String,
+    /// The seq the view had before it was last reloaded in full from a new log (0 if never):
+    /// a subscriber resuming from above the view's seq but not above this counted in the old
+    /// log's numbers, and must resync.
+    reloaded_above: u64,
 }
 
 type HostIndex = HashMap<Host, Arc<Held>, foldhash::fast::RandomState>;
@@ -139,15 +145,44 @@ impl IngressView {
     /// snapshot's seq.
     pub fn restore(&self, snap: ViewSnapshot) {
         let mut st = self.write();
+        let reloaded_above = st.reloaded_above;
         *st = State {
             seq: snap.seq,
             last_event: snap.seq,
             forgotten_upto: snap.seq,
+            epoch: snap.epoch,
+            reloaded_above,
             ..State::default()
         };
         st.hosts.reserve(snap.records.len());
         for record in snap.records {
             st.insert(record);
+        }
+    }
+
+    /// Replaces the contents with `snap`, a full reload from a catalogue log that is not the
+    /// one this view's seqs count in (a new epoch, or a head behind the view). Live subscribers
+    /// are told to resync at once, and one resuming later from the old log's numbers is too.
+    pub fn reload(&self, snap: ViewSnapshot) {
+        let seq = snap.seq;
+        {
+            let mut st = self.write();
+            st.reloaded_above = st.reloaded_above.max(st.seq);
+        }
+        self.restore(snap);
+        let _ = self.events.send(ViewEvent::Resync { seq });
+    }
+
+    /// The epoch of the catalogue log the view's seqs belong to (empty until known).
+    pub fn epoch(&self) -> String {
+        self.read().epoch.clone()
+    }
+
+    /// Records the epoch of the log the view follows, the first time a page says it.
+    pub fn set_epoch(&self, epoch: &str) {
+        let mut st = self.write();
+        if st.epoch != epoch {
+            st.epoch = epoch.to_owned();
         }
     }
 
@@ -241,6 +276,7 @@ impl IngressView {
         let st = self.read();
         SharedSnapshot {
             seq: st.seq,
+            epoch: st.epoch.clone(),
             records: st.records.values().cloned().collect(),
         }
     }
@@ -250,7 +286,7 @@ impl IngressView {
     pub fn subscribe(&self, after: u64) -> Subscription {
         let st = self.read();
         let live = self.events.subscribe();
-        let backlog = if after < st.forgotten_upto {
+        let backlog = if after < st.forgotten_upto || (after > st.seq && after <= st.reloaded_above) {
             Backlog::Resync(st.seq)
         } else {
             Backlog::Events(st.ring.iter().filter(|e| e.seq() > after).cloned().collect())
@@ -274,6 +310,9 @@ impl IngressView {
 pub struct SharedSnapshot {
     /// The sequence the view was current to.
     pub seq: u64,
+    /// The catalogue log's epoch.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
     /// Every tenant, ordered by id.
     #[serde(serialize_with = "serialize_records")]
     pub records: Vec<Arc<Held>>,
@@ -284,6 +323,7 @@ impl SharedSnapshot {
     pub fn to_owned_snapshot(&self) -> ViewSnapshot {
         ViewSnapshot {
             seq: self.seq,
+            epoch: self.epoch.clone(),
             records: self.records.iter().map(|held| held.record.clone()).collect(),
         }
     }

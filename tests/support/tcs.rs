@@ -156,14 +156,26 @@ pub struct TappedCatalogue {
     pub polls: Polls,
     client: CatalogueClient,
     fail_next: Arc<AtomicBool>,
-    _dir: tempfile::TempDir,
+    /// Which of the two catalogues answers: 0 until [`TappedCatalogue::replace_log`].
+    #[allow(dead_code, reason = "used by the tailer tests of tcs_faults.rs only")]
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    #[allow(dead_code, reason = "used by the tailer tests of tcs_faults.rs only")]
+    first: Arc<SqliteStore>,
+    _dirs: [tempfile::TempDir; 2],
 }
 
 impl TappedCatalogue {
     /// An empty catalogue served on a loopback port.
     pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("catalogue.db")).unwrap();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let stores = dirs
+            .each_ref()
+            .map(|dir| Arc::new(SqliteStore::open(&dir.path().join("catalogue.db")).unwrap()));
+        let routers = stores
+            .each_ref()
+            .map(|store| catalogue::router(Arc::clone(store) as _, catalogue::auth::Access::Open));
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let which = Arc::clone(&active);
         let (tx, polls) = tokio::sync::mpsc::unbounded_channel();
         let fail_next = Arc::new(AtomicBool::new(false));
         let failing = Arc::clone(&fail_next);
@@ -181,7 +193,11 @@ impl TappedCatalogue {
                 next.run(req).await
             }
         };
-        let app = catalogue::router(Arc::new(store), catalogue::auth::Access::Open)
+        let app = axum::Router::new()
+            .fallback(move |req: axum::extract::Request| {
+                use tower::ServiceExt;
+                routers[which.load(Ordering::SeqCst)].clone().oneshot(req)
+            })
             .layer(axum::middleware::from_fn(tap));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -191,8 +207,30 @@ impl TappedCatalogue {
             addr,
             polls: Polls(polls),
             fail_next,
-            _dir: dir,
+            active,
+            first: Arc::clone(&stores[0]),
+            _dirs: dirs,
         }
+    }
+
+    /// From now on a second, empty catalogue answers at the same address: another log, with
+    /// its own epoch, as a catalogue restored from elsewhere or re-created would be. A poll
+    /// already parked on the first one stays parked until [`TappedCatalogue::wake_replaced`].
+    #[allow(dead_code, reason = "used by the tailer tests of tcs_faults.rs only")]
+    pub fn replace_log(&self) {
+        self.active.store(1, Ordering::SeqCst);
+    }
+
+    /// Writes realm `eu` into the replaced catalogue, which answers the polls parked on it.
+    #[allow(dead_code, reason = "used by the tailer tests of tcs_faults.rs only")]
+    pub async fn wake_replaced(&self) {
+        use tenant_edge::catalogue::Store;
+        let eu = Realm::new("eu").unwrap();
+        let doc = RealmDoc {
+            name: eu.clone(),
+            regions: vec![Region::new("eu-west-1").unwrap()],
+        };
+        self.first.put_realm(eu, doc).await.unwrap();
     }
 
     /// The next poll is answered 503 by the tap, without reaching the catalogue.
