@@ -87,6 +87,9 @@ pub struct CatalogueConfig {
     pub tokens: Option<PathBuf>,
     /// Serve without tokens (loopback only).
     pub allow_unauthenticated: bool,
+    /// Mint a new epoch for the change log before serving: after restoring the store from a
+    /// backup, so every TCS reloads in full rather than trust sequence numbers.
+    pub new_log_epoch: bool,
 }
 
 /// Why the catalogue could not start or stopped serving.
@@ -150,6 +153,10 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
         }
     };
     let store = open_store(&cfg).await?;
+    if cfg.new_log_epoch {
+        let epoch = store.mint_epoch().await?;
+        tracing::warn!(%epoch, "minted a new change-log epoch: every TCS reloads its view in full");
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| CatalogueError::Bind {
@@ -235,6 +242,11 @@ pub struct CatalogueArgs {
     /// Serve without authentication; refused unless the listen address is loopback.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+    /// Mint a new epoch for the change log before serving. Give it once after restoring the
+    /// store from a backup: every TCS then reloads its view in full instead of trusting
+    /// sequence numbers that may now name other changes.
+    #[arg(long)]
+    pub new_log_epoch: bool,
 }
 
 impl From<CatalogueArgs> for CatalogueConfig {
@@ -245,6 +257,7 @@ impl From<CatalogueArgs> for CatalogueConfig {
             store: args.store,
             tokens: args.tokens,
             allow_unauthenticated: args.allow_unauthenticated,
+            new_log_epoch: args.new_log_epoch,
         }
     }
 }

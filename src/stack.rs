@@ -423,6 +423,7 @@ impl StackBuilder {
             store: self.catalogue_store.clone(),
             tokens: Some(stack.secrets.token_file.clone()),
             allow_unauthenticated: false,
+            new_log_epoch: false,
         };
         match &self.run {
             Run::InProcess => {

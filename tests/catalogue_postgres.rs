@@ -166,3 +166,87 @@ fn an_unreachable_database_at_start_is_a_clear_error() {
         String::from_utf8_lossy(&bad.stderr).contains("expected `sqlite` or a PostgreSQL connection string")
     );
 }
+
+/// A bulk import cut by a crash of the database while its transaction is open leaves nothing
+/// of it behind: after the restart the catalogue holds none of its tenants and the log none of
+/// its changes, and the import can be run again whole.
+#[tokio::test]
+async fn a_crash_during_an_import_leaves_nothing_half_written() {
+    let pg_dir = tempfile::tempdir().unwrap();
+    let mut pg = PgServer::start(pg_dir.path(), &[]).unwrap();
+    let url = pg.url("postgres");
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalogue::start_on(dir.path(), postgres(&url)).await;
+    seed_registry(&c).await; // seqs 1..=5
+    let batch: Vec<serde_json::Value> = (0..5000)
+        .map(|i| {
+            json!({"id": format!("bulk-{i}"), "hosts": [format!("bulk-{i}.example.test")], "realm": "us",
+                   "placements": {"jira": {"shard": "jira-us-east-1"}}})
+        })
+        .collect();
+    let body = json!(batch);
+
+    // The import's transaction is open once the catalogue's connection is in one; then kill.
+    let (watcher, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let import = {
+        let (http, base, token) = (
+            c.http.clone(),
+            c.base.clone(),
+            c.stack.operator_token().to_owned(),
+        );
+        let body = body.clone();
+        tokio::spawn(async move {
+            http.post(format!("{base}/v1/tenants"))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = 'tenant-edge catalogue' AND xact_start IS NOT NULL
+                   AND query LIKE '%tenant_placements%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the import never opened its transaction"
+        );
+        assert!(
+            !import.is_finished(),
+            "the import finished before the crash could cut it"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    pg.kill();
+    assert_eq!(import.await.unwrap().as_u16(), 503);
+
+    pg.restart().unwrap();
+    assert_eq!(
+        c.get("/v1/tenants").await.expect(200).as_array().unwrap().len(),
+        0
+    );
+    let page = c.get("/v1/changes?after=0").await.expect(200);
+    assert_eq!(page["head"], 5, "{page}");
+    let again = c.post("/v1/tenants", &body).await.expect(200);
+    assert_eq!(again["written"], 5000);
+    assert_eq!(
+        c.get("/v1/changes?after=0&limit=10").await.expect(200)["head"],
+        5005
+    );
+}

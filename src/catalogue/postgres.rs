@@ -275,6 +275,17 @@ impl Store for PgStore {
         ))
     }
 
+    async fn mint_epoch(&self) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "UPDATE log_head SET epoch = replace(gen_random_uuid()::text, '-', '') RETURNING epoch",
+                &[],
+            )
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {
         let page = read!(self, |r| r.changes(after, limit))?;
         self.publish(page.head);

@@ -199,6 +199,14 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn mint_epoch(&self) -> Result<String, StoreError> {
+        self.write(|r| {
+            r.0.execute("UPDATE log_meta SET epoch = lower(hex(randomblob(16)))", [])?;
+            rows::epoch(r.0)
+        })
+        .await
+    }
+
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {
         self.read(move |r| now(r.changes(after, limit))).await
     }

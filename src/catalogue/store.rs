@@ -137,6 +137,9 @@ pub trait Store: Send + Sync + 'static {
         if_match: Option<u64>,
     ) -> Result<MigrationDoc, StoreError>;
 
+    /// Mints a new epoch for the log (after the store was restored from a backup, so that
+    /// every reader reloads in full instead of trusting sequence numbers) and returns it.
+    async fn mint_epoch(&self) -> Result<String, StoreError>;
     /// Up to `limit` changes with `seq > after`, in order, and the head when they were read.
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError>;
     /// The newest sequence number in the log (0 when empty).

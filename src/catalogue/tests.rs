@@ -451,14 +451,21 @@ async fn everything_survives_a_reopen(kind: Kind) {
 
     let store = fixture.open_again().await.unwrap();
     assert_eq!(store.head(), 8);
+    let reopened = store.changes(0, 100).await.unwrap().epoch;
+    assert_eq!(reopened, epoch, "the epoch is the log's, not the process's");
     assert_eq!(store.get_tenant(&tid("acme")).await.unwrap(), stored);
     assert_eq!(store.list_shards().await.unwrap().len(), 4);
     let page = store.changes(0, 100).await.unwrap();
     assert_eq!(page.changes.len(), 8);
-    assert_eq!(page.epoch, epoch, "the epoch is the log's, not the process's");
     // Versions and sequence numbers carry on from where they were.
     assert_eq!(store.delete_tenant(&tid("acme"), Some(2)).await.unwrap(), 3);
     assert_eq!(store.changes(8, 10).await.unwrap().changes[0].seq, 9);
+
+    // After a restore the operator mints a new epoch: same log, readers told to reload.
+    let minted = store.mint_epoch().await.unwrap();
+    assert_ne!(minted, epoch);
+    let page = store.changes(0, 100).await.unwrap();
+    assert_eq!((page.epoch, page.head, page.changes.len()), (minted, 9, 9));
 }
 
 async fn a_newer_schema_is_refused(kind: Kind) {
