@@ -10,6 +10,8 @@ pub(super) mod migrations;
 pub(super) mod registry;
 pub(super) mod tenants;
 
+use std::collections::HashMap;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -85,6 +87,43 @@ pub(crate) trait Rows {
 
     /// Appends `body` to the log with the next sequence number.
     async fn append(&self, body: &ChangeBody) -> Result<u64, StoreError>;
+
+    /// [`Rows::tenant_version`] of each of `ids` that exists (bulk imports ask once).
+    async fn tenant_versions(&self, ids: &[&TenantId]) -> Result<HashMap<TenantId, (u64, bool)>, StoreError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let v = self.tenant_version(id).await?;
+            if v != (0, false) {
+                found.insert((*id).clone(), v);
+            }
+        }
+        Ok(found)
+    }
+    /// The owner of each of `hosts` that has one (bulk imports ask once).
+    async fn host_owners(&self, hosts: &[&Host]) -> Result<HashMap<Host, TenantId>, StoreError> {
+        let mut found = HashMap::new();
+        for host in hosts {
+            if let Some(doc) = self.tenant_by_host(host).await? {
+                found.insert((*host).clone(), doc.id);
+            }
+        }
+        Ok(found)
+    }
+    /// [`Rows::write_tenant`] for each of `docs` (distinct ids).
+    async fn write_tenants(&self, docs: &[&TenantDoc]) -> Result<(), StoreError> {
+        for doc in docs {
+            self.write_tenant(doc).await?;
+        }
+        Ok(())
+    }
+    /// [`Rows::append`] for each of `bodies`, in order; returns the last seq.
+    async fn append_all(&self, bodies: &[ChangeBody]) -> Result<u64, StoreError> {
+        let mut last = 0;
+        for body in bodies {
+            last = self.append(body).await?;
+        }
+        Ok(last)
+    }
     /// Up to `limit` changes after `after`, with the head and the log's epoch.
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError>;
 }

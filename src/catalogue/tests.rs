@@ -540,7 +540,124 @@ async fn concurrent_writers_keep_the_log_dense(kind: Kind) {
     assert_eq!(acked, logged, "every acknowledged write is in the log once");
 }
 
+/// A bulk import is all or nothing, and means what the same puts one by one would: a tenant
+/// may release a host another document of the batch then takes, a tenant named twice gets two
+/// versions and two changes, and a broken rule names its document.
+async fn bulk_import_is_all_or_nothing_and_sequential(kind: Kind) {
+    let store = seeded(kind).await;
+    store.put_tenant(tid("acme"), acme(), None).await.unwrap(); // seq 7, acme v1
+    let before = store.changes(0, 100).await.unwrap();
+
+    let mut bad = tenant("bad", "bad.example.test", "mars", json!({}));
+    bad.hosts.clear();
+    let refused = [
+        vec![
+            tenant("a", "a.example.test", "us", json!({})),
+            tenant("b", "b.example.test", "us", json!({})),
+            bad,
+        ],
+        vec![
+            tenant("c", "c.example.test", "us", json!({})),
+            tenant("thief", "acme.example.test", "us", json!({})),
+        ],
+        vec![
+            tenant("d", "same.example.test", "us", json!({})),
+            tenant("e", "same.example.test", "us", json!({})),
+        ],
+    ];
+    let errors: Vec<StoreError> = {
+        let mut errors = Vec::new();
+        for batch in refused {
+            errors.push(store.put_tenants(batch).await.unwrap_err());
+        }
+        errors
+    };
+    assert!(
+        matches!(&errors[0], StoreError::Invalid(p) if p.iter().any(|p| p.starts_with("tenants[2] (bad): unknown realm mars"))),
+        "{:?}",
+        errors[0]
+    );
+    assert!(
+        matches!(&errors[1], StoreError::HostTaken { owner, .. } if *owner == tid("acme")),
+        "{:?}",
+        errors[1]
+    );
+    assert!(
+        matches!(&errors[2], StoreError::HostTaken { owner, .. } if *owner == tid("d")),
+        "{:?}",
+        errors[2]
+    );
+    assert_eq!(
+        store.changes(0, 100).await.unwrap(),
+        before,
+        "nothing of a refused batch"
+    );
+    assert_eq!(store.list_tenants().await.unwrap().len(), 1);
+
+    let moved = tenant(
+        "acme",
+        "new.acme.test",
+        "us",
+        json!({"jira": {"shard": "jira-us-east-1"}}),
+    );
+    let batch = vec![
+        moved.clone(),
+        tenant("globex", "acme.example.test", "us", json!({})),
+        tenant("twice", "one.example.test", "us", json!({})),
+        tenant(
+            "twice",
+            "two.example.test",
+            "us",
+            json!({"jira": {"shard": "jira-us-west-2"}}),
+        ),
+    ];
+    assert_eq!(store.put_tenants(batch).await.unwrap(), 4);
+    let page = store.changes(7, 100).await.unwrap();
+    let logged: Vec<(String, u64)> = page
+        .changes
+        .iter()
+        .map(|c| match &c.body {
+            ChangeBody::Tenant { id, version, .. } => (id.to_string(), *version),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected = [("acme", 2), ("globex", 1), ("twice", 1), ("twice", 2)];
+    assert_eq!(logged, expected.map(|(id, v)| (id.to_owned(), v)));
+    assert_eq!(page.head, 11);
+    let twice = store.get_tenant(&tid("twice")).await.unwrap();
+    assert_eq!((twice.version, twice.hosts[0].as_str()), (2, "two.example.test"));
+    assert_eq!(twice.placements["jira"].shard.as_str(), "jira-us-west-2");
+    let host = |h: &str| crate::tenant::Host::parse(h).unwrap();
+    assert_eq!(
+        store
+            .tenant_by_host(&host("acme.example.test"))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        tid("globex")
+    );
+    assert_eq!(
+        store
+            .tenant_by_host(&host("new.acme.test"))
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        tid("acme")
+    );
+    assert!(store
+        .tenant_by_host(&host("one.example.test"))
+        .await
+        .unwrap()
+        .is_none());
+    // The placement rows follow the last document: the west shard is in use, the east one by acme only.
+    let west = ShardId::new("jira-us-west-2").unwrap();
+    assert!(matches!(store.delete_shard(&west).await, Err(StoreError::InUse(m)) if m.contains("twice")));
+}
+
 conformance!(
+    bulk_import_is_all_or_nothing_and_sequential,
     versions_start_at_one_and_guard_compare_and_set,
     delete_keeps_a_tombstone_so_versions_keep_rising,
     a_host_names_one_tenant_only,

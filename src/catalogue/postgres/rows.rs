@@ -1,6 +1,8 @@
 //! [`Rows`] on a PostgreSQL connection: inside a write transaction (which holds the
 //! `log_head` row lock) or on a pooled connection for the API's reads.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::GenericClient;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
@@ -336,6 +338,104 @@ impl<C: GenericClient> Rows for Pg<'_, C> {
         )
         .await?;
         unsigned(seq)
+    }
+
+    async fn tenant_versions(&self, ids: &[&TenantId]) -> Result<HashMap<TenantId, (u64, bool)>, StoreError> {
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        self.rows(
+            "SELECT id, version, deleted FROM tenants WHERE id = ANY($1::text[])",
+            &[&ids],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let id = TenantId::new(row.try_get::<_, &str>(0)?).map_err(StoreError::storage)?;
+            Ok((id, (unsigned(row.try_get(1)?)?, !row.try_get::<_, bool>(2)?)))
+        })
+        .collect()
+    }
+
+    async fn host_owners(&self, hosts: &[&Host]) -> Result<HashMap<Host, TenantId>, StoreError> {
+        let hosts: Vec<&str> = hosts.iter().map(|h| h.as_str()).collect();
+        self.rows(
+            "SELECT host, tenant FROM tenant_hosts WHERE host = ANY($1::text[])",
+            &[&hosts],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let host = Host::parse(row.try_get::<_, &str>(0)?).map_err(StoreError::storage)?;
+            let owner = TenantId::new(row.try_get::<_, &str>(1)?).map_err(StoreError::storage)?;
+            Ok((host, owner))
+        })
+        .collect()
+    }
+
+    async fn write_tenants(&self, docs: &[&TenantDoc]) -> Result<(), StoreError> {
+        let ids: Vec<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+        let versions = docs
+            .iter()
+            .map(|d| big(d.version))
+            .collect::<Result<Vec<_>, _>>()?;
+        let realms: Vec<&str> = docs.iter().map(|d| d.realm.as_str()).collect();
+        let json = docs.iter().map(|d| encode(d)).collect::<Result<Vec<_>, _>>()?;
+        self.run(
+            "INSERT INTO tenants (id, version, realm, doc, deleted)
+             SELECT id, version, realm, doc, false
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) AS u(id, version, realm, doc)
+             ON CONFLICT (id) DO UPDATE SET
+                 version = excluded.version, realm = excluded.realm, doc = excluded.doc, deleted = false",
+            &[&ids, &versions, &realms, &json],
+        )
+        .await?;
+        self.run("DELETE FROM tenant_hosts WHERE tenant = ANY($1::text[])", &[&ids])
+            .await?;
+        self.run(
+            "DELETE FROM tenant_placements WHERE tenant = ANY($1::text[])",
+            &[&ids],
+        )
+        .await?;
+        let (mut hosts, mut owners) = (Vec::new(), Vec::new());
+        let (mut tenants, mut products, mut shards) = (Vec::new(), Vec::new(), Vec::new());
+        for doc in docs {
+            for host in &doc.hosts {
+                hosts.push(host.as_str());
+                owners.push(doc.id.as_str());
+            }
+            for (product, placement) in &doc.placements {
+                tenants.push(doc.id.as_str());
+                products.push(product.as_str());
+                shards.push(placement.shard.as_str());
+            }
+        }
+        self.run(
+            "INSERT INTO tenant_hosts (host, tenant) SELECT * FROM unnest($1::text[], $2::text[])",
+            &[&hosts, &owners],
+        )
+        .await?;
+        self.run(
+            "INSERT INTO tenant_placements (tenant, product, shard)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+            &[&tenants, &products, &shards],
+        )
+        .await
+    }
+
+    async fn append_all(&self, bodies: &[ChangeBody]) -> Result<u64, StoreError> {
+        let n = i64::try_from(bodies.len()).map_err(StoreError::storage)?;
+        let row = self
+            .opt("UPDATE log_head SET seq = seq + $1 RETURNING seq", &[&n])
+            .await?
+            .ok_or_else(|| StoreError::storage("log_head has no row"))?;
+        let last: i64 = row.try_get(0)?;
+        let seqs: Vec<i64> = (last - n + 1..=last).collect();
+        let json = bodies.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
+        self.run(
+            "INSERT INTO changes (seq, body) SELECT * FROM unnest($1::bigint[], $2::text[])",
+            &[&seqs, &json],
+        )
+        .await?;
+        unsigned(last)
     }
 
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {
