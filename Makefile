@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run test lint bench bench-quick fuzz certs deps build release
+.PHONY: run test lint bench bench-quick bench-catalogue fuzz certs deps build release
 
 ## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl;
 ## curl and python3 drive the HTTP/2 tests; PostgreSQL, whose servers the catalogue's tests
@@ -59,3 +59,9 @@ bench: deps
 
 bench-quick: deps
 	python3 bench/race.py --quick
+
+## The catalogue's stores side by side, SQLite against PostgreSQL with durable commits
+## (bench/catalogue_store.rs): PUTs, a long-poll's wake, a bulk import of IMPORT_TENANTS
+## (default 1 000 000; a few minutes).
+bench-catalogue: deps
+	$(CARGO) bench --bench catalogue_store
