@@ -30,11 +30,13 @@ use self::rows::Pg;
 use crate::catalogue::ops::{self, Rows};
 use crate::catalogue::store::{Store, StoreError, Written};
 use crate::clock::{now_ms, Backoff};
-use crate::feed::{ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
+use crate::feed::{
+    error_chain, ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc,
+};
 use crate::tenant::{Host, Realm, ShardId, TenantId};
 
 /// The channel every write notifies on commit, with the new head as its payload.
-const CHANNEL: &str = "tenant_edge_catalogue_log";
+pub(crate) const CHANNEL: &str = "tenant_edge_catalogue_log";
 /// How often the listener re-reads the head even when no notification came.
 const FLOOR: Duration = Duration::from_secs(1);
 /// Connections per catalogue instance.
@@ -116,10 +118,13 @@ impl PgStore {
             .build()
             .map_err(StoreError::storage)?;
         let mut client = pool.get().await.map_err(|e| {
-            StoreError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {}", chain(&e)))
+            StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {target}: {}",
+                error_chain(&e)
+            ))
         })?;
         schema::migrate(&mut client).await?;
-        let (head, _) = Pg(&client).head().await?;
+        let (head, _) = Pg::new(&client).head().await?;
         drop(client);
         let stop = CancellationToken::new();
         let head = watch::Sender::new(head);
@@ -165,11 +170,10 @@ macro_rules! write {
         let mut client = store.client().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT 1 FROM log_head FOR UPDATE", &[]).await?;
-        let $rows = &Pg(&tx);
+        let $rows = &Pg::new(&tx);
         let out = $body.await?;
-        let (head, _) = $rows.head().await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &head.to_string()])
-            .await?;
+        // Every write appends at least one change, whose notification is queued with it.
+        let head = $rows.appended();
         tx.commit().await?;
         store.publish(head);
         Ok(out)
@@ -180,7 +184,7 @@ macro_rules! write {
 macro_rules! read {
     ($store:expr, |$rows:ident| $body:expr) => {{
         let client = $store.client().await?;
-        let $rows = &Pg(&client);
+        let $rows = &Pg::new(&client);
         $body.await
     }};
 }
@@ -419,18 +423,6 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
 /// [`StoreError::Unavailable`] for `e`, which is logged with its causes; the API's answer
 /// carries no driver message.
 fn unavailable(e: &dyn std::error::Error) -> StoreError {
-    tracing::warn!(error = %chain(e), "catalogue store unavailable");
+    tracing::warn!(error = %error_chain(e), "catalogue store unavailable");
     StoreError::Unavailable("the catalogue's database cannot be reached; retry".into())
-}
-
-/// `e` and its sources, one after another.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

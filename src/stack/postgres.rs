@@ -51,8 +51,8 @@ if [ -n "$SCRATCH" ]; then rm -rf "$SCRATCH"; fi"#;
 
 impl PgServer {
     /// `initdb` into `dir/data` (trust authentication, loopback only) and starts the server
-    /// with `settings` (`-c name=value`) on a free port. `dir` must be traversable by the
-    /// `postgres` user when running as root.
+    /// with `settings` (`-c name=value`) on a free port. As root, `dir` becomes the `postgres`
+    /// user's, and its parents must let others traverse them (a temporary directory does).
     pub fn start(dir: &Path, settings: &[(&str, &str)]) -> Result<Self, StackError> {
         let data = dir.join("data");
         std::fs::create_dir_all(dir).map_err(|e| super::io_err(dir, e))?;
@@ -388,15 +388,19 @@ fn own(dir: &Path) -> Result<(), StackError> {
         Command::new("chown").args([&format!("{USER}:{USER}"), &*dir.to_string_lossy()]),
         "chown",
     )?;
-    // The server must reach its directory: let others traverse (not list) its ancestors.
+    // The server must reach its directory; changing the modes of the caller's directories
+    // behind its back is not ours to do, so say which one is in the way.
     for parent in dir.ancestors().skip(1) {
         use std::os::unix::fs::PermissionsExt;
         let Ok(meta) = std::fs::metadata(parent) else {
             continue;
         };
-        let mode = meta.permissions().mode();
-        if mode & 0o001 == 0 {
-            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(mode | 0o001));
+        if meta.permissions().mode() & 0o001 == 0 {
+            return Err(StackError::Part(format!(
+                "PostgreSQL runs as the {USER} user, which cannot reach {}: {} is not traversable by others",
+                dir.display(),
+                parent.display()
+            )));
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::TcsMetrics;
 use super::view::{Applied, IngressView};
 use crate::clock::Backoff;
-use crate::feed::{CatalogueClient, ChangesPage, ClientError};
+use crate::feed::{error_chain, CatalogueClient, ChangesPage, ClientError};
 
 /// How long the catalogue may hold a poll open when it has nothing new.
 pub const WAIT_MS: u64 = 25_000;
@@ -233,17 +233,4 @@ async fn flipped(pause: &mut watch::Receiver<bool>) {
     if pause.changed().await.is_err() {
         std::future::pending::<()>().await;
     }
-}
-
-/// `reqwest` errors say "error sending request" and keep the cause (refused, reset, timed
-/// out) in their sources; an operator needs the cause.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

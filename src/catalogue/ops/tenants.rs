@@ -23,11 +23,19 @@ pub(in crate::catalogue) async fn put(
     mut doc: TenantDoc,
     if_match: Option<u64>,
 ) -> Result<Written<TenantDoc>, StoreError> {
-    let (version, live) = rows.tenant_version(id).await?;
+    // Independent reads, asked at once (pipelined on one PostgreSQL connection).
+    let ((version, live), realm, shards, owners) = futures::try_join!(
+        rows.tenant_version(id),
+        rows.realm(&doc.realm),
+        futures::future::try_join_all(doc.placements.values().map(|p| rows.shard(&p.shard))),
+        futures::future::try_join_all(doc.hosts.iter().map(|h| rows.host_owner(h, id))),
+    )?;
     check_if_match(if_match, if live { version } else { 0 })?;
-    validate(rows, id, &doc).await?;
-    for host in &doc.hosts {
-        if let Some(owner) = rows.host_owner(host, id).await? {
+    let shards: BTreeMap<ShardId, ShardDoc> =
+        shards.into_iter().flatten().map(|s| (s.id.clone(), s)).collect();
+    super::invalid_if(tenant_problems(id, &doc, realm.as_ref(), &shards))?;
+    for (host, owner) in doc.hosts.iter().zip(owners) {
+        if let Some(owner) = owner {
             return Err(StoreError::HostTaken {
                 host: host.clone(),
                 owner,
@@ -119,7 +127,7 @@ pub(in crate::catalogue) async fn put_all(
     Ok(n)
 }
 
-/// [`validate`] with the batch's realms and shards looked up once each.
+/// The checks of [`put`] with the batch's realms and shards looked up once each.
 async fn validate_cached(
     rows: &impl Rows,
     id: &TenantId,
@@ -163,15 +171,4 @@ pub(in crate::catalogue) async fn delete(
     })
     .await?;
     Ok(version)
-}
-
-async fn validate(rows: &impl Rows, id: &TenantId, doc: &TenantDoc) -> Result<(), StoreError> {
-    let realm = rows.realm(&doc.realm).await?;
-    let mut shards: BTreeMap<ShardId, ShardDoc> = BTreeMap::new();
-    for placement in doc.placements.values() {
-        if let Some(shard) = rows.shard(&placement.shard).await? {
-            shards.insert(placement.shard.clone(), shard);
-        }
-    }
-    super::invalid_if(tenant_problems(id, doc, realm.as_ref(), &shards))
 }

@@ -2,6 +2,7 @@
 //! `log_head` row lock) or on a pooled connection for the API's reads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::GenericClient;
 use serde::de::DeserializeOwned;
@@ -13,8 +14,25 @@ use crate::catalogue::validate::PlacementOf;
 use crate::feed::{Change, ChangeBody, ChangesPage, MigrationDoc, RealmDoc, ShardDoc, TenantDoc};
 use crate::tenant::{Host, Product, Realm, ShardId, TenantId};
 
-/// The rows of one PostgreSQL client or transaction.
-pub(super) struct Pg<'c, C>(pub(super) &'c C);
+/// The rows of one PostgreSQL client or transaction, and the last seq it appended.
+pub(super) struct Pg<'c, C> {
+    client: &'c C,
+    appended: AtomicU64,
+}
+
+impl<'c, C> Pg<'c, C> {
+    pub(super) fn new(client: &'c C) -> Self {
+        Pg {
+            client,
+            appended: AtomicU64::new(0),
+        }
+    }
+
+    /// The seq of the last change appended through these rows (0 if none).
+    pub(super) fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+}
 
 type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
 
@@ -30,18 +48,18 @@ fn unsigned(v: i64) -> Result<u64, StoreError> {
 
 impl<C: GenericClient> Pg<'_, C> {
     async fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let stmt = self.0.prepare_cached(sql).await?;
-        Ok(self.0.query(&stmt, params).await?)
+        let stmt = self.client.prepare_cached(sql).await?;
+        Ok(self.client.query(&stmt, params).await?)
     }
 
     async fn opt(&self, sql: &str, params: Params<'_>) -> Result<Option<tokio_postgres::Row>, StoreError> {
-        let stmt = self.0.prepare_cached(sql).await?;
-        Ok(self.0.query_opt(&stmt, params).await?)
+        let stmt = self.client.prepare_cached(sql).await?;
+        Ok(self.client.query_opt(&stmt, params).await?)
     }
 
     async fn run(&self, sql: &str, params: Params<'_>) -> Result<(), StoreError> {
-        let stmt = self.0.prepare_cached(sql).await?;
-        self.0.execute(&stmt, params).await?;
+        let stmt = self.client.prepare_cached(sql).await?;
+        self.client.execute(&stmt, params).await?;
         Ok(())
     }
 
@@ -151,31 +169,37 @@ impl<C: GenericClient> Rows for Pg<'_, C> {
 
     async fn write_tenant(&self, doc: &TenantDoc) -> Result<(), StoreError> {
         let id = doc.id.as_str();
-        self.run(
-            "INSERT INTO tenants (id, version, realm, doc, deleted) VALUES ($1, $2, $3, $4, false)
-             ON CONFLICT (id) DO UPDATE SET
-                 version = excluded.version, realm = excluded.realm, doc = excluded.doc, deleted = false",
-            &[&id, &big(doc.version)?, &doc.realm.as_str(), &encode(doc)?],
-        )
-        .await?;
-        self.run("DELETE FROM tenant_hosts WHERE tenant = $1", &[&id])
-            .await?;
-        self.run("DELETE FROM tenant_placements WHERE tenant = $1", &[&id])
-            .await?;
+        let (version, realm, json) = (big(doc.version)?, doc.realm.as_str(), encode(doc)?);
+        let row: [&(dyn ToSql + Sync); 4] = [&id, &version, &realm, &json];
+        let of_tenant: [&(dyn ToSql + Sync); 1] = [&id];
+        // Sent together (pipelined), executed in order; the inserts after the deletes.
+        futures::try_join!(
+            self.run(
+                "INSERT INTO tenants (id, version, realm, doc, deleted) VALUES ($1, $2, $3, $4, false)
+                 ON CONFLICT (id) DO UPDATE SET
+                     version = excluded.version, realm = excluded.realm, doc = excluded.doc, deleted = false",
+                &row,
+            ),
+            self.run("DELETE FROM tenant_hosts WHERE tenant = $1", &of_tenant),
+            self.run("DELETE FROM tenant_placements WHERE tenant = $1", &of_tenant),
+        )?;
         let hosts: Vec<&str> = doc.hosts.iter().map(Host::as_str).collect();
-        self.run(
-            "INSERT INTO tenant_hosts (host, tenant) SELECT h, $2 FROM unnest($1::text[]) AS h",
-            &[&hosts, &id],
-        )
-        .await?;
         let products: Vec<&str> = doc.placements.keys().map(Product::as_str).collect();
         let shards: Vec<&str> = doc.placements.values().map(|p| p.shard.as_str()).collect();
-        self.run(
-            "INSERT INTO tenant_placements (tenant, product, shard)
-             SELECT $1, p, s FROM unnest($2::text[], $3::text[]) AS u(p, s)",
-            &[&id, &products, &shards],
-        )
-        .await
+        let host_rows: [&(dyn ToSql + Sync); 2] = [&hosts, &id];
+        let placement_rows: [&(dyn ToSql + Sync); 3] = [&id, &products, &shards];
+        futures::try_join!(
+            self.run(
+                "INSERT INTO tenant_hosts (host, tenant) SELECT h, $2 FROM unnest($1::text[]) AS h",
+                &host_rows,
+            ),
+            self.run(
+                "INSERT INTO tenant_placements (tenant, product, shard)
+                 SELECT $1, p, s FROM unnest($2::text[], $3::text[]) AS u(p, s)",
+                &placement_rows,
+            ),
+        )?;
+        Ok(())
     }
 
     async fn tombstone_tenant(&self, id: &TenantId, version: u64) -> Result<(), StoreError> {
@@ -326,18 +350,23 @@ impl<C: GenericClient> Rows for Pg<'_, C> {
     }
 
     async fn append(&self, body: &ChangeBody) -> Result<u64, StoreError> {
-        // The row is locked already (the write began by locking it); this takes the number.
-        let row = self
-            .opt("UPDATE log_head SET seq = seq + 1 RETURNING seq", &[])
-            .await?
-            .ok_or_else(|| StoreError::storage("log_head has no row"))?;
-        let seq: i64 = row.try_get(0)?;
-        self.run(
-            "INSERT INTO changes (seq, body) VALUES ($1, $2)",
-            &[&seq, &encode(body)?],
-        )
-        .await?;
-        unsigned(seq)
+        // The row is locked already (the write began by locking it); this takes the number and
+        // queues its notification, delivered to every instance on commit.
+        let json = encode(body)?;
+        let seq = self
+            .opt(
+                "UPDATE log_head SET seq = seq + 1 RETURNING seq, pg_notify($1, (seq)::text)::text",
+                &[&super::CHANNEL],
+            )
+            .await?;
+        let seq: i64 = seq
+            .ok_or_else(|| StoreError::storage("log_head has no row"))?
+            .try_get(0)?;
+        self.run("INSERT INTO changes (seq, body) VALUES ($1, $2)", &[&seq, &json])
+            .await?;
+        let seq = unsigned(seq)?;
+        self.appended.fetch_max(seq, Ordering::Relaxed);
+        Ok(seq)
     }
 
     async fn tenant_versions(&self, ids: &[&TenantId]) -> Result<HashMap<TenantId, (u64, bool)>, StoreError> {
@@ -424,7 +453,10 @@ impl<C: GenericClient> Rows for Pg<'_, C> {
     async fn append_all(&self, bodies: &[ChangeBody]) -> Result<u64, StoreError> {
         let n = i64::try_from(bodies.len()).map_err(StoreError::storage)?;
         let row = self
-            .opt("UPDATE log_head SET seq = seq + $1 RETURNING seq", &[&n])
+            .opt(
+                "UPDATE log_head SET seq = seq + $1 RETURNING seq, pg_notify($2, (seq)::text)::text",
+                &[&n, &super::CHANNEL],
+            )
             .await?
             .ok_or_else(|| StoreError::storage("log_head has no row"))?;
         let last: i64 = row.try_get(0)?;
@@ -435,7 +467,9 @@ impl<C: GenericClient> Rows for Pg<'_, C> {
             &[&seqs, &json],
         )
         .await?;
-        unsigned(last)
+        let last = unsigned(last)?;
+        self.appended.fetch_max(last, Ordering::Relaxed);
+        Ok(last)
     }
 
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {
