@@ -55,7 +55,9 @@ async fn main() -> Res<()> {
         rows.push((name, puts, wakes, import));
     }
     println!();
-    println!("| store | PUT req/s ({WRITERS} clients) | PUT p50 / p99 | wake p50 / p99 | import of {tenants} |");
+    println!(
+        "| store | PUT req/s ({WRITERS} clients) | PUT p50 / p99 | wake p50 / p99 | import of {tenants} |"
+    );
     println!("|---|---|---|---|---|");
     for (name, (rate, p50, p99), (w50, w99), import) in rows {
         println!(

@@ -457,6 +457,20 @@ impl axum::response::IntoResponse for ApiError {
     }
 }
 
+/// `e` and its sources, one after another: driver and `reqwest` errors say "error sending
+/// request" or "db error" and keep the cause (refused, reset, timed out) in their sources; an
+/// operator's log line needs the cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,18 +591,4 @@ mod tests {
         .unwrap();
         assert_eq!(hooked.mover.as_deref(), Some("http://127.0.0.1:9100"));
     }
-}
-
-/// `e` and its sources, one after another: driver and `reqwest` errors say "error sending
-/// request" or "db error" and keep the cause (refused, reset, timed out) in their sources; an
-/// operator's log line needs the cause.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -407,7 +407,7 @@ impl<C: GenericClient> Rows for Pg<'_, C> {
             .map(|d| big(d.version))
             .collect::<Result<Vec<_>, _>>()?;
         let realms: Vec<&str> = docs.iter().map(|d| d.realm.as_str()).collect();
-        let json = docs.iter().map(|d| encode(d)).collect::<Result<Vec<_>, _>>()?;
+        let json = docs.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
         self.run(
             "INSERT INTO tenants (id, version, realm, doc, deleted)
              SELECT id, version, realm, doc, false
