@@ -21,17 +21,40 @@ use tenant_edge::tenant::{Host, Placement, Product, Realm, Region, ShardId, Tena
 use tokio_util::sync::CancellationToken;
 
 const WRITERS: usize = 8;
-const PUTS_PER_WRITER: usize = 500;
-const WAKES: usize = 200;
+
+/// The sizes of a run: full under `cargo bench`, a quick check that the bench still runs under
+/// `cargo test --all-targets` (which runs it without `--bench`).
+struct Sizes {
+    puts_per_writer: usize,
+    wakes: usize,
+    tenants: usize,
+}
+
+fn sizes() -> Sizes {
+    if std::env::args().any(|a| a == "--bench") {
+        Sizes {
+            puts_per_writer: 500,
+            wakes: 200,
+            tenants: std::env::var("IMPORT_TENANTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1_000_000),
+        }
+    } else {
+        Sizes {
+            puts_per_writer: 5,
+            wakes: 5,
+            tenants: 2_000,
+        }
+    }
+}
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    let tenants: usize = std::env::var("IMPORT_TENANTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let sizes = sizes();
+    let tenants = sizes.tenants;
     let sqlite_dir = tempfile::tempdir()?;
     let pg = PgServer::scratch(&[("max_wal_size", "4GB")])?;
     let pg_url = pg.url("postgres");
@@ -48,8 +71,8 @@ async fn main() -> Res<()> {
             StoreConfig::Postgres(_) => start(sqlite_dir.path(), store.clone(), &stop).await?,
         };
         seed(&a).await?;
-        let puts = puts(&a).await?;
-        let wakes = wakes(&a, &b).await?;
+        let puts = puts(&a, sizes.puts_per_writer).await?;
+        let wakes = wakes(&a, &b, sizes.wakes).await?;
         let import = import(&a, tenants).await?;
         stop.cancel();
         rows.push((name, puts, wakes, import));
@@ -119,16 +142,16 @@ fn tenant(id: &str) -> Res<TenantDoc> {
     })
 }
 
-/// `WRITERS` clients each putting its own tenant `PUTS_PER_WRITER` times.
-async fn puts(c: &CatalogueClient) -> Res<(f64, Duration, Duration)> {
+/// `WRITERS` clients each putting its own tenant `per_writer` times.
+async fn puts(c: &CatalogueClient, per_writer: usize) -> Res<(f64, Duration, Duration)> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..WRITERS {
         let c = c.clone();
         let doc = tenant(&format!("put-{w}"))?;
         tasks.spawn(async move {
-            let mut took = Vec::with_capacity(PUTS_PER_WRITER);
-            for _ in 0..PUTS_PER_WRITER {
+            let mut took = Vec::with_capacity(per_writer);
+            for _ in 0..per_writer {
                 let t = Instant::now();
                 c.put_tenant(&doc, None).await?;
                 took.push(t.elapsed());
@@ -149,10 +172,10 @@ async fn puts(c: &CatalogueClient) -> Res<(f64, Duration, Duration)> {
 
 /// A long-poll parked on `b`, a write through `a`: the time from the write's answer (its
 /// commit) until the poll answers.
-async fn wakes(a: &CatalogueClient, b: &CatalogueClient) -> Res<(Duration, Duration)> {
+async fn wakes(a: &CatalogueClient, b: &CatalogueClient, n: usize) -> Res<(Duration, Duration)> {
     let doc = tenant("wake")?;
-    let mut took = Vec::with_capacity(WAKES);
-    for _ in 0..WAKES {
+    let mut took = Vec::with_capacity(n);
+    for _ in 0..n {
         let head = b.changes(u64::MAX >> 1, Some(1), Some(0)).await?.head;
         let poller = b.clone();
         let poll = tokio::spawn(async move {
@@ -168,7 +191,7 @@ async fn wakes(a: &CatalogueClient, b: &CatalogueClient) -> Res<(Duration, Durat
         took.push(woke.saturating_duration_since(written));
     }
     took.sort();
-    let (p50, p99) = (took[WAKES / 2], took[WAKES * 99 / 100]);
+    let (p50, p99) = (took[n / 2], took[n * 99 / 100]);
     eprintln!("wake: p50 {p50:?}, p99 {p99:?}");
     Ok((p50, p99))
 }

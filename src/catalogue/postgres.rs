@@ -146,7 +146,8 @@ impl PgStore {
         })
     }
 
-    /// Publishes a head this instance committed or heard of; heads only move forward here.
+    /// Publishes a head this instance committed or heard of; these only move it forward (the
+    /// listener's own reads set it as it is).
     fn publish(&self, head: u64) {
         publish(&self.inner.head, head);
     }
@@ -291,9 +292,7 @@ impl Store for PgStore {
     }
 
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {
-        let page = read!(self, |r| r.changes(after, limit))?;
-        self.publish(page.head);
-        Ok(page)
+        read!(self, |r| r.changes(after, limit))
     }
 
     fn head(&self) -> u64 {
