@@ -8,6 +8,7 @@
 
 mod batch;
 mod client;
+mod fleet;
 mod known;
 pub mod persist;
 mod stream;
@@ -28,6 +29,7 @@ use crate::metrics::EdgeMetrics;
 use crate::tenant::{Host, IngressRecord, Sym};
 
 pub use client::{BuildError, Cause, Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
+pub use fleet::FleetReporter;
 pub use stream::{follow, RegionStatus, StreamStatus};
 pub use trust::{check_once, watch_regions};
 

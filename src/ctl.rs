@@ -70,6 +70,19 @@ pub enum CtlCommand {
     },
     /// Moves a tenant's product to another shard (or rolls the move back), resuming an open move.
     Migrate(MigrateArgs),
+    /// Every edge reporting to a TCS, the laggards first: lag behind its view in sequences
+    /// and seconds, when last heard from. Exits 3 when one is past a given bound.
+    Fleet {
+        /// Base URL of the TCS to ask (the dev stack's us-east-1 by default).
+        #[arg(long, env = "TENANT_EDGE_TCS", default_value = "http://127.0.0.1:7101")]
+        tcs: String,
+        /// Fail when an edge is more than this many seconds behind.
+        #[arg(long)]
+        max_lag_seconds: Option<f64>,
+        /// Fail when an edge is more than this many sequences behind.
+        #[arg(long)]
+        max_lag_seqs: Option<u64>,
+    },
     /// Prints the change log.
     Changes {
         /// Print changes after this sequence number.
@@ -195,6 +208,14 @@ enum CtlError {
     Migrate(#[from] MigrateError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("TCS at {url}: {detail}")]
+    Tcs {
+        url: String,
+        detail: String,
+        unreachable: bool,
+    },
+    #[error("{n} edge(s) past the bound")]
+    Behind { table: String, n: usize },
 }
 
 impl CtlError {
@@ -205,6 +226,14 @@ impl CtlError {
             | CtlError::BadFile { .. }
             | CtlError::Runtime(_) => 2,
             CtlError::Migrate(e) => e.exit_code(),
+            CtlError::Tcs { unreachable, .. } => {
+                if *unreachable {
+                    2
+                } else {
+                    1
+                }
+            }
+            CtlError::Behind { .. } => 3,
         }
     }
 }
@@ -223,6 +252,9 @@ impl CtlArgs {
                 ExitCode::SUCCESS
             }
             Err(e) => {
+                if let CtlError::Behind { table, .. } = &e {
+                    print!("{table}");
+                }
                 eprintln!("error: {e}");
                 ExitCode::from(e.exit_code())
             }
@@ -248,7 +280,8 @@ impl CtlArgs {
 
     /// Runs the command and returns what to print.
     async fn execute(self) -> Result<String, CtlError> {
-        let client = CatalogueClient::new(&self.catalogue)?.with_token(self.token()?);
+        let token = self.token()?;
+        let client = CatalogueClient::new(&self.catalogue)?.with_token(token.clone());
         match self.command {
             CtlCommand::Tenants { cmd } => tenants(&client, cmd).await,
             CtlCommand::Shards { cmd } => shards(&client, cmd).await,
@@ -258,12 +291,65 @@ impl CtlArgs {
                 let m = migrate::run(&client, args).await?;
                 Ok(format!("{} {}\n", m.id, m.phase))
             }
+            CtlCommand::Fleet {
+                tcs,
+                max_lag_seconds,
+                max_lag_seqs,
+            } => fleet(&tcs, token.as_deref(), max_lag_seconds, max_lag_seqs).await,
             CtlCommand::Changes { after, limit } => {
                 let page = client.changes(after, limit, None).await?;
                 Ok(output::changes(&page.changes))
             }
         }
     }
+}
+
+/// `ctl fleet`: the fleet view of one TCS as a table; [`CtlError::Behind`] when an edge is
+/// past a bound.
+async fn fleet(
+    base: &str,
+    token: Option<&str>,
+    max_seconds: Option<f64>,
+    max_seqs: Option<u64>,
+) -> Result<String, CtlError> {
+    let url = format!("{}/v1/fleet", base.trim_end_matches('/'));
+    let failed = |detail: String, unreachable: bool| CtlError::Tcs {
+        url: url.clone(),
+        detail,
+        unreachable,
+    };
+    let http = crate::http_client::build(crate::http_client::ClientOptions::default())
+        .map_err(|e| failed(e.to_string(), true))?;
+    let mut req = http.get(&url).timeout(std::time::Duration::from_secs(10));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| failed(crate::feed::error_chain(&e), true))?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| failed(e.to_string(), true))?;
+    if !status.is_success() {
+        let reason = serde_json::from_slice::<crate::feed::ApiError>(&body)
+            .map(|e| e.reason)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        return Err(failed(format!("{status}: {reason}"), false));
+    }
+    let fleet: crate::feed::Fleet =
+        serde_json::from_slice(&body).map_err(|e| failed(format!("not a fleet view: {e}"), false))?;
+    let table = output::fleet(&fleet);
+    let behind = fleet
+        .edges
+        .iter()
+        .filter(|e| {
+            max_seconds.is_some_and(|m| e.lag_seconds > m) || max_seqs.is_some_and(|m| e.lag_seqs > m)
+        })
+        .count();
+    if behind > 0 {
+        return Err(CtlError::Behind { table, n: behind });
+    }
+    Ok(table)
 }
 
 async fn tenants(client: &CatalogueClient, cmd: TenantCmd) -> Result<String, CtlError> {

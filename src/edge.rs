@@ -37,6 +37,14 @@ pub use proxy::{decide, place, target, Decision, EdgeProxy, Reject, RequestCtx, 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
+    /// This edge's id in the fleet view (`GET /v1/fleet` on TCS, `ctl fleet`): letters,
+    /// digits, `-`, `_`, `.`. Default: the host's name and the plain listener's port.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// How often the edge reports its id, version, applied sequence and cache size to its
+    /// region's TCS (`POST /v1/fleet/edges/{id}`); 0 reports nothing.
+    #[serde(default = "default_fleet_report_ms")]
+    pub fleet_report_ms: u64,
     /// The region this edge runs in, one of the `[[tcs]]` regions; its TCS is asked first.
     pub region: Region,
     /// Plain HTTP/1.1 listener.
@@ -174,6 +182,20 @@ fn default_drain_timeout_ms() -> u64 {
 }
 
 impl EdgeConfig {
+    /// The id this edge reports under: `id`, else the host's name and the plain port.
+    pub fn edge_id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host: String = host
+                .trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .collect();
+            let host = if host.is_empty() { "edge".to_owned() } else { host };
+            format!("{host}-{}", self.listen_http.port())
+        })
+    }
+
     /// A config with every optional setting at its default (as a file that names only these).
     pub fn new(
         region: Region,
@@ -183,6 +205,8 @@ impl EdgeConfig {
         tcs: Vec<TcsEndpoint>,
     ) -> Self {
         EdgeConfig {
+            id: None,
+            fleet_report_ms: default_fleet_report_ms(),
             region,
             listen_http,
             listen_https: None,
@@ -207,6 +231,10 @@ impl EdgeConfig {
             http2: Http2Config::default(),
         }
     }
+}
+
+fn default_fleet_report_ms() -> u64 {
+    5_000
 }
 
 fn default_threads() -> usize {
@@ -261,6 +289,15 @@ impl EdgeConfig {
     /// Every problem of the config, all at once (as the route file and the TCS config report).
     fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if let Some(id) = &self.id {
+            let valid = (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid {
+                problems.push(format!("id {id:?}: 1 to 128 letters, digits, '-', '_' or '.'"));
+            }
+        }
         if self.tcs.is_empty() {
             problems.push("at least one [[tcs]] region is needed".to_owned());
         } else if !self.tcs.iter().any(|t| t.region == self.region.as_str()) {
@@ -661,6 +698,19 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
             shutdown.clone(),
         ))
     });
+    if cfg.fleet_report_ms > 0 {
+        let local = cfg.tcs.iter().find(|t| t.region == cfg.region.as_str()).cloned();
+        if let Some(local) = local {
+            let report = context::FleetReporter {
+                id: cfg.edge_id(),
+                region: cfg.region.to_string(),
+                tcs: local,
+                every: Duration::from_millis(cfg.fleet_report_ms),
+            };
+            let (cache, stream) = (cache.clone(), stream.clone());
+            tokio::spawn(report.run(cache, stream, shutdown.clone()));
+        }
+    }
     tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
 
     // Its own token, so a start that fails after this can stop the proxy alone.

@@ -457,6 +457,48 @@ impl axum::response::IntoResponse for ApiError {
     }
 }
 
+/// Body of `POST /v1/fleet/edges/{id}` on a TCS: what an edge reports of itself, every few
+/// seconds, so operators can see which edges are behind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetReport {
+    /// The edge's region.
+    pub region: String,
+    /// The edge's build version.
+    pub version: String,
+    /// The last catalogue sequence the edge applied.
+    pub applied_seq: u64,
+    /// Tenant hosts the edge holds.
+    pub cache_entries: u64,
+}
+
+/// One edge in `GET /v1/fleet`: its latest report and how far behind the view's head it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetEdge {
+    /// The edge's id.
+    pub id: String,
+    /// Its latest report.
+    #[serde(flatten)]
+    pub report: FleetReport,
+    /// Sequences behind the TCS's view.
+    pub lag_seqs: u64,
+    /// How long the view has held a change the edge has not applied (0 when caught up).
+    pub lag_seconds: f64,
+    /// Seconds since the edge last reported.
+    pub last_heard_seconds: f64,
+}
+
+/// Answer to `GET /v1/fleet`: every edge heard from recently, the laggards first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// The TCS's region.
+    pub region: String,
+    /// The sequence its view is current to.
+    pub head: u64,
+    /// The edges, most behind first.
+    pub edges: Vec<FleetEdge>,
+}
+
 /// `e` and its sources, one after another: driver and `reqwest` errors say "error sending
 /// request" or "db error" and keep the cause (refused, reset, timed out) in their sources; an
 /// operator's log line needs the cause.

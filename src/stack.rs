@@ -512,6 +512,7 @@ impl StackBuilder {
             cfg.key = Some(certs.join("dev.key"));
         }
         cfg.threads = 1;
+        cfg.id = Some(format!("edge-{index}"));
         // A demo tenant is the canary that tells a region's "not found" can be trusted; without
         // them the caller names its own (`lookup.canaries`), or none.
         if self.seed && self.demo_tenants {

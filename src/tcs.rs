@@ -13,6 +13,7 @@
 pub mod api;
 pub mod config;
 pub mod faults;
+pub mod fleet;
 pub mod metrics;
 pub mod snapshot;
 pub mod standalone;
@@ -23,6 +24,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +121,7 @@ struct Inner {
     status: Arc<TailStatus>,
     metrics: TcsMetrics,
     faults: FaultSwitch,
+    fleet: fleet::Edges,
 }
 
 impl Tcs {
@@ -147,7 +150,9 @@ impl Tcs {
             .map(|&name| (name, Arc::new(IngressView::new(ring, channel))))
             .collect();
         let faults = FaultSwitch::new(config.allow_faults);
+        let fleet = fleet::Edges::new(Duration::from_secs(config.fleet_expiry_secs));
         Ok(Self(Arc::new(Inner {
+            fleet,
             config,
             views,
             status: Arc::default(),
@@ -185,6 +190,11 @@ impl Tcs {
     /// The injected faults (settable only when `allow_faults` is on).
     pub fn faults(&self) -> &FaultSwitch {
         &self.0.faults
+    }
+
+    /// The edges that report to this TCS (`/v1/fleet`).
+    pub fn fleet(&self) -> &fleet::Edges {
+        &self.0.fleet
     }
 
     /// The configured consumers.

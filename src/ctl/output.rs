@@ -25,6 +25,47 @@ pub(super) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The fleet of one TCS: a line for the region and head, then
+/// `EDGE REGION VERSION APPLIED LAG_SEQS LAG_SECONDS LAST_HEARD HOSTS`, the laggards first (as
+/// TCS sorts them).
+pub(super) fn fleet(fleet: &crate::feed::Fleet) -> String {
+    let rows: Vec<Vec<String>> = fleet
+        .edges
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.clone(),
+                e.report.region.clone(),
+                e.report.version.clone(),
+                e.report.applied_seq.to_string(),
+                e.lag_seqs.to_string(),
+                format!("{:.1}", e.lag_seconds),
+                format!("{:.1}s ago", e.last_heard_seconds),
+                e.report.cache_entries.to_string(),
+            ]
+        })
+        .collect();
+    let head = format!(
+        "tcs {} at seq {}, {} edge(s)\n",
+        fleet.region,
+        fleet.head,
+        fleet.edges.len()
+    );
+    head + &table(
+        &[
+            "EDGE",
+            "REGION",
+            "VERSION",
+            "APPLIED",
+            "LAG_SEQS",
+            "LAG_SECONDS",
+            "LAST_HEARD",
+            "HOSTS",
+        ],
+        &rows,
+    )
+}
+
 /// `ID VERSION REALM HOSTS PLACEMENTS`, placements as `jira=jira-us-east-1`.
 pub(super) fn tenants(docs: &[TenantDoc]) -> String {
     let rows: Vec<Vec<String>> = docs

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::faults::{self, Faults, Injected};
 use super::view::{Held, IngressView, SharedSnapshot};
+use super::{fleet, INGRESS};
 use super::{Consumer, Tcs};
 use crate::feed::bearer::{bearer_token, constant_time_eq};
-use crate::feed::{ApiError, HostBatch, PlacementLookup, MAX_HOST_BATCH};
+use crate::feed::{ApiError, FleetReport, HostBatch, PlacementLookup, MAX_HOST_BATCH};
 use crate::tenant::{Host, HostError, NameError, Product, TenantId};
 
 /// The answer readiness needs: no successful poll for this long means the view may be stale.
@@ -44,6 +45,8 @@ pub fn router(tcs: Tcs, shutdown: CancellationToken) -> Router {
         )
         .route("/v1/views/{view}/snapshot", get(snapshot))
         .route("/v1/views/{view}/changes", get(changes))
+        .route("/v1/fleet", get(fleet))
+        .route("/v1/fleet/edges/{id}", post(report_edge))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -99,6 +102,9 @@ pub enum ApiFailure {
     /// Something on our side failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Full for now (503): too many edges reporting.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl ApiFailure {
@@ -114,7 +120,7 @@ impl ApiFailure {
             | ApiFailure::BadBody(_)
             | ApiFailure::BadName(_) => StatusCode::BAD_REQUEST,
             ApiFailure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiFailure::Injected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::Injected(_) | ApiFailure::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -148,6 +154,51 @@ fn authorize(tcs: &Tcs, headers: &HeaderMap, view: &str) -> Result<Arc<IngressVi
         });
     }
     Ok(found)
+}
+
+/// `POST /v1/fleet/edges/{id}`: an edge's report of itself, with its token as a consumer of
+/// the `ingress` view.
+async fn report_edge(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiFailure> {
+    authorize(&app.tcs, &headers, INGRESS)?;
+    let report: FleetReport =
+        serde_json::from_slice(&body).map_err(|e| ApiFailure::BadBody(format!("not a fleet report: {e}")))?;
+    match app.tcs.fleet().report(&id, report) {
+        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e @ fleet::ReportError::BadId) => Err(ApiFailure::BadBody(e.to_string())),
+        Err(e @ fleet::ReportError::Full) => Err(ApiFailure::Busy(e.to_string())),
+    }
+}
+
+/// `GET /v1/fleet`: every edge heard from, the laggards first. For the admin token (the
+/// operator's) or any consumer's.
+async fn fleet(State(app): State<AppState>, headers: HeaderMap) -> Result<Response, ApiFailure> {
+    let token = bearer_token(&headers).ok_or(ApiFailure::Unauthorized)?;
+    let admin = app
+        .tcs
+        .config()
+        .admin_token
+        .as_deref()
+        .is_some_and(|a| constant_time_eq(a.as_bytes(), token));
+    if !admin && find_consumer(app.tcs.consumers(), token).is_none() {
+        return Err(ApiFailure::Unauthorized);
+    }
+    let tcs = &app.tcs;
+    let fleet = tcs
+        .fleet()
+        .fleet(tcs.config().region.as_str(), tcs.ingress().seq(), tcs.status());
+    let metrics = tcs.metrics();
+    metrics
+        .fleet_edges
+        .set(i64::try_from(fleet.edges.len()).unwrap_or(i64::MAX));
+    metrics
+        .fleet_max_lag_seconds
+        .set(fleet.edges.first().map_or(0.0, |e| e.lag_seconds));
+    Ok(json_response(StatusCode::OK, &fleet))
 }
 
 /// Injected latency and errors, before anything else; the faults in force for the rest of

@@ -54,6 +54,13 @@ pub struct TcsConfig {
     /// Who may read which views.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
+    /// An edge that has not reported for this long leaves `/v1/fleet`.
+    #[serde(default = "default_fleet_expiry_secs")]
+    pub fleet_expiry_secs: u64,
+}
+
+fn default_fleet_expiry_secs() -> u64 {
+    60
 }
 
 fn default_max_lag() -> u64 {
@@ -115,6 +122,7 @@ impl TcsConfig {
             allow_faults: false,
             admin_token: None,
             consumers,
+            fleet_expiry_secs: default_fleet_expiry_secs(),
         }
     }
 

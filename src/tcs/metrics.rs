@@ -31,6 +31,10 @@ pub struct TcsMetrics {
     pub faults_active: IntGauge,
     /// View requests answered 503 by an injected fault (`tcs_fault_errors_total`).
     pub fault_errors: IntCounter,
+    /// Edges heard from within the expiry (`tcs_fleet_edges`), as of the last fleet report.
+    pub fleet_edges: IntGauge,
+    /// The most any of them is behind, in seconds (`tcs_fleet_max_lag_seconds`).
+    pub fleet_max_lag_seconds: prometheus::Gauge,
 }
 
 impl TcsMetrics {
@@ -68,6 +72,11 @@ impl TcsMetrics {
                 "fault_errors_total",
                 "View requests answered 503 by an injected fault",
             )?,
+            fleet_edges: IntGauge::new("fleet_edges", "Edges heard from within the expiry")?,
+            fleet_max_lag_seconds: prometheus::Gauge::new(
+                "fleet_max_lag_seconds",
+                "The most any reporting edge is behind the view, in seconds",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -86,7 +95,9 @@ impl TcsMetrics {
         r.register(Box::new(self.tail_errors.clone()))?;
         r.register(Box::new(self.subscribers.clone()))?;
         r.register(Box::new(self.faults_active.clone()))?;
-        r.register(Box::new(self.fault_errors.clone()))
+        r.register(Box::new(self.fault_errors.clone()))?;
+        r.register(Box::new(self.fleet_edges.clone()))?;
+        r.register(Box::new(self.fleet_max_lag_seconds.clone()))
     }
 
     /// The Prometheus text exposition of every metric.

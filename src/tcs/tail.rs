@@ -34,7 +34,13 @@ pub struct TailStatus {
     /// Woken once a successful poll's page is applied, for [`crate::tcs::Tcs::ready`] (not at
     /// `record_ok`, which comes before: the head would be new and the view not yet).
     polled: tokio::sync::Notify,
+    /// When the view reached each recent seq (one entry a page, the newest last, bounded), so
+    /// an edge's lag can be told in seconds.
+    advances: Mutex<std::collections::VecDeque<(u64, Instant)>>,
 }
+
+/// Pages remembered by [`TailStatus::advanced`].
+const ADVANCES: usize = 4096;
 
 impl TailStatus {
     /// The catalogue's newest seq, as of the last successful poll.
@@ -54,6 +60,36 @@ impl TailStatus {
     pub fn record_ok(&self, head: u64) {
         self.head.store(head, Ordering::Relaxed);
         *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Records that the view reached `seq` now; a lower `seq` (a reload from a new log)
+    /// starts the history again.
+    pub fn advanced(&self, seq: u64) {
+        let mut advances = self.advances.lock().unwrap_or_else(PoisonError::into_inner);
+        if advances.back().is_some_and(|&(last, _)| seq < last) {
+            advances.clear();
+        }
+        if advances.back().is_none_or(|&(last, _)| seq > last) {
+            if advances.len() == ADVANCES {
+                advances.pop_front();
+            }
+            advances.push_back((seq, Instant::now()));
+        }
+    }
+
+    /// Since when the view has held a change after `applied` (`None` when it holds none): how
+    /// long a reader at `applied` has been behind. When that change is older than the history,
+    /// the oldest entry's age, a lower bound.
+    pub fn behind_since(&self, applied: u64) -> Option<Instant> {
+        let advances = self.advances.lock().unwrap_or_else(PoisonError::into_inner);
+        let &(newest, _) = advances.back()?;
+        if applied >= newest {
+            return None;
+        }
+        advances
+            .iter()
+            .find(|&&(seq, _)| seq > applied)
+            .map(|&(_, at)| at)
     }
 
     /// Woken once each successful poll's page is applied (see [`crate::clock::when_notified`]).
@@ -163,6 +199,9 @@ impl Tailer {
         for change in &page.changes {
             self.count(self.view.apply(change));
         }
+        if !page.changes.is_empty() {
+            self.status.advanced(self.view.seq());
+        }
         self.status.polled.notify_waiters();
         Ok(page.changes.len())
     }
@@ -206,6 +245,7 @@ impl Tailer {
         let tenants = snapshot.records.len();
         tracing::info!(seq = snapshot.seq, tenants, epoch = %snapshot.epoch, "view reloaded in full");
         self.view.reload(snapshot);
+        self.status.advanced(self.view.seq());
         self.metrics
             .events
             .with_label_values(&["ingress", "reload"])

@@ -155,6 +155,7 @@ impl Stack {
                 cfg.cache.negative_ttl_secs = 1;
                 cfg.lookup.timeout_ms = 500;
                 cfg.lookup.check_interval_ms = 200;
+                cfg.fleet_report_ms = 200;
                 cfg.show_backend_headers = options.show_backend_headers;
                 cfg.server.clone_from(&options.server);
                 if i > 0 {
