@@ -6,6 +6,7 @@
 //! # Layout
 //!
 //! - [`tenant`]: domain types (normalised hosts, ids, placements, the ingress record).
+//! - [`fanout`]: the wide fan-out's message format, packing into SNS-sized messages and the consumer's reorder buffer.
 //! - [`feed`]: wire formats of the catalogue's documents and of the ordered change streams.
 //! - [`routes`]: route snapshots (`routes/*.toml`): schema, validation, path matcher, hot reload.
 //! - [`catalogue`]: the write side: SQLite store, compare-and-set HTTP API, ordered change log.
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod dev;
 pub mod durable;
 pub mod edge;
+pub mod fanout;
 pub mod feed;
 pub mod http_client;
 pub mod metrics;
