@@ -6,7 +6,7 @@ SHELL := /bin/bash
 
 ## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl;
 ## curl and python3 drive the HTTP/2 tests; PostgreSQL, whose servers the catalogue's tests
-## start themselves).
+## start themselves; moto[server] from PyPI, the AWS emulator its tests start).
 deps:
 	@missing=""; \
 	for t in cmake:cmake cc:build-essential openssl:openssl pkg-config:pkg-config curl:curl python3:python3; do \
@@ -17,6 +17,10 @@ deps:
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi; \
+	if ! python3 -c 'import moto.server' 2>/dev/null; then \
+	  echo "installing: moto[server] (the AWS emulator of the fan-out tests)"; \
+	  python3 -m pip install -q 'moto[server]' || python3 -m pip install -q --break-system-packages 'moto[server]'; \
 	fi
 
 build: deps

@@ -28,6 +28,7 @@
 
 mod child;
 pub mod cli;
+pub mod moto;
 pub mod postgres;
 
 use std::future::Future;
