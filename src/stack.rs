@@ -1003,6 +1003,33 @@ impl std::ops::DerefMut for EdgePart {
     }
 }
 
+/// Reads a server's log on a thread of its own until it ends (echoed with `[label]` when
+/// `TEST_LOG` is set); the receiver gets one message at the first line containing `needle`:
+/// the server's own word that it is ready, so nothing polls it.
+pub(crate) fn ready_line(
+    log: impl std::io::Read + Send + 'static,
+    label: &'static str,
+    needle: String,
+) -> std::sync::mpsc::Receiver<()> {
+    use std::io::BufRead;
+    let (ready, said) = std::sync::mpsc::channel();
+    let show = std::env::var_os("TEST_LOG").is_some();
+    std::thread::spawn(move || {
+        let mut ready = Some(ready);
+        for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+            if show {
+                eprintln!("[{label}] {line}");
+            }
+            if line.contains(&needle) {
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    said
+}
+
 /// A free loopback port below the ephemeral range, never handed out twice by this process:
 /// for a listener bound by someone else later (a child, pingora). A port the kernel picked
 /// with `bind(0)` and released is in the ephemeral range, where the kernel may hand it to an

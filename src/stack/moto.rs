@@ -2,9 +2,7 @@
 //! `python3 -m moto.server`) on a free loopback port, ready when it says where it runs (nothing
 //! polls it), stopped when dropped. SNS, SQS and KMS answer at its one endpoint.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::{free_port, StackError};
@@ -34,22 +32,7 @@ impl MotoServer {
             .stderr
             .take()
             .ok_or_else(|| StackError::Part("moto_server: no stderr".into()))?;
-        let (ready, said) = mpsc::channel();
-        let show = std::env::var_os("TEST_LOG").is_some();
-        let expected = format!("Running on http://127.0.0.1:{port}");
-        std::thread::spawn(move || {
-            let mut ready = Some(ready);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if show {
-                    eprintln!("[moto] {line}");
-                }
-                if line.contains(&expected) {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        });
+        let said = super::ready_line(stderr, "moto", format!("Running on http://127.0.0.1:{port}"));
         let mut server = MotoServer { port, child };
         if said.recv_timeout(WITHIN).is_err() {
             server.stop();

@@ -6,10 +6,8 @@
 //! the `PATH`. PostgreSQL refuses to run as root, so as root the server runs as the `postgres`
 //! user (Debian's package creates it), which then owns the directory.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::{free_port, StackError};
@@ -165,22 +163,12 @@ impl PgServer {
             .stderr
             .take()
             .ok_or_else(|| StackError::Part("postgres: no stderr".into()))?;
-        let (ready, said) = mpsc::channel();
-        let show = std::env::var_os("TEST_LOG").is_some();
-        std::thread::spawn(move || {
-            let mut ready = Some(ready);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if show {
-                    eprintln!("[postgres] {line}");
-                }
-                // "ready to accept connections", or "... read-only connections" on a standby.
-                if line.contains("database system is ready to accept") {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-        });
+        // "ready to accept connections", or "... read-only connections" on a standby.
+        let said = super::ready_line(
+            stderr,
+            "postgres",
+            "database system is ready to accept".to_owned(),
+        );
         self.watchdog = Some(Watchdog { shell, stdin });
         said.recv_timeout(WITHIN).map_err(|_| {
             StackError::Part(format!(
