@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use catalogue_support::ctl::ctl;
-use catalogue_support::{acme, seed_registry, Catalogue};
+use catalogue_support::{acme, seed_registry, seqs, Catalogue};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -103,12 +103,7 @@ async fn the_change_log_lists_every_write_and_long_polls() {
 
     let page = c.get("/v1/changes?after=0").await.expect(200);
     assert_eq!(page["head"], 7);
-    let seqs: Vec<u64> = page["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ch| ch["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = seqs(&page);
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
     let kinds: Vec<&str> = page["changes"]
         .as_array()

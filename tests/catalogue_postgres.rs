@@ -10,7 +10,7 @@ mod catalogue_support;
 
 use std::time::{Duration, Instant};
 
-use catalogue_support::{acme, seed_registry, Catalogue, BIN};
+use catalogue_support::{acme, seed_registry, seqs, Catalogue, BIN};
 use serde_json::json;
 use tenant_edge::catalogue::StoreConfig;
 use tenant_edge::stack::postgres::PgServer;
@@ -117,12 +117,7 @@ async fn a_lost_database_is_503_and_the_catalogue_recovers_by_itself() {
     assert_eq!(back["version"], 1, "the refused write left nothing: {back}");
     assert_eq!(c.put("/v1/tenants/acme", &acme()).await.expect(200)["version"], 2);
     let page = c.get("/v1/changes?after=0").await.expect(200);
-    let seqs: Vec<u64> = page["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|ch| ch["seq"].as_u64().unwrap())
-        .collect();
+    let seqs = seqs(&page);
     assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
 }
 

@@ -79,6 +79,15 @@ impl Fixture {
         })
     }
 
+    /// A connection of its own to the PostgreSQL database, behind the store's back.
+    async fn pg(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
     /// Runs `sqlite` or `postgres` (statements) on the database behind the store's back.
     pub(super) async fn raw(&self, sqlite: &str, postgres: &str) {
         match self.kind {
@@ -86,13 +95,7 @@ impl Fixture {
                 .unwrap()
                 .execute_batch(sqlite)
                 .unwrap(),
-            Kind::Postgres => {
-                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                client.batch_execute(postgres).await.unwrap();
-            }
+            Kind::Postgres => self.pg().await.batch_execute(postgres).await.unwrap(),
         }
     }
 
@@ -103,13 +106,7 @@ impl Fixture {
                 .unwrap()
                 .query_row(sql, [], |r| r.get(0))
                 .unwrap(),
-            Kind::Postgres => {
-                let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
-                client.query_one(sql, &[]).await.unwrap().get(0)
-            }
+            Kind::Postgres => self.pg().await.query_one(sql, &[]).await.unwrap().get(0),
         }
     }
 }

@@ -170,6 +170,16 @@ impl Reply {
     }
 }
 
+/// The sequence numbers of a `/v1/changes` page, in order.
+pub fn seqs(page: &Value) -> Vec<u64> {
+    page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ch| ch["seq"].as_u64().unwrap())
+        .collect()
+}
+
 pub fn acme() -> Value {
     json!({"id": "acme", "hosts": ["acme.example.test"], "realm": "us",
            "placements": {"jira": {"shard": "jira-us-east-1"}}})
