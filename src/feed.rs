@@ -244,6 +244,41 @@ pub struct ChangesPage {
     pub epoch: String,
 }
 
+/// A lease in the catalogue's store: at most one holder of `name` at a time, until
+/// `expires_in_ms` from the answer (`PUT /v1/leases/{name}`, body [`LeaseRequest`]). The wide
+/// fan-out's publisher of a region holds one, so that one TCS node of the region publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseDoc {
+    /// The lease's name.
+    pub name: String,
+    /// Who holds it now (empty: nobody).
+    pub holder: String,
+    /// How much longer the holder holds it, in ms (0 when nobody does).
+    pub expires_in_ms: u64,
+}
+
+impl LeaseDoc {
+    /// Whether `holder` holds the lease.
+    pub fn held_by(&self, holder: &str) -> bool {
+        !holder.is_empty() && self.holder == holder && self.expires_in_ms > 0
+    }
+}
+
+/// Body of `PUT /v1/leases/{name}`: take or renew the lease for `ttl_ms` when it is free,
+/// expired or already `holder`'s; `ttl_ms` 0 gives it up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// Who asks (`[A-Za-z0-9._:-]`, 1 to 128 characters).
+    pub holder: String,
+    /// For how long, at most [`MAX_LEASE_MS`]; 0 releases.
+    pub ttl_ms: u64,
+}
+
+/// The longest lease the catalogue grants.
+pub const MAX_LEASE_MS: u64 = 10 * 60 * 1000;
+
 /// Body of `POST /v1/views/ingress/hosts` on a TCS: many host lookups in one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

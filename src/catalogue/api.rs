@@ -96,6 +96,7 @@ pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken, access: su
         .route("/v1/migrations/{id}", get(migrations::get_one))
         .route("/v1/migrations/{id}/phase", put(migrations::set_phase))
         .route("/v1/changes", get(changes))
+        .route("/v1/leases/{name}", put(put_lease))
         .fallback(|| async { Failure::Http(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             Failure::Http(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
@@ -290,6 +291,32 @@ async fn put_realm(
 ) -> Answer {
     no_if_match(m)?;
     Ok(written(s.store.put_realm(name, doc).await?).into_response())
+}
+
+/// `PUT /v1/leases/{name}`: takes, renews or (`ttl_ms` 0) gives up a lease; 200 with who
+/// holds it now, whoever that is (the caller compares the holder with itself).
+async fn put_lease(
+    State(s): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Doc(req): Doc<crate::feed::LeaseRequest>,
+) -> Result<Json<crate::feed::LeaseDoc>, Failure> {
+    let ok = |v: &str| {
+        (1..=128).contains(&v.len())
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+    };
+    if !ok(&name) || !ok(&req.holder) {
+        return Err(Failure::bad_request(
+            "lease names and holders are 1 to 128 of [A-Za-z0-9._:-]".into(),
+        ));
+    }
+    if req.ttl_ms > crate::feed::MAX_LEASE_MS {
+        return Err(Failure::bad_request(format!(
+            "ttl_ms {} is over the limit of {}",
+            req.ttl_ms,
+            crate::feed::MAX_LEASE_MS
+        )));
+    }
+    Ok(Json(s.store.lease(&name, &req.holder, req.ttl_ms).await?))
 }
 
 async fn get_realm(State(s): State<AppState>, Id(name): Id<Realm>) -> Result<Json<RealmDoc>, Failure> {

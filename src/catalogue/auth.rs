@@ -133,6 +133,11 @@ fn needed(method: &Method, path: &str) -> Option<Scope> {
         return None;
     }
     let read = matches!(*method, Method::GET | Method::HEAD);
+    // A lease coordinates readers (the TCS nodes of a region, which hold `read` tokens) and
+    // changes no catalogue data.
+    if path.starts_with("/v1/leases/") {
+        return Some(Scope::Read);
+    }
     Some(if path.starts_with("/v1/migrations") {
         if read {
             Scope::Read
@@ -202,6 +207,7 @@ mod tests {
             Some(Scope::Migrate)
         );
         assert_eq!(needed(&Method::GET, "/v1/migrations/7"), Some(Scope::Read));
+        assert_eq!(needed(&Method::PUT, "/v1/leases/fanout-us"), Some(Scope::Read));
         assert_eq!(needed(&Method::POST, "/nowhere"), Some(Scope::Write));
     }
 

@@ -129,6 +129,18 @@ pub(crate) trait Rows {
 }
 
 /// Decodes a JSON column; a document that no longer parses means the store is damaged.
+/// A lease's answer from its row (holder and expiry), if it is held.
+pub(super) fn lease_doc(name: &str, row: Option<(String, i64)>, now: i64) -> crate::feed::LeaseDoc {
+    let (holder, expires_in_ms) = row.map_or((String::new(), 0), |(holder, until)| {
+        (holder, u64::try_from(until.saturating_sub(now)).unwrap_or(0))
+    });
+    crate::feed::LeaseDoc {
+        name: name.to_owned(),
+        holder,
+        expires_in_ms,
+    }
+}
+
 pub(super) fn decode<T: DeserializeOwned>(json: &str) -> Result<T, StoreError> {
     serde_json::from_str(json).map_err(StoreError::storage)
 }

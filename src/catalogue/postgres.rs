@@ -31,7 +31,7 @@ use crate::catalogue::ops::{self, Rows};
 use crate::catalogue::store::{Store, StoreError, Written};
 use crate::clock::{now_ms, Backoff};
 use crate::feed::{
-    error_chain, ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc,
+    error_chain, ChangesPage, LeaseDoc, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc,
 };
 use crate::tenant::{Host, Realm, ShardId, TenantId};
 
@@ -289,6 +289,44 @@ impl Store for PgStore {
             )
             .await?;
         Ok(row.try_get(0)?)
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<LeaseDoc, StoreError> {
+        let client = self.client().await?;
+        // By the database's clock, the same for every catalogue instance.
+        const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+        if ttl_ms == 0 {
+            client
+                .execute("DELETE FROM leases WHERE name = $1 AND holder = $2", &[&name, &holder])
+                .await?;
+        } else {
+            let ttl = i64::try_from(ttl_ms).map_err(StoreError::storage)?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO leases (name, holder, expires_ms) VALUES ($1, $2, {NOW} + $3)
+                         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+                         WHERE leases.holder = excluded.holder OR leases.expires_ms <= {NOW}"
+                    ),
+                    &[&name, &holder, &ttl],
+                )
+                .await?;
+        }
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT {NOW}, (SELECT holder FROM leases WHERE name = $1 AND expires_ms > {NOW}),
+                            (SELECT expires_ms FROM leases WHERE name = $1 AND expires_ms > {NOW})"
+                ),
+                &[&name],
+            )
+            .await?;
+        let now: i64 = row.try_get(0)?;
+        let held = match (row.try_get::<_, Option<String>>(1)?, row.try_get::<_, Option<i64>>(2)?) {
+            (Some(holder), Some(until)) => Some((holder, until)),
+            _ => None,
+        };
+        Ok(ops::lease_doc(name, held, now))
     }
 
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {

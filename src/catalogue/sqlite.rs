@@ -18,7 +18,7 @@ use self::rows::Sql;
 use crate::catalogue::ops::{self, Rows};
 use crate::catalogue::store::{Store, StoreError, Written};
 use crate::clock::now_ms;
-use crate::feed::{ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
+use crate::feed::{ChangesPage, LeaseDoc, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
 use crate::tenant::{Host, Realm, ShardId, TenantId};
 
 /// The file name of the catalogue database inside its data directory.
@@ -205,6 +205,23 @@ impl Store for SqliteStore {
             rows::epoch(r.0)
         })
         .await
+    }
+
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<LeaseDoc, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        // Not through `write`: a lease appends nothing, so the head is not published again.
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = i64::try_from(now_ms()).map_err(StoreError::storage)?;
+            rows::lease(&tx, &name, &holder, ttl_ms, now)?;
+            let doc = rows::lease_state(&tx, &name, now)?;
+            tx.commit()?;
+            Ok(doc)
+        })
+        .await
+        .map_err(StoreError::storage)?
     }
 
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError> {

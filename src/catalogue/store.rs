@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::feed::{ChangesPage, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
+use crate::feed::{ChangesPage, LeaseDoc, MigrationDoc, NewMigration, Phase, RealmDoc, ShardDoc, TenantDoc};
 use crate::tenant::{Host, Realm, ShardId, TenantId};
 
 /// Why a store operation failed. The HTTP API maps each variant to one status code.
@@ -140,6 +140,10 @@ pub trait Store: Send + Sync + 'static {
     /// Mints a new epoch for the log (after the store was restored from a backup, so that
     /// every reader reloads in full instead of trusting sequence numbers) and returns it.
     async fn mint_epoch(&self) -> Result<String, StoreError>;
+    /// Takes or renews lease `name` for `holder` for `ttl_ms` when it is free, expired or
+    /// already `holder`'s; `ttl_ms` 0 gives it up (if `holder`'s). Returns who holds it now,
+    /// by the store's own clock. Not a change: nothing is appended to the log.
+    async fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<LeaseDoc, StoreError>;
     /// Up to `limit` changes with `seq > after`, in order, and the head when they were read.
     async fn changes(&self, after: u64, limit: usize) -> Result<ChangesPage, StoreError>;
     /// The newest sequence number in the log (0 when empty).

@@ -653,7 +653,33 @@ async fn bulk_import_is_all_or_nothing_and_sequential(kind: Kind) {
     assert!(matches!(store.delete_shard(&west).await, Err(StoreError::InUse(m)) if m.contains("twice")));
 }
 
+/// A lease has one holder until it expires or is given up, renews for its holder only, and
+/// appends nothing to the log.
+async fn a_lease_has_one_holder_until_it_expires(kind: Kind) {
+    let f = Fixture::new(kind).await;
+    let store = &*f;
+    let head = store.head();
+    let a = store.lease("fanout-us", "tcs-a", 60_000).await.unwrap();
+    assert!(a.held_by("tcs-a"), "{a:?}");
+    assert!(a.expires_in_ms > 59_000 && a.expires_in_ms <= 60_000, "{a:?}");
+    let b = store.lease("fanout-us", "tcs-b", 60_000).await.unwrap();
+    assert!(!b.held_by("tcs-b") && b.held_by("tcs-a"), "another's live lease is kept: {b:?}");
+    // Another name is another lease.
+    assert!(store.lease("fanout-eu", "tcs-b", 60_000).await.unwrap().held_by("tcs-b"));
+    // The holder renews; releasing is for the holder only.
+    assert!(store.lease("fanout-us", "tcs-a", 60_000).await.unwrap().held_by("tcs-a"));
+    assert!(store.lease("fanout-us", "tcs-b", 0).await.unwrap().held_by("tcs-a"));
+    let released = store.lease("fanout-us", "tcs-a", 0).await.unwrap();
+    assert_eq!((released.holder.as_str(), released.expires_in_ms), ("", 0));
+    assert!(store.lease("fanout-us", "tcs-b", 50).await.unwrap().held_by("tcs-b"));
+    // Expired: free for anyone.
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    assert!(store.lease("fanout-us", "tcs-a", 60_000).await.unwrap().held_by("tcs-a"));
+    assert_eq!(store.head(), head, "a lease is not a change");
+}
+
 conformance!(
+    a_lease_has_one_holder_until_it_expires,
     bulk_import_is_all_or_nothing_and_sequential,
     versions_start_at_one_and_guard_compare_and_set,
     delete_keeps_a_tombstone_so_versions_keep_rising,

@@ -283,6 +283,17 @@ impl CatalogueClient {
         self.json(self.request(Method::GET, "/v1/realms")).await
     }
 
+    /// Takes or renews lease `name` for `holder` for `ttl_ms` (0 gives it up); answers who
+    /// holds it now.
+    pub async fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<super::LeaseDoc, ClientError> {
+        let body = super::LeaseRequest {
+            holder: holder.to_owned(),
+            ttl_ms,
+        };
+        self.json(self.request(Method::PUT, &format!("/v1/leases/{name}")).json(&body))
+            .await
+    }
+
     /// Changes after `after` (at most `limit`, the server's default when `None`); when there
     /// are none, the catalogue waits up to `wait_ms` for one.
     pub async fn changes(

@@ -65,6 +65,14 @@ CREATE TABLE migrations (
 );
 CREATE UNIQUE INDEX migrations_open ON migrations(tenant, product) WHERE open;
 CREATE INDEX migrations_tenant ON migrations(tenant, n);
+"#, r#"
+-- Leases (the fan-out publisher's, one per region): one holder at a time until expires_ms
+-- (unix ms, by the database's clock, the same for every catalogue instance).
+CREATE TABLE leases (
+    name       TEXT COLLATE "C" PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
 "#];
 
 /// The advisory lock key of schema migrations (any constant the catalogue alone uses).

@@ -84,6 +84,33 @@ pub(super) fn epoch(conn: &Connection) -> Result<String, StoreError> {
     Ok(conn.query_row("SELECT epoch FROM log_meta", [], |r| r.get(0))?)
 }
 
+/// Takes or renews lease `name` for `holder` until `now + ttl_ms` when it is free, expired or
+/// already `holder`'s; `ttl_ms` 0 gives it up if it is `holder`'s.
+pub(super) fn lease(conn: &Connection, name: &str, holder: &str, ttl_ms: u64, now: i64) -> Result<(), StoreError> {
+    if ttl_ms == 0 {
+        conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?
+            .execute(params![name, holder])?;
+        return Ok(());
+    }
+    let until = now.saturating_add(i64::try_from(ttl_ms).map_err(StoreError::storage)?);
+    conn.prepare_cached(
+        "INSERT INTO leases (name, holder, expires_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+         WHERE leases.holder = excluded.holder OR leases.expires_ms <= ?4",
+    )?
+    .execute(params![name, holder, until, now])?;
+    Ok(())
+}
+
+/// Who holds lease `name` at `now`.
+pub(super) fn lease_state(conn: &Connection, name: &str, now: i64) -> Result<crate::feed::LeaseDoc, StoreError> {
+    let row = conn
+        .prepare_cached("SELECT holder, expires_ms FROM leases WHERE name = ?1 AND expires_ms > ?2")?
+        .query_row(params![name, now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .optional()?;
+    Ok(crate::catalogue::ops::lease_doc(name, row, now))
+}
+
 impl Rows for Sql<'_> {
     async fn tenant_version(&self, id: &TenantId) -> Result<(u64, bool), StoreError> {
         let row = self

@@ -68,6 +68,15 @@ CREATE TABLE log_meta (
 );
 INSERT INTO log_meta (epoch) VALUES (lower(hex(randomblob(16))));
 ",
+    r"
+-- Leases (the fan-out publisher's, one per region): one holder at a time until expires_ms
+-- (unix ms, by the catalogue's clock).
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+",
 ];
 
 /// Opens (creating if needed) the catalogue database at `path` and brings its schema up to date.
@@ -124,7 +133,7 @@ mod tests {
         }
         let conn = open(&path).unwrap();
         assert_eq!(user_version(&conn), MIGRATIONS.len());
-        assert_eq!(MIGRATIONS.len(), 3);
+        assert_eq!(MIGRATIONS.len(), 4);
         let realms: u32 = conn
             .query_row("SELECT COUNT(*) FROM realms", [], |r| r.get(0))
             .unwrap();
