@@ -30,7 +30,7 @@ use crate::tenant::{Host, IngressRecord, Sym};
 
 pub use client::{BuildError, Cause, Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
 pub use fleet::FleetReporter;
-pub use stream::{follow, RegionStatus, StreamStatus};
+pub use stream::{follow, FanoutStatus, RegionStatus, StreamStatus, Transport};
 pub use trust::{check_once, watch_regions};
 
 /// Sizes and lifetimes of the caches.

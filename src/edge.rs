@@ -45,6 +45,10 @@ pub struct EdgeConfig {
     /// region's TCS (`POST /v1/fleet/edges/{id}`); 0 reports nothing.
     #[serde(default = "default_fleet_report_ms")]
     pub fleet_report_ms: u64,
+    /// How changes reach the edge: the NDJSON stream (the default) or, with `kind = "sns"`,
+    /// its own SQS queue subscribed to its region's topic (see [`crate::fanout::aws`]).
+    #[serde(default)]
+    pub fanout: crate::fanout::aws::FanoutConfig,
     /// The region this edge runs in, one of the `[[tcs]]` regions; its TCS is asked first.
     pub region: Region,
     /// Plain HTTP/1.1 listener.
@@ -207,6 +211,7 @@ impl EdgeConfig {
         EdgeConfig {
             id: None,
             fleet_report_ms: default_fleet_report_ms(),
+            fanout: crate::fanout::aws::FanoutConfig::Stream,
             region,
             listen_http,
             listen_https: None,
@@ -297,6 +302,9 @@ impl EdgeConfig {
             if !valid {
                 problems.push(format!("id {id:?}: 1 to 128 letters, digits, '-', '_' or '.'"));
             }
+        }
+        if let Some(sns) = self.fanout.sns() {
+            problems.extend(sns.problems());
         }
         if self.tcs.is_empty() {
             problems.push("at least one [[tcs]] region is needed".to_owned());
@@ -567,6 +575,8 @@ pub struct Started {
     admin_stop: CancellationToken,
     proxy: std::thread::JoinHandle<()>,
     writer: Option<tokio::task::JoinHandle<()>>,
+    /// The fan-out consumer, which deletes its queue on the way out.
+    fanout: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What an edge logs once it is ready (`/readyz`): it knows a tenant, or a change stream is live.
@@ -602,6 +612,15 @@ impl Started {
             tracing::warn!("proxy thread did not stop cleanly");
         }
         self.admin_stop.cancel();
+        if let Some(fanout) = self.fanout {
+            // Its queue's deletion, bounded: an unreachable SQS must not hold the exit up.
+            if tokio::time::timeout(Duration::from_secs(10), fanout)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the fan-out consumer did not stop within 10 s");
+            }
+        }
         if let Some(writer) = self.writer {
             // The writer's last write, on cancellation, is the shutdown write: wait for it.
             if writer.await.is_err() {
@@ -711,7 +730,23 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
             tokio::spawn(report.run(cache, stream, shutdown.clone()));
         }
     }
-    tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
+    let mut fanout_task = None;
+    match cfg.fanout.sns() {
+        Some(sns) => {
+            let consumer = crate::fanout::consume::Consumer {
+                config: sns.clone(),
+                edge_id: cfg.edge_id(),
+                region: Arc::from(cfg.region.as_str()),
+                cache,
+                status: stream,
+                metrics,
+            };
+            fanout_task = Some(tokio::spawn(consumer.run(shutdown.clone())));
+        }
+        None => {
+            tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
+        }
+    }
 
     // Its own token, so a start that fails after this can stop the proxy alone.
     let proxy_stop = shutdown.child_token();
@@ -762,6 +797,7 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         shutdown,
         proxy,
         writer,
+        fanout: fanout_task,
     })
 }
 

@@ -12,6 +12,10 @@
 //!
 //! Nothing here does I/O or reads a clock: the caller passes the time in.
 
+pub mod aws;
+pub mod consume;
+pub mod publish;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -168,6 +172,12 @@ impl Reorder {
     /// repairs from TCS once this is a few seconds old. `None` when nothing waits.
     pub fn gap_since(&self) -> Option<Instant> {
         self.gap_since
+    }
+
+    /// The sequence a repair must reach for every waiting message to apply (the largest
+    /// `prev` waited on); `None` when nothing waits.
+    pub fn wanted(&self) -> Option<u64> {
+        self.waiting.keys().next_back().copied()
     }
 
     /// Whether more messages wait than the buffer holds: repair now.

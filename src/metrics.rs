@@ -83,6 +83,17 @@ pub struct EdgeMetrics {
     pub stream_seq: IntGauge,
     /// Change-stream events applied to the cache, by kind (`upsert`, `delete`, `resync`).
     pub stream_events: IntCounterVec,
+    /// Fan-out messages read from SQS, by result (`applied`, `duplicate`, `buffered`,
+    /// `malformed`).
+    pub fanout_messages: IntCounterVec,
+    /// View events applied from fan-out messages.
+    pub fanout_events_applied: IntCounter,
+    /// SQS requests made, by operation (what an idle edge costs).
+    pub fanout_sqs_requests: IntCounterVec,
+    /// Repairs from TCS while on the fan-out, by reason (`gap`, `behind`, `start`).
+    pub fanout_repairs: IntCounterVec,
+    /// 1 for the transport carrying changes now (`sqs`, `stream`), 0 for the other.
+    pub fanout_transport: IntGaugeVec,
     /// Backends currently considered healthy, by shard.
     pub healthy_backends: IntGaugeVec,
     /// Connection failures to backends (each may trigger a retry on another backend).
@@ -162,6 +173,32 @@ impl EdgeMetrics {
                 Opts::new("tcs_stream_events_total", "Change-stream events applied, by kind"),
                 &["kind"],
             )?,
+            fanout_messages: IntCounterVec::new(
+                Opts::new(
+                    "fanout_messages_total",
+                    "Fan-out messages read from SQS, by result",
+                ),
+                &["result"],
+            )?,
+            fanout_events_applied: IntCounter::new(
+                "fanout_events_applied_total",
+                "View events applied from fan-out messages",
+            )?,
+            fanout_sqs_requests: IntCounterVec::new(
+                Opts::new("fanout_sqs_requests_total", "SQS requests made, by operation"),
+                &["op"],
+            )?,
+            fanout_repairs: IntCounterVec::new(
+                Opts::new(
+                    "fanout_repairs_total",
+                    "Repairs from TCS on the fan-out, by reason",
+                ),
+                &["reason"],
+            )?,
+            fanout_transport: IntGaugeVec::new(
+                Opts::new("fanout_transport", "1 for the transport carrying changes now"),
+                &["transport"],
+            )?,
             healthy_backends: IntGaugeVec::new(
                 Opts::new("healthy_backends", "Backends considered healthy, by shard"),
                 &["shard"],
@@ -219,6 +256,11 @@ impl EdgeMetrics {
         r.register(Box::new(self.stream_staleness.clone()))?;
         r.register(Box::new(self.stream_seq.clone()))?;
         r.register(Box::new(self.stream_events.clone()))?;
+        r.register(Box::new(self.fanout_messages.clone()))?;
+        r.register(Box::new(self.fanout_events_applied.clone()))?;
+        r.register(Box::new(self.fanout_sqs_requests.clone()))?;
+        r.register(Box::new(self.fanout_repairs.clone()))?;
+        r.register(Box::new(self.fanout_transport.clone()))?;
         r.register(Box::new(self.healthy_backends.clone()))?;
         r.register(Box::new(self.upstream_connect_failures.clone()))?;
         r.register(Box::new(self.region_trust.clone()))?;

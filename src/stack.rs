@@ -146,6 +146,7 @@ pub struct StackBuilder {
     demo_tenants: bool,
     import: Option<PathBuf>,
     catalogue_store: StoreConfig,
+    fanout: Option<crate::fanout::aws::SnsConfig>,
     edit_tcs: Option<Edit<TcsConfig>>,
     edit_edge: Option<Edit<EdgeConfig>>,
 }
@@ -237,6 +238,25 @@ impl StackBuilder {
     pub fn catalogue_store(mut self, store: StoreConfig) -> Self {
         self.catalogue_store = store;
         self
+    }
+
+    /// Changes reach edges through SNS/SQS, with `template`'s settings: each region's topic
+    /// is `<template.topic><region>`, and the TCS nodes and edges get the same table.
+    pub fn fanout(mut self, template: crate::fanout::aws::SnsConfig) -> Self {
+        self.fanout = Some(template);
+        self
+    }
+
+    /// The `[fanout]` of `region`'s nodes.
+    fn fanout_of(&self, region: &Region) -> crate::fanout::aws::FanoutConfig {
+        match &self.fanout {
+            None => crate::fanout::aws::FanoutConfig::Stream,
+            Some(template) => {
+                let mut sns = template.clone();
+                sns.topic = format!("{}{region}", template.topic);
+                crate::fanout::aws::FanoutConfig::Sns(sns)
+            }
+        }
     }
 
     /// Changes each TCS config (with the region's index) before it starts.
@@ -466,6 +486,7 @@ impl StackBuilder {
         cfg.catalogue_token = Some(stack.secrets.tcs.clone());
         // The operator's token also opens the TCS's admin endpoints.
         cfg.admin_token = Some(stack.secrets.operator.clone());
+        cfg.fanout = self.fanout_of(region);
         if let Some(edit) = &self.edit_tcs {
             edit(index, &mut cfg);
         }
@@ -500,6 +521,7 @@ impl StackBuilder {
             .first()
             .cloned()
             .ok_or_else(|| StackError::Spec("no region".into()))?;
+        let fanout = self.fanout_of(&region);
         let mut cfg = EdgeConfig::new(
             region,
             proxy(ports::EDGE_HTTP),
@@ -514,6 +536,7 @@ impl StackBuilder {
         }
         cfg.threads = 1;
         cfg.id = Some(format!("edge-{index}"));
+        cfg.fanout = fanout;
         // A demo tenant is the canary that tells a region's "not found" can be trusted; without
         // them the caller names its own (`lookup.canaries`), or none.
         if self.seed && self.demo_tenants {
@@ -710,6 +733,7 @@ impl Stack {
             demo_tenants: true,
             import: None,
             catalogue_store: StoreConfig::Sqlite,
+            fanout: None,
             edit_tcs: None,
             edit_edge: None,
         }

@@ -300,6 +300,22 @@ impl Tcs {
             tasks.clone(),
         ));
         let addr = listener.local_addr().map_err(TcsError::Serve)?;
+        let publisher = match cfg.fanout.sns() {
+            Some(sns) => {
+                let publisher = crate::fanout::publish::Publisher {
+                    config: sns.clone(),
+                    region: cfg.region.to_string(),
+                    // Unique among the region's nodes, and new with each process.
+                    holder: format!("{}-{addr}-{}", cfg.region, std::process::id()),
+                    catalogue: crate::feed::CatalogueClient::new(&cfg.catalogue)?
+                        .with_token(cfg.catalogue_token.clone()),
+                    view: self.ingress(),
+                    metrics: self.0.metrics.clone(),
+                };
+                Some(tokio::spawn(publisher.run(tasks.clone())))
+            }
+            None => None,
+        };
         tracing::info!(target: crate::stack::LISTENING, "tcs {} listening on {addr}", cfg.region);
         let me = self.clone();
         let ready_log = tasks.clone();
@@ -323,6 +339,9 @@ impl Tcs {
         // The writer's last act is the final snapshot; a panicked task has nothing to add.
         let _ = tail_task.await;
         let _ = writer.await;
+        if let Some(publisher) = publisher {
+            let _ = publisher.await;
+        }
         served
     }
 }

@@ -311,6 +311,12 @@ async fn lagging_subscriber_gets_resync_and_is_closed() {
         view.apply(&put(seq, "acme", seq, &["acme.example.test"]));
     }
     let mut lines = Ndjson::new(resp);
+    // The (empty) backlog's closing heartbeat, then the resync.
+    let start = ViewEvent::Heartbeat {
+        seq: 0,
+        last_event: 0,
+    };
+    assert_eq!(lines.next_event().await, Some(start));
     assert_eq!(lines.next_event().await, Some(ViewEvent::Resync { seq: 10 }));
     assert_eq!(lines.next_event().await, None);
     srv.stop().await;

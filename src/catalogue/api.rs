@@ -302,7 +302,8 @@ async fn put_lease(
 ) -> Result<Json<crate::feed::LeaseDoc>, Failure> {
     let ok = |v: &str| {
         (1..=128).contains(&v.len())
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
     };
     if !ok(&name) || !ok(&req.holder) {
         return Err(Failure::bad_request(

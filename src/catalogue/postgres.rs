@@ -297,7 +297,10 @@ impl Store for PgStore {
         const NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
         if ttl_ms == 0 {
             client
-                .execute("DELETE FROM leases WHERE name = $1 AND holder = $2", &[&name, &holder])
+                .execute(
+                    "DELETE FROM leases WHERE name = $1 AND holder = $2",
+                    &[&name, &holder],
+                )
                 .await?;
         } else {
             let ttl = i64::try_from(ttl_ms).map_err(StoreError::storage)?;
@@ -322,7 +325,10 @@ impl Store for PgStore {
             )
             .await?;
         let now: i64 = row.try_get(0)?;
-        let held = match (row.try_get::<_, Option<String>>(1)?, row.try_get::<_, Option<i64>>(2)?) {
+        let held = match (
+            row.try_get::<_, Option<String>>(1)?,
+            row.try_get::<_, Option<i64>>(2)?,
+        ) {
             (Some(holder), Some(until)) => Some((holder, until)),
             _ => None,
         };

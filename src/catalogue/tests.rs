@@ -663,18 +663,41 @@ async fn a_lease_has_one_holder_until_it_expires(kind: Kind) {
     assert!(a.held_by("tcs-a"), "{a:?}");
     assert!(a.expires_in_ms > 59_000 && a.expires_in_ms <= 60_000, "{a:?}");
     let b = store.lease("fanout-us", "tcs-b", 60_000).await.unwrap();
-    assert!(!b.held_by("tcs-b") && b.held_by("tcs-a"), "another's live lease is kept: {b:?}");
+    assert!(
+        !b.held_by("tcs-b") && b.held_by("tcs-a"),
+        "another's live lease is kept: {b:?}"
+    );
     // Another name is another lease.
-    assert!(store.lease("fanout-eu", "tcs-b", 60_000).await.unwrap().held_by("tcs-b"));
+    assert!(store
+        .lease("fanout-eu", "tcs-b", 60_000)
+        .await
+        .unwrap()
+        .held_by("tcs-b"));
     // The holder renews; releasing is for the holder only.
-    assert!(store.lease("fanout-us", "tcs-a", 60_000).await.unwrap().held_by("tcs-a"));
-    assert!(store.lease("fanout-us", "tcs-b", 0).await.unwrap().held_by("tcs-a"));
+    assert!(store
+        .lease("fanout-us", "tcs-a", 60_000)
+        .await
+        .unwrap()
+        .held_by("tcs-a"));
+    assert!(store
+        .lease("fanout-us", "tcs-b", 0)
+        .await
+        .unwrap()
+        .held_by("tcs-a"));
     let released = store.lease("fanout-us", "tcs-a", 0).await.unwrap();
     assert_eq!((released.holder.as_str(), released.expires_in_ms), ("", 0));
-    assert!(store.lease("fanout-us", "tcs-b", 50).await.unwrap().held_by("tcs-b"));
+    assert!(store
+        .lease("fanout-us", "tcs-b", 50)
+        .await
+        .unwrap()
+        .held_by("tcs-b"));
     // Expired: free for anyone.
     tokio::time::sleep(std::time::Duration::from_millis(120)).await;
-    assert!(store.lease("fanout-us", "tcs-a", 60_000).await.unwrap().held_by("tcs-a"));
+    assert!(store
+        .lease("fanout-us", "tcs-a", 60_000)
+        .await
+        .unwrap()
+        .held_by("tcs-a"));
     assert_eq!(store.head(), head, "a lease is not a change");
 }
 

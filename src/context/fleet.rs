@@ -10,7 +10,8 @@ use super::{client, StreamStatus, TenantCache};
 /// Reports this edge to its region's TCS every `every` (`POST /v1/fleet/edges/{id}`): its
 /// id, region, build version, applied sequence and cache size, so operators see which edges
 /// are behind (`GET /v1/fleet`, `ctl fleet`). A failed report is logged at debug level and
-/// retried at the next tick: the TCS forgets an edge only after a minute of silence.
+/// retried at the next tick: the TCS forgets an edge only after a minute of silence. The
+/// answer's `head` is kept ([`super::FanoutStatus::tcs_head`]): the fan-out repairs from it.
 #[derive(Debug, Clone)]
 pub struct FleetReporter {
     /// The edge's id.
@@ -58,7 +59,15 @@ impl FleetReporter {
                 .send()
                 .await;
             match sent {
-                Ok(r) if r.status().is_success() => {}
+                Ok(r) if r.status().is_success() => {
+                    #[derive(serde::Deserialize)]
+                    struct Answer {
+                        head: u64,
+                    }
+                    if let Ok(answer) = r.json::<Answer>().await {
+                        stream.fanout.set_tcs_head(answer.head);
+                    }
+                }
                 Ok(r) => tracing::debug!(status = %r.status(), "fleet report refused"),
                 Err(e) => tracing::debug!(error = %crate::feed::error_chain(&e), "fleet report failed"),
             }

@@ -32,6 +32,111 @@ pub struct StreamStatus {
     moved: tokio::sync::Notify,
     /// Per region: connected now, and the last time (unix ms) a message arrived.
     pub regions: Vec<RegionStatus>,
+    /// The wide fan-out's state, when changes come through SNS/SQS.
+    pub fanout: FanoutStatus,
+}
+
+/// Which transport carries changes to an edge configured for the wide fan-out, for
+/// `/admin/regions` and readiness.
+#[derive(Debug, Default)]
+pub struct FanoutStatus {
+    /// 0: not configured (the stream only); 1: SQS; 2: the stream, SQS having failed.
+    transport: std::sync::atomic::AtomicU8,
+    /// Unix ms of the last receive from SQS that went through (0: never).
+    last_receive_ms: AtomicU64,
+    /// How long a receive may wait, in ms: a receive older than this plus a margin means SQS
+    /// is not being read.
+    wait_ms: AtomicU64,
+    /// The queue read, or why SQS is not.
+    detail: std::sync::Mutex<String>,
+    /// The region TCS's head, from its answer to this edge's last fleet report (0: unknown).
+    tcs_head: AtomicU64,
+    /// Heartbeats the stream applied while caught up ([`FanoutStatus::caught_up_count`]).
+    caught_up: AtomicU64,
+}
+
+/// What [`FanoutStatus`] says a transport is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// No fan-out configured: the stream.
+    Stream,
+    /// SQS carries changes.
+    Sqs,
+    /// SQS failed; the stream carries changes meanwhile.
+    Fallback,
+}
+
+impl FanoutStatus {
+    /// The transport now.
+    pub fn transport(&self) -> Transport {
+        match self.transport.load(Ordering::Acquire) {
+            1 => Transport::Sqs,
+            2 => Transport::Fallback,
+            _ => Transport::Stream,
+        }
+    }
+
+    /// Records the transport and what to say of it (the queue, or why not SQS).
+    pub fn set(&self, transport: Transport, detail: &str, wait: Duration) {
+        let n = match transport {
+            Transport::Stream => 0,
+            Transport::Sqs => 1,
+            Transport::Fallback => 2,
+        };
+        self.wait_ms.store(
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        *self
+            .detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = detail.to_owned();
+        self.transport.store(n, Ordering::Release);
+    }
+
+    /// The queue read, or why SQS is not.
+    pub fn detail(&self) -> String {
+        self.detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A receive from SQS went through.
+    pub fn received(&self) {
+        self.last_receive_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Ms since the last receive that went through (`None`: never).
+    pub fn since_receive_ms(&self) -> Option<u64> {
+        match self.last_receive_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(now_ms().saturating_sub(at)),
+        }
+    }
+
+    /// Whether SQS is being read now: the transport is SQS and a receive went through within
+    /// a wait and a margin.
+    pub fn live(&self) -> bool {
+        let limit = self.wait_ms.load(Ordering::Relaxed) + SILENCE_LIMIT.as_millis() as u64;
+        self.transport() == Transport::Sqs && self.since_receive_ms().is_some_and(|ms| ms < limit)
+    }
+
+    /// Heartbeats the stream has applied while caught up: a repair from the stream is done
+    /// when one more arrives.
+    pub fn caught_up_count(&self) -> u64 {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// The head TCS last told this edge (0: unknown).
+    pub fn tcs_head(&self) -> u64 {
+        self.tcs_head.load(Ordering::Acquire)
+    }
+
+    /// Records the head TCS told this edge.
+    pub fn set_tcs_head(&self, head: u64) {
+        self.tcs_head.store(head, Ordering::Release);
+    }
 }
 
 /// One region's subscription state.
@@ -60,6 +165,7 @@ impl StreamStatus {
             applied: AtomicU64::new(0),
             moved: tokio::sync::Notify::new(),
             regions,
+            fanout: FanoutStatus::default(),
         }
     }
 
@@ -87,13 +193,27 @@ impl StreamStatus {
         crate::clock::when_notified(&self.moved, || self.applied() >= seq).await;
     }
 
+    /// Resolves once `done` holds, checked each time the applied seq moves or a message
+    /// arrives.
+    pub async fn until(&self, done: impl Fn() -> bool) {
+        crate::clock::when_notified(&self.moved, done).await;
+    }
+
     /// Resolves once a region's stream is live ([`StreamStatus::any_live`]).
     pub async fn live(&self) {
         crate::clock::when_notified(&self.moved, || self.any_live()).await;
     }
 
-    /// Whether any region's stream has spoken within the silence limit.
+    /// Wakes whoever waits on [`StreamStatus::live`] (the fan-out's receives make an edge live).
+    pub fn notify(&self) {
+        self.moved.notify_waiters();
+    }
+
+    /// Whether any region's stream has spoken within the silence limit, or SQS is being read.
     pub fn any_live(&self) -> bool {
+        if self.fanout.live() {
+            return true;
+        }
         let now = now_ms();
         self.regions.iter().any(|r| {
             r.connected.load(Ordering::Relaxed)
@@ -127,7 +247,10 @@ pub async fn follow(
             metrics: &metrics,
         };
         let outcome = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                status.regions[index].connected.store(false, Ordering::Relaxed);
+                return;
+            }
             outcome = follower.run() => outcome,
         };
         status.regions[index].connected.store(false, Ordering::Relaxed);
@@ -281,6 +404,8 @@ impl Follower<'_> {
                 if seq > applied {
                     self.advance(seq, "heartbeat");
                 }
+                self.status.fanout.caught_up.fetch_add(1, Ordering::AcqRel);
+                self.status.moved.notify_waiters();
             }
             ViewEvent::Resync { seq } => return Next::Resync(Some(seq)),
         }

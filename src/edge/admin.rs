@@ -162,8 +162,19 @@ async fn regions(State(shared): State<Arc<Shared>>) -> Response {
         })
         .collect();
     let (hedges, hedges_refused) = shared.cache.client().hedge_counts();
+    let fanout = &shared.stream.fanout;
+    let fanout = match fanout.transport() {
+        crate::context::Transport::Stream => json!({"transport": "stream"}),
+        t => json!({
+            "transport": if t == crate::context::Transport::Sqs { "sqs" } else { "stream-fallback" },
+            "detail": fanout.detail(),
+            "last_receive_ms_ago": fanout.since_receive_ms(),
+            "tcs_head": fanout.tcs_head(),
+        }),
+    };
     Json(json!({
         "applied_seq": shared.stream.applied(),
+        "fanout": fanout,
         "hedges": hedges,
         "hedges_refused_by_budget": hedges_refused,
         "regions": regions,

@@ -290,8 +290,11 @@ impl CatalogueClient {
             holder: holder.to_owned(),
             ttl_ms,
         };
-        self.json(self.request(Method::PUT, &format!("/v1/leases/{name}")).json(&body))
-            .await
+        self.json(
+            self.request(Method::PUT, &format!("/v1/leases/{name}"))
+                .json(&body),
+        )
+        .await
     }
 
     /// Changes after `after` (at most `limit`, the server's default when `None`); when there

@@ -20,7 +20,11 @@ pub struct MotoServer {
 impl MotoServer {
     /// Starts the emulator on a free loopback port and returns once it says it runs there.
     pub fn start() -> Result<Self, StackError> {
-        let port = free_port();
+        Self::start_on(free_port())
+    }
+
+    /// Starts the emulator on `port` (a restart where the last one ran, for an outage test).
+    pub fn start_on(port: u16) -> Result<Self, StackError> {
         let mut child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -49,7 +53,13 @@ impl MotoServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn stop(&mut self) {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops it now (as if the service went down).
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -168,7 +168,9 @@ async fn report_edge(
     let report: FleetReport =
         serde_json::from_slice(&body).map_err(|e| ApiFailure::BadBody(format!("not a fleet report: {e}")))?;
     match app.tcs.fleet().report(&id, report) {
-        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
+        // The answer says where the view is: an edge fed by the fan-out learns from it that it
+        // missed something, even when no message reaches it.
+        Ok(()) => Ok(axum::Json(serde_json::json!({ "head": app.tcs.ingress().seq() })).into_response()),
         Err(e @ fleet::ReportError::BadId) => Err(ApiFailure::BadBody(e.to_string())),
         Err(e @ fleet::ReportError::Full) => Err(ApiFailure::Busy(e.to_string())),
     }

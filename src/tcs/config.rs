@@ -57,6 +57,11 @@ pub struct TcsConfig {
     /// An edge that has not reported for this long leaves `/v1/fleet`.
     #[serde(default = "default_fleet_expiry_secs")]
     pub fleet_expiry_secs: u64,
+    /// How view changes reach edges: the NDJSON stream only (the default), or also SNS, with
+    /// `kind = "sns"`: the region's nodes compete for a lease in the catalogue, and its holder
+    /// publishes (see [`crate::fanout::publish`]).
+    #[serde(default)]
+    pub fanout: crate::fanout::aws::FanoutConfig,
 }
 
 fn default_fleet_expiry_secs() -> u64 {
@@ -123,6 +128,7 @@ impl TcsConfig {
             admin_token: None,
             consumers,
             fleet_expiry_secs: default_fleet_expiry_secs(),
+            fanout: crate::fanout::aws::FanoutConfig::Stream,
         }
     }
 
@@ -150,6 +156,9 @@ impl TcsConfig {
         let mut problems = Vec::new();
         if let Err(e) = reqwest::Url::parse(&self.catalogue) {
             problems.push(format!("catalogue {:?}: {e}", self.catalogue));
+        }
+        if let Some(sns) = self.fanout.sns() {
+            problems.extend(sns.problems());
         }
         let mut names = HashSet::new();
         let mut tokens = HashSet::new();

@@ -35,6 +35,14 @@ pub struct TcsMetrics {
     pub fleet_edges: IntGauge,
     /// The most any of them is behind, in seconds (`tcs_fleet_max_lag_seconds`).
     pub fleet_max_lag_seconds: prometheus::Gauge,
+    /// Fan-out messages published to SNS, by result (`ok`, `failed`: retried).
+    pub fanout_published: IntCounterVec,
+    /// `PublishBatch` calls made, by result.
+    pub fanout_calls: IntCounterVec,
+    /// View events per published batch.
+    pub fanout_batch_events: prometheus::Histogram,
+    /// 1 while this node holds its region's publisher lease.
+    pub fanout_leader: IntGauge,
 }
 
 impl TcsMetrics {
@@ -77,6 +85,25 @@ impl TcsMetrics {
                 "fleet_max_lag_seconds",
                 "The most any reporting edge is behind the view, in seconds",
             )?,
+            fanout_published: IntCounterVec::new(
+                Opts::new(
+                    "fanout_published_total",
+                    "Fan-out messages published to SNS, by result",
+                ),
+                &["result"],
+            )?,
+            fanout_calls: IntCounterVec::new(
+                Opts::new("fanout_publish_calls_total", "SNS PublishBatch calls, by result"),
+                &["result"],
+            )?,
+            fanout_batch_events: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new("fanout_batch_events", "View events per published batch")
+                    .buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]),
+            )?,
+            fanout_leader: IntGauge::new(
+                "fanout_leader",
+                "1 while this node holds its region's publisher lease",
+            )?,
             registry,
         };
         m.register_all()?;
@@ -97,7 +124,11 @@ impl TcsMetrics {
         r.register(Box::new(self.faults_active.clone()))?;
         r.register(Box::new(self.fault_errors.clone()))?;
         r.register(Box::new(self.fleet_edges.clone()))?;
-        r.register(Box::new(self.fleet_max_lag_seconds.clone()))
+        r.register(Box::new(self.fleet_max_lag_seconds.clone()))?;
+        r.register(Box::new(self.fanout_published.clone()))?;
+        r.register(Box::new(self.fanout_calls.clone()))?;
+        r.register(Box::new(self.fanout_batch_events.clone()))?;
+        r.register(Box::new(self.fanout_leader.clone()))
     }
 
     /// The Prometheus text exposition of every metric.

@@ -49,6 +49,9 @@ pub struct Subscription {
     pub backlog: Backlog,
     /// Events applied after the backlog was taken, without gap or overlap.
     pub live: broadcast::Receiver<ViewEvent>,
+    /// The view's applied sequence and newest event when the backlog was taken: a heartbeat
+    /// of these, sent after the backlog, claims nothing the subscriber has not been sent.
+    pub at: (u64, u64),
 }
 
 #[derive(Debug, Default)]
@@ -291,7 +294,11 @@ impl IngressView {
         } else {
             Backlog::Events(st.ring.iter().filter(|e| e.seq() > after).cloned().collect())
         };
-        Subscription { backlog, live }
+        Subscription {
+            backlog,
+            live,
+            at: (st.seq, st.last_event),
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {

@@ -87,6 +87,9 @@ pub struct StackOptions {
     pub server: Option<String>,
     /// The catalogue's store, when not SQLite.
     pub catalogue_store: Option<tenant_edge::catalogue::StoreConfig>,
+    /// Changes through SNS/SQS with these settings (each region's topic is the template's
+    /// topic and the region's name).
+    pub fanout: Option<tenant_edge::fanout::aws::SnsConfig>,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -143,7 +146,11 @@ impl Stack {
         let edge_cache_file = dir.path().join("edge-cache.json");
         let cache_file = edge_cache_file.clone();
         let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-        let inner = tenant_edge::stack::Stack::builder(dir.path(), routes_template())
+        let mut builder = tenant_edge::stack::Stack::builder(dir.path(), routes_template());
+        if let Some(fanout) = options.fanout.clone() {
+            builder = builder.fanout(fanout);
+        }
+        let inner = builder
             .run(Run::Children(bin().into()))
             .certs(certs)
             .edge_token(EDGE_TOKEN)

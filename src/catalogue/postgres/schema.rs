@@ -9,7 +9,8 @@ use crate::catalogue::store::StoreError;
 ///
 /// Keys are `COLLATE "C"` so that lists come back in byte order, as SQLite's do, whatever the
 /// database's locale.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE realms (
     name TEXT COLLATE "C" PRIMARY KEY,
     doc  TEXT NOT NULL
@@ -65,7 +66,8 @@ CREATE TABLE migrations (
 );
 CREATE UNIQUE INDEX migrations_open ON migrations(tenant, product) WHERE open;
 CREATE INDEX migrations_tenant ON migrations(tenant, n);
-"#, r#"
+"#,
+    r#"
 -- Leases (the fan-out publisher's, one per region): one holder at a time until expires_ms
 -- (unix ms, by the database's clock, the same for every catalogue instance).
 CREATE TABLE leases (
@@ -73,7 +75,8 @@ CREATE TABLE leases (
     holder     TEXT NOT NULL,
     expires_ms BIGINT NOT NULL
 );
-"#];
+"#,
+];
 
 /// The advisory lock key of schema migrations (any constant the catalogue alone uses).
 const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74;

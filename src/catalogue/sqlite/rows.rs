@@ -86,7 +86,13 @@ pub(super) fn epoch(conn: &Connection) -> Result<String, StoreError> {
 
 /// Takes or renews lease `name` for `holder` until `now + ttl_ms` when it is free, expired or
 /// already `holder`'s; `ttl_ms` 0 gives it up if it is `holder`'s.
-pub(super) fn lease(conn: &Connection, name: &str, holder: &str, ttl_ms: u64, now: i64) -> Result<(), StoreError> {
+pub(super) fn lease(
+    conn: &Connection,
+    name: &str,
+    holder: &str,
+    ttl_ms: u64,
+    now: i64,
+) -> Result<(), StoreError> {
     if ttl_ms == 0 {
         conn.prepare_cached("DELETE FROM leases WHERE name = ?1 AND holder = ?2")?
             .execute(params![name, holder])?;
@@ -103,10 +109,16 @@ pub(super) fn lease(conn: &Connection, name: &str, holder: &str, ttl_ms: u64, no
 }
 
 /// Who holds lease `name` at `now`.
-pub(super) fn lease_state(conn: &Connection, name: &str, now: i64) -> Result<crate::feed::LeaseDoc, StoreError> {
+pub(super) fn lease_state(
+    conn: &Connection,
+    name: &str,
+    now: i64,
+) -> Result<crate::feed::LeaseDoc, StoreError> {
     let row = conn
         .prepare_cached("SELECT holder, expires_ms FROM leases WHERE name = ?1 AND expires_ms > ?2")?
-        .query_row(params![name, now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .query_row(params![name, now], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
         .optional()?;
     Ok(crate::catalogue::ops::lease_doc(name, row, now))
 }

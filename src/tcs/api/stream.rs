@@ -1,5 +1,6 @@
-//! The NDJSON change stream of a view: the retained backlog, then live events, with a
-//! heartbeat line each second the stream is idle.
+//! The NDJSON change stream of a view: the retained backlog and a heartbeat saying where the
+//! view was when it was taken, then live events, with a heartbeat line each second the stream
+//! is idle.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -65,7 +66,14 @@ pub(super) fn change_stream(
         done: false,
         _guard: guard,
     };
-    let backlog = stream::iter(backlog).map(|e| line(&e));
+    // The backlog ends with where the view was when it was taken, so a subscriber repairing a
+    // gap knows at once that it has caught up, even while events keep coming.
+    let (seq, last_event) = sub.at;
+    let backlog = stream::iter(backlog)
+        .chain(stream::once(
+            async move { ViewEvent::Heartbeat { seq, last_event } },
+        ))
+        .map(|e| line(&e));
     Body::from_stream(backlog.chain(live.into_stream()).map(Ok::<_, Infallible>))
 }
 
