@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: run test lint bench bench-quick bench-catalogue fuzz certs deps build release
+.PHONY: run test lint bench bench-quick bench-catalogue bench-fanout fuzz certs deps build release
 
 ## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl;
 ## curl and python3 drive the HTTP/2 tests; PostgreSQL, whose servers the catalogue's tests
@@ -69,3 +69,8 @@ bench-quick: deps
 ## (default 1 000 000; a few minutes).
 bench-catalogue: deps
 	$(CARGO) bench --bench catalogue_store
+
+## The wide fan-out through SNS/SQS on the AWS emulator (bench/fanout.rs): a write until 50
+## edges hold it, SNS calls at 100 writes/s, SQS requests of an idle edge (about 4 minutes).
+bench-fanout: deps
+	$(CARGO) bench --bench fanout

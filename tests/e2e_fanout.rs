@@ -13,19 +13,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Stack, StackOptions, EDGE_TOKEN};
 use serde_json::{json, Value};
-use tenant_edge::context::{
-    CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache, Transport,
-};
+use tenant_edge::context::TcsEndpoint;
 use tenant_edge::fanout::aws::SnsConfig;
-use tenant_edge::fanout::consume::Consumer;
+use tenant_edge::fanout::consume::Headless;
 use tenant_edge::fanout::FanoutMessage;
 use tenant_edge::feed::ViewEvent;
-use tenant_edge::metrics::EdgeMetrics;
 use tenant_edge::stack::moto::MotoServer;
 use tokio_util::sync::CancellationToken;
 
@@ -52,65 +48,15 @@ fn settings(moto: &MotoServer) -> SnsConfig {
     sns
 }
 
-/// An in-process edge: the edge's cache and its fan-out consumer, nothing else.
-struct Mini {
-    cache: Arc<TenantCache>,
-    status: Arc<StreamStatus>,
-    metrics: EdgeMetrics,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Mini {
-    fn start(stack: &Stack, mut sns: SnsConfig, id: &str) -> Mini {
-        sns.topic = format!("{}{REGION}", sns.topic);
-        let endpoints = vec![TcsEndpoint {
-            region: REGION.into(),
-            url: stack.tcs_urls[0].clone(),
-            token: EDGE_TOKEN.into(),
-        }];
-        let client = Arc::new(TcsClient::new(&endpoints, REGION, LookupConfig::default()).unwrap());
-        let metrics = EdgeMetrics::new().unwrap();
-        let cache = Arc::new(TenantCache::new(
-            &CacheConfig::default(),
-            client.clone(),
-            metrics.clone(),
-        ));
-        let status = Arc::new(StreamStatus::new(&client));
-        let stop = CancellationToken::new();
-        let consumer = Consumer {
-            config: sns,
-            edge_id: id.into(),
-            region: Arc::from(REGION),
-            cache: cache.clone(),
-            status: status.clone(),
-            metrics: metrics.clone(),
-        };
-        let task = tokio::spawn(consumer.run(stop.clone()));
-        Mini {
-            cache,
-            status,
-            metrics,
-            stop,
-            task,
-        }
-    }
-
-    fn version(&self, host: &str) -> u64 {
-        self.cache.peek(host).map_or(0, |e| e.record.version)
-    }
-
-    async fn on_sqs(&self) {
-        eventually(Duration::from_secs(30), || async {
-            (self.status.fanout.transport() == Transport::Sqs).then_some(())
-        })
-        .await;
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap();
-    }
+/// An in-process edge of region `REGION` on the stack's TCS.
+fn mini(stack: &Stack, mut sns: SnsConfig, id: &str) -> Headless {
+    sns.topic = format!("{}{REGION}", sns.topic);
+    let tcs = TcsEndpoint {
+        region: REGION.into(),
+        url: stack.tcs_urls[0].clone(),
+        token: EDGE_TOKEN.into(),
+    };
+    Headless::start(tcs, sns, id).unwrap()
 }
 
 /// Replaces acme's document with one more host; its new version.
@@ -165,8 +111,8 @@ async fn every_edge_gets_every_change_through_its_own_queue() {
         (edge_transport(&stack).await == "sqs").then_some(())
     })
     .await;
-    let minis: Vec<Mini> = (0..50)
-        .map(|i| Mini::start(&stack, sns.clone(), &format!("mini-{i}")))
+    let minis: Vec<Headless> = (0..50)
+        .map(|i| mini(&stack, sns.clone(), &format!("mini-{i}")))
         .collect();
     for m in &minis {
         m.on_sqs().await;
@@ -254,7 +200,7 @@ async fn duplicated_reordered_and_dropped_messages_leave_nothing_stale() {
     // A consumer on a topic nobody publishes to: only what the test sends reaches it.
     let mut quiet = settings(&moto);
     quiet.topic = "faults-".into();
-    let mini = Mini::start(&stack, quiet, "faulty");
+    let mini = mini(&stack, quiet, "faulty");
     mini.on_sqs().await;
     mini.cache.resolve(ACME).await.unwrap();
     let start = mini.status.applied();

@@ -443,7 +443,74 @@ impl Consumer {
     }
 }
 
-/// A message body: the fan-out message itself (raw delivery), or an SNS envelope holding it
+/// An edge without its proxy: the tenant cache, its fan-out consumer and nothing else, in
+/// this process. What the fan-out's tests and bench run fifty of, where fifty edge processes
+/// would not fit the machine.
+pub struct Headless {
+    /// The cache the consumer keeps fresh.
+    pub cache: Arc<TenantCache>,
+    /// What it applied, and its transport.
+    pub status: Arc<StreamStatus>,
+    /// Its counts.
+    pub metrics: EdgeMetrics,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Headless {
+    /// Starts one, reading its region's TCS (`tcs`) with the edge's token, and its own queue
+    /// named after `id`.
+    pub fn start(tcs: context::TcsEndpoint, config: SnsConfig, id: &str) -> Result<Headless, String> {
+        let region: Arc<str> = Arc::from(tcs.region.as_str());
+        let client = context::TcsClient::new(&[tcs], &region, context::LookupConfig::default())
+            .map_err(|e| e.to_string())?;
+        let client = Arc::new(client);
+        let metrics = EdgeMetrics::new().map_err(|e| e.to_string())?;
+        let cache = Arc::new(TenantCache::new(
+            &context::CacheConfig::default(),
+            client.clone(),
+            metrics.clone(),
+        ));
+        let status = Arc::new(StreamStatus::new(&client));
+        let stop = CancellationToken::new();
+        let consumer = Consumer {
+            config,
+            edge_id: id.to_owned(),
+            region,
+            cache: cache.clone(),
+            status: status.clone(),
+            metrics: metrics.clone(),
+        };
+        let task = tokio::spawn(consumer.run(stop.clone()));
+        Ok(Headless {
+            cache,
+            status,
+            metrics,
+            stop,
+            task,
+        })
+    }
+
+    /// The version of `host` it holds (0: none).
+    pub fn version(&self, host: &str) -> u64 {
+        self.cache.peek(host).map_or(0, |e| e.record.version)
+    }
+
+    /// Resolves once SQS carries its changes.
+    pub async fn on_sqs(&self) {
+        self.status
+            .until(|| self.status.fanout.transport() == Transport::Sqs)
+            .await;
+    }
+
+    /// Stops it; its queue is deleted when the config says so.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A body: the fan-out message itself (raw delivery), or an SNS envelope holding it
 /// (a subscription without raw delivery).
 fn decode(body: &str) -> Option<FanoutMessage> {
     if let Ok(message) = serde_json::from_str::<FanoutMessage>(body) {
