@@ -32,6 +32,52 @@ pub struct DevArgs {
         hide_env_values = true
     )]
     pub catalogue_store: crate::catalogue::StoreConfig,
+    /// How changes reach the edge: `stream` (the NDJSON change stream) or `sns` (each region's
+    /// SNS topic, the edge's own SQS queue).
+    #[arg(long, value_enum, default_value = "stream")]
+    pub fanout: Fanout,
+    /// With `--fanout sns`: the AWS endpoint (an emulator such as moto_server, or a VPC
+    /// endpoint). Without it, the dev stack starts moto_server itself on a free loopback port.
+    #[arg(long, requires = "fanout")]
+    pub aws_endpoint: Option<String>,
+}
+
+/// `--fanout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fanout {
+    /// The NDJSON change stream.
+    Stream,
+    /// SNS and one SQS queue per edge.
+    Sns,
+}
+
+/// The AWS endpoint of `--fanout sns`, and the emulator started for it (kept running until
+/// the stack stops).
+fn aws_endpoint(
+    args: &DevArgs,
+) -> Result<(Option<String>, Option<crate::stack::moto::MotoServer>), StackError> {
+    if args.fanout == Fanout::Stream {
+        if args.aws_endpoint.is_some() {
+            return Err(StackError::Spec("--aws-endpoint is for --fanout sns".into()));
+        }
+        return Ok((None, None));
+    }
+    if let Some(url) = &args.aws_endpoint {
+        return Ok((Some(url.clone()), None));
+    }
+    let moto = crate::stack::moto::MotoServer::start().map_err(|e| {
+        StackError::Spec(format!(
+            "--fanout sns without --aws-endpoint starts moto_server, which failed ({e}); \
+             install it (pip install 'moto[server]') or name an endpoint"
+        ))
+    })?;
+    // The emulator takes any key, but the SDK signs every request and must find one. Set
+    // before any AWS client exists, and only when the environment names none.
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() && std::env::var_os("AWS_PROFILE").is_none() {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "dev");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "dev");
+    }
+    Ok((Some(moto.endpoint()), Some(moto)))
 }
 
 /// Runs the dev stack until `shutdown` is cancelled (Ctrl-C or SIGTERM in the binary): every
@@ -40,7 +86,14 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), StackError> {
     let template = RoutesFile::load(&args.routes)?;
     let data = args.data.clone();
-    let stack = Stack::builder(&args.data, template)
+    let (endpoint, _moto) = aws_endpoint(&args)?;
+    let mut stack = Stack::builder(&args.data, template);
+    if args.fanout == Fanout::Sns {
+        let mut sns = crate::fanout::aws::SnsConfig::new("tenant-edge-");
+        sns.endpoint_url.clone_from(&endpoint);
+        stack = stack.fanout(sns);
+    }
+    let stack = stack
         .run(Run::InProcess)
         .ports(Ports::Contract)
         .routes_in_place(&args.routes)
@@ -58,11 +111,11 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), Stack
         () = shutdown.cancelled() => return Ok(()),
     };
     let routes = crate::routes::RouteSnapshot::load_file(&args.routes)?;
-    print_banner(&args, &routes);
+    print_banner(&args, &routes, endpoint.as_deref());
     stack.run_until(shutdown).await
 }
 
-fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot) {
+fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot, aws: Option<&str>) {
     let backends: usize = routes.shards.values().map(|s| s.backends.len()).sum();
     let (http, https, admin) = (ports::EDGE_HTTP, ports::EDGE_HTTPS, ports::EDGE_ADMIN);
     let lines = [
@@ -85,6 +138,10 @@ fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot) {
             args.routes.display()
         ),
         "  tenants     acme.example.test, globex.example.test, initech.example.test".into(),
+        match aws {
+            Some(url) => format!("  fan-out     SNS topics tenant-edge-<region>, the edge's SQS queue, at {url}"),
+            None => "  fan-out     the TCS change stream (--fanout sns for SNS/SQS)".into(),
+        },
         String::new(),
         "Try:".into(),
         format!("  curl -s -H 'Host: acme.example.test' http://127.0.0.1:{http}/"),

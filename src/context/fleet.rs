@@ -63,9 +63,11 @@ impl FleetReporter {
                     #[derive(serde::Deserialize)]
                     struct Answer {
                         head: u64,
+                        #[serde(default)]
+                        last_event: u64,
                     }
                     if let Ok(answer) = r.json::<Answer>().await {
-                        stream.fanout.set_tcs_head(answer.head);
+                        stream.fanout.set_tcs_position(answer.head, answer.last_event);
                     }
                 }
                 Ok(r) => tracing::debug!(status = %r.status(), "fleet report refused"),

@@ -51,6 +51,9 @@ pub struct FanoutStatus {
     detail: std::sync::Mutex<String>,
     /// The region TCS's head, from its answer to this edge's last fleet report (0: unknown).
     tcs_head: AtomicU64,
+    /// The view's newest event at that head: nothing was missed up to the head by an edge
+    /// that applied this far.
+    tcs_last_event: AtomicU64,
     /// Heartbeats the stream applied while caught up ([`FanoutStatus::caught_up_count`]).
     caught_up: AtomicU64,
 }
@@ -133,8 +136,26 @@ impl FanoutStatus {
         self.tcs_head.load(Ordering::Acquire)
     }
 
-    /// Records the head TCS told this edge.
-    pub fn set_tcs_head(&self, head: u64) {
+    /// The head TCS last told this edge and the view's newest event then, read together
+    /// (`(0, 0)`: unknown).
+    pub fn tcs_position(&self) -> (u64, u64) {
+        let _guard = self
+            .detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (
+            self.tcs_head.load(Ordering::Acquire),
+            self.tcs_last_event.load(Ordering::Acquire),
+        )
+    }
+
+    /// Records where TCS said its view is: its head and newest event.
+    pub fn set_tcs_position(&self, head: u64, last_event: u64) {
+        let _guard = self
+            .detail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.tcs_last_event.store(last_event, Ordering::Release);
         self.tcs_head.store(head, Ordering::Release);
     }
 }

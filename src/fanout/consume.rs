@@ -338,7 +338,15 @@ impl Consumer {
                 self.apply(events).await;
                 self.advance(reorder.applied());
             }
-            let head = self.status.fanout.tcs_head();
+            // Where TCS said its view is, with its last fleet report: a heartbeat in effect.
+            let (head, last_event) = self.status.fanout.tcs_position();
+            let applied = self.status.applied();
+            if last_event <= applied && head > applied && reorder.gap_since().is_none() {
+                // Nothing happened in between but changes without events (shards, realms).
+                let events = reorder.repaired(head, std::time::Instant::now());
+                self.apply(events).await;
+                self.advance(reorder.applied());
+            }
             behind = match behind {
                 Some((h, _)) if self.status.applied() >= h => None,
                 Some((h, since)) if now.duration_since(since) >= gap => {
@@ -351,7 +359,7 @@ impl Consumer {
                     None
                 }
                 Some(b) => Some(b),
-                None if head > self.status.applied() => Some((head, now)),
+                None if last_event > self.status.applied() => Some((last_event, now)),
                 None => None,
             };
         }
@@ -416,7 +424,7 @@ impl Consumer {
     /// shutdown.
     async fn repair(&self, reason: &str, target: Option<u64>, shutdown: &CancellationToken) -> bool {
         self.metrics.fanout_repairs.with_label_values(&[reason]).inc();
-        let target = target.unwrap_or(0).max(self.status.fanout.tcs_head());
+        let target = target.unwrap_or(0).max(self.status.fanout.tcs_position().1);
         let heartbeats = self.status.fanout.caught_up_count();
         let stop = shutdown.child_token();
         let follow = tokio::spawn(context::follow(

@@ -141,6 +141,12 @@ impl Publisher {
             return Ended::Shutdown;
         }
         let mut sub = self.view.subscribe(last_event);
+        // What the view applied between reading its position and subscribing.
+        if let Backlog::Events(backlog) = std::mem::replace(&mut sub.backlog, Backlog::Events(Vec::new())) {
+            if !self.publish_events(&mut turn, backlog, &mut last_event).await {
+                return Ended::Shutdown;
+            }
+        }
         let mut idle_since = Instant::now();
         loop {
             // Wait for an event, a renewal, a heartbeat or shutdown.
@@ -150,6 +156,7 @@ impl Publisher {
                 () = tokio::time::sleep_until(renew_at.min(idle_since + heartbeat)) => None,
             };
             if Instant::now() >= renew_at {
+                tracing::debug!(region = %self.region, "fan-out lease renewal");
                 if !self.acquire().await {
                     return Ended::LeaseLost;
                 }
@@ -161,8 +168,9 @@ impl Publisher {
                 Ok(e @ (ViewEvent::Upsert { .. } | ViewEvent::Delete { .. })) if e.seq() > last_event => {
                     events.push(e);
                 }
+                // The view was reloaded from another log: start again from where it is.
+                Ok(ViewEvent::Resync { .. }) | Err(_) => resync = true,
                 Ok(_) => {}
-                Err(_) => resync = true,
             };
             match first {
                 None => {
@@ -211,27 +219,49 @@ impl Publisher {
                     }
                 }
             }
-            events.retain(|e| e.seq() > last_event);
-            let Some(last) = events.last().map(ViewEvent::seq) else {
-                continue;
-            };
-            let packed = match pack(&events, MAX_MESSAGE) {
-                Ok(packed) => packed,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode fan-out message");
-                    continue;
-                }
-            };
-            if !packed.too_large.is_empty() {
-                tracing::warn!(seqs = ?packed.too_large, "view events too large for one SNS message: edges repair them from TCS");
-            }
-            self.metrics.fanout_batch_events.observe(events.len() as f64);
-            if !turn.send(&packed.bodies).await {
+            if !self.publish_events(&mut turn, events, &mut last_event).await {
                 return Ended::Shutdown;
             }
-            last_event = last;
             idle_since = Instant::now();
         }
+    }
+
+    /// Packs and publishes the events after `last_event`, moving it past them; false on
+    /// shutdown.
+    async fn publish_events(
+        &self,
+        turn: &mut Turn<'_>,
+        mut events: Vec<ViewEvent>,
+        last_event: &mut u64,
+    ) -> bool {
+        events.retain(|e| {
+            e.seq() > *last_event && !matches!(e, ViewEvent::Heartbeat { .. } | ViewEvent::Resync { .. })
+        });
+        let Some(last) = events.last().map(ViewEvent::seq) else {
+            return true;
+        };
+        let packed = match pack(&events, MAX_MESSAGE) {
+            Ok(packed) => packed,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode fan-out message");
+                return true;
+            }
+        };
+        if !packed.too_large.is_empty() {
+            tracing::warn!(seqs = ?packed.too_large, "view events too large for one SNS message: edges repair them from TCS");
+        }
+        self.metrics.fanout_batch_events.observe(events.len() as f64);
+        tracing::debug!(
+            events = events.len(),
+            messages = packed.bodies.len(),
+            last,
+            "fan-out batch"
+        );
+        if !turn.send(&packed.bodies).await {
+            return false;
+        }
+        *last_event = last;
+        true
     }
 }
 

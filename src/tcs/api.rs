@@ -157,7 +157,8 @@ fn authorize(tcs: &Tcs, headers: &HeaderMap, view: &str) -> Result<Arc<IngressVi
 }
 
 /// `POST /v1/fleet/edges/{id}`: an edge's report of itself, with its token as a consumer of
-/// the `ingress` view.
+/// the `ingress` view; answered with `{"head", "last_event"}`, the view's position (a
+/// heartbeat, in effect: an edge that applied `last_event` has missed nothing up to `head`).
 async fn report_edge(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -170,7 +171,10 @@ async fn report_edge(
     match app.tcs.fleet().report(&id, report) {
         // The answer says where the view is: an edge fed by the fan-out learns from it that it
         // missed something, even when no message reaches it.
-        Ok(()) => Ok(axum::Json(serde_json::json!({ "head": app.tcs.ingress().seq() })).into_response()),
+        Ok(()) => {
+            let (head, last_event) = app.tcs.ingress().position();
+            Ok(axum::Json(serde_json::json!({ "head": head, "last_event": last_event })).into_response())
+        }
         Err(e @ fleet::ReportError::BadId) => Err(ApiFailure::BadBody(e.to_string())),
         Err(e @ fleet::ReportError::Full) => Err(ApiFailure::Busy(e.to_string())),
     }
