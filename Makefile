@@ -71,6 +71,7 @@ bench-catalogue: deps
 	$(CARGO) bench --bench catalogue_store
 
 ## The wide fan-out through SNS/SQS on the AWS emulator (bench/fanout.rs): a write until 50
-## edges hold it, SNS calls at 100 writes/s, SQS requests of an idle edge (about 4 minutes).
+## edges hold it, SNS calls at 100 writes/s, SQS requests of an idle edge over a heartbeat period
+## (about 8 minutes).
 bench-fanout: deps
 	$(CARGO) bench --bench fanout

@@ -37,7 +37,7 @@ fn sizes() -> Sizes {
             edges: EDGES,
             writes: 100,
             load_secs: 20,
-            idle_secs: 120,
+            idle_secs: 300,
         }
     } else {
         Sizes {
@@ -68,7 +68,8 @@ async fn main() -> Res<()> {
         .fanout(sns.clone())
         .start()
         .await?;
-    let catalogue = CatalogueClient::new(&stack.catalogue().url())?.with_token(Some(stack.operator_token().to_owned()));
+    let catalogue =
+        CatalogueClient::new(&stack.catalogue().url())?.with_token(Some(stack.operator_token().to_owned()));
     let tcs_url = stack.tcs[0].url();
     let mut edge_sns = sns.clone();
     edge_sns.topic = format!("bench-{REGION}");
@@ -106,7 +107,13 @@ async fn main() -> Res<()> {
     }
     lags.sort();
     let pct = |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize];
-    eprintln!("write -> all {} edges: p50 {:?} p99 {:?} max {:?}", edges.len(), pct(0.5), pct(0.99), lags[lags.len() - 1]);
+    eprintln!(
+        "write -> all {} edges: p50 {:?} p99 {:?} max {:?}",
+        edges.len(),
+        pct(0.5),
+        pct(0.99),
+        lags[lags.len() - 1]
+    );
 
     // 2. SNS calls at 100 writes a second.
     let http = reqwest::Client::new();
@@ -118,7 +125,9 @@ async fn main() -> Res<()> {
     let mut doc = catalogue.get_tenant(&acme).await?;
     while start.elapsed() < Duration::from_secs(sizes.load_secs) {
         tick.tick().await;
-        doc = catalogue.put_tenant(&touched(doc, written as usize), None).await?;
+        doc = catalogue
+            .put_tenant(&touched(doc, written as usize), None)
+            .await?;
         written += 1;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -156,7 +165,10 @@ async fn main() -> Res<()> {
     let before = requests(&edges);
     tokio::time::sleep(Duration::from_secs(sizes.idle_secs)).await;
     let per_minute = (requests(&edges) - before) / edges.len() as f64 * 60.0 / sizes.idle_secs as f64;
-    eprintln!("idle for {} s: {per_minute:.2} SQS requests per edge per minute", sizes.idle_secs);
+    eprintln!(
+        "idle for {} s: {per_minute:.2} SQS requests per edge per minute",
+        sizes.idle_secs
+    );
 
     println!();
     println!("| edges | write -> every edge p50 | p99 | writes/s | PublishBatch calls/s | SQS requests / idle edge / min |");

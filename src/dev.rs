@@ -157,3 +157,39 @@ fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot, aws: Opti
     ];
     println!("{}", lines.join("\n"));
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        dev: DevArgs,
+    }
+
+    #[test]
+    fn an_aws_endpoint_is_for_the_sns_fanout_only() {
+        let sns = Args::try_parse_from([
+            "dev",
+            "--fanout",
+            "sns",
+            "--aws-endpoint",
+            "http://127.0.0.1:5000",
+        ])
+        .unwrap();
+        assert_eq!(sns.dev.fanout, Fanout::Sns);
+        let (endpoint, moto) = aws_endpoint(&sns.dev).unwrap();
+        assert_eq!(endpoint.as_deref(), Some("http://127.0.0.1:5000"));
+        assert!(moto.is_none(), "an endpoint given: no emulator started");
+        assert!(Args::try_parse_from(["dev", "--aws-endpoint", "http://127.0.0.1:5000"]).is_err());
+        let stream =
+            Args::try_parse_from(["dev", "--fanout", "stream", "--aws-endpoint", "http://x"]).unwrap();
+        assert!(aws_endpoint(&stream.dev).is_err());
+        assert!(Args::try_parse_from(["dev", "--fanout", "sqs"]).is_err());
+        let default = Args::try_parse_from(["dev"]).unwrap();
+        assert_eq!(aws_endpoint(&default.dev).unwrap().0, None);
+    }
+}

@@ -44,7 +44,8 @@ fn settings(moto: &MotoServer) -> SnsConfig {
     let mut sns = SnsConfig::new("te-");
     sns.endpoint_url = Some(moto.endpoint());
     sns.retry_secs = 2;
-    sns.gap_ms = 1000;
+    // Shorter long polls: an edge notices it hears nothing sooner.
+    sns.wait_secs = 5;
     sns
 }
 
@@ -331,11 +332,29 @@ async fn an_outage_moves_the_edge_to_the_stream_and_a_deleted_queue_comes_back()
         (edge_version(&stack, ACME).await >= v).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(30), || async {
-        let now = metric(&stack.metrics().await, "tenant_edge_fanout_events_applied_total");
-        (now > before).then_some(())
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = stack.metrics().await;
+        if metric(&text, "tenant_edge_fanout_events_applied_total") > before {
+            break;
+        }
+        if Instant::now() > deadline {
+            let fan: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("fanout") && !l.starts_with('#'))
+                .collect();
+            let tcs = tcs_metrics(&stack, 0).await;
+            let pubs: Vec<&str> = tcs
+                .lines()
+                .filter(|l| l.contains("fanout") && !l.starts_with('#'))
+                .collect();
+            panic!(
+                "no change through the new queue: {fan:#?} {pubs:#?} {}",
+                stack.admin_json("/admin/regions").await["fanout"]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The queue deleted under the edge: it is created again, and changes come through it.
     let sdk = settings(&moto).sdk(REGION).await;
@@ -364,6 +383,37 @@ async fn an_outage_moves_the_edge_to_the_stream_and_a_deleted_queue_comes_back()
     })
     .await;
     assert_eq!(edge_transport(&stack).await, "sqs");
+
+    // The topic deleted (its subscriptions with it) and created again by the publisher: the
+    // edge, hearing nothing while TCS moves on, repairs from the stream, then subscribes again.
+    let setups = |edge: &str| metric(edge, "tenant_edge_fanout_sqs_requests_total{op=\"create_queue\"}");
+    let set_up = setups(&stack.metrics().await);
+    let sns = aws_sdk_sns::Client::new(&sdk);
+    let topic = format!("arn:aws:sns:{REGION}:123456789012:te-{REGION}");
+    sns.delete_topic().topic_arn(&topic).send().await.unwrap();
+    for n in 4..6 {
+        let v = touch_acme(&stack, n).await;
+        eventually(Duration::from_secs(30), || async {
+            (edge_version(&stack, ACME).await >= v).then_some(())
+        })
+        .await;
+    }
+    let before = metric(&stack.metrics().await, "tenant_edge_fanout_events_applied_total");
+    let repairs = metric(
+        &stack.metrics().await,
+        "tenant_edge_fanout_repairs_total{reason=\"behind\"}",
+    );
+    assert!(repairs >= 2.0, "{repairs}");
+    eventually(Duration::from_secs(30), || async {
+        (setups(&stack.metrics().await) > set_up).then_some(())
+    })
+    .await;
+    let v = touch_acme(&stack, 6).await;
+    eventually(Duration::from_secs(30), || async {
+        let now = metric(&stack.metrics().await, "tenant_edge_fanout_events_applied_total");
+        (edge_version(&stack, ACME).await >= v && now > before).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 //! endpoint_url = "http://127.0.0.1:5000"   # an emulator or a VPC endpoint (optional)
 //! queue_prefix = "tenant-edge-"      # edges: their queue is <prefix><edge id>
 //! batch_ms = 500                     # TCS: events gathered into one publish
+//! heartbeat_secs = 300               # TCS: an idle region still says where it is
 //! ```
 //!
 //! Credentials come from the standard AWS chain (environment, profile, web identity, container
@@ -58,7 +59,9 @@ pub struct SnsConfig {
     /// TCS: how long view events gather before they are published together.
     #[serde(default = "default_batch_ms")]
     pub batch_ms: u64,
-    /// TCS: an idle region's publisher says where its view is this often.
+    /// TCS: an idle region's publisher says where its view is this often. Each heartbeat
+    /// costs every idle edge a receive and a delete; edges learn the view's position every few
+    /// seconds from their fleet reports anyway, so this is the backstop, not the fast path.
     #[serde(default = "default_heartbeat_secs")]
     pub heartbeat_secs: u64,
     /// TCS: the publisher lease's length; it is renewed at a third of it.
@@ -86,7 +89,7 @@ fn default_batch_ms() -> u64 {
     500
 }
 fn default_heartbeat_secs() -> u64 {
-    60
+    300
 }
 fn default_lease_ms() -> u64 {
     15_000
@@ -180,8 +183,12 @@ impl SnsConfig {
             .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
             .build_https();
         let region = self.aws_region.clone().unwrap_or_else(|| node_region.to_owned());
+        // Every call is bounded: a long poll waits at most 20 s, so an attempt gets 25 s, and an
+        // operation (retries included) a minute; a peer that vanished mid-call is then noticed.
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(25))
+            .operation_timeout(Duration::from_secs(60))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(region))

@@ -29,6 +29,9 @@ const BATCH: i32 = 10;
 const MAX_WAITING: usize = 1024;
 /// A repair from the stream gives up after this long (the next gap check tries again).
 const REPAIR_LIMIT: Duration = Duration::from_secs(15);
+/// Repairs for being behind TCS, with no message from the queue between them, before the edge
+/// sets its queue and subscription up again.
+const UNHEARD_BEFORE_RESUBSCRIBE: u32 = 2;
 /// Failed receives in a row before the edge falls back to the stream.
 const FAILURES_BEFORE_FALLBACK: u32 = 3;
 
@@ -58,7 +61,7 @@ struct Queue {
 /// Why reading the queue stopped.
 enum Stopped {
     Shutdown,
-    /// The queue is gone: create it again at once.
+    /// The queue or its subscription is gone: set them up again.
     Gone,
     /// SQS failed: follow the stream for a while.
     Failed(String),
@@ -80,11 +83,11 @@ impl Consumer {
             sns: aws_sdk_sns::Client::new(&sdk),
         };
         let mut last: Option<Queue> = None;
+        self.set_transport(Transport::Fallback, "setting the queue up");
         loop {
             let stopped = match self.setup(&clients).await {
                 Ok(queue) => {
                     last = Some(queue.clone());
-                    self.set_transport(Transport::Sqs, &queue.url);
                     self.read(&clients, &queue, &shutdown).await
                 }
                 Err(e) => Stopped::Failed(e),
@@ -92,8 +95,11 @@ impl Consumer {
             match stopped {
                 Stopped::Shutdown => break,
                 Stopped::Gone => {
-                    tracing::warn!(edge = %self.edge_id, "fan-out queue gone: creating it again");
-                    continue;
+                    tracing::warn!(edge = %self.edge_id, "fan-out queue or subscription gone: setting them up again");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
                 Stopped::Failed(why) => {
                     tracing::warn!(error = %why, "fan-out unavailable: following the change stream");
@@ -241,11 +247,15 @@ impl Consumer {
         if !self.repair("start", None, shutdown).await {
             return Stopped::Shutdown;
         }
+        self.set_transport(Transport::Sqs, &queue.url);
         let mut reorder = Reorder::new(self.status.applied(), MAX_WAITING);
         // Receipts of messages not applied yet, by the message's last sequence.
         let mut held: Vec<(u64, String)> = Vec::new();
         let mut behind: Option<(u64, Instant)> = None;
         let mut failures = 0u32;
+        // Repairs because TCS was ahead, in a row with no message in between: the
+        // subscription itself may be gone (a topic deleted and created again).
+        let mut unheard = 0u32;
         let gap = Duration::from_millis(self.config.gap_ms);
         loop {
             // Wait shorter while something may need a repair, so it is checked in time.
@@ -255,22 +265,25 @@ impl Consumer {
                 i32::try_from(self.config.wait_secs).unwrap_or(20)
             };
             self.count("receive_message");
+            // A long poll is never abandoned for anything but shutdown: the queue would hand
+            // the next message to the abandoned call, hiding it for the visibility timeout.
             let received = tokio::select! {
                 () = shutdown.cancelled() => return Stopped::Shutdown,
                 r = c.sqs.receive_message()
                     .queue_url(&queue.url)
                     .max_number_of_messages(BATCH)
                     .wait_time_seconds(wait)
-                    .send() => r,
+                    .send() => Some(r),
             };
             let messages = match received {
-                Ok(out) => {
+                None => Vec::new(),
+                Some(Ok(out)) => {
                     failures = 0;
                     self.status.fanout.received();
                     self.status.notify();
                     out.messages.unwrap_or_default()
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     let gone = e.as_service_error().is_some_and(
                         aws_sdk_sqs::operation::receive_message::ReceiveMessageError::is_queue_does_not_exist,
                     );
@@ -314,6 +327,7 @@ impl Consumer {
                 self.metrics.fanout_messages.with_label_values(&[result]).inc();
                 self.apply(events).await;
                 held.push((to_seq, receipt));
+                unheard = 0;
             }
             self.advance(reorder.applied());
             let applied = reorder.applied();
@@ -352,6 +366,11 @@ impl Consumer {
                 Some((h, since)) if now.duration_since(since) >= gap => {
                     if !self.repair("behind", Some(h), shutdown).await {
                         return Stopped::Shutdown;
+                    }
+                    unheard += 1;
+                    if unheard >= UNHEARD_BEFORE_RESUBSCRIBE {
+                        tracing::warn!(edge = %self.edge_id, "fan-out: nothing from the topic while TCS moved on; subscribing again");
+                        return Stopped::Gone;
                     }
                     let events = reorder.repaired(self.status.applied(), std::time::Instant::now());
                     self.apply(events).await;
