@@ -705,6 +705,11 @@ impl Stack {
         &self.secrets.operator
     }
 
+    /// The catalogue token TCS nodes read with (`read` scope).
+    pub fn tcs_token(&self) -> &str {
+        &self.secrets.tcs
+    }
+
     /// The token the edges present to TCS.
     pub fn edge_token(&self) -> &str {
         &self.secrets.edge

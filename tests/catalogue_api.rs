@@ -315,19 +315,11 @@ async fn sigterm_answers_parked_polls_and_exits_cleanly() {
 
 #[tokio::test]
 async fn every_call_needs_a_token_holding_its_scope() {
-    use tenant_edge::catalogue::auth::TokenFile;
     let dir = tempfile::tempdir().unwrap();
     let c = Catalogue::start(dir.path()).await;
     seed_registry(&c).await;
     c.put("/v1/tenants/acme", &acme()).await.expect(201);
-    let tokens = TokenFile::load(&c.stack.dir.join("catalogue-tokens.toml")).unwrap();
-    let read_only = tokens
-        .tokens
-        .iter()
-        .find(|t| t.name == "tcs")
-        .unwrap()
-        .token
-        .clone();
+    let read_only = c.stack.tcs_token().to_owned();
     let http = reqwest::Client::new();
     let call = |method: Method, path: &str, token: Option<&str>| {
         let mut req = http.request(method, format!("{}{path}", c.base)).json(&json!({}));

@@ -427,16 +427,7 @@ async fn one_node_of_a_region_publishes_and_another_takes_over() {
     })
     .await;
     // A second node of the region, in this process, on the same catalogue and topic.
-    let tokens =
-        tenant_edge::catalogue::auth::TokenFile::load(&stack.dir.path().join("catalogue-tokens.toml"))
-            .unwrap();
-    let read = tokens
-        .tokens
-        .iter()
-        .find(|t| t.name == "tcs")
-        .unwrap()
-        .token
-        .clone();
+    let read = stack.tcs_token().to_owned();
     let mut cfg = tenant_edge::tcs::TcsConfig::new(
         tenant_edge::tenant::Region::new(REGION).unwrap(),
         "127.0.0.1:0".parse().unwrap(),

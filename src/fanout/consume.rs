@@ -135,6 +135,16 @@ impl Consumer {
 
     /// Follows the stream for `retry_secs`; false on shutdown.
     async fn fall_back(&self, shutdown: &CancellationToken) -> bool {
+        let retry = tokio::time::sleep(Duration::from_secs(self.config.retry_secs));
+        self.follow_until(retry, shutdown).await
+    }
+
+    /// Follows the stream until `done` resolves; false on shutdown.
+    async fn follow_until(
+        &self,
+        done: impl std::future::Future<Output = ()>,
+        shutdown: &CancellationToken,
+    ) -> bool {
         let stop = shutdown.child_token();
         let follow = tokio::spawn(context::follow(
             self.cache.clone(),
@@ -144,7 +154,7 @@ impl Consumer {
         ));
         let go_on = tokio::select! {
             () = shutdown.cancelled() => false,
-            () = tokio::time::sleep(Duration::from_secs(self.config.retry_secs)) => true,
+            () = done => true,
         };
         stop.cancel();
         let _ = follow.await;
@@ -445,28 +455,21 @@ impl Consumer {
         self.metrics.fanout_repairs.with_label_values(&[reason]).inc();
         let target = target.unwrap_or(0).max(self.status.fanout.tcs_position().1);
         let heartbeats = self.status.fanout.caught_up_count();
-        let stop = shutdown.child_token();
-        let follow = tokio::spawn(context::follow(
-            self.cache.clone(),
-            self.status.clone(),
-            self.metrics.clone(),
-            stop.clone(),
-        ));
         let status = &self.status;
-        let caught_up = status.until(|| {
-            (target > 0 && status.applied() >= target) || status.fanout.caught_up_count() > heartbeats
-        });
-        let go_on = tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = caught_up => true,
-            () = tokio::time::sleep(REPAIR_LIMIT) => {
-                tracing::warn!(reason, target, applied = status.applied(), "fan-out repair from the stream did not catch up in time");
-                true
+        let caught_up = async {
+            let caught_up = status.until(|| {
+                (target > 0 && status.applied() >= target) || status.fanout.caught_up_count() > heartbeats
+            });
+            if tokio::time::timeout(REPAIR_LIMIT, caught_up).await.is_err() {
+                tracing::warn!(
+                    reason,
+                    target,
+                    applied = status.applied(),
+                    "fan-out repair from the stream did not catch up in time"
+                );
             }
         };
-        stop.cancel();
-        let _ = follow.await;
-        go_on
+        self.follow_until(caught_up, shutdown).await
     }
 }
 
