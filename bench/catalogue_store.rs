@@ -101,6 +101,7 @@ async fn start(dir: &std::path::Path, store: StoreConfig, stop: &CancellationTok
         tokens: None,
         allow_unauthenticated: true,
         new_log_epoch: false,
+        master_key: None,
     };
     let bound = tenant_edge::catalogue::bind(cfg).await?;
     let url = format!("http://{}", bound.addr());
@@ -138,6 +139,8 @@ fn tenant(id: &str) -> Res<TenantDoc> {
         hosts: vec![Host::parse(&format!("{id}.example.test"))?],
         realm: Realm::new("us")?,
         placements,
+        products: Default::default(),
+        data_key: None,
         version: 0,
     })
 }

@@ -90,6 +90,9 @@ pub struct CatalogueConfig {
     /// Mint a new epoch for the change log before serving: after restoring the store from a
     /// backup, so every TCS reloads in full rather than trust sequence numbers.
     pub new_log_epoch: bool,
+    /// The master key file that wraps every tenant's data key (created owner-only if absent);
+    /// default `<data_dir>/master.key`.
+    pub master_key: Option<PathBuf>,
 }
 
 /// Why the catalogue could not start or stopped serving.
@@ -129,6 +132,7 @@ pub struct Bound {
     addr: SocketAddr,
     store: Arc<dyn Store>,
     access: auth::Access,
+    master: Arc<crate::secrets::MasterKey>,
 }
 
 /// Opens the store in `cfg.data_dir` and binds `cfg.listen` (port 0 picks a free port; see
@@ -153,6 +157,18 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
         }
     };
     let store = open_store(&cfg).await?;
+    let key_file = cfg
+        .master_key
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("master.key"));
+    if let Some(dir) = key_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| CatalogueError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let master = crate::secrets::MasterKey::load_or_create(&key_file)
+        .map_err(|e| CatalogueError::Auth(e.to_string()))?;
     if cfg.new_log_epoch {
         let epoch = store.mint_epoch().await?;
         tracing::warn!(%epoch, "minted a new change-log epoch: every TCS reloads its view in full");
@@ -169,6 +185,7 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
         addr,
         store,
         access,
+        master: Arc::new(master),
     })
 }
 
@@ -202,7 +219,7 @@ impl Bound {
         if matches!(self.access, auth::Access::Open) {
             tracing::warn!("serving without authentication (loopback only)");
         }
-        let app = api::app(self.store, shutdown.clone(), self.access);
+        let app = api::app(self.store, shutdown.clone(), self.access, Some(self.master));
         axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
@@ -247,6 +264,10 @@ pub struct CatalogueArgs {
     /// sequence numbers that may now name other changes.
     #[arg(long)]
     pub new_log_epoch: bool,
+    /// The master key file wrapping the tenants' data keys (32 bytes, owner-only; created
+    /// when absent). Default: `<data-dir>/master.key`.
+    #[arg(long)]
+    pub master_key: Option<PathBuf>,
 }
 
 impl From<CatalogueArgs> for CatalogueConfig {
@@ -258,6 +279,7 @@ impl From<CatalogueArgs> for CatalogueConfig {
             tokens: args.tokens,
             allow_unauthenticated: args.allow_unauthenticated,
             new_log_epoch: args.new_log_epoch,
+            master_key: args.master_key,
         }
     }
 }

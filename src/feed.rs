@@ -31,9 +31,50 @@ pub struct TenantDoc {
     /// Product -> placement; each shard must serve that product inside the realm.
     #[serde(default)]
     pub placements: BTreeMap<Product, Placement>,
+    /// Product -> what that product's service needs for this tenant: free-form `config` (the
+    /// database's name and host) and named `secrets`, written in plaintext and stored only
+    /// sealed with the tenant's data key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub products: BTreeMap<Product, ProductDoc>,
+    /// The tenant's data key, wrapped by the catalogue's master key (set by the catalogue when
+    /// the tenant has secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<crate::secrets::WrappedKey>,
     /// Stored version; ignored on input (use `If-Match`), set on output.
     #[serde(default)]
     pub version: u64,
+}
+
+/// One product's configuration and secrets for a tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductDoc {
+    /// Free-form settings (`{"db": "acme_jira", "db_host": "..."}`).
+    #[serde(default)]
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Named secrets: plaintext strings on the way in, sealed values once stored.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// A secret as written (plaintext) or as stored (sealed with the tenant's data key).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Secret {
+    /// Sealed: what the catalogue stores and serves.
+    Sealed(crate::secrets::Sealed),
+    /// Plaintext, as a client writes it; the catalogue seals it before storing.
+    Plain(String),
+}
+
+// A plaintext secret never reaches a log line or a panic message.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::Sealed(s) => s.fmt(f),
+            Secret::Plain(_) => f.write_str("Plain(<redacted>)"),
+        }
+    }
 }
 
 impl TenantDoc {

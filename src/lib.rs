@@ -35,6 +35,7 @@ pub mod feed;
 pub mod http_client;
 pub mod metrics;
 pub mod routes;
+pub mod secrets;
 pub mod stack;
 pub mod tcs;
 pub mod tenant;

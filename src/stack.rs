@@ -445,6 +445,7 @@ impl StackBuilder {
             tokens: Some(stack.secrets.token_file.clone()),
             allow_unauthenticated: false,
             new_log_epoch: false,
+            master_key: None,
         };
         match &self.run {
             Run::InProcess => {
@@ -1181,6 +1182,8 @@ pub fn demo_tenants() -> Result<Vec<TenantDoc>, StackError> {
             hosts: vec![host],
             realm: name(Realm::new(realm))?,
             placements,
+            products: Default::default(),
+            data_key: None,
             version: 0,
         })
     };

@@ -8,6 +8,7 @@
 
 mod extract;
 mod migrations;
+mod seal;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 #[derive(Clone)]
 struct AppState {
     store: Arc<dyn Store>,
+    /// Wraps the tenants' data keys; without one, secrets are refused.
+    master: Option<Arc<crate::secrets::MasterKey>>,
     /// Cancelled at shutdown, so long-polls answer at once instead of holding it up.
     shutdown: CancellationToken,
     /// Long-polls parked right now (readers tailing an idle log), shown by `/healthz`.
@@ -65,11 +68,16 @@ impl Drop for Parked {
 
 /// The catalogue API over `store`, for in-process use (tests), open to `access`.
 pub fn router(store: Arc<dyn Store>, access: super::auth::Access) -> Router {
-    app(store, CancellationToken::new(), access)
+    app(store, CancellationToken::new(), access, None)
 }
 
 /// The API whose long-polls end when `shutdown` is cancelled.
-pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken, access: super::auth::Access) -> Router {
+pub(super) fn app(
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    access: super::auth::Access,
+    master: Option<Arc<crate::secrets::MasterKey>>,
+) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route(
@@ -105,6 +113,7 @@ pub(super) fn app(store: Arc<dyn Store>, shutdown: CancellationToken, access: su
         .layer(axum::middleware::from_fn_with_state(access, super::auth::check))
         .with_state(AppState {
             store,
+            master,
             shutdown,
             waiting: Arc::default(),
         })
@@ -201,8 +210,9 @@ async fn put_tenant(
     State(s): State<AppState>,
     Id(id): Id<TenantId>,
     IfMatch(if_match): IfMatch,
-    Doc(doc): Doc<TenantDoc>,
+    Doc(mut doc): Doc<TenantDoc>,
 ) -> Answer {
+    seal::seal(&*s.store, s.master.as_deref(), &id, &mut doc).await?;
     let w = s.store.put_tenant(id, doc, if_match).await?;
     Ok((etag(w.doc.version), written(w)).into_response())
 }
@@ -215,7 +225,11 @@ struct Imported {
 }
 
 /// `POST /v1/tenants`: a JSON array of tenant documents, written in one transaction.
-async fn import_tenants(State(s): State<AppState>, Doc(docs): Doc<Vec<TenantDoc>>) -> Answer {
+async fn import_tenants(State(s): State<AppState>, Doc(mut docs): Doc<Vec<TenantDoc>>) -> Answer {
+    for doc in &mut docs {
+        let id = doc.id.clone();
+        seal::seal(&*s.store, s.master.as_deref(), &id, doc).await?;
+    }
     let written = s.store.put_tenants(docs).await?;
     Ok(Json(Imported {
         written,

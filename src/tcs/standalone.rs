@@ -48,6 +48,8 @@ pub fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Result<Change, S
         hosts: hosts.iter().map(|h| Host::parse(h)).collect::<Result<_, _>>()?,
         realm: Realm::new("us")?,
         placements: Default::default(),
+        products: Default::default(),
+        data_key: None,
         version,
     };
     Ok(Change {

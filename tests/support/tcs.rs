@@ -254,6 +254,8 @@ impl TappedCatalogue {
             hosts: vec![Host::parse(&format!("{id}.example.test")).unwrap()],
             realm: Realm::new("us").unwrap(),
             placements: Default::default(),
+            products: Default::default(),
+            data_key: None,
             version: 0,
         };
         self.client.put_tenant(&doc, None).await.unwrap();

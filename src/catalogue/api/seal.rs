@@ -1,0 +1,100 @@
+//! Sealing a tenant's secrets as it is written: plaintext secrets are sealed with the tenant's
+//! data key (its current one, or a new one wrapped by the master key), sealed ones must open
+//! with that key where they stand, and the document keeps the wrapped key. Nothing here logs a
+//! secret; refusals name the product and secret, never a value.
+
+use crate::catalogue::store::{Store, StoreError};
+use crate::feed::{Secret, TenantDoc};
+use crate::secrets::{secret_context, DataKey, MasterKey};
+use crate::tenant::TenantId;
+
+/// The longest secret accepted, in bytes.
+const MAX_SECRET: usize = 4096;
+
+fn invalid(problem: String) -> StoreError {
+    StoreError::Invalid(vec![problem])
+}
+
+/// Seals `doc`'s plaintext secrets and checks its sealed ones; sets `doc.data_key`. A document
+/// without secrets keeps no data key.
+pub(super) async fn seal(
+    store: &dyn Store,
+    master: Option<&MasterKey>,
+    id: &TenantId,
+    doc: &mut TenantDoc,
+) -> Result<(), StoreError> {
+    let has_secrets = doc.products.values().any(|p| !p.secrets.is_empty());
+    for (product, p) in &doc.products {
+        for (name, secret) in &p.secrets {
+            let name_ok = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !name_ok {
+                return Err(invalid(format!(
+                    "products.{product}.secrets: name {name:?} is not 1 to 64 of [a-z0-9_]"
+                )));
+            }
+            if let Secret::Plain(value) = secret {
+                if value.is_empty() || value.len() > MAX_SECRET {
+                    return Err(invalid(format!(
+                        "products.{product}.secrets.{name}: 1 to {MAX_SECRET} bytes"
+                    )));
+                }
+            }
+        }
+    }
+    if !has_secrets {
+        doc.data_key = None;
+        return Ok(());
+    }
+    let Some(master) = master else {
+        return Err(invalid(
+            "this catalogue has no master key: secrets cannot be stored".into(),
+        ));
+    };
+    // The key the document names, else the tenant's current one, else a new one.
+    let wrapped = match doc.data_key.take() {
+        Some(w) => Some(w),
+        None => match store.get_tenant(id).await {
+            Ok(current) => current.data_key,
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(e),
+        },
+    };
+    let (key, wrapped) = match wrapped {
+        Some(w) => {
+            let key = master
+                .unwrap(id.as_str(), &w)
+                .map_err(|e| invalid(format!("data_key: {e}")))?;
+            (key, w)
+        }
+        None => {
+            let key = DataKey::generate().map_err(StoreError::storage)?;
+            let w = master.wrap(id.as_str(), &key).map_err(StoreError::storage)?;
+            (key, w)
+        }
+    };
+    for (product, p) in &mut doc.products {
+        for (name, secret) in &mut p.secrets {
+            let context = secret_context(id.as_str(), product.as_str(), name);
+            match secret {
+                Secret::Plain(value) => {
+                    let sealed = key
+                        .seal(&context, value.as_bytes())
+                        .map_err(StoreError::storage)?;
+                    *secret = Secret::Sealed(sealed);
+                }
+                Secret::Sealed(sealed) => {
+                    key.open(&context, sealed).map_err(|_| {
+                        invalid(format!(
+                            "products.{product}.secrets.{name}: sealed, but not with this tenant's data key for this name"
+                        ))
+                    })?;
+                }
+            }
+        }
+    }
+    doc.data_key = Some(wrapped);
+    Ok(())
+}

@@ -1,0 +1,289 @@
+//! Tenant secrets, envelope-encrypted: each tenant has its own data key (AES-256-GCM), which
+//! seals every secret of the tenant's products; the data key is stored only wrapped by the
+//! master key. The catalogue seals a secret the moment it is written, so no plaintext secret
+//! reaches its database, its change log, a TCS snapshot or an edge's cache file.
+//!
+//! The master key here is a local key file (32 random bytes, created owner-only): the embedded
+//! default. Each sealed value is bound to where it belongs (tenant, product, secret name) as
+//! associated data, so a ciphertext moved to another tenant or name does not open.
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+/// Why sealing or opening failed. Never carries a secret or a key.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The key file could not be read or created.
+    #[error("master key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A data key was wrapped by another master key than the one this process holds.
+    #[error("data key wrapped by master key {found}, not {ours}")]
+    OtherMasterKey {
+        /// The wrapping key's id.
+        found: String,
+        /// This process's key id.
+        ours: String,
+    },
+    /// A ciphertext did not open: altered, moved, or sealed under another key.
+    #[error("a sealed value does not open with this key")]
+    Open,
+    /// Not base64, or the wrong length.
+    #[error("malformed sealed value: {0}")]
+    Malformed(&'static str),
+    /// The system's random source failed.
+    #[error("no randomness")]
+    Random,
+}
+
+/// A value sealed with AES-256-GCM: the nonce and the ciphertext (with its tag), in base64.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sealed {
+    /// 12 bytes, random per value.
+    pub nonce: String,
+    /// The ciphertext and its 16-byte tag.
+    pub ciphertext: String,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealed(..)")
+    }
+}
+
+/// A tenant's data key as stored: wrapped by the master key `key_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrappedKey {
+    /// Which master key wrapped it (`file:<fingerprint>`).
+    pub key_id: String,
+    /// The data key, sealed by the master key.
+    pub wrapped: Sealed,
+}
+
+/// A tenant's data key, in memory only.
+pub struct DataKey(LessSafeKey, [u8; 32]);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)")
+    }
+}
+
+impl DataKey {
+    /// A new random data key.
+    pub fn generate() -> Result<DataKey, SecretError> {
+        let mut bytes = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| SecretError::Random)?;
+        Self::from_bytes(bytes)
+    }
+
+    fn from_bytes(bytes: [u8; 32]) -> Result<DataKey, SecretError> {
+        let key = UnboundKey::new(&AES_256_GCM, &bytes)
+            .map_err(|_| SecretError::Malformed("not an AES-256 key"))?;
+        Ok(DataKey(LessSafeKey::new(key), bytes))
+    }
+
+    /// Seals `plaintext`, bound to `context` (who it belongs to).
+    pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<Sealed, SecretError> {
+        seal(&self.0, context, plaintext)
+    }
+
+    /// Opens what [`DataKey::seal`] sealed with the same `context`.
+    pub fn open(&self, context: &str, sealed: &Sealed) -> Result<Vec<u8>, SecretError> {
+        open(&self.0, context, sealed)
+    }
+}
+
+/// The associated data of a tenant's secret: where it belongs.
+pub fn secret_context(tenant: &str, product: &str, name: &str) -> String {
+    format!("secret\0{tenant}\0{product}\0{name}")
+}
+
+fn seal(key: &LessSafeKey, context: &str, plaintext: &[u8]) -> Result<Sealed, SecretError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| SecretError::Random)?;
+    let mut buf = plaintext.to_vec();
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(context.as_bytes()),
+        &mut buf,
+    )
+    .map_err(|_| SecretError::Random)?;
+    Ok(Sealed {
+        nonce: B64.encode(nonce),
+        ciphertext: B64.encode(buf),
+    })
+}
+
+fn open(key: &LessSafeKey, context: &str, sealed: &Sealed) -> Result<Vec<u8>, SecretError> {
+    let nonce: [u8; NONCE_LEN] = B64
+        .decode(&sealed.nonce)
+        .map_err(|_| SecretError::Malformed("nonce is not base64"))?
+        .try_into()
+        .map_err(|_| SecretError::Malformed("nonce is not 12 bytes"))?;
+    let mut buf = B64
+        .decode(&sealed.ciphertext)
+        .map_err(|_| SecretError::Malformed("ciphertext is not base64"))?;
+    let plain = key
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(context.as_bytes()),
+            &mut buf,
+        )
+        .map_err(|_| SecretError::Open)?;
+    Ok(plain.to_vec())
+}
+
+/// The master key: a local key file.
+pub struct MasterKey {
+    id: String,
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasterKey {
+    /// Reads the key file at `path`, or creates it (32 random bytes, mode 0600) when absent.
+    /// A file others may read, or of another length, is refused.
+    pub fn load_or_create(path: &Path) -> Result<MasterKey, SecretError> {
+        let err = |reason: String| SecretError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        if !path.exists() {
+            let mut bytes = [0u8; 32];
+            SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| SecretError::Random)?;
+            crate::durable::replace_private(path, &bytes).map_err(|e| err(e.to_string()))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(err("readable by others than its owner (chmod 600)".into()));
+        }
+        let bytes: [u8; 32] = std::fs::read(path)
+            .map_err(|e| err(e.to_string()))?
+            .try_into()
+            .map_err(|_| err("not 32 bytes".into()))?;
+        let fingerprint = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let id = format!(
+            "file:{}",
+            fingerprint.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let DataKey(key, _) = DataKey::from_bytes(bytes)?;
+        Ok(MasterKey { id, key })
+    }
+
+    /// The key's id, as wrapped keys name it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Wraps tenant `tenant`'s data key.
+    pub fn wrap(&self, tenant: &str, key: &DataKey) -> Result<WrappedKey, SecretError> {
+        Ok(WrappedKey {
+            key_id: self.id.clone(),
+            wrapped: seal(&self.key, &format!("data-key\0{tenant}"), &key.1)?,
+        })
+    }
+
+    /// Unwraps tenant `tenant`'s data key.
+    pub fn unwrap(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, SecretError> {
+        if wrapped.key_id != self.id {
+            return Err(SecretError::OtherMasterKey {
+                found: wrapped.key_id.clone(),
+                ours: self.id.clone(),
+            });
+        }
+        let bytes: [u8; 32] = open(&self.key, &format!("data-key\0{tenant}"), &wrapped.wrapped)?
+            .try_into()
+            .map_err(|_| SecretError::Malformed("a data key is not 32 bytes"))?;
+        DataKey::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_open_only_where_they_were_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let master = MasterKey::load_or_create(&path).unwrap();
+        let again = MasterKey::load_or_create(&path).unwrap();
+        assert_eq!(master.id(), again.id(), "the file is read back, not replaced");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let dk = DataKey::generate().unwrap();
+        let ctx = secret_context("acme", "jira", "db_password");
+        let sealed = dk.seal(&ctx, b"hunter2").unwrap();
+        assert!(!sealed.ciphertext.contains("hunter2"));
+        assert_eq!(dk.open(&ctx, &sealed).unwrap(), b"hunter2");
+        // Moved to another tenant or name: refused.
+        assert!(dk
+            .open(&secret_context("globex", "jira", "db_password"), &sealed)
+            .is_err());
+        assert!(dk
+            .open(&secret_context("acme", "jira", "api_key"), &sealed)
+            .is_err());
+
+        let wrapped = master.wrap("acme", &dk).unwrap();
+        let back = again.unwrap("acme", &wrapped).unwrap();
+        assert_eq!(back.open(&ctx, &sealed).unwrap(), b"hunter2");
+        assert!(
+            master.unwrap("globex", &wrapped).is_err(),
+            "a data key is bound to its tenant"
+        );
+        let other = MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        assert!(matches!(
+            other.unwrap("acme", &wrapped),
+            Err(SecretError::OtherMasterKey { .. })
+        ));
+        // Debug output names no key material.
+        assert_eq!(format!("{dk:?} {sealed:?}"), "DataKey(..) Sealed(..)");
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, [7u8; 32]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(MasterKey::load_or_create(&path).is_err());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(MasterKey::load_or_create(&path).is_ok());
+        std::fs::write(&path, [7u8; 31]).unwrap();
+        assert!(MasterKey::load_or_create(&path).is_err());
+    }
+}

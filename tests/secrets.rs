@@ -1,0 +1,145 @@
+//! Tenant secrets: written in plaintext over the catalogue API, stored only sealed with the
+//! tenant's data key (wrapped by the catalogue's master key file). A known secret is looked
+//! for in everything the stack keeps or serves: the catalogue's database files, its change
+//! log and tenant answers, TCS's answers and snapshot files, the edge's cache file.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail the test by unwrapping")]
+
+mod common;
+
+use std::path::Path;
+
+use common::{Stack, StackOptions, EDGE_TOKEN};
+use serde_json::{json, Value};
+
+const SECRET: &str = "s3cr3t-grep-me-7d1f90";
+
+fn acme_with_secrets(secret: &Value) -> Value {
+    json!({
+        "id": "acme",
+        "hosts": ["acme.example.test"],
+        "realm": "us",
+        "placements": {"jira": {"shard": "jira-us-east-1"}, "confluence": {"shard": "confluence-us-east-1"}},
+        "products": {
+            "jira": {"config": {"db": "acme_jira", "db_host": "db1.jira.internal"},
+                     "secrets": {"db_password": secret}},
+            "confluence": {"config": {"db": "acme_wiki"}}
+        }
+    })
+}
+
+/// Every file under `dir` holding `needle`'s bytes.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_secret_is_stored_and_served_only_sealed() {
+    let mut stack = Stack::start_with(StackOptions {
+        cache_file_interval_secs: Some(1),
+        ..StackOptions::default()
+    })
+    .await;
+    let (status, stored) = stack.put_tenant(&acme_with_secrets(&json!(SECRET))).await;
+    assert_eq!(status, 200, "{stored}");
+    let text = stored.to_string();
+    assert!(!text.contains(SECRET), "the answer carries the plaintext: {text}");
+    let sealed = stored["products"]["jira"]["secrets"]["db_password"].clone();
+    assert!(
+        sealed["ciphertext"].is_string() && sealed["nonce"].is_string(),
+        "{sealed}"
+    );
+    assert!(stored["data_key"]["key_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("file:"));
+    assert_eq!(stored["products"]["jira"]["config"]["db"], "acme_jira");
+
+    // Written back as read (sealed): kept, with the same data key.
+    let mut again = stored.clone();
+    again["hosts"] = json!(["acme.example.test", "acme2.example.test"]);
+    let (status, rewritten) = stack.put_tenant(&again).await;
+    assert_eq!(status, 200, "{rewritten}");
+    assert_eq!(rewritten["data_key"], stored["data_key"]);
+    assert_eq!(rewritten["products"]["jira"]["secrets"]["db_password"], sealed);
+    // A sealed value moved to another name does not open there: refused.
+    let mut moved = stored.clone();
+    moved["products"]["jira"]["secrets"] = json!({"api_key": sealed});
+    let (status, refused) = stack.put_tenant(&moved).await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(!refused.to_string().contains(SECRET));
+    // Bad names are refused before anything is sealed.
+    let (status, _) = stack
+        .put_tenant(
+            &acme_with_secrets(&json!(SECRET))
+                .as_object()
+                .cloned()
+                .map(|mut o| {
+                    o["products"]["jira"]["secrets"] = json!({"Bad Name": SECRET});
+                    Value::Object(o)
+                })
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    // Served: the change log and the tenant answers carry only sealed values; TCS's ingress
+    // view carries no products at all.
+    let changes = stack
+        .http
+        .get(format!("{}/v1/changes?after=0&limit=10000", stack.catalogue_url))
+        .bearer_auth(stack.operator_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(changes.contains("ciphertext") && !changes.contains(SECRET));
+    stack
+        .wait_in_tcs(&stack.tcs_urls[0].clone(), "acme2.example.test", 0)
+        .await;
+    let lookup: Value = stack
+        .http
+        .get(format!(
+            "{}/v1/views/ingress/hosts/acme.example.test",
+            stack.tcs_urls[0]
+        ))
+        .bearer_auth(EDGE_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lookup = lookup.to_string();
+    assert!(
+        !lookup.contains("products") && !lookup.contains("ciphertext"),
+        "{lookup}"
+    );
+    assert_eq!(stack.get_json("acme.example.test", "/").await.0, 200);
+
+    // Kept: nothing the stack wrote holds the plaintext (database, WAL, snapshots, cache file).
+    let dir = stack.dir.path().to_path_buf();
+    stack.stop().await;
+    assert!(dir.join("catalogue/master.key").exists());
+    let holding = files_holding(&dir, SECRET);
+    assert!(holding.is_empty(), "plaintext secret found in {holding:?}");
+    // ... while the sealed form is where the catalogue keeps tenants (the check can fail).
+    let db = files_holding(&dir, sealed["ciphertext"].as_str().unwrap());
+    assert!(db.iter().any(|f| f.contains("catalogue")), "{db:?}");
+}
