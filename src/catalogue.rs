@@ -91,8 +91,44 @@ pub struct CatalogueConfig {
     /// backup, so every TCS reloads in full rather than trust sequence numbers.
     pub new_log_epoch: bool,
     /// The master key file that wraps every tenant's data key (created owner-only if absent);
-    /// default `<data_dir>/master.key`.
+    /// default `<data_dir>/master.key`. Unused with `kms`.
     pub master_key: Option<PathBuf>,
+    /// A KMS key as the master key instead of the file.
+    pub kms: Option<KmsConfig>,
+}
+
+/// The master key in AWS KMS (`--kms-key-id`), reached with the standard credential chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsConfig {
+    /// The key's id, alias or ARN.
+    pub key_id: String,
+    /// Its region (default: the ARN's, else `AWS_REGION`).
+    pub region: Option<String>,
+    /// Another endpoint than AWS's (an emulator, a VPC endpoint).
+    pub endpoint: Option<String>,
+}
+
+impl KmsConfig {
+    /// The master key it names.
+    pub async fn master_key(&self) -> Result<crate::secrets::MasterKey, CatalogueError> {
+        let from_arn = self
+            .key_id
+            .strip_prefix("arn:")
+            .and_then(|rest| rest.split(':').nth(2))
+            .map(str::to_owned);
+        let region = self
+            .region
+            .clone()
+            .or(from_arn)
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .ok_or_else(|| {
+                CatalogueError::Auth(
+                    "--kms-key-id needs a region: --kms-region, a key ARN, or AWS_REGION".into(),
+                )
+            })?;
+        let sdk = crate::aws::sdk_config(&region, self.endpoint.as_deref()).await;
+        Ok(crate::secrets::MasterKey::kms(&sdk, &self.key_id))
+    }
 }
 
 /// Why the catalogue could not start or stopped serving.
@@ -157,18 +193,23 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
         }
     };
     let store = open_store(&cfg).await?;
-    let key_file = cfg
-        .master_key
-        .clone()
-        .unwrap_or_else(|| cfg.data_dir.join("master.key"));
-    if let Some(dir) = key_file.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| CatalogueError::DataDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    let master = crate::secrets::MasterKey::load_or_create(&key_file)
-        .map_err(|e| CatalogueError::Auth(e.to_string()))?;
+    let master = match &cfg.kms {
+        Some(kms) => kms.master_key().await?,
+        None => {
+            let key_file = cfg
+                .master_key
+                .clone()
+                .unwrap_or_else(|| cfg.data_dir.join("master.key"));
+            if let Some(dir) = key_file.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| CatalogueError::DataDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+            crate::secrets::MasterKey::load_or_create(&key_file)
+                .map_err(|e| CatalogueError::Auth(e.to_string()))?
+        }
+    };
     if cfg.new_log_epoch {
         let epoch = store.mint_epoch().await?;
         tracing::warn!(%epoch, "minted a new change-log epoch: every TCS reloads its view in full");
@@ -268,6 +309,16 @@ pub struct CatalogueArgs {
     /// when absent). Default: `<data-dir>/master.key`.
     #[arg(long)]
     pub master_key: Option<PathBuf>,
+    /// A KMS key (id, alias or ARN) as the master key instead of the file; credentials from
+    /// the standard AWS chain.
+    #[arg(long, env = "TENANT_EDGE_KMS_KEY_ID", conflicts_with = "master_key")]
+    pub kms_key_id: Option<String>,
+    /// The KMS key's region (default: the ARN's, else `AWS_REGION`).
+    #[arg(long, requires = "kms_key_id")]
+    pub kms_region: Option<String>,
+    /// Another KMS endpoint than AWS's (an emulator, a VPC endpoint).
+    #[arg(long, requires = "kms_key_id")]
+    pub kms_endpoint: Option<String>,
 }
 
 impl From<CatalogueArgs> for CatalogueConfig {
@@ -280,6 +331,11 @@ impl From<CatalogueArgs> for CatalogueConfig {
             allow_unauthenticated: args.allow_unauthenticated,
             new_log_epoch: args.new_log_epoch,
             master_key: args.master_key,
+            kms: args.kms_key_id.map(|key_id| KmsConfig {
+                key_id,
+                region: args.kms_region,
+                endpoint: args.kms_endpoint,
+            }),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - [`cli`]: command-line parsing and dispatch to the roles.
 //! - [`stack`]: a role run as a child process, ready when it says where it listens.
 
+pub mod aws;
 pub mod catalogue;
 pub mod cli;
 pub mod clock;

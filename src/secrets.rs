@@ -3,8 +3,8 @@
 //! master key. The catalogue seals a secret the moment it is written, so no plaintext secret
 //! reaches its database, its change log, a TCS snapshot or an edge's cache file.
 //!
-//! The master key here is a local key file (32 random bytes, created owner-only): the embedded
-//! default. Each sealed value is bound to where it belongs (tenant, product, secret name) as
+//! The master key is a local key file (32 random bytes, created owner-only: the embedded
+//! default) or a key in AWS KMS. Each sealed value is bound to where it belongs (tenant, product, secret name) as
 //! associated data, so a ciphertext moved to another tenant or name does not open.
 
 use std::path::Path;
@@ -43,6 +43,9 @@ pub enum SecretError {
     /// The system's random source failed.
     #[error("no randomness")]
     Random,
+    /// KMS refused or could not be reached.
+    #[error("KMS: {0}")]
+    Kms(String),
 }
 
 /// A value sealed with AES-256-GCM: the nonce and the ciphertext (with its tag), in base64.
@@ -65,10 +68,11 @@ impl std::fmt::Debug for Sealed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WrappedKey {
-    /// Which master key wrapped it (`file:<fingerprint>`).
+    /// Which master key wrapped it: `file:<fingerprint>` or `kms:<key id>`.
     pub key_id: String,
-    /// The data key, sealed by the master key.
-    pub wrapped: Sealed,
+    /// The data key wrapped by it, in base64 (a key file's nonce and ciphertext; KMS's
+    /// ciphertext blob).
+    pub wrapped: String,
 }
 
 /// A tenant's data key, in memory only.
@@ -149,16 +153,31 @@ fn open(key: &LessSafeKey, context: &str, sealed: &Sealed) -> Result<Vec<u8>, Se
     Ok(plain.to_vec())
 }
 
-/// The master key: a local key file.
-pub struct MasterKey {
-    id: String,
-    key: LessSafeKey,
+/// The master key: a local key file (the embedded default) or a key in AWS KMS.
+pub enum MasterKey {
+    /// 32 bytes in an owner-only file.
+    File {
+        /// `file:<first 8 bytes of its SHA-256>`.
+        id: String,
+        /// The key (boxed: the AES key schedule is large).
+        key: Box<LessSafeKey>,
+    },
+    /// A KMS key: data keys are wrapped by `Encrypt` and unwrapped by `Decrypt`, each bound to
+    /// its tenant by the encryption context.
+    Kms {
+        /// `kms:<key id>`.
+        id: String,
+        /// The key id or ARN as KMS names it.
+        key_id: String,
+        /// The client.
+        client: aws_sdk_kms::Client,
+    },
 }
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MasterKey")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .finish_non_exhaustive()
     }
 }
@@ -196,31 +215,94 @@ impl MasterKey {
                 .collect::<String>()
         );
         let DataKey(key, _) = DataKey::from_bytes(bytes)?;
-        Ok(MasterKey { id, key })
+        Ok(MasterKey::File {
+            id,
+            key: Box::new(key),
+        })
+    }
+
+    /// The KMS key `key_id`, reached with `sdk` (the standard credential chain).
+    pub fn kms(sdk: &aws_config::SdkConfig, key_id: &str) -> MasterKey {
+        MasterKey::Kms {
+            id: format!("kms:{key_id}"),
+            key_id: key_id.to_owned(),
+            client: aws_sdk_kms::Client::new(sdk),
+        }
     }
 
     /// The key's id, as wrapped keys name it.
     pub fn id(&self) -> &str {
-        &self.id
+        match self {
+            MasterKey::File { id, .. } | MasterKey::Kms { id, .. } => id,
+        }
     }
 
     /// Wraps tenant `tenant`'s data key.
-    pub fn wrap(&self, tenant: &str, key: &DataKey) -> Result<WrappedKey, SecretError> {
+    pub async fn wrap_key(&self, tenant: &str, key: &DataKey) -> Result<WrappedKey, SecretError> {
+        let wrapped = match self {
+            MasterKey::File { key: master, .. } => {
+                let sealed = seal(master, &format!("data-key\0{tenant}"), &key.1)?;
+                format!("{}.{}", sealed.nonce, sealed.ciphertext)
+            }
+            MasterKey::Kms { key_id, client, .. } => {
+                let out = client
+                    .encrypt()
+                    .key_id(key_id)
+                    .plaintext(aws_sdk_kms::primitives::Blob::new(key.1.to_vec()))
+                    .encryption_context("tenant", tenant)
+                    .send()
+                    .await
+                    .map_err(|e| SecretError::Kms(crate::aws::sdk_error(&e)))?;
+                let blob = out
+                    .ciphertext_blob
+                    .ok_or(SecretError::Malformed("KMS answered no ciphertext"))?;
+                B64.encode(blob.as_ref())
+            }
+        };
         Ok(WrappedKey {
-            key_id: self.id.clone(),
-            wrapped: seal(&self.key, &format!("data-key\0{tenant}"), &key.1)?,
+            key_id: self.id().to_owned(),
+            wrapped,
         })
     }
 
     /// Unwraps tenant `tenant`'s data key.
-    pub fn unwrap(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, SecretError> {
-        if wrapped.key_id != self.id {
+    pub async fn unwrap_key(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, SecretError> {
+        if wrapped.key_id != self.id() {
             return Err(SecretError::OtherMasterKey {
                 found: wrapped.key_id.clone(),
-                ours: self.id.clone(),
+                ours: self.id().to_owned(),
             });
         }
-        let bytes: [u8; 32] = open(&self.key, &format!("data-key\0{tenant}"), &wrapped.wrapped)?
+        let bytes = match self {
+            MasterKey::File { key: master, .. } => {
+                let (nonce, ciphertext) = wrapped
+                    .wrapped
+                    .split_once('.')
+                    .ok_or(SecretError::Malformed("a wrapped key is not nonce.ciphertext"))?;
+                let sealed = Sealed {
+                    nonce: nonce.to_owned(),
+                    ciphertext: ciphertext.to_owned(),
+                };
+                open(master, &format!("data-key\0{tenant}"), &sealed)?
+            }
+            MasterKey::Kms { key_id, client, .. } => {
+                let blob = B64
+                    .decode(&wrapped.wrapped)
+                    .map_err(|_| SecretError::Malformed("a wrapped key is not base64"))?;
+                let out = client
+                    .decrypt()
+                    .key_id(key_id)
+                    .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
+                    .encryption_context("tenant", tenant)
+                    .send()
+                    .await
+                    .map_err(|e| SecretError::Kms(crate::aws::sdk_error(&e)))?;
+                out.plaintext
+                    .ok_or(SecretError::Malformed("KMS answered no plaintext"))?
+                    .into_inner()
+            }
+        };
+        let bytes: [u8; 32] = bytes
             .try_into()
             .map_err(|_| SecretError::Malformed("a data key is not 32 bytes"))?;
         DataKey::from_bytes(bytes)
@@ -231,8 +313,8 @@ impl MasterKey {
 mod tests {
     use super::*;
 
-    #[test]
-    fn secrets_open_only_where_they_were_sealed() {
+    #[tokio::test]
+    async fn secrets_open_only_where_they_were_sealed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("master.key");
         let master = MasterKey::load_or_create(&path).unwrap();
@@ -257,18 +339,14 @@ mod tests {
             .open(&secret_context("acme", "jira", "api_key"), &sealed)
             .is_err());
 
-        let wrapped = master.wrap("acme", &dk).unwrap();
-        let back = again.unwrap("acme", &wrapped).unwrap();
+        let wrapped = master.wrap_key("acme", &dk).await.unwrap();
+        let back = again.unwrap_key("acme", &wrapped).await.unwrap();
         assert_eq!(back.open(&ctx, &sealed).unwrap(), b"hunter2");
-        assert!(
-            master.unwrap("globex", &wrapped).is_err(),
-            "a data key is bound to its tenant"
-        );
+        let elsewhere = master.unwrap_key("globex", &wrapped).await;
+        assert!(elsewhere.is_err(), "a data key is bound to its tenant");
         let other = MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
-        assert!(matches!(
-            other.unwrap("acme", &wrapped),
-            Err(SecretError::OtherMasterKey { .. })
-        ));
+        let refused = other.unwrap_key("acme", &wrapped).await;
+        assert!(matches!(refused, Err(SecretError::OtherMasterKey { .. })));
         // Debug output names no key material.
         assert_eq!(format!("{dk:?} {sealed:?}"), "DataKey(..) Sealed(..)");
     }

@@ -446,6 +446,7 @@ impl StackBuilder {
             allow_unauthenticated: false,
             new_log_epoch: false,
             master_key: None,
+            kms: None,
         };
         match &self.run {
             Run::InProcess => {

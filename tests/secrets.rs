@@ -143,3 +143,78 @@ async fn a_secret_is_stored_and_served_only_sealed() {
     let db = files_holding(&dir, sealed["ciphertext"].as_str().unwrap());
     assert!(db.iter().any(|f| f.contains("catalogue")), "{db:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_kms_master_key_writing_a_secret_needs_kms() {
+    use tenant_edge::catalogue::{CatalogueConfig, KmsConfig, StoreConfig};
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let mut moto = tenant_edge::stack::moto::MotoServer::start().unwrap();
+    let sdk = tenant_edge::aws::sdk_config("us-east-1", Some(&moto.endpoint())).await;
+    let key = aws_sdk_kms::Client::new(&sdk)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CatalogueConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        store: StoreConfig::Sqlite,
+        tokens: None,
+        allow_unauthenticated: true,
+        new_log_epoch: false,
+        master_key: None,
+        kms: Some(KmsConfig {
+            key_id: key.clone(),
+            region: Some("us-east-1".into()),
+            endpoint: Some(moto.endpoint()),
+        }),
+    };
+    let bound = tenant_edge::catalogue::bind(cfg).await.unwrap();
+    let url = format!("http://{}", bound.addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn(bound.serve(stop.clone()));
+    let client = tenant_edge::feed::CatalogueClient::new(&url).unwrap();
+    let routes = tenant_edge::routes::RouteSnapshot::load_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("routes/dev.toml"),
+    )
+    .unwrap();
+    tenant_edge::stack::seed(&client, &routes, false).await.unwrap();
+    let http = reqwest::Client::new();
+    let put = |doc: Value| {
+        let http = http.clone();
+        let url = format!("{url}/v1/tenants/{}", doc["id"].as_str().unwrap());
+        async move {
+            let r = http.put(url).json(&doc).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, stored) = put(acme_with_secrets(&json!(SECRET))).await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["data_key"]["key_id"], format!("kms:{key}"));
+    assert!(!stored.to_string().contains(SECRET));
+    assert!(
+        !dir.path().join("master.key").exists(),
+        "no key file beside a KMS key"
+    );
+
+    // KMS gone: a secret cannot be sealed (503, nothing written), a tenant without one can.
+    moto.stop();
+    let mut other = acme_with_secrets(&json!(SECRET));
+    other["id"] = json!("acme2");
+    other["hosts"] = json!(["acme2.example.test"]);
+    let (status, body) = put(other.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    other.as_object_mut().unwrap().remove("products");
+    assert_eq!(put(other).await.0, 201);
+    assert!(files_holding(dir.path(), SECRET).is_empty());
+    stop.cancel();
+    serving.await.unwrap().unwrap();
+}

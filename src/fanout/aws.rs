@@ -11,12 +11,8 @@
 //! heartbeat_secs = 300               # TCS: an idle region still says where it is
 //! ```
 //!
-//! Credentials come from the standard AWS chain (environment, profile, web identity, container
-//! and instance metadata). TLS uses rustls with the `ring` provider, as the rest of the binary.
+//! Credentials come from the standard AWS chain (see [`crate::aws`]).
 
-use std::time::Duration;
-
-use aws_config::BehaviorVersion;
 use serde::{Deserialize, Serialize};
 
 /// How view changes reach edges.
@@ -175,29 +171,10 @@ impl SnsConfig {
         problems
     }
 
-    /// The SDK configuration: the region, the endpoint if set, the standard credential chain,
-    /// and an HTTPS client on rustls with `ring`.
+    /// The SDK configuration: the region (default: the node's), the endpoint if set.
     pub async fn sdk(&self, node_region: &str) -> aws_config::SdkConfig {
-        use aws_smithy_http_client::tls;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-            .build_https();
-        let region = self.aws_region.clone().unwrap_or_else(|| node_region.to_owned());
-        // Every call is bounded: a long poll waits at most 20 s, so an attempt gets 25 s, and an
-        // operation (retries included) a minute; a peer that vanished mid-call is then noticed.
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_attempt_timeout(Duration::from_secs(25))
-            .operation_timeout(Duration::from_secs(60))
-            .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(region))
-            .http_client(http)
-            .timeout_config(timeouts);
-        if let Some(url) = &self.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        loader.load().await
+        let region = self.aws_region.as_deref().unwrap_or(node_region);
+        crate::aws::sdk_config(region, self.endpoint_url.as_deref()).await
     }
 
     /// The queue of edge `edge_id`: `<prefix><id>`, with characters SQS refuses as `_`, at
@@ -225,25 +202,7 @@ fn valid_name(name: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// An SDK error as one line: the service's code and message when it answered, the transport's
-/// cause when it did not (the SDK's own `Display` says only "service error").
-pub fn sdk_error<E, R>(e: &aws_sdk_sns::error::SdkError<E, R>) -> String
-where
-    E: aws_sdk_sns::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    match e {
-        aws_sdk_sns::error::SdkError::ServiceError(s) => {
-            let err = s.err();
-            format!(
-                "{}: {}",
-                err.code().unwrap_or("service error"),
-                err.message().unwrap_or("no message")
-            )
-        }
-        other => crate::feed::error_chain(other),
-    }
-}
+pub use crate::aws::sdk_error;
 
 #[cfg(test)]
 mod tests {

@@ -64,14 +64,19 @@ pub(super) async fn seal(
     };
     let (key, wrapped) = match wrapped {
         Some(w) => {
-            let key = master
-                .unwrap(id.as_str(), &w)
-                .map_err(|e| invalid(format!("data_key: {e}")))?;
+            let key = master.unwrap_key(id.as_str(), &w).await.map_err(|e| match e {
+                // KMS unreachable: nothing was written, a retry may succeed.
+                crate::secrets::SecretError::Kms(why) => StoreError::Unavailable(why),
+                e => invalid(format!("data_key: {e}")),
+            })?;
             (key, w)
         }
         None => {
             let key = DataKey::generate().map_err(StoreError::storage)?;
-            let w = master.wrap(id.as_str(), &key).map_err(StoreError::storage)?;
+            let w = master.wrap_key(id.as_str(), &key).await.map_err(|e| match e {
+                crate::secrets::SecretError::Kms(why) => StoreError::Unavailable(why),
+                e => StoreError::storage(e),
+            })?;
             (key, w)
         }
     };
