@@ -95,6 +95,9 @@ pub struct CatalogueConfig {
     pub master_key: Option<PathBuf>,
     /// A KMS key as the master key instead of the file.
     pub kms: Option<KmsConfig>,
+    /// Master key files data keys may still be wrapped with (during a rotation: `POST
+    /// /v1/keys/rotate` moves them to the current key).
+    pub previous_master_keys: Vec<PathBuf>,
 }
 
 /// The master key in AWS KMS (`--kms-key-id`), reached with the standard credential chain.
@@ -168,7 +171,7 @@ pub struct Bound {
     addr: SocketAddr,
     store: Arc<dyn Store>,
     access: auth::Access,
-    master: Arc<crate::secrets::MasterKey>,
+    master: Arc<crate::secrets::MasterKeys>,
 }
 
 /// Opens the store in `cfg.data_dir` and binds `cfg.listen` (port 0 picks a free port; see
@@ -210,6 +213,12 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
                 .map_err(|e| CatalogueError::Auth(e.to_string()))?
         }
     };
+    let previous = cfg
+        .previous_master_keys
+        .iter()
+        .map(|path| crate::secrets::MasterKey::load_existing(path))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CatalogueError::Auth(e.to_string()))?;
     if cfg.new_log_epoch {
         let epoch = store.mint_epoch().await?;
         tracing::warn!(%epoch, "minted a new change-log epoch: every TCS reloads its view in full");
@@ -226,7 +235,7 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
         addr,
         store,
         access,
-        master: Arc::new(master),
+        master: Arc::new(crate::secrets::MasterKeys::new(master, previous)),
     })
 }
 
@@ -319,6 +328,9 @@ pub struct CatalogueArgs {
     /// Another KMS endpoint than AWS's (an emulator, a VPC endpoint).
     #[arg(long, requires = "kms_key_id")]
     pub kms_endpoint: Option<String>,
+    /// A master key file data keys may still be wrapped with, during a rotation (repeatable).
+    #[arg(long = "previous-master-key")]
+    pub previous_master_keys: Vec<PathBuf>,
 }
 
 impl From<CatalogueArgs> for CatalogueConfig {
@@ -336,6 +348,7 @@ impl From<CatalogueArgs> for CatalogueConfig {
                 region: args.kms_region,
                 endpoint: args.kms_endpoint,
             }),
+            previous_master_keys: args.previous_master_keys,
         }
     }
 }

@@ -221,6 +221,17 @@ impl MasterKey {
         })
     }
 
+    /// Reads an existing key file (a previous key: never created).
+    pub fn load_existing(path: &Path) -> Result<MasterKey, SecretError> {
+        if !path.exists() {
+            return Err(SecretError::KeyFile {
+                path: path.display().to_string(),
+                reason: "no such file".into(),
+            });
+        }
+        Self::load_or_create(path)
+    }
+
     /// The KMS key `key_id`, reached with `sdk` (the standard credential chain).
     pub fn kms(sdk: &aws_config::SdkConfig, key_id: &str) -> MasterKey {
         MasterKey::Kms {
@@ -306,6 +317,38 @@ impl MasterKey {
             .try_into()
             .map_err(|_| SecretError::Malformed("a data key is not 32 bytes"))?;
         DataKey::from_bytes(bytes)
+    }
+}
+
+/// The master key data keys are wrapped with now, and the ones they may still be wrapped with
+/// (during a rotation): a data key opens with whichever key its id names.
+#[derive(Debug)]
+pub struct MasterKeys {
+    current: MasterKey,
+    previous: Vec<MasterKey>,
+}
+
+impl MasterKeys {
+    /// `current`, and `previous` keys still accepted for unwrapping.
+    pub fn new(current: MasterKey, previous: Vec<MasterKey>) -> MasterKeys {
+        MasterKeys { current, previous }
+    }
+
+    /// The key new data keys are wrapped with.
+    pub fn current(&self) -> &MasterKey {
+        &self.current
+    }
+
+    /// Unwraps tenant `tenant`'s data key with the key that wrapped it.
+    pub async fn unwrap_key(&self, tenant: &str, wrapped: &WrappedKey) -> Result<DataKey, SecretError> {
+        let key = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id() == wrapped.key_id)
+            .ok_or_else(|| SecretError::OtherMasterKey {
+                found: wrapped.key_id.clone(),
+                ours: self.current.id().to_owned(),
+            })?;
+        key.unwrap_key(tenant, wrapped).await
     }
 }
 

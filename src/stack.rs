@@ -446,6 +446,7 @@ impl StackBuilder {
             allow_unauthenticated: false,
             new_log_epoch: false,
             master_key: None,
+            previous_master_keys: Vec::new(),
             kms: None,
         };
         match &self.run {

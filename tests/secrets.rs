@@ -144,9 +144,119 @@ async fn a_secret_is_stored_and_served_only_sealed() {
     assert!(db.iter().any(|f| f.contains("catalogue")), "{db:?}");
 }
 
+/// A catalogue in this process (SQLite in `dir`, no tokens, loopback) with these keys, seeded
+/// with the dev route file's realms and shards; its URL, and what stops it.
+async fn catalogue(
+    dir: &Path,
+    master_key: Option<std::path::PathBuf>,
+    previous_master_keys: Vec<std::path::PathBuf>,
+    kms: Option<tenant_edge::catalogue::KmsConfig>,
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let cfg = tenant_edge::catalogue::CatalogueConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        store: tenant_edge::catalogue::StoreConfig::Sqlite,
+        tokens: None,
+        allow_unauthenticated: true,
+        new_log_epoch: false,
+        master_key,
+        previous_master_keys,
+        kms,
+    };
+    let bound = tenant_edge::catalogue::bind(cfg).await.unwrap();
+    let url = format!("http://{}", bound.addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn({
+        let stop = stop.clone();
+        async move { bound.serve(stop).await.unwrap() }
+    });
+    let client = tenant_edge::feed::CatalogueClient::new(&url).unwrap();
+    let routes = tenant_edge::routes::RouteSnapshot::load_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("routes/dev.toml"),
+    )
+    .unwrap();
+    tenant_edge::stack::seed(&client, &routes, false).await.unwrap();
+    (url, stop, serving)
+}
+
+async fn put(url: &str, doc: &Value) -> (u16, Value) {
+    let url = format!("{url}/v1/tenants/{}", doc["id"].as_str().unwrap());
+    let r = reqwest::Client::new().put(url).json(doc).send().await.unwrap();
+    (
+        r.status().as_u16(),
+        r.json::<Value>().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn get(url: &str, path: &str) -> Value {
+    reqwest::get(format!("{url}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rotation_rewraps_data_keys_and_leaves_secrets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    let (url, stop, serving) = catalogue(dir.path(), Some(old.clone()), Vec::new(), None).await;
+    let (status, before) = put(&url, &acme_with_secrets(&json!(SECRET))).await;
+    assert_eq!(status, 201, "{before}");
+    stop.cancel();
+    serving.await.unwrap();
+
+    // The new key current, the old one still accepted: rotation moves every data key.
+    let (url, stop, serving) = catalogue(dir.path(), Some(new.clone()), vec![old.clone()], None).await;
+    let head = get(&url, "/v1/changes?after=0&limit=1").await["head"]
+        .as_u64()
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/keys/rotate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rotated: Value = r.json().await.unwrap();
+    assert_eq!(rotated["rewrapped"], 1, "{rotated}");
+    let after = get(&url, "/v1/tenants/acme").await;
+    assert_ne!(after["data_key"]["key_id"], before["data_key"]["key_id"]);
+    assert_eq!(after["data_key"]["key_id"], rotated["key_id"]);
+    assert_eq!(after["products"], before["products"], "no secret rewritten");
+    let page = get(&url, &format!("/v1/changes?after={head}")).await;
+    assert_eq!(
+        page["changes"].as_array().unwrap().len(),
+        1,
+        "the rotation is a change: {page}"
+    );
+    let again: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/keys/rotate"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["rewrapped"], 0);
+    stop.cancel();
+    serving.await.unwrap();
+
+    // The old key gone: the tenant, written back as read, still opens.
+    let (url, stop, serving) = catalogue(dir.path(), Some(new), Vec::new(), None).await;
+    let (status, body) = put(&url, &after).await;
+    assert_eq!(status, 200, "{body}");
+    stop.cancel();
+    serving.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_kms_master_key_writing_a_secret_needs_kms() {
-    use tenant_edge::catalogue::{CatalogueConfig, KmsConfig, StoreConfig};
+    use tenant_edge::catalogue::KmsConfig;
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
     let mut moto = tenant_edge::stack::moto::MotoServer::start().unwrap();
@@ -160,43 +270,13 @@ async fn with_a_kms_master_key_writing_a_secret_needs_kms() {
         .unwrap()
         .key_id;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = CatalogueConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        store: StoreConfig::Sqlite,
-        tokens: None,
-        allow_unauthenticated: true,
-        new_log_epoch: false,
-        master_key: None,
-        kms: Some(KmsConfig {
-            key_id: key.clone(),
-            region: Some("us-east-1".into()),
-            endpoint: Some(moto.endpoint()),
-        }),
+    let kms = KmsConfig {
+        key_id: key.clone(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
     };
-    let bound = tenant_edge::catalogue::bind(cfg).await.unwrap();
-    let url = format!("http://{}", bound.addr());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let serving = tokio::spawn(bound.serve(stop.clone()));
-    let client = tenant_edge::feed::CatalogueClient::new(&url).unwrap();
-    let routes = tenant_edge::routes::RouteSnapshot::load_file(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("routes/dev.toml"),
-    )
-    .unwrap();
-    tenant_edge::stack::seed(&client, &routes, false).await.unwrap();
-    let http = reqwest::Client::new();
-    let put = |doc: Value| {
-        let http = http.clone();
-        let url = format!("{url}/v1/tenants/{}", doc["id"].as_str().unwrap());
-        async move {
-            let r = http.put(url).json(&doc).send().await.unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
-    let (status, stored) = put(acme_with_secrets(&json!(SECRET))).await;
+    let (url, stop, serving) = catalogue(dir.path(), None, Vec::new(), Some(kms)).await;
+    let (status, stored) = put(&url, &acme_with_secrets(&json!(SECRET))).await;
     assert_eq!(status, 201, "{stored}");
     assert_eq!(stored["data_key"]["key_id"], format!("kms:{key}"));
     assert!(!stored.to_string().contains(SECRET));
@@ -210,11 +290,11 @@ async fn with_a_kms_master_key_writing_a_secret_needs_kms() {
     let mut other = acme_with_secrets(&json!(SECRET));
     other["id"] = json!("acme2");
     other["hosts"] = json!(["acme2.example.test"]);
-    let (status, body) = put(other.clone()).await;
+    let (status, body) = put(&url, &other).await;
     assert_eq!(status, 503, "{body}");
     other.as_object_mut().unwrap().remove("products");
-    assert_eq!(put(other).await.0, 201);
+    assert_eq!(put(&url, &other).await.0, 201);
     assert!(files_holding(dir.path(), SECRET).is_empty());
     stop.cancel();
-    serving.await.unwrap().unwrap();
+    serving.await.unwrap();
 }

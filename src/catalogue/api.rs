@@ -43,7 +43,7 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 struct AppState {
     store: Arc<dyn Store>,
     /// Wraps the tenants' data keys; without one, secrets are refused.
-    master: Option<Arc<crate::secrets::MasterKey>>,
+    master: Option<Arc<crate::secrets::MasterKeys>>,
     /// Cancelled at shutdown, so long-polls answer at once instead of holding it up.
     shutdown: CancellationToken,
     /// Long-polls parked right now (readers tailing an idle log), shown by `/healthz`.
@@ -76,7 +76,7 @@ pub(super) fn app(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
     access: super::auth::Access,
-    master: Option<Arc<crate::secrets::MasterKey>>,
+    master: Option<Arc<crate::secrets::MasterKeys>>,
 ) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -105,6 +105,7 @@ pub(super) fn app(
         .route("/v1/migrations/{id}/phase", put(migrations::set_phase))
         .route("/v1/changes", get(changes))
         .route("/v1/leases/{name}", put(put_lease))
+        .route("/v1/keys/rotate", axum::routing::post(rotate_keys))
         .fallback(|| async { Failure::Http(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             Failure::Http(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here".into())
@@ -305,6 +306,25 @@ async fn put_realm(
 ) -> Answer {
     no_if_match(m)?;
     Ok(written(s.store.put_realm(name, doc).await?).into_response())
+}
+
+/// `POST /v1/keys/rotate` (admin): every tenant's data key wrapped by a previous master key
+/// is wrapped again by the current one, a change per tenant, no secret rewritten.
+async fn rotate_keys(State(s): State<AppState>) -> Answer {
+    let Some(master) = s.master.as_deref() else {
+        return Err(Failure::Http(
+            StatusCode::CONFLICT,
+            "this catalogue has no master key".into(),
+        ));
+    };
+    let (rewrapped, left) = seal::rotate(&*s.store, master).await?;
+    tracing::info!(rewrapped, left, key = %master.current().id(), "data keys re-wrapped");
+    Ok(Json(serde_json::json!({
+        "rewrapped": rewrapped,
+        "left": left,
+        "key_id": master.current().id(),
+    }))
+    .into_response())
 }
 
 /// `PUT /v1/leases/{name}`: takes, renews or (`ttl_ms` 0) gives up a lease; 200 with who

@@ -138,6 +138,10 @@ fn needed(method: &Method, path: &str) -> Option<Scope> {
     if path.starts_with("/v1/leases/") {
         return Some(Scope::Read);
     }
+    // Re-wrapping every tenant's data key is the operator's act.
+    if path.starts_with("/v1/keys") {
+        return Some(Scope::Admin);
+    }
     Some(if path.starts_with("/v1/migrations") {
         if read {
             Scope::Read
@@ -208,6 +212,7 @@ mod tests {
         );
         assert_eq!(needed(&Method::GET, "/v1/migrations/7"), Some(Scope::Read));
         assert_eq!(needed(&Method::PUT, "/v1/leases/fanout-us"), Some(Scope::Read));
+        assert_eq!(needed(&Method::POST, "/v1/keys/rotate"), Some(Scope::Admin));
         assert_eq!(needed(&Method::POST, "/nowhere"), Some(Scope::Write));
     }
 

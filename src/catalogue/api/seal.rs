@@ -5,7 +5,7 @@
 
 use crate::catalogue::store::{Store, StoreError};
 use crate::feed::{Secret, TenantDoc};
-use crate::secrets::{secret_context, DataKey, MasterKey};
+use crate::secrets::{secret_context, DataKey, MasterKeys, SecretError, WrappedKey};
 use crate::tenant::TenantId;
 
 /// The longest secret accepted, in bytes.
@@ -19,7 +19,7 @@ fn invalid(problem: String) -> StoreError {
 /// without secrets keeps no data key.
 pub(super) async fn seal(
     store: &dyn Store,
-    master: Option<&MasterKey>,
+    master: Option<&MasterKeys>,
     id: &TenantId,
     doc: &mut TenantDoc,
 ) -> Result<(), StoreError> {
@@ -66,17 +66,20 @@ pub(super) async fn seal(
         Some(w) => {
             let key = master.unwrap_key(id.as_str(), &w).await.map_err(|e| match e {
                 // KMS unreachable: nothing was written, a retry may succeed.
-                crate::secrets::SecretError::Kms(why) => StoreError::Unavailable(why),
+                SecretError::Kms(why) => StoreError::Unavailable(why),
                 e => invalid(format!("data_key: {e}")),
             })?;
+            // A key wrapped by a previous master key moves to the current one as it passes.
+            let w = if w.key_id == master.current().id() {
+                w
+            } else {
+                wrap(master, id, &key).await?
+            };
             (key, w)
         }
         None => {
             let key = DataKey::generate().map_err(StoreError::storage)?;
-            let w = master.wrap_key(id.as_str(), &key).await.map_err(|e| match e {
-                crate::secrets::SecretError::Kms(why) => StoreError::Unavailable(why),
-                e => StoreError::storage(e),
-            })?;
+            let w = wrap(master, id, &key).await?;
             (key, w)
         }
     };
@@ -102,4 +105,43 @@ pub(super) async fn seal(
     }
     doc.data_key = Some(wrapped);
     Ok(())
+}
+
+/// Wraps `key` with the current master key.
+async fn wrap(master: &MasterKeys, id: &TenantId, key: &DataKey) -> Result<WrappedKey, StoreError> {
+    master
+        .current()
+        .wrap_key(id.as_str(), key)
+        .await
+        .map_err(|e| match e {
+            SecretError::Kms(why) => StoreError::Unavailable(why),
+            e => StoreError::storage(e),
+        })
+}
+
+/// Re-wraps every data key not wrapped by the current master key, one tenant write each
+/// (compare-and-set on its version, so a concurrent write is never lost; such a tenant is left
+/// for the next run), its sealed secrets untouched. Returns (re-wrapped, left).
+pub(super) async fn rotate(store: &dyn Store, master: &MasterKeys) -> Result<(usize, usize), StoreError> {
+    let mut done = 0;
+    let mut left = 0;
+    for mut doc in store.list_tenants().await? {
+        let Some(w) = doc.data_key.clone() else { continue };
+        if w.key_id == master.current().id() {
+            continue;
+        }
+        let id = doc.id.clone();
+        let key = master.unwrap_key(id.as_str(), &w).await.map_err(|e| match e {
+            SecretError::Kms(why) => StoreError::Unavailable(why),
+            e => invalid(format!("tenant {id}: data_key: {e}")),
+        })?;
+        doc.data_key = Some(wrap(master, &id, &key).await?);
+        let version = doc.version;
+        match store.put_tenant(id.clone(), doc, Some(version)).await {
+            Ok(_) => done += 1,
+            Err(StoreError::VersionConflict { .. }) => left += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((done, left))
 }
