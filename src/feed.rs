@@ -86,7 +86,37 @@ impl TenantDoc {
             realm: self.realm.clone(),
             hosts: self.hosts.clone(),
             placements: (&self.placements).into(),
+            products: None,
+            data_key: None,
         }
+    }
+
+    /// The tenant as a view projects it: the routing facts, `products`' config, and their
+    /// secrets (still sealed) with the wrapped data key when `secrets`. An empty `products` is
+    /// the `ingress` view's record.
+    pub fn project(&self, products: &[Product], secrets: bool) -> IngressRecord {
+        let mut record = self.ingress();
+        if products.is_empty() {
+            return record;
+        }
+        let chosen: BTreeMap<Product, ProductDoc> = self
+            .products
+            .iter()
+            .filter(|(p, _)| products.contains(p))
+            .map(|(p, doc)| {
+                let mut doc = doc.clone();
+                if !secrets {
+                    doc.secrets.clear();
+                }
+                (p.clone(), doc)
+            })
+            .collect();
+        let has_secrets = chosen.values().any(|d| !d.secrets.is_empty());
+        record.products = Some(Box::new(chosen));
+        if has_secrets {
+            record.data_key = self.data_key.clone().map(Box::new);
+        }
+        record
     }
 }
 

@@ -483,13 +483,27 @@ impl StackBuilder {
     ) -> Result<Part, StackError> {
         let listen = self.bind_addr(contract_tcs_port(region).unwrap_or(0));
         let snapshot = self.dir.join(format!("tcs-{region}.json"));
-        let mut consumers = vec![ConsumerConfig::new("edge", &stack.secrets.edge, &["ingress"])];
+        let mut consumers = vec![
+            ConsumerConfig::new("edge", &stack.secrets.edge, &["ingress"]),
+            ConsumerConfig::new("jira", &stack.secrets.jira, &["jira"]),
+            ConsumerConfig::new("confluence", &stack.secrets.confluence, &["confluence"]),
+        ];
         consumers.extend(self.consumers.iter().cloned());
         let mut cfg = TcsConfig::new(region.clone(), listen, catalogue, snapshot, consumers);
         cfg.catalogue_token = Some(stack.secrets.tcs.clone());
         // The operator's token also opens the TCS's admin endpoints.
         cfg.admin_token = Some(stack.secrets.operator.clone());
         cfg.fanout = self.fanout_of(region);
+        // Each product's service reads its own view: its config and sealed secrets.
+        cfg.views = ["jira", "confluence"]
+            .iter()
+            .filter_map(|p| crate::tenant::Product::new(p).ok())
+            .map(|product| crate::tcs::config::ViewConfig {
+                name: product.to_string(),
+                products: vec![product],
+                secrets: true,
+            })
+            .collect();
         if let Some(edit) = &self.edit_tcs {
             edit(index, &mut cfg);
         }
@@ -643,6 +657,9 @@ struct Secrets {
     operator: String,
     tcs: String,
     edge: String,
+    /// The jira and confluence services' tokens at TCS (their own views only).
+    jira: String,
+    confluence: String,
 }
 
 impl Secrets {
@@ -678,26 +695,29 @@ impl Secrets {
         let operator_file = dir.join("operator.token");
         write_private(&operator_file, format!("{operator}\n").as_bytes())
             .map_err(|e| io_err(&operator_file, e))?;
-        let edge = match edge {
-            Some(token) => token.to_owned(),
-            None => {
-                let path = dir.join("edge.token");
-                match crate::feed::bearer::read_token_file(&path) {
-                    Ok(Some(token)) => token,
-                    _ => {
-                        let token = new_token();
-                        write_private(&path, format!("{token}\n").as_bytes())
-                            .map_err(|e| io_err(&path, e))?;
-                        token
-                    }
+        // A consumer's token at TCS: kept in `<name>.token`, generated at the first start.
+        let consumer = |name: &str| -> Result<String, StackError> {
+            let path = dir.join(format!("{name}.token"));
+            match crate::feed::bearer::read_token_file(&path) {
+                Ok(Some(token)) => Ok(token),
+                _ => {
+                    let token = new_token();
+                    write_private(&path, format!("{token}\n").as_bytes()).map_err(|e| io_err(&path, e))?;
+                    Ok(token)
                 }
             }
+        };
+        let edge = match edge {
+            Some(token) => token.to_owned(),
+            None => consumer("edge")?,
         };
         Ok(Secrets {
             token_file,
             operator,
             tcs,
             edge,
+            jira: consumer("jira")?,
+            confluence: consumer("confluence")?,
         })
     }
 }
@@ -706,6 +726,15 @@ impl Stack {
     /// The operator's catalogue token (every scope).
     pub fn operator_token(&self) -> &str {
         &self.secrets.operator
+    }
+
+    /// The token of product `product`'s service at TCS (`jira`, `confluence`): its own view only.
+    pub fn product_token(&self, product: &str) -> Option<&str> {
+        match product {
+            "jira" => Some(&self.secrets.jira),
+            "confluence" => Some(&self.secrets.confluence),
+            _ => None,
+        }
     }
 
     /// The catalogue token TCS nodes read with (`read` scope).

@@ -35,10 +35,9 @@ use metrics::TcsMetrics;
 use tail::{TailStatus, Tailer};
 use view::IngressView;
 
-/// Name of the `ingress` view: routing facts only, never secrets.
+/// Name of the `ingress` view: routing facts only, never secrets. Every TCS serves it; others
+/// are declared in the config (`[[views]]`).
 pub const INGRESS: &str = "ingress";
-/// Every view a TCS can serve; consumers may only name these.
-pub const VIEW_NAMES: &[&str] = &[INGRESS];
 
 /// Why TCS could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +116,7 @@ pub struct Tcs(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     config: TcsConfig,
-    views: BTreeMap<&'static str, Arc<IngressView>>,
+    views: BTreeMap<String, Arc<IngressView>>,
     status: Arc<TailStatus>,
     metrics: TcsMetrics,
     faults: FaultSwitch,
@@ -145,10 +144,18 @@ impl Tcs {
             });
         }
         let metrics = TcsMetrics::new(config.region.as_str())?;
-        let views = VIEW_NAMES
-            .iter()
-            .map(|&name| (name, Arc::new(IngressView::new(ring, channel))))
-            .collect();
+        let mut views: BTreeMap<String, Arc<IngressView>> = BTreeMap::new();
+        views.insert(INGRESS.to_owned(), Arc::new(IngressView::new(ring, channel)));
+        for v in &config.views {
+            let projection = view::Projection {
+                products: v.products.clone(),
+                secrets: v.secrets,
+            };
+            views.insert(
+                v.name.clone(),
+                Arc::new(IngressView::projecting(ring, channel, projection)),
+            );
+        }
         let faults = FaultSwitch::new(config.allow_faults);
         let fleet = fleet::Edges::new(Duration::from_secs(config.fleet_expiry_secs));
         Ok(Self(Arc::new(Inner {
@@ -173,8 +180,23 @@ impl Tcs {
 
     /// The `ingress` view.
     pub fn ingress(&self) -> Arc<IngressView> {
-        // `new` builds every name in `VIEW_NAMES`, so the default is never taken.
+        // `new` always builds it, so the default is never taken.
         self.view(INGRESS).unwrap_or_default()
+    }
+
+    /// The views beside `ingress`, with the snapshot file of each.
+    fn other_views(&self) -> Vec<(Arc<IngressView>, PathBuf)> {
+        self.0
+            .views
+            .iter()
+            .filter(|(name, _)| name.as_str() != INGRESS)
+            .map(|(name, view)| {
+                (
+                    Arc::clone(view),
+                    snapshot::path_of_view(&self.0.config.snapshot, name),
+                )
+            })
+            .collect()
     }
 
     /// What the tailer knows about the catalogue.
@@ -283,12 +305,28 @@ impl Tcs {
             }
             None => 0,
         };
+        let others = self.other_views();
+        let mut written = Vec::new();
+        for (view, path) in &others {
+            // A view whose file is missing or behind `ingress` is caught up by the tailer
+            // before it polls (from the log, up to where `ingress` is).
+            let seq = match snapshot::load(path) {
+                Some(snap) if snap.seq <= on_disk => {
+                    let seq = snap.seq;
+                    view.restore(snap);
+                    seq
+                }
+                _ => 0,
+            };
+            written.push(seq);
+        }
         let tailer = Tailer::new(
             crate::feed::CatalogueClient::new(&cfg.catalogue)?.with_token(cfg.catalogue_token.clone()),
             Arc::clone(&ingress),
             Arc::clone(&self.0.status),
             self.0.metrics.clone(),
         )
+        .with_others(others.iter().map(|(v, _)| Arc::clone(v)).collect())
         .with_pause(self.0.faults.pause_watch());
         // Background tasks stop with the server even if serving fails.
         let tasks = shutdown.child_token();
@@ -299,6 +337,11 @@ impl Tcs {
             on_disk,
             tasks.clone(),
         ));
+        let other_writers: Vec<_> = others
+            .into_iter()
+            .zip(written)
+            .map(|((view, path), seq)| tokio::spawn(snapshot::run_writer(view, path, seq, tasks.clone())))
+            .collect();
         let addr = listener.local_addr().map_err(TcsError::Serve)?;
         let publisher = match cfg.fanout.sns() {
             Some(sns) => {
@@ -339,6 +382,9 @@ impl Tcs {
         // The writer's last act is the final snapshot; a panicked task has nothing to add.
         let _ = tail_task.await;
         let _ = writer.await;
+        for w in other_writers {
+            let _ = w.await;
+        }
         if let Some(publisher) = publisher {
             let _ = publisher.await;
         }

@@ -404,6 +404,13 @@ pub struct IngressRecord {
     pub hosts: Vec<Host>,
     /// Product -> placement.
     pub placements: Placements,
+    /// In a product's view only (never in `ingress`): the products' config and, when the view
+    /// carries them, their secrets, still sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub products: Option<Box<std::collections::BTreeMap<Product, crate::feed::ProductDoc>>>,
+    /// In a product's view carrying secrets: the tenant's wrapped data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<Box<crate::secrets::WrappedKey>>,
 }
 
 impl IngressRecord {

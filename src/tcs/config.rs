@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{TcsError, VIEW_NAMES};
+use super::TcsError;
 use crate::tenant::Region;
 
 /// Readiness allows the view to trail the catalogue head by this many sequences by default.
@@ -62,6 +62,23 @@ pub struct TcsConfig {
     /// publishes (see [`crate::fanout::publish`]).
     #[serde(default)]
     pub fanout: crate::fanout::aws::FanoutConfig,
+    /// Views beside `ingress`, one per consuming product: each carries some products' config
+    /// and, with `secrets`, their secrets still sealed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewConfig>,
+}
+
+/// One view beside `ingress` (`[[views]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    /// Its name in the API (`/v1/views/{name}/...`): 1 to 64 of `[a-z0-9-]`, not `ingress`.
+    pub name: String,
+    /// The products whose config it carries.
+    pub products: Vec<crate::tenant::Product>,
+    /// Whether it carries their secrets (sealed) and the tenant's wrapped data key.
+    #[serde(default)]
+    pub secrets: bool,
 }
 
 fn default_fleet_expiry_secs() -> u64 {
@@ -129,6 +146,7 @@ impl TcsConfig {
             consumers,
             fleet_expiry_secs: default_fleet_expiry_secs(),
             fanout: crate::fanout::aws::FanoutConfig::Stream,
+            views: Vec::new(),
         }
     }
 
@@ -160,10 +178,26 @@ impl TcsConfig {
         if let Some(sns) = self.fanout.sns() {
             problems.extend(sns.problems());
         }
+        let mut views: Vec<&str> = vec![super::INGRESS];
+        for v in &self.views {
+            let ok = (1..=64).contains(&v.name.len())
+                && v.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                problems.push(format!("view {:?}: a name of 1 to 64 of [a-z0-9-]", v.name));
+            } else if views.contains(&v.name.as_str()) {
+                problems.push(format!("view {:?} is declared twice (or is ingress)", v.name));
+            }
+            if v.products.is_empty() {
+                problems.push(format!("view {:?} names no product", v.name));
+            }
+            views.push(&v.name);
+        }
         let mut names = HashSet::new();
         let mut tokens = HashSet::new();
         for c in &self.consumers {
-            check_consumer(c, &mut names, &mut tokens, &mut problems);
+            check_consumer(c, &views, &mut names, &mut tokens, &mut problems);
         }
         if problems.is_empty() {
             Ok(())
@@ -178,6 +212,7 @@ impl TcsConfig {
 
 fn check_consumer<'a>(
     c: &'a ConsumerConfig,
+    views: &[&str],
     names: &mut HashSet<&'a str>,
     tokens: &mut HashSet<&'a str>,
     problems: &mut Vec<String>,
@@ -194,11 +229,11 @@ fn check_consumer<'a>(
         problems.push(format!("consumer {:?} reuses another consumer's token", c.name));
     }
     for view in &c.views {
-        if !VIEW_NAMES.contains(&view.as_str()) {
+        if !views.contains(&view.as_str()) {
             problems.push(format!(
                 "consumer {:?}: unknown view {view:?} (known: {})",
                 c.name,
-                VIEW_NAMES.join(", ")
+                views.join(", ")
             ));
         }
     }

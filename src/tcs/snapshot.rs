@@ -56,6 +56,14 @@ impl From<crate::durable::FileError> for SnapshotError {
     }
 }
 
+/// The snapshot file of view `name` beside `ingress`'s `path`: `tcs-us.json` -> `tcs-us.jira.json`.
+pub fn path_of_view(path: &Path, name: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "view".into(), |s| s.to_string_lossy().into_owned());
+    path.with_file_name(format!("{stem}.{name}.json"))
+}
+
 /// Reads a snapshot. A missing file is a first start; an unreadable or corrupt one is logged
 /// and ignored: TCS then replays the catalogue log from 0, which is slow but correct.
 pub fn load(path: &Path) -> Option<ViewSnapshot> {

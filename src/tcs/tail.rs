@@ -103,6 +103,8 @@ impl TailStatus {
 pub struct Tailer {
     client: CatalogueClient,
     view: Arc<IngressView>,
+    /// The views beside `view` (products' views): every change goes to each, in step.
+    others: Vec<Arc<IngressView>>,
     status: Arc<TailStatus>,
     metrics: TcsMetrics,
     pause: watch::Receiver<bool>,
@@ -119,11 +121,43 @@ impl Tailer {
         Self {
             client,
             view,
+            others: Vec::new(),
             status,
             metrics,
             // Its sender is gone at once: never paused.
             pause: watch::channel(false).1,
         }
+    }
+
+    /// The same tailer, applying every change to `others` too.
+    pub fn with_others(mut self, others: Vec<Arc<IngressView>>) -> Self {
+        self.others = others;
+        self
+    }
+
+    /// Brings every other view up to the main one's seq, from the log (a view whose snapshot
+    /// file was missing or older); before the first poll.
+    async fn catch_up_others(&self) -> Result<(), PollError> {
+        let target = self.view.seq();
+        for view in &self.others {
+            while view.seq() < target {
+                let page = self.client.changes(view.seq(), Some(PAGE_LIMIT), Some(0)).await?;
+                if page.changes.is_empty() {
+                    break;
+                }
+                for change in page.changes.iter().filter(|c| c.seq <= target) {
+                    view.apply(change);
+                }
+                if page.changes.iter().any(|c| c.seq >= target) {
+                    break;
+                }
+            }
+            if view.seq() < target {
+                // Nothing left to apply before the target (changes without events): align.
+                view.advance_to(target);
+            }
+        }
+        Ok(())
     }
 
     /// The same tailer, applying nothing while `pause` holds `true`.
@@ -135,6 +169,25 @@ impl Tailer {
     /// Polls until `shutdown` is cancelled, backing off (capped, jittered) after errors.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
+        while !self.others.is_empty() {
+            let caught_up = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = self.catch_up_others() => r,
+            };
+            match caught_up {
+                Ok(()) => break,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = BACKOFF.delay(failures);
+                    tracing::warn!(error = %error_chain(&e), "catching the product views up failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        failures = 0;
         loop {
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -198,6 +251,9 @@ impl Tailer {
         }
         for change in &page.changes {
             self.count(self.view.apply(change));
+            for view in &self.others {
+                view.apply(change);
+            }
         }
         if !page.changes.is_empty() {
             self.status.advanced(self.view.seq());
@@ -224,7 +280,7 @@ impl Tailer {
     /// Rebuilds the view from the catalogue's whole log (page by page into a fresh view), then
     /// swaps it in at once; subscribers are told to resync. Returns how many tenants it holds.
     async fn reload(&self) -> Result<usize, PollError> {
-        let fresh = IngressView::default();
+        let fresh = self.view.empty_like();
         let mut epoch = String::new();
         loop {
             let page = self
@@ -241,9 +297,29 @@ impl Tailer {
             }
         }
         let mut snapshot = fresh.snapshot().to_owned_snapshot();
-        snapshot.epoch = epoch;
+        snapshot.epoch.clone_from(&epoch);
         let tenants = snapshot.records.len();
         tracing::info!(seq = snapshot.seq, tenants, epoch = %snapshot.epoch, "view reloaded in full");
+        // The others from the same log, up to the same seq.
+        let target = snapshot.seq;
+        for view in &self.others {
+            let fresh = view.empty_like();
+            let mut after = 0;
+            while after < target {
+                let page = self.client.changes(after, Some(PAGE_LIMIT), Some(0)).await?;
+                if page.changes.is_empty() {
+                    break;
+                }
+                for change in page.changes.iter().filter(|c| c.seq <= target) {
+                    fresh.apply(change);
+                }
+                after = page.changes.last().map_or(target, |c| c.seq);
+            }
+            fresh.advance_to(target);
+            let mut snap = fresh.snapshot().to_owned_snapshot();
+            snap.epoch.clone_from(&epoch);
+            view.reload(snap);
+        }
         self.view.reload(snapshot);
         self.status.advanced(self.view.seq());
         self.metrics

@@ -118,12 +118,24 @@ impl State {
     }
 }
 
-/// The `ingress` view: routing facts of every tenant, kept current by [`IngressView::apply`].
+/// What a view holds of each tenant beyond its routing facts: nothing (`ingress`), or some
+/// products' config and, with `secrets`, their sealed secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Projection {
+    /// The products whose config (and secrets) the view carries; empty: the `ingress` view.
+    pub products: Vec<crate::tenant::Product>,
+    /// Whether their secrets (sealed) and the wrapped data key come too.
+    pub secrets: bool,
+}
+
+/// A view: every tenant's routing facts (and, for a product's view, its projection of the
+/// tenant), kept current by [`IngressView::apply`].
 #[derive(Debug)]
 pub struct IngressView {
     state: RwLock<State>,
     ring_capacity: usize,
     events: broadcast::Sender<ViewEvent>,
+    projection: Projection,
 }
 
 impl Default for IngressView {
@@ -136,11 +148,22 @@ impl IngressView {
     /// An empty view at seq 0 that retains `ring_capacity` events and lets live subscribers
     /// trail by `channel_capacity` events.
     pub fn new(ring_capacity: usize, channel_capacity: usize) -> Self {
+        Self::projecting(ring_capacity, channel_capacity, Projection::default())
+    }
+
+    /// [`IngressView::new`] for a view that projects tenants through `projection`.
+    pub fn projecting(ring_capacity: usize, channel_capacity: usize, projection: Projection) -> Self {
         Self {
             state: RwLock::new(State::default()),
             ring_capacity: ring_capacity.max(1),
             events: broadcast::channel(channel_capacity.max(1)).0,
+            projection,
         }
+    }
+
+    /// An empty view projecting as this one does (a reload builds one aside).
+    pub fn empty_like(&self) -> Self {
+        Self::projecting(DEFAULT_RING_CAPACITY, 1, self.projection.clone())
     }
 
     /// Replaces the contents with a snapshot. Events before it are unknown, so a subscriber
@@ -176,6 +199,13 @@ impl IngressView {
         let _ = self.events.send(ViewEvent::Resync { seq });
     }
 
+    /// Moves the applied seq to `seq` when it is behind (what is between held no change for
+    /// this view).
+    pub fn advance_to(&self, seq: u64) {
+        let mut st = self.write();
+        st.seq = st.seq.max(seq);
+    }
+
     /// The epoch of the catalogue log the view's seqs belong to (empty until known).
     pub fn epoch(&self) -> String {
         self.read().epoch.clone()
@@ -199,7 +229,9 @@ impl IngressView {
         }
         st.seq = change.seq;
         let event = match &change.body {
-            ChangeBody::Tenant { id, version, doc } => tenant_change(&mut st, change.seq, id, *version, doc),
+            ChangeBody::Tenant { id, version, doc } => {
+                tenant_change(&mut st, &self.projection, change.seq, id, *version, doc)
+            }
             // Migrations reach the view through the tenant change written with them.
             ChangeBody::Shard { .. } | ChangeBody::Realm { .. } | ChangeBody::Migration { .. } => None,
         };
@@ -342,6 +374,7 @@ fn serialize_records<S: serde::Serializer>(records: &[Arc<Held>], s: S) -> Resul
 
 fn tenant_change(
     st: &mut State,
+    projection: &Projection,
     seq: u64,
     id: &TenantId,
     version: u64,
@@ -355,13 +388,20 @@ fn tenant_change(
     }
     let prev = st.last_event;
     match doc {
-        Some(doc) => Some(upsert(st, seq, prev, version, doc)),
+        Some(doc) => Some(upsert(st, projection, seq, prev, version, doc)),
         None => delete(st, seq, prev, id, version),
     }
 }
 
-fn upsert(st: &mut State, seq: u64, prev: u64, version: u64, doc: &TenantDoc) -> ViewEvent {
-    let mut record = doc.ingress();
+fn upsert(
+    st: &mut State,
+    projection: &Projection,
+    seq: u64,
+    prev: u64,
+    version: u64,
+    doc: &TenantDoc,
+) -> ViewEvent {
+    let mut record = doc.project(&projection.products, projection.secrets);
     record.version = version;
     let removed_hosts: Vec<Host> = match st.records.get(&record.id) {
         Some(old) => old

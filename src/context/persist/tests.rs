@@ -25,6 +25,8 @@ fn record(id: &str, version: u64, hosts: &[&str]) -> IngressRecord {
         realm: Realm::new("us").unwrap(),
         hosts: hosts.iter().map(|h| Host::parse(h).unwrap()).collect(),
         placements: placements.into(),
+        products: None,
+        data_key: None,
     }
 }
 

@@ -1,0 +1,150 @@
+//! Views per consumer: the dev stack's TCS serves `jira` and `confluence` beside `ingress`,
+//! each with its product's config and sealed secrets, each readable by its own service's token
+//! only; every endpoint works for every view; the `ingress` view never carries a secret.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail the test by unwrapping")]
+
+mod common;
+
+use common::{eventually, Stack, EDGE_TOKEN};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const SECRET: &str = "view-secret-4b7e21";
+
+async fn call(stack: &Stack, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = stack.http.get(format!("{}{path}", stack.tcs_urls[0]));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn each_product_reads_its_own_view_and_nothing_else() {
+    let mut stack = Stack::start().await;
+    let doc = json!({
+        "id": "acme", "hosts": ["acme.example.test"], "realm": "us",
+        "placements": {"jira": {"shard": "jira-us-east-1"}, "confluence": {"shard": "confluence-us-east-1"}},
+        "products": {
+            "jira": {"config": {"db": "acme_jira"}, "secrets": {"db_password": SECRET}},
+            "confluence": {"config": {"db": "acme_wiki"}, "secrets": {"db_password": "other-secret-value"}}
+        }
+    });
+    let (status, stored) = stack.put_tenant(&doc).await;
+    assert_eq!(status, 200, "{stored}");
+    let version = stored["version"].as_u64().unwrap();
+    let jira = stack.product_token("jira").unwrap().to_owned();
+    let confluence = stack.product_token("confluence").unwrap().to_owned();
+
+    // The jira view: jira's config and its sealed secret, nothing of confluence.
+    let lookup = "/v1/views/jira/hosts/acme.example.test";
+    let record: Value = eventually(Duration::from_secs(10), || async {
+        let (status, body) = call(&stack, lookup, Some(&jira)).await;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (status == 200 && v["record"]["version"].as_u64() == Some(version)).then_some(v)
+    })
+    .await;
+    let r = &record["record"];
+    assert_eq!(r["products"]["jira"]["config"]["db"], "acme_jira", "{record}");
+    assert!(
+        r["products"]["jira"]["secrets"]["db_password"]["ciphertext"].is_string(),
+        "{record}"
+    );
+    assert!(r["products"].get("confluence").is_none(), "{record}");
+    assert!(r["data_key"]["key_id"].is_string(), "{record}");
+    assert!(!record.to_string().contains(SECRET));
+
+    // Isolation: no token 401, another product's token 403, the edge's token 403.
+    assert_eq!(call(&stack, lookup, None).await.0, 401);
+    assert_eq!(call(&stack, lookup, Some(&confluence)).await.0, 403);
+    assert_eq!(call(&stack, lookup, Some(EDGE_TOKEN)).await.0, 403);
+    assert_eq!(
+        call(&stack, "/v1/views/ingress/hosts/acme.example.test", Some(&jira))
+            .await
+            .0,
+        403
+    );
+    let (status, theirs) = call(
+        &stack,
+        "/v1/views/confluence/hosts/acme.example.test",
+        Some(&confluence),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        theirs.contains("acme_wiki") && !theirs.contains("acme_jira"),
+        "{theirs}"
+    );
+
+    // The ingress view: routing facts only.
+    let (status, ingress) = call(
+        &stack,
+        "/v1/views/ingress/hosts/acme.example.test",
+        Some(EDGE_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        !ingress.contains("products") && !ingress.contains("ciphertext") && !ingress.contains("data_key"),
+        "{ingress}"
+    );
+
+    // Every endpoint answers for the view: by tenant id (placement), snapshot, change stream.
+    let (status, placement) = call(&stack, "/v1/views/jira/tenants/acme/placements/jira", Some(&jira)).await;
+    assert_eq!(status, 200, "{placement}");
+    let (status, snapshot) = call(&stack, "/v1/views/jira/snapshot", Some(&jira)).await;
+    assert_eq!(status, 200);
+    assert!(snapshot.contains("acme_jira") && !snapshot.contains(SECRET));
+    let mut stream = stack
+        .http
+        .get(format!("{}/v1/views/jira/changes?after=0", stack.tcs_urls[0]))
+        .bearer_auth(&jira)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("acme_jira") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains(SECRET));
+    drop(stream);
+    let batch = stack
+        .http
+        .post(format!("{}/v1/views/jira/hosts", stack.tcs_urls[0]))
+        .bearer_auth(&jira)
+        .json(&json!({"hosts": ["acme.example.test", "nobody.example.test"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), 200);
+    assert!(batch.text().await.unwrap().contains("acme_jira"));
+
+    // Restarted without the jira view's snapshot file: the view is caught up from the log.
+    assert!(stack.tcs[0].terminate(), "TCS stops on SIGTERM");
+    let file = stack.dir.path().join("tcs-us-east-1.jira.json");
+    let kept = std::fs::read_to_string(&file).unwrap();
+    assert!(kept.contains("acme_jira") && !kept.contains(SECRET));
+    std::fs::remove_file(&file).unwrap();
+    stack.tcs[0].restart().unwrap();
+    // A new client each time: the old one's connections went with the old process.
+    let url = format!("{}{lookup}", stack.tcs_urls[0]);
+    eventually(Duration::from_secs(10), || async {
+        let r = reqwest::Client::new()
+            .get(&url)
+            .bearer_auth(&jira)
+            .send()
+            .await
+            .ok()?;
+        let body = r.text().await.ok()?;
+        body.contains("acme_jira").then_some(())
+    })
+    .await;
+}
