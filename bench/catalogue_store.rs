@@ -102,6 +102,7 @@ async fn start(dir: &std::path::Path, store: StoreConfig, stop: &CancellationTok
         allow_unauthenticated: true,
         new_log_epoch: false,
         master_key: None,
+        previous_master_keys: Vec::new(),
         kms: None,
     };
     let bound = tenant_edge::catalogue::bind(cfg).await?;

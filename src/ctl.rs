@@ -83,6 +83,9 @@ pub enum CtlCommand {
         #[arg(long)]
         max_lag_seqs: Option<u64>,
     },
+    /// Re-wraps every tenant's data key still wrapped by a previous master key with the
+    /// current one (the catalogue started with `--previous-master-key`); no secret rewritten.
+    RotateKeys,
     /// Prints the change log.
     Changes {
         /// Print changes after this sequence number.
@@ -299,6 +302,13 @@ impl CtlArgs {
             CtlCommand::Changes { after, limit } => {
                 let page = client.changes(after, limit, None).await?;
                 Ok(output::changes(&page.changes))
+            }
+            CtlCommand::RotateKeys => {
+                let r = client.rotate_keys().await?;
+                Ok(format!(
+                    "re-wrapped {} data keys with {} ({} left: run it again)\n",
+                    r.rewrapped, r.key_id, r.left
+                ))
             }
         }
     }

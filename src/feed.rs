@@ -347,6 +347,17 @@ pub struct LeaseRequest {
     pub ttl_ms: u64,
 }
 
+/// Answer to `POST /v1/keys/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotated {
+    /// Data keys wrapped again with the current master key.
+    pub rewrapped: usize,
+    /// Tenants written meanwhile (compare-and-set lost): run the rotation again.
+    pub left: usize,
+    /// The current master key's id.
+    pub key_id: String,
+}
+
 /// The longest lease the catalogue grants.
 pub const MAX_LEASE_MS: u64 = 10 * 60 * 1000;
 

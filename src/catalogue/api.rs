@@ -319,11 +319,11 @@ async fn rotate_keys(State(s): State<AppState>) -> Answer {
     };
     let (rewrapped, left) = seal::rotate(&*s.store, master).await?;
     tracing::info!(rewrapped, left, key = %master.current().id(), "data keys re-wrapped");
-    Ok(Json(serde_json::json!({
-        "rewrapped": rewrapped,
-        "left": left,
-        "key_id": master.current().id(),
-    }))
+    Ok(Json(crate::feed::Rotated {
+        rewrapped,
+        left,
+        key_id: master.current().id().to_owned(),
+    })
     .into_response())
 }
 

@@ -283,6 +283,11 @@ impl CatalogueClient {
         self.json(self.request(Method::GET, "/v1/realms")).await
     }
 
+    /// Re-wraps every data key still wrapped by a previous master key (admin).
+    pub async fn rotate_keys(&self) -> Result<super::Rotated, ClientError> {
+        self.json(self.request(Method::POST, "/v1/keys/rotate")).await
+    }
+
     /// Takes or renews lease `name` for `holder` for `ttl_ms` (0 gives it up); answers who
     /// holds it now.
     pub async fn lease(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<super::LeaseDoc, ClientError> {
