@@ -147,4 +147,56 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
         body.contains("acme_jira").then_some(())
     })
     .await;
+
+    // The edge's cache machinery reads a product's view as it reads ingress: a miss fills
+    // from the view with the product's config, the change stream pushes the next version.
+    let endpoints = [tenant_edge::context::TcsEndpoint {
+        region: "us-east-1".into(),
+        url: stack.tcs_urls[0].clone(),
+        token: jira.clone(),
+    }];
+    let lookup_config = tenant_edge::context::LookupConfig::default();
+    let client =
+        tenant_edge::context::TcsClient::for_view(&endpoints, "us-east-1", lookup_config, "jira").unwrap();
+    let client = std::sync::Arc::new(client);
+    let metrics = tenant_edge::metrics::EdgeMetrics::new().unwrap();
+    let cache = std::sync::Arc::new(tenant_edge::context::TenantCache::new(
+        &tenant_edge::context::CacheConfig::default(),
+        client.clone(),
+        metrics.clone(),
+    ));
+    let tenant_edge::context::Resolved::Found(entry) = cache.resolve("acme.example.test").await.unwrap()
+    else {
+        panic!("acme not found in the jira view");
+    };
+    let products = entry.record.products.as_deref().unwrap();
+    assert_eq!(products.len(), 1, "jira's view carries jira only");
+    let status = std::sync::Arc::new(tenant_edge::context::StreamStatus::new(&client));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follow = tokio::spawn(tenant_edge::context::follow(
+        cache.clone(),
+        status.clone(),
+        metrics,
+        stop.clone(),
+    ));
+    let mut next = doc.clone();
+    next["products"]["jira"]["config"]["db"] = json!("acme_jira_2");
+    let (status_code, _) = stack.put_tenant(&next).await;
+    assert_eq!(status_code, 200);
+    eventually(Duration::from_secs(10), || async {
+        let entry = cache.peek("acme.example.test")?;
+        let db = entry
+            .record
+            .products
+            .as_deref()?
+            .values()
+            .next()?
+            .config
+            .get("db")?
+            .clone();
+        (db == "acme_jira_2").then_some(())
+    })
+    .await;
+    stop.cancel();
+    follow.await.unwrap();
 }

@@ -4,7 +4,7 @@
 //! the request machinery (headers, frames, URL, task wake-ups) on both ends costs far more than
 //! the lookup. Each region has a queue drained by one task: a lookup finding no batch in flight
 //! goes out at once, alone; lookups arriving while `in_flight` batches are out wait for the next
-//! one and go together (at most `max_hosts`) in one `POST /v1/views/ingress/hosts`. So an idle
+//! one and go together (at most `max_hosts`) in one `POST /v1/views/{view}/hosts`. So an idle
 //! edge adds no delay, and a busy one sends fewer, fuller requests.
 //!
 //! Each thread that looks up has its own queue, whose task runs on that thread's runtime and
@@ -78,7 +78,7 @@ pub(crate) struct Batcher {
 impl Batcher {
     pub(crate) fn new(
         timeout: Duration,
-        base: &str,
+        view_base: &str,
         auth: &str,
         region: Arc<str>,
         max_hosts: usize,
@@ -86,10 +86,10 @@ impl Batcher {
     ) -> Result<Self, BuildError> {
         let bad = |reason: String| BuildError::Url {
             region: region.to_string(),
-            url: base.to_owned(),
+            url: view_base.to_owned(),
             reason,
         };
-        let uri: http::Uri = format!("{base}/v1/views/ingress/hosts")
+        let uri: http::Uri = format!("{view_base}/hosts")
             .parse()
             .map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
         if uri.scheme_str() != Some("http") {

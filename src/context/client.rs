@@ -316,6 +316,8 @@ pub struct TcsClient {
     pub(crate) http: reqwest::Client,
     pub(crate) stream_http: reqwest::Client,
     pub(crate) config: LookupConfig,
+    /// The view asked (`ingress` for the edge; a product's view for its service).
+    pub(crate) view: Arc<str>,
     budget: HedgeBudget,
     /// Hedges sent, and hedges the budget refused.
     pub(crate) hedges: AtomicU64,
@@ -323,8 +325,19 @@ pub struct TcsClient {
 }
 
 impl TcsClient {
-    /// Builds a client; `local` is asked first.
+    /// Builds a client of the `ingress` view; `local` is asked first.
     pub fn new(endpoints: &[TcsEndpoint], local: &str, config: LookupConfig) -> Result<Self, BuildError> {
+        Self::for_view(endpoints, local, config, crate::tcs::INGRESS)
+    }
+
+    /// Builds a client of view `view` (lookups, batches, snapshot and change stream all go to
+    /// `/v1/views/{view}/...`); `local` is asked first.
+    pub fn for_view(
+        endpoints: &[TcsEndpoint],
+        local: &str,
+        config: LookupConfig,
+        view: &str,
+    ) -> Result<Self, BuildError> {
         let timeout = Duration::from_millis(config.timeout_ms);
         let http = crate::http_client::build(crate::http_client::ClientOptions {
             connect_timeout: timeout,
@@ -344,7 +357,7 @@ impl TcsClient {
                 let auth = format!("Bearer {}", e.token);
                 let batcher = Batcher::new(
                     timeout,
-                    &base,
+                    &format!("{base}/v1/views/{view}"),
                     &auth,
                     name.clone(),
                     config.batch_max_hosts,
@@ -370,6 +383,7 @@ impl TcsClient {
             http,
             stream_http,
             config,
+            view: view.into(),
             budget,
             hedges: AtomicU64::new(0),
             hedges_refused: AtomicU64::new(0),
@@ -571,7 +585,7 @@ impl TcsClient {
 
     /// The whole `ingress` view of `region` at one sequence.
     pub(crate) async fn snapshot(&self, region: &Region) -> Result<ViewSnapshot, TcsError> {
-        let url = format!("{}/v1/views/ingress/snapshot", region.base);
+        let url = format!("{}/v1/views/{}/snapshot", region.base, self.view);
         let transport = |source: reqwest::Error| TcsError::Transport {
             region: region.name.clone(),
             source: Arc::new(source),

@@ -319,7 +319,10 @@ impl Follower<'_> {
     /// Reads one connection's worth of stream. `Ok(true)` when it delivered at least a message.
     async fn run(&self) -> Result<bool, TcsError> {
         let after = self.status.applied();
-        let url = format!("{}/v1/views/ingress/changes?after={after}", self.region.base);
+        let url = format!(
+            "{}/v1/views/{}/changes?after={after}",
+            self.region.base, self.client.view
+        );
         let transport = |source: reqwest::Error| TcsError::Transport {
             region: self.region.name.clone(),
             source: Arc::new(source),
