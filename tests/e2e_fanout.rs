@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, Stack, StackOptions, EDGE_TOKEN};
+use common::{eventually, metric, Stack, StackOptions, EDGE_TOKEN};
 use serde_json::{json, Value};
 use tenant_edge::context::TcsEndpoint;
 use tenant_edge::fanout::aws::SnsConfig;
@@ -74,14 +74,6 @@ async fn touch_acme(stack: &Stack, n: usize) -> u64 {
     let (status, stored) = stack.put_tenant(&doc).await;
     assert_eq!(status, 200, "{stored}");
     stored["version"].as_u64().unwrap()
-}
-
-/// A metric's value in Prometheus text (the sum over the lines that start with `name`).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn tcs_metrics(stack: &Stack, i: usize) -> String {

@@ -11,10 +11,7 @@ use tenant_edge::edge::conns::ConnectionLimits;
 
 /// A counter or gauge of the edge's metrics, 0 when absent.
 fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    common::metric(text, line_start) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -313,8 +313,15 @@ async fn a_catalogue_log_with_a_new_epoch_is_reloaded_in_full() {
     let mut cfg = faults_config(false);
     cfg.catalogue = format!("http://{}", catalogue.addr);
     cfg.snapshot = dir.path().join("tcs.json");
+    // A product's view beside ingress is reloaded with it, from the same log.
+    cfg.views = vec![tenant_edge::tcs::config::ViewConfig {
+        name: "jira".into(),
+        products: vec![tenant_edge::tenant::Product::new("jira").unwrap()],
+        secrets: true,
+    }];
     let bound = tenant_edge::tcs::bind(cfg).await.unwrap();
     let (tcs, addr) = (bound.tcs().clone(), bound.addr());
+    let jira = tcs.view("jira").unwrap();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(bound.serve(shutdown.clone()));
     let srv = Client::new(addr);
@@ -346,6 +353,11 @@ async fn a_catalogue_log_with_a_new_epoch_is_reloaded_in_full() {
         assert_eq!(srv.lookup(t).await, StatusCode::OK, "{t}");
     }
     assert_eq!(tcs.ingress().seq(), 5);
+    assert_eq!(
+        (jira.seq(), jira.len()),
+        (5, 4),
+        "the product view holds the new log's tenants"
+    );
     // Later changes of the new log apply as usual.
     catalogue.put_tenant("acme").await; // seq 6
     match lines.next_change().await {

@@ -140,23 +140,25 @@ impl Tailer {
     async fn catch_up_others(&self) -> Result<(), PollError> {
         let target = self.view.seq();
         for view in &self.others {
-            while view.seq() < target {
-                let page = self.client.changes(view.seq(), Some(PAGE_LIMIT), Some(0)).await?;
-                if page.changes.is_empty() {
-                    break;
-                }
-                for change in page.changes.iter().filter(|c| c.seq <= target) {
-                    view.apply(change);
-                }
-                if page.changes.iter().any(|c| c.seq >= target) {
-                    break;
-                }
+            self.replay(view, target).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies the log to `view` from its seq up to `target`, then moves it to `target` (what
+    /// is left between held no change for it).
+    async fn replay(&self, view: &IngressView, target: u64) -> Result<(), PollError> {
+        while view.seq() < target {
+            let page = self.client.changes(view.seq(), Some(PAGE_LIMIT), Some(0)).await?;
+            self.status.record_ok(page.head);
+            for change in page.changes.iter().filter(|c| c.seq <= target) {
+                view.apply(change);
             }
-            if view.seq() < target {
-                // Nothing left to apply before the target (changes without events): align.
-                view.advance_to(target);
+            if page.changes.last().is_none_or(|c| c.seq >= target) {
+                break;
             }
         }
+        view.advance_to(target);
         Ok(())
     }
 
@@ -304,18 +306,7 @@ impl Tailer {
         let target = snapshot.seq;
         for view in &self.others {
             let fresh = view.empty_like();
-            let mut after = 0;
-            while after < target {
-                let page = self.client.changes(after, Some(PAGE_LIMIT), Some(0)).await?;
-                if page.changes.is_empty() {
-                    break;
-                }
-                for change in page.changes.iter().filter(|c| c.seq <= target) {
-                    fresh.apply(change);
-                }
-                after = page.changes.last().map_or(target, |c| c.seq);
-            }
-            fresh.advance_to(target);
+            self.replay(&fresh, target).await?;
             let mut snap = fresh.snapshot().to_owned_snapshot();
             snap.epoch.clone_from(&epoch);
             view.reload(snap);

@@ -68,6 +68,15 @@ where
     }
 }
 
+/// A value of Prometheus text: the sum over the lines that start with `prefix` (a metric's
+/// name and some of its labels, or `name ` for one without labels); 0 when none does.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// What to change in the stack `Stack::start` builds.
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
