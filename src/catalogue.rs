@@ -100,39 +100,7 @@ pub struct CatalogueConfig {
     pub previous_master_keys: Vec<PathBuf>,
 }
 
-/// The master key in AWS KMS (`--kms-key-id`), reached with the standard credential chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KmsConfig {
-    /// The key's id, alias or ARN.
-    pub key_id: String,
-    /// Its region (default: the ARN's, else `AWS_REGION`).
-    pub region: Option<String>,
-    /// Another endpoint than AWS's (an emulator, a VPC endpoint).
-    pub endpoint: Option<String>,
-}
-
-impl KmsConfig {
-    /// The master key it names.
-    pub async fn master_key(&self) -> Result<crate::secrets::MasterKey, CatalogueError> {
-        let from_arn = self
-            .key_id
-            .strip_prefix("arn:")
-            .and_then(|rest| rest.split(':').nth(2))
-            .map(str::to_owned);
-        let region = self
-            .region
-            .clone()
-            .or(from_arn)
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .ok_or_else(|| {
-                CatalogueError::Auth(
-                    "--kms-key-id needs a region: --kms-region, a key ARN, or AWS_REGION".into(),
-                )
-            })?;
-        let sdk = crate::aws::sdk_config(&region, self.endpoint.as_deref()).await;
-        Ok(crate::secrets::MasterKey::kms(&sdk, &self.key_id))
-    }
-}
+pub use crate::secrets::KmsConfig;
 
 /// Why the catalogue could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +165,10 @@ pub async fn bind(cfg: CatalogueConfig) -> Result<Bound, CatalogueError> {
     };
     let store = open_store(&cfg).await?;
     let master = match &cfg.kms {
-        Some(kms) => kms.master_key().await?,
+        Some(kms) => kms
+            .master_key()
+            .await
+            .map_err(|e| CatalogueError::Auth(e.to_string()))?,
         None => {
             let key_file = cfg
                 .master_key

@@ -47,6 +47,13 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Runs a sidecar: a product service's tenant-context cache on localhost, with TCS's API
+    /// for the service's view and its secrets opened.
+    Sidecar {
+        /// The sidecar's TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validates a route snapshot file: prints a summary (exit 0) or every problem (exit 1).
     CheckRoutes {
         /// The `routes/*.toml` file.
@@ -99,6 +106,13 @@ pub fn main() -> ExitCode {
                 cfg.allow_faults |= allow_faults;
                 run_role(Some(ROLE_DRAIN_GRACE), |shutdown| crate::tcs::run(cfg, shutdown))
             }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Sidecar { config } => match crate::sidecar::SidecarConfig::load(&config) {
+            Ok(cfg) => run_role(None, |shutdown| crate::sidecar::run(cfg, shutdown)),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)

@@ -6,11 +6,13 @@
 //! pushes every change so entries stay fresh without expiring. Unknown hosts live in a separate
 //! small negative cache, so a flood of random hosts cannot evict known tenants.
 
+pub mod admin;
 mod batch;
 mod client;
 mod fleet;
 mod known;
 pub mod persist;
+mod service;
 mod stream;
 mod trust;
 
@@ -28,8 +30,11 @@ use crate::feed::ViewSnapshot;
 use crate::metrics::EdgeMetrics;
 use crate::tenant::{Host, IngressRecord, Sym};
 
-pub use client::{BuildError, Cause, Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust};
+pub use client::{
+    endpoint_problems, BuildError, Cause, Lookup, LookupConfig, TcsClient, TcsEndpoint, TcsError, Trust,
+};
 pub use fleet::FleetReporter;
+pub use service::{CacheService, CacheSettings};
 pub use stream::{follow, FanoutStatus, RegionStatus, StreamStatus, Transport};
 pub use trust::{check_once, watch_regions};
 

@@ -23,8 +23,9 @@ use prometheus::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::context::persist::{self, FileStatus};
-use crate::context::{self, CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
+use crate::context::{
+    self, CacheConfig, CacheService, CacheSettings, LookupConfig, TcsEndpoint, TenantCache,
+};
 use crate::metrics::{EdgeMetrics, RequestCounters, NO_PRODUCT};
 use crate::routes::{RouteSnapshot, RouteStore};
 use crate::tenant::{Region, ShardId, Sym};
@@ -200,6 +201,20 @@ impl EdgeConfig {
         })
     }
 
+    /// What its tenant cache is built from: the `ingress` view, read as this edge.
+    pub fn cache_settings(&self) -> CacheSettings {
+        CacheSettings {
+            view: crate::tcs::INGRESS.to_owned(),
+            region: self.region.to_string(),
+            tcs: self.tcs.clone(),
+            lookup: self.lookup.clone(),
+            cache: self.cache.clone(),
+            cache_file: self.cache_file.clone(),
+            cache_file_interval: Duration::from_secs(self.cache_file_interval_secs),
+            prewarm: self.prewarm,
+        }
+    }
+
     /// A config with every optional setting at its default (as a file that names only these).
     pub fn new(
         region: Region,
@@ -306,28 +321,7 @@ impl EdgeConfig {
         if let Some(sns) = self.fanout.sns() {
             problems.extend(sns.problems());
         }
-        if self.tcs.is_empty() {
-            problems.push("at least one [[tcs]] region is needed".to_owned());
-        } else if !self.tcs.iter().any(|t| t.region == self.region.as_str()) {
-            problems.push(format!(
-                "region {:?} is not one of the [[tcs]] regions ({})",
-                self.region.as_str(),
-                self.tcs
-                    .iter()
-                    .map(|t| t.region.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for t in &self.tcs {
-            if let Err(e) = Region::new(&t.region) {
-                problems.push(format!("[[tcs]]: {e}"));
-            }
-            if !seen.insert(t.region.as_str()) {
-                problems.push(format!("[[tcs]]: region {:?} is listed twice", t.region));
-            }
-        }
+        problems.extend(context::endpoint_problems(self.region.as_str(), &self.tcs));
         if self.listen_https.is_some() && (self.cert.is_none() || self.key.is_none()) {
             problems.push("listen_https needs cert and key".into());
         }
@@ -467,7 +461,8 @@ fn health_settings(routes: &RouteSnapshot) -> HealthSettings {
 pub(crate) struct Shared {
     pub(crate) state: ArcSwap<EdgeState>,
     pub(crate) cache: Arc<TenantCache>,
-    pub(crate) stream: Arc<StreamStatus>,
+    /// The cache machinery (`cache` is its cache, held here too for the request path).
+    pub(crate) service: Arc<CacheService>,
     pub(crate) metrics: EdgeMetrics,
     pub(crate) routes: Arc<RouteStore>,
     pub(crate) registry: BackendRegistry,
@@ -487,7 +482,6 @@ pub(crate) struct Shared {
     /// How long an HTTP/2 request body may go without a byte before the request is proxied
     /// (`[http1] body_timeout_ms`, the same for every listener).
     pub(crate) body_timeout: Duration,
-    pub(crate) file: Arc<FileStatus>,
 }
 
 /// The edge's drain: requests in flight, counted on both request paths, and whether a drain
@@ -588,12 +582,7 @@ struct Ready(Arc<Shared>);
 
 impl Ready {
     async fn wait(&self) {
-        // Before it is ready, only a fill (a request) or a stream message can cache a tenant:
-        // the stream's liveness is what is waited for. (A cache file or a prewarm filled the
-        // cache before the edge started.)
-        if self.0.cache.is_empty() {
-            self.0.stream.live().await;
-        }
+        self.0.service.wait_ready().await;
     }
 }
 
@@ -656,22 +645,15 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         );
     }
     let routes = Arc::new(RouteStore::load(&cfg.routes)?);
-    let client = Arc::new(TcsClient::new(&cfg.tcs, cfg.region.as_str(), cfg.lookup.clone())?);
-    let stream = Arc::new(StreamStatus::new(&client));
-    // Read before the cache is built, so the cache is built to the file's size.
-    let file = match &cfg.cache_file {
-        Some(path) => persist::read_file(path).await,
-        None => None,
-    };
-    let hosts = file.as_ref().map_or(0, |f| f.hosts);
-    let cache = TenantCache::with_capacity(&cfg.cache, client.clone(), metrics.clone(), hosts);
-    let cache = Arc::new(cache);
+    // The cache file restored and the view prewarmed (as configured) before anything serves.
+    let service = Arc::new(CacheService::build(cfg.cache_settings(), metrics.clone()).await?);
+    let cache = service.cache.clone();
     let registry = BackendRegistry::default();
     let state = EdgeState::build(routes.load_full(), &registry, &metrics);
     let shared = Arc::new(Shared {
         state: ArcSwap::from_pointee(state),
         cache: cache.clone(),
-        stream: stream.clone(),
+        service: service.clone(),
         metrics: metrics.clone(),
         routes: routes.clone(),
         registry,
@@ -690,7 +672,6 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         conns: conns::Connections::new(limits, Some(metrics.clone())),
         resets: cfg.http2.reset_limit(),
         body_timeout: Duration::from_millis(cfg.http1.body_timeout_ms),
-        file: Arc::new(FileStatus::new(cfg.cache_file.clone())),
     });
     let admin = tokio::net::TcpListener::bind(cfg.admin)
         .await
@@ -699,24 +680,11 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         .local_addr()
         .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
     let server = server::build(&cfg, shared.clone())?;
-    warm_up(&cfg, &shared, file).await;
 
     routes.spawn_watcher(shutdown.clone());
     tokio::spawn(rebuild_on_reload(shared.clone(), shutdown.clone()));
     tokio::spawn(health_loop(shared.clone(), shutdown.clone()));
-    tokio::spawn(context::watch_regions(client, metrics.clone(), shutdown.clone()));
-    let writer = cfg.cache_file.clone().map(|path| {
-        let every = Duration::from_secs(cfg.cache_file_interval_secs);
-        let (cache, stream, file) = (cache.clone(), stream.clone(), shared.file.clone());
-        tokio::spawn(persist::write_periodically(
-            cache,
-            stream,
-            path,
-            every,
-            file,
-            shutdown.clone(),
-        ))
-    });
+    let writer = service.spawn_upkeep(&shutdown);
     if cfg.fleet_report_ms > 0 {
         let local = cfg.tcs.iter().find(|t| t.region == cfg.region.as_str()).cloned();
         if let Some(local) = local {
@@ -726,8 +694,7 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
                 tcs: local,
                 every: Duration::from_millis(cfg.fleet_report_ms),
             };
-            let (cache, stream) = (cache.clone(), stream.clone());
-            tokio::spawn(report.run(cache, stream, shutdown.clone()));
+            tokio::spawn(report.run(cache.clone(), service.stream.clone(), shutdown.clone()));
         }
     }
     let mut fanout_task = None;
@@ -738,13 +705,13 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
                 edge_id: cfg.edge_id(),
                 region: Arc::from(cfg.region.as_str()),
                 cache,
-                status: stream,
+                status: service.stream.clone(),
                 metrics,
             };
             fanout_task = Some(tokio::spawn(consumer.run(shutdown.clone())));
         }
         None => {
-            tokio::spawn(context::follow(cache, stream, metrics, shutdown.clone()));
+            service.spawn_follow(&shutdown);
         }
     }
 
@@ -872,17 +839,6 @@ async fn wait_listening(addr: SocketAddr, probe: Probe, shutdown: &CancellationT
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
-}
-
-/// Before serving: restore the cache file, then prewarm from the bulk snapshot, as configured.
-/// Neither can fail the start: an edge that cannot warm up fills on demand.
-async fn warm_up(cfg: &EdgeConfig, shared: &Shared, file: Option<persist::CacheFile>) {
-    if let Some(file) = file {
-        persist::restore(&shared.cache, &shared.stream, file, &shared.file).await;
-    }
-    if cfg.prewarm {
-        persist::prewarm(&shared.cache, &shared.stream, &shared.file).await;
-    }
 }
 
 /// Rebuilds [`EdgeState`] whenever the route store swaps in a new snapshot.

@@ -37,6 +37,7 @@ pub mod http_client;
 pub mod metrics;
 pub mod routes;
 pub mod secrets;
+pub mod sidecar;
 pub mod stack;
 pub mod tcs;
 pub mod tenant;

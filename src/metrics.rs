@@ -111,6 +111,11 @@ pub struct EdgeMetrics {
     pub http2_reset_floods: IntCounter,
     /// HTTP/2 requests not proxied because the client had reset the stream already.
     pub http2_reset_unproxied: IntCounter,
+    /// The sidecar's API requests, by endpoint and status code.
+    pub sidecar_requests: IntCounterVec,
+    /// The sidecar's openings of a tenant's secrets (one per tenant version), by result (`ok`,
+    /// `failed`).
+    pub secret_opens: IntCounterVec,
 }
 
 /// Requests counters for one product, one per status class, resolved ahead of time.
@@ -237,6 +242,20 @@ impl EdgeMetrics {
                 "http2_reset_unproxied_total",
                 "HTTP/2 requests not proxied because the client had reset the stream already",
             )?,
+            sidecar_requests: IntCounterVec::new(
+                Opts::new(
+                    "sidecar_requests_total",
+                    "Sidecar API requests, by endpoint and status code",
+                ),
+                &["endpoint", "status"],
+            )?,
+            secret_opens: IntCounterVec::new(
+                Opts::new(
+                    "secret_opens_total",
+                    "Openings of a tenant version's secrets by the sidecar, by result",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -269,6 +288,8 @@ impl EdgeMetrics {
         r.register(Box::new(self.connections_refused.clone()))?;
         r.register(Box::new(self.http2_reset_floods.clone()))?;
         r.register(Box::new(self.http2_reset_unproxied.clone()))?;
+        r.register(Box::new(self.sidecar_requests.clone()))?;
+        r.register(Box::new(self.secret_opens.clone()))?;
         Ok(())
     }
 

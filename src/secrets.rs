@@ -46,6 +46,9 @@ pub enum SecretError {
     /// KMS refused or could not be reached.
     #[error("KMS: {0}")]
     Kms(String),
+    /// A KMS key was named without a region to find it in.
+    #[error("a KMS key needs a region: its own setting, a key ARN, or AWS_REGION")]
+    KmsRegion,
 }
 
 /// A value sealed with AES-256-GCM: the nonce and the ciphertext (with its tag), in base64.
@@ -317,6 +320,87 @@ impl MasterKey {
             .try_into()
             .map_err(|_| SecretError::Malformed("a data key is not 32 bytes"))?;
         DataKey::from_bytes(bytes)
+    }
+}
+
+/// The master key in AWS KMS (`--kms-key-id`), reached with the standard credential chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// The key's id, alias or ARN.
+    pub key_id: String,
+    /// Its region (default: the ARN's, else `AWS_REGION`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Another endpoint than AWS's (an emulator, a VPC endpoint).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+impl KmsConfig {
+    /// The master key it names.
+    pub async fn master_key(&self) -> Result<MasterKey, SecretError> {
+        let from_arn = self
+            .key_id
+            .strip_prefix("arn:")
+            .and_then(|rest| rest.split(':').nth(2))
+            .map(str::to_owned);
+        let region = self
+            .region
+            .clone()
+            .or(from_arn)
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .ok_or(SecretError::KmsRegion)?;
+        let sdk = crate::aws::sdk_config(&region, self.endpoint.as_deref()).await;
+        Ok(MasterKey::kms(&sdk, &self.key_id))
+    }
+}
+
+/// Where a reader of secrets (the sidecar) finds the master keys: a key file or a KMS key, and
+/// the key files data keys may still be wrapped with during a rotation. Nothing is created: a
+/// reader only opens what the catalogue sealed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    /// The catalogue's master key file (owner-only).
+    #[serde(default)]
+    pub master_key: Option<std::path::PathBuf>,
+    /// The catalogue's KMS master key instead.
+    #[serde(default)]
+    pub kms: Option<KmsConfig>,
+    /// Earlier master key files.
+    #[serde(default)]
+    pub previous_master_keys: Vec<std::path::PathBuf>,
+}
+
+impl KeySettings {
+    /// Every problem of the settings.
+    pub fn problems(&self) -> Vec<String> {
+        match (&self.master_key, &self.kms) {
+            (Some(_), Some(_)) => vec!["[secrets]: master_key and kms name two master keys; give one".into()],
+            (None, None) => vec!["[secrets]: give master_key (a key file) or [secrets.kms]".into()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The keys, read (the files) or reached (KMS, lazily: a KMS down now is not an error yet).
+    pub async fn load(&self) -> Result<MasterKeys, SecretError> {
+        let current = match (&self.master_key, &self.kms) {
+            (_, Some(kms)) => kms.master_key().await?,
+            (Some(path), None) => MasterKey::load_existing(path)?,
+            (None, None) => {
+                return Err(SecretError::KeyFile {
+                    path: String::new(),
+                    reason: "no master key configured".into(),
+                })
+            }
+        };
+        let previous = self
+            .previous_master_keys
+            .iter()
+            .map(|p| MasterKey::load_existing(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MasterKeys::new(current, previous))
     }
 }
 

@@ -747,6 +747,23 @@ impl Stack {
         &self.secrets.edge
     }
 
+    /// Each region's TCS as a client sees it, presenting `token` (the edge's, a product's).
+    pub fn tcs_endpoints(&self, token: &str) -> Vec<crate::context::TcsEndpoint> {
+        self.tcs
+            .iter()
+            .map(|p| crate::context::TcsEndpoint {
+                region: p.name().trim_start_matches("tcs-").to_owned(),
+                url: p.url(),
+                token: token.to_owned(),
+            })
+            .collect()
+    }
+
+    /// The catalogue's master key file (the embedded default: a key file in its data directory).
+    pub fn master_key_file(&self) -> PathBuf {
+        self.dir.join("catalogue").join("master.key")
+    }
+
     /// A stack built from the route file `routes` (its products, shards and health checks), with
     /// its files in `dir`.
     pub fn builder(dir: impl Into<PathBuf>, routes: RoutesFile) -> StackBuilder {

@@ -288,6 +288,34 @@ pub(crate) enum Answer {
     NotFound,
 }
 
+/// Every problem of a `[[tcs]]` list for a process running in `region`: none listed, `region`
+/// not among them, a region named twice or not a name.
+pub fn endpoint_problems(region: &str, tcs: &[TcsEndpoint]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if tcs.is_empty() {
+        problems.push("at least one [[tcs]] region is needed".to_owned());
+    } else if !tcs.iter().any(|t| t.region == region) {
+        problems.push(format!(
+            "region {:?} is not one of the [[tcs]] regions ({})",
+            region,
+            tcs.iter()
+                .map(|t| t.region.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in tcs {
+        if let Err(e) = crate::tenant::Region::new(&t.region) {
+            problems.push(format!("[[tcs]]: {e}"));
+        }
+        if !seen.insert(t.region.as_str()) {
+            problems.push(format!("[[tcs]]: region {:?} is listed twice", t.region));
+        }
+    }
+    problems
+}
+
 /// A [`TcsClient`] that could not be built from its config.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -583,7 +611,38 @@ impl TcsClient {
         )
     }
 
-    /// The whole `ingress` view of `region` at one sequence.
+    /// `GET /v1/views/{view}{rest}` on the regions in turn (local first, trusted first), for
+    /// what the cache does not hold (the sidecar's pass-through): the first answer that is a
+    /// success or a 404, else the last failure. `long_lived` (a snapshot, a change stream) has
+    /// no overall timeout, only the connect's.
+    pub async fn forward(&self, rest: &str, long_lived: bool) -> Result<reqwest::Response, TcsError> {
+        let http = if long_lived { &self.stream_http } else { &self.http };
+        let mut last = TcsError::NoCapacity;
+        for i in self.candidates() {
+            let region = &self.regions[i];
+            let url = format!("{}/v1/views/{}{rest}", region.base, self.view);
+            match http.get(url).header("authorization", &region.auth).send().await {
+                Ok(resp) if resp.status().is_success() || resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                    return Ok(resp)
+                }
+                Ok(resp) => {
+                    last = TcsError::Status {
+                        region: region.name.clone(),
+                        status: resp.status().as_u16(),
+                    }
+                }
+                Err(source) => {
+                    last = TcsError::Transport {
+                        region: region.name.clone(),
+                        source: Arc::new(source),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The whole view of `region` at one sequence.
     pub(crate) async fn snapshot(&self, region: &Region) -> Result<ViewSnapshot, TcsError> {
         let url = format!("{}/v1/views/{}/snapshot", region.base, self.view);
         let transport = |source: reqwest::Error| TcsError::Transport {

@@ -362,8 +362,7 @@ mod timeouts {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::super::{Conn, H1App, Http1Config, Next};
-    use crate::context::persist::FileStatus;
-    use crate::context::{CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
+    use crate::context::{CacheConfig, CacheService, CacheSettings, LookupConfig, TcsEndpoint};
     use crate::edge::{BackendRegistry, EdgeProxy, EdgeState, Shared};
     use crate::metrics::EdgeMetrics;
     use crate::routes::RouteStore;
@@ -377,16 +376,22 @@ mod timeouts {
             url: "http://127.0.0.1:9".into(),
             token: "t".into(),
         };
-        let client = Arc::new(TcsClient::new(&[endpoint], "us-east-1", LookupConfig::default()).unwrap());
+        let settings = CacheSettings {
+            view: "ingress".into(),
+            region: "us-east-1".into(),
+            tcs: vec![endpoint],
+            lookup: LookupConfig::default(),
+            cache: CacheConfig::default(),
+            cache_file: None,
+            cache_file_interval: Duration::from_secs(30),
+            prewarm: false,
+        };
+        let service = Arc::new(CacheService::new(settings, metrics.clone(), 0).unwrap());
         let registry = BackendRegistry::default();
         let shared = Arc::new(Shared {
             state: ArcSwap::from_pointee(EdgeState::build(routes.load_full(), &registry, &metrics)),
-            cache: Arc::new(TenantCache::new(
-                &CacheConfig::default(),
-                client.clone(),
-                metrics.clone(),
-            )),
-            stream: Arc::new(StreamStatus::new(&client)),
+            cache: service.cache.clone(),
+            service,
             metrics,
             routes,
             registry,
@@ -398,7 +403,6 @@ mod timeouts {
             conns: crate::edge::conns::Connections::new(Default::default(), None),
             resets: crate::edge::Http2Config::default().reset_limit(),
             body_timeout: Duration::from_millis(Http1Config::default().body_timeout_ms),
-            file: Arc::new(FileStatus::new(None)),
         });
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
         let general = pingora::proxy::http_proxy(&conf, EdgeProxy::new(shared.clone()));

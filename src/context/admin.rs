@@ -1,0 +1,147 @@
+//! What a process embedding the cache tells its operator: the admin answers that are the same on
+//! the edge and the sidecar (`/admin/tenants/{host}`, `/admin/regions`, `/admin/cache`), its
+//! readiness and its metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::service::CacheService;
+use crate::clock::now_ms;
+use crate::feed::ApiError;
+use crate::tenant::Host;
+
+/// `/admin/tenants/{host}`, `/admin/regions` and `/admin/cache` on `service`.
+pub fn router(service: Arc<CacheService>) -> Router {
+    Router::new()
+        .route("/admin/tenants/{host}", get(tenant))
+        .route("/admin/regions", get(regions))
+        .route("/admin/cache", get(cache))
+        .with_state(service)
+}
+
+/// `/readyz`'s answer: 200 when [`CacheService::ready`], else 503, with what it knows.
+pub fn readiness(service: &CacheService) -> Response {
+    let knows = !service.cache.is_empty();
+    let live = service.stream.any_live();
+    let body = Json(
+        json!({ "ready": knows || live, "cached_tenants": service.cache.len(), "tcs_stream_live": live }),
+    );
+    if knows || live {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// `/metrics`: the gauges read at scrape time brought up to date, then every metric.
+pub fn metrics(service: &CacheService) -> Response {
+    let m = &service.metrics;
+    let now = now_ms();
+    for region in &service.stream.regions {
+        let last = region.last_message_ms.load(Ordering::Relaxed);
+        let age = if last == 0 {
+            -1
+        } else {
+            i64::try_from(now.saturating_sub(last) / 1000).unwrap_or(i64::MAX)
+        };
+        m.stream_staleness.with_label_values(&[&region.name]).set(age);
+    }
+    ([("content-type", "text/plain; version=0.0.4")], m.render()).into_response()
+}
+
+async fn tenant(State(service): State<Arc<CacheService>>, Path(raw): Path<String>) -> Response {
+    let Ok(host) = Host::parse(&raw) else {
+        return ApiError::new(StatusCode::BAD_REQUEST, "malformed host").into_response();
+    };
+    match service.cache.peek(host.as_str()) {
+        Some(entry) => Json(json!({
+            "host": host,
+            "cached": true,
+            "version": entry.record.version,
+            "age_ms": entry.learnt_at.elapsed().as_millis() as u64,
+            "origin": entry.origin,
+            "region": &*entry.region,
+            "context": &*entry.record,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({
+                "host": host,
+                "cached": false,
+                "known_unknown": service.cache.is_known_unknown(host.as_str()),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// Each TCS region as this process sees it: trust, load, and its change stream.
+async fn regions(State(service): State<Arc<CacheService>>) -> Response {
+    let now = now_ms();
+    let client = service.cache.client();
+    let regions: Vec<serde_json::Value> = client
+        .region_report()
+        .into_iter()
+        .map(|mut r| {
+            let stream = service
+                .stream
+                .regions
+                .iter()
+                .find(|s| *s.name == *r["region"].as_str().unwrap_or(""));
+            if let Some(s) = stream {
+                let last = s.last_message_ms.load(Ordering::Relaxed);
+                r["stream_connected"] = json!(s.connected.load(Ordering::Relaxed));
+                r["stream_last_message_ms_ago"] = if last == 0 {
+                    json!(null)
+                } else {
+                    json!(now.saturating_sub(last))
+                };
+            }
+            r
+        })
+        .collect();
+    let (hedges, hedges_refused) = client.hedge_counts();
+    let fanout = &service.stream.fanout;
+    let fanout = match fanout.transport() {
+        super::Transport::Stream => json!({"transport": "stream"}),
+        t => json!({
+            "transport": if t == super::Transport::Sqs { "sqs" } else { "stream-fallback" },
+            "detail": fanout.detail(),
+            "last_receive_ms_ago": fanout.since_receive_ms(),
+            "tcs_head": fanout.tcs_head(),
+        }),
+    };
+    Json(json!({
+        "view": &*client.view,
+        "applied_seq": service.stream.applied(),
+        "fanout": fanout,
+        "hedges": hedges,
+        "hedges_refused_by_budget": hedges_refused,
+        "regions": regions,
+    }))
+    .into_response()
+}
+
+/// What the cache holds and what the cache file did. Counting distinct tenants walks the
+/// cache, so this costs more than the other admin answers on a large cache.
+async fn cache(State(service): State<Arc<CacheService>>) -> Response {
+    let walk = service.clone();
+    let tenants = tokio::task::spawn_blocking(move || walk.cache.records().len())
+        .await
+        .unwrap_or(0);
+    Json(json!({
+        "cached_hosts": service.cache.len(),
+        "cached_tenants": tenants,
+        "applied_seq": service.stream.applied(),
+        "file": service.file.report(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,271 @@
+//! `tenant-edge sidecar`: the edge's tenant cache for any service, on localhost.
+//!
+//! A product service asks its sidecar what it would ask TCS, at the same paths
+//! (`/v1/views/{view}/hosts/{host}`, `.../hosts` in a batch, `.../tenants/{id}/placements/{product}`,
+//! `.../snapshot`, `.../changes`) with the same token: adopting it is a change of base URL. The
+//! lookups are served from the same machinery as the edge's ([`crate::context::CacheService`]):
+//! hedged multi-region misses, coalescing, the pushed change stream with gap resync, suspicion
+//! with canaries and 404 consensus, the cache file, prewarm. Unlike TCS's, its answers carry
+//! the tenant's secrets opened ([`open`]): once per tenant version, in memory only. A tenant
+//! whose secrets do not open answers 503, never a record without them.
+//!
+//! The bulk endpoints (snapshot, change stream) and a placement by tenant id the cache cannot
+//! answer are passed through to TCS (local region first), sealed as TCS serves them.
+
+mod api;
+pub mod open;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{CacheConfig, CacheService, CacheSettings, LookupConfig, TcsEndpoint};
+use crate::metrics::EdgeMetrics;
+use crate::secrets::KeySettings;
+use crate::tenant::Region;
+
+/// The sidecar's configuration file (`tenant-edge sidecar --config sidecar.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarConfig {
+    /// The view it serves (a product's, such as `jira`); its `[[tcs]]` tokens must read it.
+    pub view: String,
+    /// The region it runs in, one of the `[[tcs]]` regions; its TCS is asked first.
+    pub region: Region,
+    /// Where it listens: loopback only (its answers carry secrets in plaintext).
+    pub listen: SocketAddr,
+    /// The TCS regions, with the service's token for each. Callers present one of these tokens.
+    pub tcs: Vec<TcsEndpoint>,
+    /// The master keys that open the view's secrets; absent, a tenant with secrets answers 503.
+    #[serde(default)]
+    pub secrets: Option<KeySettings>,
+    /// Its cache file (ciphertext only), as the edge's `cache_file`.
+    #[serde(default)]
+    pub cache_file: Option<PathBuf>,
+    /// Seconds between writes of `cache_file`.
+    #[serde(default = "default_cache_file_interval_secs")]
+    pub cache_file_interval_secs: u64,
+    /// At start, load the whole view from TCS before serving.
+    #[serde(default)]
+    pub prewarm: bool,
+    /// Cache sizes and lifetimes, as the edge's `[cache]`.
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Hedging and region judgement, as the edge's `[lookup]`.
+    #[serde(default)]
+    pub lookup: LookupConfig,
+}
+
+fn default_cache_file_interval_secs() -> u64 {
+    30
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The config is unreadable or wrong (every problem listed).
+    #[error("sidecar config {path}: {reason}")]
+    Config {
+        /// The file (empty for a config built in code).
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The master keys could not be read.
+    #[error("sidecar master key: {0}")]
+    Keys(#[from] crate::secrets::SecretError),
+    /// The TCS client could not be built.
+    #[error("tcs client: {0}")]
+    Client(#[from] crate::context::BuildError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl SidecarConfig {
+    /// A config with every optional setting at its default.
+    pub fn new(view: &str, region: Region, listen: SocketAddr, tcs: Vec<TcsEndpoint>) -> Self {
+        SidecarConfig {
+            view: view.to_owned(),
+            region,
+            listen,
+            tcs,
+            secrets: None,
+            cache_file: None,
+            cache_file_interval_secs: default_cache_file_interval_secs(),
+            prewarm: false,
+            cache: CacheConfig::default(),
+            lookup: LookupConfig::default(),
+        }
+    }
+
+    /// Reads and checks a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, SidecarError> {
+        let err = |reason: String| SidecarError::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let cfg: SidecarConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        cfg.check().map_err(|problems| err(problems.join("; ")))?;
+        Ok(cfg)
+    }
+
+    /// Every problem of the config, at once.
+    pub fn check(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = crate::tenant::Product::new(&self.view) {
+            problems.push(format!("view {:?}: {e}", self.view));
+        }
+        if self.view == crate::tcs::INGRESS {
+            problems.push("view \"ingress\" is the edge's; a sidecar serves a product's view".into());
+        }
+        if !self.listen.ip().is_loopback() {
+            problems.push(format!(
+                "listen {}: a sidecar answers with secrets in plaintext and listens on loopback only",
+                self.listen
+            ));
+        }
+        problems.extend(crate::context::endpoint_problems(self.region.as_str(), &self.tcs));
+        if self.cache_file_interval_secs == 0 {
+            problems.push("cache_file_interval_secs must be at least 1".into());
+        }
+        if let Some(keys) = &self.secrets {
+            problems.extend(keys.problems());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn cache_settings(&self) -> CacheSettings {
+        CacheSettings {
+            view: self.view.clone(),
+            region: self.region.to_string(),
+            tcs: self.tcs.clone(),
+            lookup: self.lookup.clone(),
+            cache: self.cache.clone(),
+            cache_file: self.cache_file.clone(),
+            cache_file_interval: Duration::from_secs(self.cache_file_interval_secs),
+            prewarm: self.prewarm,
+        }
+    }
+}
+
+/// A started sidecar, serving.
+#[must_use = "a sidecar runs until shutdown; `wait` joins it and its last cache file write"]
+pub struct Started {
+    /// Where it listens (the port picked, for a port 0).
+    pub addr: SocketAddr,
+    /// Its cache machinery.
+    pub service: Arc<CacheService>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a sidecar logs once it listens.
+pub const LISTENING_LINE: &str = "sidecar listening";
+
+impl Started {
+    /// Resolves once `/readyz` would answer 200: a tenant is cached or a change stream is live.
+    pub async fn ready(&self) {
+        self.service.wait_ready().await;
+    }
+
+    /// Waits for `shutdown`, then for the server and the cache file's last write.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        if self.server.await.is_err() {
+            tracing::warn!("sidecar server did not stop cleanly");
+        }
+        if let Some(writer) = self.writer {
+            if writer.await.is_err() {
+                tracing::warn!("cache file writer did not stop cleanly");
+            }
+        }
+    }
+}
+
+/// Runs the sidecar until `shutdown`.
+pub async fn run(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<(), SidecarError> {
+    start(cfg, shutdown).await?.wait().await;
+    Ok(())
+}
+
+/// Builds the sidecar and starts it: returns once it listens.
+pub async fn start(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<Started, SidecarError> {
+    cfg.check().map_err(|problems| SidecarError::Config {
+        path: PathBuf::new(),
+        reason: problems.join("; "),
+    })?;
+    let keys = match &cfg.secrets {
+        Some(settings) => Some(settings.load().await?),
+        None => {
+            tracing::warn!(view = %cfg.view, "no [secrets] master key: a tenant with secrets answers 503");
+            None
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| SidecarError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SidecarError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let metrics = EdgeMetrics::new()?;
+    let service = Arc::new(CacheService::build(cfg.cache_settings(), metrics.clone()).await?);
+    let writer = service.spawn_upkeep(&shutdown);
+    service.spawn_follow(&shutdown);
+    let opener = open::Opener::new(keys, cfg.cache.max_entries, metrics);
+    let app = api::router(api::Sidecar {
+        view: cfg.view.clone(),
+        tokens: cfg.tcs.iter().map(|t| t.token.clone()).collect(),
+        service: service.clone(),
+        opener: Arc::new(opener),
+        shutdown: shutdown.clone(),
+    });
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "sidecar listener failed");
+        }
+    });
+    tracing::info!(
+        target: crate::stack::LISTENING,
+        addr = %addr,
+        view = %cfg.view,
+        region = %cfg.region,
+        "{LISTENING_LINE}"
+    );
+    Ok(Started {
+        addr,
+        service,
+        shutdown,
+        server,
+        writer,
+    })
+}
+
+#[cfg(test)]
+mod tests;

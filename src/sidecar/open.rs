@@ -1,0 +1,229 @@
+//! Opening a tenant's secrets once per version: the sidecar's answers, rendered with the
+//! plaintext, kept in memory only.
+//!
+//! The tenant cache holds records as TCS serves them, sealed; the cache file is written from it
+//! and so never holds a plaintext. On a lookup the sidecar asks [`Opener::open`] for the
+//! record's answer: the first ask of a tenant version unwraps its data key (a key file, or a
+//! KMS call), opens every secret and renders the record as JSON once; later asks are one map
+//! read. Concurrent first asks share one opening. Unwrapped data keys are kept apart, by
+//! tenant and wrapped key, so a new version of a known tenant opens without KMS: with KMS
+//! unreachable, every tenant already opened keeps answering, and only one never opened (or
+//! whose data key changed) answers 503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use moka::future::Cache;
+
+use crate::context::Hasher;
+use crate::feed::Secret;
+use crate::metrics::EdgeMetrics;
+use crate::secrets::{secret_context, DataKey, MasterKeys, SecretError};
+use crate::tenant::{Host, IngressRecord, TenantId};
+
+/// How long an opened answer no one asks for stays in memory.
+const ANSWER_IDLE: Duration = Duration::from_secs(600);
+/// How long a failed opening is remembered, so that a tenant whose key will not unwrap does not
+/// send one KMS call per request.
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+/// The longest an opening waits for the master key (KMS): past it, the tenant answers 503.
+pub const UNWRAP_LIMIT: Duration = Duration::from_secs(3);
+
+/// Why a tenant's answer could not be built: its answer is a 503, never a half-empty record.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    /// The record carries secrets and this sidecar has no master key.
+    #[error("tenant {0} has secrets and this sidecar has no master key configured")]
+    NoMasterKey(String),
+    /// The record carries secrets but no data key.
+    #[error("tenant {0} has secrets but no data key")]
+    NoDataKey(String),
+    /// The data key did not unwrap, or a secret did not open.
+    #[error("tenant {tenant}: {reason}")]
+    Secret {
+        /// The tenant.
+        tenant: String,
+        /// Why (never a secret).
+        reason: String,
+    },
+    /// The master key (KMS) did not answer in time.
+    #[error("tenant {0}: the master key did not answer within {UNWRAP_LIMIT:?}")]
+    Timeout(String),
+}
+
+/// One tenant version's answer: its record as JSON, secrets in plaintext.
+pub struct Opened {
+    /// The record rendered.
+    pub json: Bytes,
+    /// Secrets opened in it.
+    pub secrets: usize,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("bytes", &self.json.len())
+            .field("secrets", &self.secrets)
+            .finish()
+    }
+}
+
+/// Opens records, once per tenant version.
+pub struct Opener {
+    keys: Option<Arc<MasterKeys>>,
+    /// By `tenant\0version`.
+    answers: Cache<String, Arc<Opened>, Hasher>,
+    /// Unwrapped data keys, by `tenant\0wrapped key`.
+    data_keys: Cache<String, Arc<DataKey>, Hasher>,
+    failures: Cache<String, OpenError, Hasher>,
+    /// A host of each tenant opened, by tenant id: how a placement by id finds the cache entry.
+    hosts: moka::sync::Cache<String, Host, Hasher>,
+    metrics: EdgeMetrics,
+}
+
+impl Opener {
+    /// An opener with `keys` (None: records with secrets answer 503), holding up to
+    /// `capacity` answers and as many data keys.
+    pub fn new(keys: Option<MasterKeys>, capacity: u64, metrics: EdgeMetrics) -> Self {
+        Opener {
+            keys: keys.map(Arc::new),
+            answers: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(ANSWER_IDLE)
+                .build_with_hasher(Hasher::default()),
+            data_keys: Cache::builder()
+                .max_capacity(capacity)
+                .build_with_hasher(Hasher::default()),
+            failures: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(FAILURE_MEMORY)
+                .build_with_hasher(Hasher::default()),
+            hosts: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(ANSWER_IDLE)
+                .build_with_hasher(Hasher::default()),
+            metrics,
+        }
+    }
+
+    /// A host of tenant `id`, if this sidecar answered for it lately.
+    pub fn host_of(&self, id: &TenantId) -> Option<Host> {
+        self.hosts.get(id.as_str())
+    }
+
+    /// The answer for `record`: opened now if this version never was.
+    pub async fn open(&self, record: &Arc<IngressRecord>) -> Result<Arc<Opened>, OpenError> {
+        let key = format!("{}\0{}", record.id.as_str(), record.version);
+        if let Some(opened) = self.answers.get(&key).await {
+            return Ok(opened);
+        }
+        if let Some(failed) = self.failures.get(&key).await {
+            return Err(failed);
+        }
+        let outcome = self
+            .answers
+            .try_get_with_by_ref(&key, async {
+                if let Some(host) = record.hosts.first() {
+                    self.hosts.insert(record.id.as_str().to_owned(), host.clone());
+                }
+                let opened = self.open_now(record).await;
+                let result = if opened.is_ok() { "ok" } else { "failed" };
+                self.metrics.secret_opens.with_label_values(&[result]).inc();
+                opened.map(Arc::new)
+            })
+            .await;
+        match outcome {
+            Ok(opened) => Ok(opened),
+            Err(e) => {
+                let e = OpenError::clone(&e);
+                tracing::warn!(error = %e, "a tenant's secrets did not open; it answers 503");
+                self.failures.insert(key, e.clone()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens every secret of `record` and renders it, or fails whole.
+    async fn open_now(&self, record: &IngressRecord) -> Result<Opened, OpenError> {
+        let tenant = record.id.as_str();
+        let sealed = record
+            .products
+            .as_deref()
+            .into_iter()
+            .flat_map(|products| products.values())
+            .flat_map(|doc| doc.secrets.values())
+            .filter(|s| matches!(s, Secret::Sealed(_)))
+            .count();
+        let mut open = record.clone();
+        // The wrapped key is of no use to a caller: it gets the secrets themselves.
+        open.data_key = None;
+        if sealed > 0 {
+            let data_key = self.data_key(record).await?;
+            let secret_error = |reason: String| OpenError::Secret {
+                tenant: tenant.to_owned(),
+                reason,
+            };
+            for (product, doc) in open.products.as_deref_mut().into_iter().flatten() {
+                for (name, secret) in &mut doc.secrets {
+                    let Secret::Sealed(s) = secret else { continue };
+                    let context = secret_context(tenant, product.as_str(), name);
+                    let plain = data_key
+                        .open(&context, s)
+                        .map_err(|e| secret_error(format!("secret {product}/{name}: {e}")))?;
+                    let plain = String::from_utf8(plain)
+                        .map_err(|_| secret_error(format!("secret {product}/{name} is not UTF-8")))?;
+                    *secret = Secret::Plain(plain);
+                }
+            }
+        }
+        let json = serde_json::to_vec(&open).map_err(|e| OpenError::Secret {
+            tenant: tenant.to_owned(),
+            reason: format!("rendering: {e}"),
+        })?;
+        Ok(Opened {
+            json: Bytes::from(json),
+            secrets: sealed,
+        })
+    }
+
+    /// The tenant's data key, unwrapped once per wrapped key.
+    async fn data_key(&self, record: &IngressRecord) -> Result<Arc<DataKey>, OpenError> {
+        let tenant = record.id.as_str();
+        let keys = self
+            .keys
+            .clone()
+            .ok_or_else(|| OpenError::NoMasterKey(tenant.to_owned()))?;
+        let wrapped = record
+            .data_key
+            .as_deref()
+            .ok_or_else(|| OpenError::NoDataKey(tenant.to_owned()))?;
+        let key = format!("{tenant}\0{}\0{}", wrapped.key_id, wrapped.wrapped);
+        self.data_keys
+            .try_get_with(key, async move {
+                match tokio::time::timeout(UNWRAP_LIMIT, keys.unwrap_key(tenant, wrapped)).await {
+                    Ok(Ok(key)) => Ok(Arc::new(key)),
+                    Ok(Err(e)) => Err(unwrap_error(tenant, &e)),
+                    Err(_) => Err(OpenError::Timeout(tenant.to_owned())),
+                }
+            })
+            .await
+            .map_err(|e| OpenError::clone(&e))
+    }
+
+    /// Answers held, and the bytes they take (for `/admin/cache` and the memory numbers).
+    pub fn held(&self) -> (u64, u64) {
+        let mut bytes = 0u64;
+        for (_, opened) in self.answers.iter() {
+            bytes += opened.json.len() as u64;
+        }
+        (self.answers.entry_count(), bytes)
+    }
+}
+
+fn unwrap_error(tenant: &str, e: &SecretError) -> OpenError {
+    OpenError::Secret {
+        tenant: tenant.to_owned(),
+        reason: format!("data key: {e}"),
+    }
+}

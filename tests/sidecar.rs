@@ -1,0 +1,418 @@
+//! `tenant-edge sidecar`: TCS's API for one product's view on localhost, answered from the
+//! edge's cache machinery with the tenant's secrets opened; against a real stack (catalogue and
+//! two TCS regions as processes), the sidecar in this process.
+
+#![expect(clippy::unwrap_used, reason = "test helpers fail the test by unwrapping")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, metric, tcs_faults, Stack};
+use serde_json::{json, Value};
+use tenant_edge::secrets::KeySettings;
+use tenant_edge::sidecar::{SidecarConfig, Started};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "sidecar-secret-93f1c2";
+
+/// A sidecar of `view` for the stack, with the catalogue's key file, as edited.
+async fn sidecar(stack: &Stack, view: &str, edit: impl FnOnce(&mut SidecarConfig)) -> Sidecar {
+    let token = stack.product_token(view).unwrap().to_owned();
+    let mut cfg = SidecarConfig::new(
+        view,
+        tenant_edge::tenant::Region::new("us-east-1").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        stack.inner.tcs_endpoints(&token),
+    );
+    cfg.secrets = Some(KeySettings {
+        master_key: Some(stack.inner.master_key_file()),
+        ..KeySettings::default()
+    });
+    cfg.lookup.timeout_ms = 500;
+    cfg.lookup.check_interval_ms = 200;
+    cfg.cache.negative_ttl_secs = 1;
+    // As the stack's edges: a demo tenant that must exist.
+    cfg.lookup.canaries = vec!["acme.example.test".into()];
+    edit(&mut cfg);
+    let stop = CancellationToken::new();
+    let started = tenant_edge::sidecar::start(cfg, stop.clone()).await.unwrap();
+    Sidecar {
+        url: format!("http://{}", started.addr),
+        token,
+        http: reqwest::Client::new(),
+        stop,
+        started,
+    }
+}
+
+struct Sidecar {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+    started: Started,
+}
+
+impl Sidecar {
+    async fn get(&self, path: &str) -> (u16, String) {
+        self.get_as(path, Some(&self.token)).await
+    }
+
+    async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn lookup(&self, host: &str) -> (u16, Value) {
+        let (status, body) = self.get(&format!("/v1/views/jira/hosts/{host}")).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.started.wait().await;
+    }
+}
+
+fn acme(config_db: &str) -> Value {
+    json!({
+        "id": "acme", "hosts": ["acme.example.test", "acme-alias.example.test"], "realm": "us",
+        "placements": {"jira": {"shard": "jira-us-east-1"}, "confluence": {"shard": "confluence-us-east-1"}},
+        "products": {
+            "jira": {"config": {"db": config_db}, "secrets": {"db_password": SECRET}},
+            "confluence": {"config": {"db": "acme_wiki"}, "secrets": {"db_password": "confluence-only-secret"}}
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
+    let stack = Stack::start().await;
+    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
+    assert_eq!(status, 200, "{stored}");
+    let version = stored["version"].as_u64().unwrap();
+    let cache_file = stack.dir.path().join("sidecar-jira.cache");
+    let side = sidecar(&stack, "jira", |cfg| {
+        cfg.cache_file = Some(cache_file.clone());
+        cfg.cache_file_interval_secs = 1;
+    })
+    .await;
+
+    // A lookup: the jira view's record, its secret in plaintext, nothing of confluence.
+    let (status, answer) = eventually(Duration::from_secs(10), || async {
+        let (status, v) = side.lookup("acme.example.test").await;
+        (status == 200 && v["record"]["version"].as_u64() == Some(version)).then_some((status, v))
+    })
+    .await;
+    assert_eq!(status, 200);
+    let record = &answer["record"];
+    assert_eq!(
+        record["products"]["jira"]["config"]["db"], "acme_jira",
+        "{answer}"
+    );
+    assert_eq!(record["products"]["jira"]["secrets"]["db_password"], SECRET);
+    assert!(record["products"].get("confluence").is_none(), "{answer}");
+    assert!(record.get("data_key").is_none(), "{answer}");
+    assert_eq!(record["placements"]["jira"]["shard"], "jira-us-east-1");
+    assert!(answer["seq"].as_u64().unwrap() > 0);
+    // Its other host: the same tenant, opened once.
+    let (status, alias) = side.lookup("acme-alias.example.test").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        alias["record"]["products"]["jira"]["secrets"]["db_password"],
+        SECRET
+    );
+
+    // Only the service's own token, only its own view.
+    let lookup = "/v1/views/jira/hosts/acme.example.test";
+    assert_eq!(side.get_as(lookup, None).await.0, 401);
+    assert_eq!(side.get_as(lookup, Some("not-a-token")).await.0, 401);
+    let confluence = stack.product_token("confluence").unwrap();
+    assert_eq!(side.get_as(lookup, Some(confluence)).await.0, 401);
+    let (status, body) = side.get("/v1/views/confluence/hosts/acme.example.test").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(side.get_as("/admin/cache", None).await.0, 401);
+    assert_eq!(side.get("/v1/views/jira/hosts/nobody.example.test").await.0, 404);
+    assert_eq!(side.get("/v1/views/jira/hosts/bad%20host").await.0, 400);
+
+    // A batch, in order, null for the unknown.
+    let batch: Value = side
+        .http
+        .post(format!("{}/v1/views/jira/hosts", side.url))
+        .bearer_auth(&side.token)
+        .json(&json!({"hosts": ["nobody.example.test", "acme.example.test", "not a host"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let results = batch["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_null() && results[2].is_null(), "{batch}");
+    assert_eq!(
+        results[1]["record"]["products"]["jira"]["secrets"]["db_password"],
+        SECRET
+    );
+
+    // By tenant id: from the cache for a tenant it answered for, from TCS for another.
+    let (status, body) = side.get("/v1/views/jira/tenants/acme/placements/jira").await;
+    assert_eq!(status, 200, "{body}");
+    let placement: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(placement["shard"], "jira-us-east-1");
+    assert_eq!(placement["version"].as_u64(), Some(version));
+    let (status, body) = side.get("/v1/views/jira/tenants/globex/placements/jira").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        side.get("/v1/views/jira/tenants/nobody/placements/jira").await.0,
+        404
+    );
+    assert_eq!(
+        side.get("/v1/views/jira/tenants/acme/placements/bamboo").await.0,
+        404
+    );
+
+    // The bulk endpoints pass through, sealed as TCS serves them.
+    let (status, snapshot) = side.get("/v1/views/jira/snapshot").await;
+    assert_eq!(status, 200);
+    assert!(snapshot.contains("acme_jira") && !snapshot.contains(SECRET));
+    let mut stream = side
+        .http
+        .get(format!("{}/v1/views/jira/changes?after=0", side.url))
+        .bearer_auth(&side.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("acme_jira") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(stream);
+    assert_eq!(side.get("/v1/views/jira/changes?after=x").await.0, 400);
+
+    // A change reaches it through the change stream, and is opened once more.
+    let (status, _) = stack.put_tenant(&acme("acme_jira_2")).await;
+    assert_eq!(status, 200);
+    eventually(Duration::from_secs(10), || async {
+        let (_, v) = side.lookup("acme.example.test").await;
+        (v["record"]["products"]["jira"]["config"]["db"] == "acme_jira_2").then_some(())
+    })
+    .await;
+    let (status, admin) = side.get("/admin/tenants/acme.example.test").await;
+    assert_eq!(status, 200);
+    let admin: Value = serde_json::from_str(&admin).unwrap();
+    assert_eq!(admin["origin"], "stream", "{admin}");
+    assert!(
+        !admin.to_string().contains(SECRET),
+        "admin shows what is cached: sealed"
+    );
+
+    // Readiness, metrics and admin as the edge's.
+    let (status, ready) = side.get_as("/readyz", None).await;
+    assert_eq!(status, 200, "{ready}");
+    let (_, regions) = side.get("/admin/regions").await;
+    let regions: Value = serde_json::from_str(&regions).unwrap();
+    assert_eq!(regions["view"], "jira");
+    assert_eq!(regions["regions"].as_array().unwrap().len(), 2);
+    let (_, metrics) = side.get_as("/metrics", None).await;
+    assert!(
+        metric(&metrics, "tenant_edge_tenant_cache_hits_total") >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "tenant_edge_secret_opens_total{result=\"ok\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "tenant_edge_sidecar_requests_total{endpoint=\"lookup\",status=\"200\"}"
+        ) >= 3.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "tenant_edge_sidecar_requests_total{endpoint=\"lookup\",status=\"401\"}"
+        ) >= 3.0
+    );
+
+    // The cache file keeps ciphertext only.
+    side.stop().await;
+    let kept = std::fs::read_to_string(&cache_file).unwrap();
+    assert!(
+        kept.contains("acme_jira_2") && kept.contains("ciphertext"),
+        "{kept}"
+    );
+    assert!(!kept.contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_that_does_not_open_is_a_503_never_a_half_record() {
+    let stack = Stack::start().await;
+    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
+    assert_eq!(status, 200);
+    let version = stored["version"].as_u64().unwrap();
+    let wrong_key = stack.dir.path().join("other.key");
+    tenant_edge::secrets::MasterKey::load_or_create(&wrong_key).unwrap();
+    let side = sidecar(&stack, "jira", |cfg| {
+        cfg.secrets = Some(KeySettings {
+            master_key: Some(wrong_key.clone()),
+            ..KeySettings::default()
+        });
+    })
+    .await;
+    stack
+        .wait_in_tcs(&stack.tcs_urls[0], "acme.example.test", version)
+        .await;
+    stack
+        .wait_in_tcs(&stack.tcs_urls[1], "acme.example.test", version)
+        .await;
+    let (status, body) = side.get("/v1/views/jira/hosts/acme.example.test").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!body.contains("acme_jira"), "{body}");
+    // A tenant without secrets is answered.
+    let (status, body) = side.get("/v1/views/jira/hosts/globex.example.test").await;
+    assert_eq!(status, 200, "{body}");
+    // And a batch holding the sealed tenant fails whole.
+    let r = side
+        .http
+        .post(format!("{}/v1/views/jira/hosts", side.url))
+        .bearer_auth(&side.token)
+        .json(&json!({"hosts": ["globex.example.test", "acme.example.test"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    side.stop().await;
+
+    // Without any master key: the same.
+    let side = sidecar(&stack, "jira", |cfg| cfg.secrets = None).await;
+    assert_eq!(side.get("/v1/views/jira/hosts/acme.example.test").await.0, 503);
+    assert_eq!(side.get("/v1/views/jira/hosts/globex.example.test").await.0, 200);
+    side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_is_checked_whole() {
+    let tcs = vec![tenant_edge::context::TcsEndpoint {
+        region: "us-east-1".into(),
+        url: "http://127.0.0.1:1".into(),
+        token: "t".into(),
+    }];
+    let mut cfg = SidecarConfig::new(
+        "ingress",
+        tenant_edge::tenant::Region::new("eu-west-1").unwrap(),
+        "0.0.0.0:7400".parse().unwrap(),
+        tcs,
+    );
+    cfg.secrets = Some(KeySettings::default());
+    let problems = cfg.check().unwrap_err().join("\n");
+    for expected in ["ingress", "loopback", "eu-west-1", "master_key"] {
+        assert!(problems.contains(expected), "{expected}: {problems}");
+    }
+    let err = tenant_edge::sidecar::start(cfg, CancellationToken::new())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("loopback"), "{err}");
+}
+
+/// The edge's resilience cases, through the sidecar: every region failing, an emptied region,
+/// a slow region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_region_failing_known_tenants_keep_answering() {
+    let stack = Stack::start().await;
+    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
+    assert_eq!(status, 200);
+    let version = stored["version"].as_u64().unwrap();
+    stack
+        .wait_in_tcs(&stack.tcs_urls[0], "acme.example.test", version)
+        .await;
+    stack
+        .wait_in_tcs(&stack.tcs_urls[1], "acme.example.test", version)
+        .await;
+    let side = sidecar(&stack, "jira", |_| {}).await;
+    for host in ["acme.example.test", "globex.example.test"] {
+        assert_eq!(side.lookup(host).await.0, 200);
+    }
+    for url in &stack.tcs_urls {
+        tcs_faults(&stack, url, Some(json!({"error_rate": 1.0}))).await;
+    }
+    for i in 0..200 {
+        let host = ["acme.example.test", "globex.example.test"][i % 2];
+        let (status, v) = side.lookup(host).await;
+        assert_eq!(status, 200, "{host}: {v}");
+    }
+    let (status, v) = side.lookup("acme.example.test").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["record"]["products"]["jira"]["secrets"]["db_password"], SECRET);
+    let (status, body) = side.get("/v1/views/jira/hosts/initech.example.test").await;
+    assert_eq!(status, 503, "no TCS answered: an outage, not a deletion: {body}");
+    assert_eq!(side.get_as("/readyz", None).await.0, 200);
+    side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_region_is_distrusted_and_a_slow_one_is_hedged_around() {
+    let stack = Stack::start().await;
+    let side = sidecar(&stack, "jira", |_| {}).await;
+    for host in ["acme.example.test", "globex.example.test"] {
+        assert_eq!(side.lookup(host).await.0, 200);
+    }
+    stack
+        .wait_in_tcs(&stack.tcs_urls[0], "initech.example.test", 0)
+        .await;
+    stack
+        .wait_in_tcs(&stack.tcs_urls[1], "initech.example.test", 0)
+        .await;
+    // The local region says 404 for everything: its canaries (the tenants held) go missing,
+    // it is distrusted, and its 404 is not believed.
+    tcs_faults(&stack, &stack.tcs_urls[0], Some(json!({"empty": true}))).await;
+    eventually(Duration::from_secs(10), || async {
+        let (_, r) = side.get("/admin/regions").await;
+        let r: Value = serde_json::from_str(&r).ok()?;
+        let local = r["regions"]
+            .as_array()?
+            .iter()
+            .find(|g| g["region"] == "us-east-1")?
+            .clone();
+        (local["trust"] == "canary_missing").then_some(())
+    })
+    .await;
+    let (status, body) = side.get("/v1/views/jira/hosts/initech.example.test").await;
+    assert_eq!(status, 200, "resolved through the trusted region: {body}");
+    tcs_faults(&stack, &stack.tcs_urls[0], None).await;
+
+    // The local region turns slow: a miss is answered by the other region.
+    tcs_faults(&stack, &stack.tcs_urls[0], Some(json!({"latency_ms": 2000}))).await;
+    let (status, _) = stack
+        .put_tenant(
+            &json!({"id": "slowpoke", "hosts": ["slowpoke.example.test"], "realm": "us",
+            "placements": {"jira": {"shard": "jira-us-east-1"}}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    stack
+        .wait_in_tcs(&stack.tcs_urls[1], "slowpoke.example.test", 0)
+        .await;
+    let (status, body) = side.get("/v1/views/jira/hosts/slowpoke.example.test").await;
+    assert_eq!(status, 200, "{body}");
+    let (_, seen) = side.get("/admin/tenants/slowpoke.example.test").await;
+    let seen: Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["region"], "eu-west-1", "the fast region's answer: {seen}");
+    tcs_faults(&stack, &stack.tcs_urls[0], None).await;
+    side.stop().await;
+}
