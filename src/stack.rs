@@ -146,12 +146,19 @@ pub struct StackBuilder {
     demo_tenants: bool,
     import: Option<PathBuf>,
     catalogue_store: StoreConfig,
+    kms: Option<crate::secrets::KmsConfig>,
     fanout: Option<crate::fanout::aws::SnsConfig>,
     edit_tcs: Option<Edit<TcsConfig>>,
     edit_edge: Option<Edit<EdgeConfig>>,
 }
 
 impl StackBuilder {
+    /// The catalogue's master key in KMS instead of its key file.
+    pub fn kms(mut self, kms: crate::secrets::KmsConfig) -> Self {
+        self.kms = Some(kms);
+        self
+    }
+
     /// Runs the roles in this process (the default) or as children of `bin`.
     pub fn run(mut self, run: Run) -> Self {
         self.run = run;
@@ -447,7 +454,7 @@ impl StackBuilder {
             new_log_epoch: false,
             master_key: None,
             previous_master_keys: Vec::new(),
-            kms: None,
+            kms: self.kms.clone(),
         };
         match &self.run {
             Run::InProcess => {
@@ -467,6 +474,15 @@ impl StackBuilder {
                 ];
                 if let StoreConfig::Postgres(url) = &cfg.store {
                     args.extend(["--store".to_owned(), url.clone()]);
+                }
+                if let Some(kms) = &cfg.kms {
+                    args.extend(["--kms-key-id".to_owned(), kms.key_id.clone()]);
+                    if let Some(region) = &kms.region {
+                        args.extend(["--kms-region".to_owned(), region.clone()]);
+                    }
+                    if let Some(endpoint) = &kms.endpoint {
+                        args.extend(["--kms-endpoint".to_owned(), endpoint.clone()]);
+                    }
                 }
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 Part::child(Child::start(bin, "catalogue", &args)?)
@@ -787,6 +803,7 @@ impl Stack {
             demo_tenants: true,
             import: None,
             catalogue_store: StoreConfig::Sqlite,
+            kms: None,
             fanout: None,
             edit_tcs: None,
             edit_edge: None,

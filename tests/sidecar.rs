@@ -416,3 +416,70 @@ async fn an_emptied_region_is_distrusted_and_a_slow_one_is_hedged_around() {
     tcs_faults(&stack, &stack.tcs_urls[0], None).await;
     side.stop().await;
 }
+
+/// KMS as the master key: a tenant opened before KMS went away keeps answering with its
+/// plaintext; one never opened answers 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_kms_unreachable_opened_tenants_keep_answering_and_new_ones_are_503() {
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let mut moto = tenant_edge::stack::moto::MotoServer::start().unwrap();
+    let sdk = tenant_edge::aws::sdk_config("us-east-1", Some(&moto.endpoint())).await;
+    let key_id = aws_sdk_kms::Client::new(&sdk)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let kms = tenant_edge::secrets::KmsConfig {
+        key_id: key_id.clone(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
+    };
+    let stack = Stack::start_with(common::StackOptions {
+        kms: Some(kms.clone()),
+        ..Default::default()
+    })
+    .await;
+    let mut versions = Vec::new();
+    for id in ["acme", "umbrella"] {
+        let mut doc = acme("acme_jira");
+        doc["id"] = json!(id);
+        doc["hosts"] = json!([format!("{id}.example.test")]);
+        let (status, stored) = stack.put_tenant(&doc).await;
+        assert!((200..300).contains(&status), "{stored}");
+        assert_eq!(stored["data_key"]["key_id"], format!("kms:{key_id}"));
+        versions.push((id, stored["version"].as_u64().unwrap()));
+    }
+    for (id, version) in &versions {
+        let host = format!("{id}.example.test");
+        stack.wait_in_tcs(&stack.tcs_urls[0], &host, *version).await;
+        stack.wait_in_tcs(&stack.tcs_urls[1], &host, *version).await;
+    }
+    let side = sidecar(&stack, "jira", |cfg| {
+        cfg.secrets = Some(KeySettings {
+            kms: Some(kms),
+            ..KeySettings::default()
+        });
+    })
+    .await;
+    let (status, v) = side.lookup("acme.example.test").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["record"]["products"]["jira"]["secrets"]["db_password"], SECRET);
+
+    moto.stop();
+    for _ in 0..20 {
+        let (status, v) = side.lookup("acme.example.test").await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["record"]["products"]["jira"]["secrets"]["db_password"], SECRET);
+    }
+    let (status, body) = side.get("/v1/views/jira/hosts/umbrella.example.test").await;
+    assert_eq!(status, 503, "never opened, and KMS is unreachable: {body}");
+    assert!(!body.contains("acme_jira"));
+    assert_eq!(side.get("/v1/views/jira/hosts/globex.example.test").await.0, 200, "no secrets");
+    let (_, metrics) = side.get_as("/metrics", None).await;
+    assert!(metric(&metrics, "tenant_edge_secret_opens_total{result=\"failed\"}") >= 1.0);
+    side.stop().await;
+}

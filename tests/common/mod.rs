@@ -99,6 +99,8 @@ pub struct StackOptions {
     /// Changes through SNS/SQS with these settings (each region's topic is the template's
     /// topic and the region's name).
     pub fanout: Option<tenant_edge::fanout::aws::SnsConfig>,
+    /// The catalogue's master key in KMS (an emulator's) instead of its key file.
+    pub kms: Option<tenant_edge::secrets::KmsConfig>,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -158,6 +160,9 @@ impl Stack {
         let mut builder = tenant_edge::stack::Stack::builder(dir.path(), routes_template());
         if let Some(fanout) = options.fanout.clone() {
             builder = builder.fanout(fanout);
+        }
+        if let Some(kms) = options.kms.clone() {
+            builder = builder.kms(kms);
         }
         let inner = builder
             .run(Run::Children(bin().into()))
