@@ -1,0 +1,274 @@
+//! The sidecar's numbers: lookup latency from a client on the same machine at 1 000 and
+//! 10 000 requests a second, and the memory a cached tenant takes with and without secrets.
+//!
+//! The dev stack's catalogue and two TCS regions run in this process, with 10 000 imported
+//! tenants (half with three secrets in jira, half with none); the sidecar is the release binary,
+//! its own process, reading the `jira` view with the catalogue's key file. The client is four
+//! threads, each with one keep-alive HTTP/1.1 connection, sending at a fixed pace (open loop)
+//! and timing each lookup from the request's write to the answer's last byte.
+//!
+//! `cargo bench --bench sidecar` (about a minute). Results: `bench/README.md`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use tenant_edge::routes::RoutesFile;
+use tenant_edge::stack::Stack;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const THREADS: usize = 4;
+
+/// Full under `cargo bench`; a quick check that the bench still runs under `cargo test
+/// --all-targets` (which runs it without `--bench`).
+struct Sizes {
+    tenants: usize,
+    secs: u64,
+}
+
+fn sizes() -> Sizes {
+    if std::env::args().any(|a| a == "--bench") {
+        Sizes {
+            tenants: 10_000,
+            secs: 10,
+        }
+    } else {
+        Sizes {
+            tenants: 200,
+            secs: 1,
+        }
+    }
+}
+
+fn host(i: usize) -> String {
+    format!("t{i:06}.example.test")
+}
+
+/// Tenant `i`: even ones with three jira secrets, odd ones with config only.
+fn doc(i: usize) -> serde_json::Value {
+    let id = format!("t{i:06}");
+    let mut jira =
+        serde_json::json!({"config": {"db": format!("{id}_jira"), "db_host": "db-7.jira.internal"}});
+    if i % 2 == 0 {
+        jira["secrets"] = serde_json::json!({
+            "db_password": format!("pw-{id}-0123456789abcdef"),
+            "api_key": format!("ak-{id}-0123456789abcdef0123456789"),
+            "signing_key": format!("sk-{id}-0123456789abcdef0123456789abcdef"),
+        });
+    }
+    serde_json::json!({
+        "id": id, "hosts": [host(i)], "realm": "us",
+        "placements": {"jira": {"shard": "jira-us-east-1"}},
+        "products": {"jira": jira},
+    })
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let sizes = sizes();
+    let dir = tempfile::tempdir()?;
+    let import = dir.path().join("tenants.ndjson");
+    let mut lines = String::new();
+    for i in 0..sizes.tenants {
+        lines.push_str(&doc(i).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&import, lines)?;
+    let routes = RoutesFile::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("routes/dev.toml"))?;
+    let stack = Stack::builder(dir.path(), routes)
+        .shards(false)
+        .edges(0)
+        .import(&import)
+        .start()
+        .await?;
+    let token = stack.product_token("jira").ok_or("no jira token")?.to_owned();
+    let port = tenant_edge::stack::free_port();
+    let mut cfg = tenant_edge::sidecar::SidecarConfig::new(
+        "jira",
+        tenant_edge::tenant::Region::new("us-east-1")?,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        stack.tcs_endpoints(&token),
+    );
+    cfg.secrets = Some(tenant_edge::secrets::KeySettings {
+        master_key: Some(stack.master_key_file()),
+        ..Default::default()
+    });
+    let config = dir.path().join("sidecar.toml");
+    std::fs::write(&config, toml::to_string(&cfg)?)?;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let outcome = tokio::task::spawn_blocking(move || measure(port, &token, &sizes, pid)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome?
+}
+
+fn measure(port: u16, token: &str, sizes: &Sizes, pid: u32) -> Res<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut conn = loop {
+        if let Ok(mut c) = Conn::open(addr, token) {
+            if c.get("/readyz").is_ok_and(|(status, _)| status == 200) {
+                break c;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the sidecar did not become ready".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // Memory: what caching (and opening) each half of the tenants adds to the resident set.
+    let half = sizes.tenants / 2;
+    let rss0 = rss_kib(pid);
+    for i in (1..sizes.tenants).step_by(2) {
+        conn.lookup(&host(i))?;
+    }
+    let rss_plain = rss_kib(pid);
+    for i in (0..sizes.tenants).step_by(2) {
+        conn.lookup(&host(i))?;
+    }
+    let rss_secret = rss_kib(pid);
+    let per = |from: u64, to: u64| to.saturating_sub(from) as f64 * 1024.0 / half as f64;
+    println!(
+        "memory per cached tenant: {:.0} B without secrets, {:.0} B with three (resident set {} -> {} -> {} KiB, {half} tenants each)",
+        per(rss0, rss_plain),
+        per(rss_plain, rss_secret),
+        rss0,
+        rss_plain,
+        rss_secret
+    );
+
+    for rate in [1_000u64, 10_000] {
+        let per_thread = rate as f64 / THREADS as f64;
+        let interval = Duration::from_secs_f64(1.0 / per_thread);
+        let n = (per_thread * sizes.secs as f64) as usize;
+        let started = Instant::now();
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let token = token.to_owned();
+                let tenants = sizes.tenants;
+                std::thread::spawn(move || -> Res<(Vec<Duration>, usize)> {
+                    let mut conn = Conn::open(addr, &token)?;
+                    let mut latencies = Vec::with_capacity(n);
+                    let mut errors = 0;
+                    let start = Instant::now();
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t as u64;
+                    for k in 0..n {
+                        let due = start + interval * k as u32;
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let h = host((x % tenants as u64) as usize);
+                        let sent = Instant::now();
+                        match conn.lookup(&h) {
+                            Ok(()) => latencies.push(sent.elapsed()),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    Ok((latencies, errors))
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in threads {
+            let (l, e) = t.join().map_err(|_| "client thread panicked")??;
+            all.extend(l);
+            errors += e;
+        }
+        let took = started.elapsed();
+        all.sort();
+        let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "{rate} req/s offered, {:.0} achieved, {} lookups, {errors} errors: p50 {:?} p90 {:?} p99 {:?} p99.9 {:?} max {:?}",
+            all.len() as f64 / took.as_secs_f64(),
+            all.len(),
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            pct(0.999),
+            all[all.len() - 1]
+        );
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One keep-alive HTTP/1.1 connection, as lean as a load generator's.
+struct Conn {
+    stream: TcpStream,
+    auth: String,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr, token: &str) -> Res<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Conn {
+            stream,
+            auth: format!("Bearer {token}"),
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    fn lookup(&mut self, host: &str) -> Res<()> {
+        match self.get(&format!("/v1/views/jira/hosts/{host}"))? {
+            (200, _) => Ok(()),
+            (status, body) => Err(format!("{host}: {status} {}", String::from_utf8_lossy(&body)).into()),
+        }
+    }
+
+    /// Sends a GET and reads the whole answer: its status and body.
+    fn get(&mut self, path: &str) -> Res<(u16, Vec<u8>)> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: {}\r\n\r\n",
+            self.auth
+        );
+        self.stream.write_all(request.as_bytes())?;
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err("connection closed".into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head) = resp.parse(&self.buf)? {
+                let length = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+                    .ok_or("no content-length")?;
+                if self.buf.len() >= head + length {
+                    let status = resp.code.unwrap_or(0);
+                    return Ok((status, self.buf[head..head + length].to_vec()));
+                }
+            }
+        }
+    }
+}
