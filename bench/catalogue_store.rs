@@ -122,6 +122,7 @@ async fn seed(c: &CatalogueClient) -> Res<()> {
         product: Product::new("jira")?,
         regions: vec![Region::new("us-east-1")?],
         mover: None,
+        database: serde_json::Map::new(),
     })
     .await?;
     Ok(())

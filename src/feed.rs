@@ -133,6 +133,12 @@ pub struct ShardDoc {
     /// Base URL of the shard's mover hooks (`http://127.0.0.1:9100`), for tenant moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mover: Option<String>,
+    /// Where the data of a tenant placed here lives (`{"db_host": "..."}`): written into the
+    /// tenant's product `config` by a move's switch (and by a rollback, the source's), in the
+    /// same catalogue write as the placement, so a service reading its view finds a moved
+    /// tenant's data at the target. No secrets here: they belong to the tenant.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub database: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A realm: the regions a tenant's data may live in (`PUT /v1/realms/{name}`).

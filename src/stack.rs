@@ -1184,6 +1184,7 @@ pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot, demo: bool) 
             regions: shard.data_regions.clone(),
             // Both backends share the shard's data, so the first one's hooks serve the shard.
             mover: shard.backends.first().map(|a| format!("http://{a}")),
+            database: serde_json::Map::new(),
         };
         client.put_shard(&doc).await?;
     }

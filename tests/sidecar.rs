@@ -478,7 +478,11 @@ async fn with_kms_unreachable_opened_tenants_keep_answering_and_new_ones_are_503
     let (status, body) = side.get("/v1/views/jira/hosts/umbrella.example.test").await;
     assert_eq!(status, 503, "never opened, and KMS is unreachable: {body}");
     assert!(!body.contains("acme_jira"));
-    assert_eq!(side.get("/v1/views/jira/hosts/globex.example.test").await.0, 200, "no secrets");
+    assert_eq!(
+        side.get("/v1/views/jira/hosts/globex.example.test").await.0,
+        200,
+        "no secrets"
+    );
     let (_, metrics) = side.get_as("/metrics", None).await;
     assert!(metric(&metrics, "tenant_edge_secret_opens_total{result=\"failed\"}") >= 1.0);
     side.stop().await;

@@ -24,6 +24,7 @@ fn shard(seq: u64) -> Change {
         product: Product::new("jira").unwrap(),
         regions: vec![Region::new("us-east-1").unwrap()],
         mover: None,
+        database: serde_json::Map::new(),
     };
     Change {
         seq,

@@ -91,6 +91,12 @@ pub(in crate::catalogue) async fn set_phase(
     if let (Some(placement), Some(mut tenant)) = (placement, tenant) {
         let version = tenant.version;
         let tenant_id = tenant.id.clone();
+        // The data's location moves with the placement, in the same write.
+        let holder = rows.shard(&placement.shard).await?;
+        if let Some(database) = holder.map(|s| s.database).filter(|d| !d.is_empty()) {
+            let config = &mut tenant.products.entry(doc.product.clone()).or_default().config;
+            config.extend(database);
+        }
         tenant.placements.insert(doc.product.clone(), placement);
         tenants::put(rows, &tenant_id, tenant, Some(version)).await?;
     }

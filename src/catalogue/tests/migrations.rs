@@ -412,7 +412,60 @@ async fn a_host_finds_its_live_tenant(kind: Kind) {
     assert_eq!(store.tenant_by_host(&host).await.unwrap(), None);
 }
 
+async fn the_switch_moves_the_data_location_in_the_same_write(kind: Kind) {
+    let store = with_acme(kind).await;
+    for (id, regions) in [
+        ("jira-us-east-1", ["us-east-1"]),
+        ("jira-us-west-2", ["us-west-2"]),
+    ] {
+        let mut doc = shard(id, "jira", &regions);
+        doc.database = json!({"db_host": format!("{id}.db.internal")})
+            .as_object()
+            .unwrap()
+            .clone();
+        store.put_shard(doc.id.clone(), doc).await.unwrap();
+    }
+    let mut acme = acme_now(&*store).await;
+    let version = acme.version;
+    acme.products = serde_json::from_value(json!({"jira": {"config": {"db": "acme_jira"}}})).unwrap();
+    store.put_tenant(tid("acme"), acme, Some(version)).await.unwrap();
+    let config = |doc: &TenantDoc| doc.products[&Product::new("jira").unwrap()].config.clone();
+    let m = plan(&*store, "jira-us-west-2").await;
+    for p in [Phase::Frozen, Phase::Copying] {
+        store.set_phase(&m.id, p, None).await.unwrap();
+    }
+    let head = store.head();
+    store.set_phase(&m.id, Phase::Switched, None).await.unwrap();
+    let log = log_after(&*store, head).await;
+    assert_eq!(
+        log.len(),
+        2,
+        "the migration's change and one tenant write: {log:?}"
+    );
+    let ChangeBody::Tenant { doc: Some(doc), .. } = &log[1].body else {
+        panic!("{log:?}");
+    };
+    assert_eq!(doc.placements["jira"].shard.as_str(), "jira-us-west-2");
+    let moved = config(doc);
+    assert_eq!(moved["db_host"], "jira-us-west-2.db.internal");
+    assert_eq!(moved["db"], "acme_jira", "the rest of the config stays");
+    assert_eq!(config(&acme_now(&*store).await), moved);
+    for p in [Phase::Cleaning, Phase::Done] {
+        store.set_phase(&m.id, p, None).await.unwrap();
+    }
+
+    // A rollback (of a new move, before its switch) writes the source's location back.
+    let back = plan(&*store, "jira-us-east-1").await;
+    store.set_phase(&back.id, Phase::Frozen, None).await.unwrap();
+    store.set_phase(&back.id, Phase::RolledBack, None).await.unwrap();
+    assert_eq!(
+        config(&acme_now(&*store).await)["db_host"],
+        "jira-us-west-2.db.internal"
+    );
+}
+
 conformance!(
+    the_switch_moves_the_data_location_in_the_same_write,
     a_new_migration_is_planned_with_its_region_delta_and_logged,
     one_open_migration_per_tenant_product,
     invalid_migrations_are_refused_with_every_reason,
