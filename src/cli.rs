@@ -86,6 +86,13 @@ pub enum Command {
         /// Leave the mover hooks open without a token (loopback only).
         #[arg(long)]
         allow_unauthenticated: bool,
+        /// The product's sidecar (`http://127.0.0.1:7201`): tenant requests are checked against
+        /// the context it holds, and queued jobs re-check their tenant's placement there.
+        #[arg(long, requires = "sidecar_token_file")]
+        sidecar: Option<String>,
+        /// File whose first line is the product service's token, which its sidecar asks for.
+        #[arg(long, requires = "sidecar")]
+        sidecar_token_file: Option<PathBuf>,
     },
 }
 
@@ -134,6 +141,8 @@ pub fn main() -> ExitCode {
             data,
             mover_token_file,
             allow_unauthenticated,
+            sidecar,
+            sidecar_token_file,
         } => {
             let mover_token = match mover_token_file
                 .as_deref()
@@ -146,6 +155,19 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let sidecar = match (
+                sidecar,
+                sidecar_token_file
+                    .as_deref()
+                    .map(crate::feed::bearer::read_token_file),
+            ) {
+                (Some(url), Some(Ok(Some(token)))) => Some(crate::demo::SidecarLink { url, token }),
+                (None, _) => None,
+                (Some(_), _) => {
+                    tracing::error!("cannot read a token from the sidecar token file");
+                    return ExitCode::FAILURE;
+                }
+            };
             let cfg = crate::demo::DemoShardConfig {
                 shard,
                 backend,
@@ -155,6 +177,7 @@ pub fn main() -> ExitCode {
                 data_dir: data,
                 mover_token,
                 allow_unauthenticated,
+                sidecar,
             };
             run_role(Some(ROLE_DRAIN_GRACE), |shutdown| crate::demo::run(cfg, shutdown))
         }

@@ -8,7 +8,9 @@
 //! where a request landed and what it carried. Every answer carries
 //! `x-served-by: <shard>/<backend>`.
 
+mod context;
 mod items;
+mod jobs;
 mod mover;
 mod store;
 
@@ -30,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use crate::feed::ApiError;
 use crate::tenant::{NameError, Product, Region, ShardId, TenantId};
 use store::ShardStore;
+
+pub use context::{db_host, fingerprint, Database, SidecarLink};
 
 /// What a demo shard backend calls itself, where it listens and where its shard keeps data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,9 @@ pub struct DemoShardConfig {
     /// Without a token, leave the hooks open (loopback only); else a shard without a token
     /// does not start.
     pub allow_unauthenticated: bool,
+    /// Its product's sidecar: every tenant request is checked against the tenant context it
+    /// holds, which names the tenant's database and credential; queued jobs re-check there.
+    pub sidecar: Option<SidecarLink>,
 }
 
 /// Why a demo shard could not run.
@@ -70,6 +77,9 @@ pub enum DemoError {
     /// No mover token, and open hooks not asked for (or asked for off loopback).
     #[error("demo shard: the mover hooks need a token (--mover-token-file), or --allow-unauthenticated on loopback (listening on {0})")]
     OpenMover(SocketAddr),
+    /// The sidecar's client could not be built.
+    #[error("demo shard: sidecar client: {0}")]
+    Sidecar(#[from] reqwest::Error),
     /// The shard's database could not be opened.
     #[error("shard database {path}: {source}")]
     Store {
@@ -94,6 +104,9 @@ struct DemoState {
     served_by: HeaderValue,
     store: ShardStore,
     mover_token: Option<String>,
+    sidecar: Option<context::Sidecar>,
+    /// Where every shard's files are (a re-routed job goes into its shard's file).
+    data_dir: PathBuf,
 }
 
 /// Why a request was refused; one JSON answer ([`ApiError`]) per variant.
@@ -117,6 +130,9 @@ enum Failure {
     /// The tenant lives elsewhere since this catalogue version.
     #[error("tenant moved; fetch catalogue version {0} or later")]
     Moved(u64),
+    /// The tenant's context (its database, its credential) is not to be had now.
+    #[error("{0}")]
+    Unavailable(String),
     /// Storage failed.
     #[error("storage: {0}")]
     Internal(String),
@@ -135,16 +151,16 @@ impl IntoResponse for Failure {
             Failure::Rejected(status, _) => *status,
             Failure::NotFound => StatusCode::NOT_FOUND,
             Failure::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Failure::Frozen => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Frozen | Failure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Moved(_) => StatusCode::MISDIRECTED_REQUEST,
             Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() && !matches!(self, Failure::Frozen) {
+        if status.is_server_error() && !matches!(self, Failure::Frozen | Failure::Unavailable(_)) {
             tracing::error!(error = %self, "demo shard request failed");
         }
         let mut resp = ApiError::new(status, self.to_string()).into_response();
         match self {
-            Failure::Frozen => {
+            Failure::Frozen | Failure::Unavailable(_) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -183,6 +199,9 @@ struct Echo<'a> {
     method: &'a str,
     path: &'a str,
     headers: BTreeMap<String, String>,
+    /// The tenant's database, as the sidecar told (with a sidecar only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<Database>,
 }
 
 /// A demo shard backend with its database open and its listener bound, not yet serving:
@@ -216,12 +235,18 @@ pub async fn bind(cfg: DemoShardConfig) -> Result<Bound, DemoError> {
     .await?;
     let served_by = HeaderValue::try_from(format!("{}/{}", cfg.shard, cfg.backend))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    let sidecar = match cfg.sidecar {
+        Some(link) => Some(context::Sidecar::new(link, cfg.product.clone(), &cfg.shard)?),
+        None => None,
+    };
     let state = Arc::new(DemoState {
         shard: cfg.shard,
         backend: cfg.backend,
         served_by,
         store,
         mover_token: cfg.mover_token,
+        sidecar,
+        data_dir: cfg.data_dir,
     });
     Ok(Bound {
         listener,
@@ -245,6 +270,7 @@ impl Bound {
             self.state.backend,
             self.addr
         );
+        tokio::spawn(jobs::work(self.state.clone(), shutdown.clone()));
         axum::serve(self.listener, router(self.state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
@@ -273,16 +299,21 @@ async fn open_store(
 }
 
 fn router(state: Arc<DemoState>) -> Router {
+    // Every tenant request is checked against the sidecar's context first (with a sidecar).
+    let tenant = Router::new()
+        .route("/ws/echo", get(ws_echo))
+        .merge(items::routes())
+        .merge(jobs::routes())
+        .fallback(echo)
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), context::check));
     Router::new()
         // Only GET is the health check; anything else on /healthz is echoed like any path.
         .route("/healthz", get(healthz).fallback(echo))
-        .route("/ws/echo", get(ws_echo))
-        .merge(items::routes())
         .nest(
             "/mover",
             mover::routes().route_layer(middleware::from_fn_with_state(Arc::clone(&state), mover_only)),
         )
-        .fallback(echo)
+        .merge(tenant)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), served_by))
         .with_state(state)
 }
@@ -337,6 +368,7 @@ async fn echo(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    database: Option<axum::Extension<Database>>,
 ) -> Result<Json<serde_json::Value>, Failure> {
     // Without a (valid) tenant there is no fence to honour: the echo shows what arrived.
     if let Ok(tenant) = tenant_of(&headers) {
@@ -354,6 +386,7 @@ async fn echo(
         method: method.as_str(),
         path,
         headers: forwarded_headers(&headers),
+        database: database.map(|axum::Extension(d)| d),
     };
     Ok(Json(
         serde_json::to_value(echo).unwrap_or(serde_json::Value::Null),

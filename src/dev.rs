@@ -99,6 +99,7 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> Result<(), Stack
         .routes_in_place(&args.routes)
         .certs(&args.certs)
         .catalogue_store(args.catalogue_store.clone())
+        .sidecars(true)
         .tcs(|_, cfg| cfg.allow_faults = true)
         .edge(move |_, cfg| {
             cfg.threads = 2;
@@ -137,6 +138,12 @@ fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot, aws: Opti
             routes.shards.len(),
             args.routes.display()
         ),
+        format!(
+            "  sidecars    jira http://127.0.0.1:{}   confluence http://127.0.0.1:{}   (token: {}/<product>.token)",
+            ports::SIDECARS,
+            ports::SIDECARS + 1,
+            args.data.display()
+        ),
         "  tenants     acme.example.test, globex.example.test, initech.example.test".into(),
         match aws {
             Some(url) => format!("  fan-out     SNS topics tenant-edge-<region>, the edge's SQS queue, at {url}"),
@@ -146,6 +153,11 @@ fn print_banner(args: &DevArgs, routes: &crate::routes::RouteSnapshot, aws: Opti
         "Try:".into(),
         format!("  curl -s -H 'Host: acme.example.test' http://127.0.0.1:{http}/"),
         format!("  curl -s -H 'Host: globex.example.test' http://127.0.0.1:{http}/wiki/spaces"),
+        format!(
+            "  curl -s -H \"Authorization: Bearer $(cat {}/jira.token)\" http://127.0.0.1:{}/v1/views/jira/hosts/acme.example.test",
+            args.data.display(),
+            ports::SIDECARS
+        ),
         format!(
             "  curl -s -H \"Authorization: Bearer $(cat {}/operator.token)\" http://127.0.0.1:{}/v1/tenants",
             args.data.display(),

@@ -178,9 +178,6 @@ pub struct Started {
     writer: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// What a sidecar logs once it listens.
-pub const LISTENING_LINE: &str = "sidecar listening";
-
 impl Started {
     /// Resolves once `/readyz` would answer 200: a tenant is cached or a change stream is live.
     pub async fn ready(&self) {
@@ -253,10 +250,9 @@ pub async fn start(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<St
     });
     tracing::info!(
         target: crate::stack::LISTENING,
-        addr = %addr,
-        view = %cfg.view,
         region = %cfg.region,
-        "{LISTENING_LINE}"
+        "sidecar {} listening on {addr}",
+        cfg.view
     );
     Ok(Started {
         addr,

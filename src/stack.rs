@@ -73,6 +73,8 @@ pub mod ports {
     pub const TCS_US_EAST_1: u16 = 7101;
     /// TCS eu-west-1.
     pub const TCS_EU_WEST_1: u16 = 7102;
+    /// The demo shards' sidecars: the first product's (jira), then the next (confluence).
+    pub const SIDECARS: u16 = 7201;
 }
 
 /// Where the roles run.
@@ -147,12 +149,20 @@ pub struct StackBuilder {
     import: Option<PathBuf>,
     catalogue_store: StoreConfig,
     kms: Option<crate::secrets::KmsConfig>,
+    sidecars: bool,
     fanout: Option<crate::fanout::aws::SnsConfig>,
     edit_tcs: Option<Edit<TcsConfig>>,
     edit_edge: Option<Edit<EdgeConfig>>,
 }
 
 impl StackBuilder {
+    /// Give each product with a service token (jira, confluence) a sidecar reading its view,
+    /// and its demo shards that sidecar (off by default).
+    pub fn sidecars(mut self, on: bool) -> Self {
+        self.sidecars = on;
+        self
+    }
+
     /// The catalogue's master key in KMS instead of its key file.
     pub fn kms(mut self, kms: crate::secrets::KmsConfig) -> Self {
         self.kms = Some(kms);
@@ -297,6 +307,7 @@ impl StackBuilder {
             catalogue: None,
             tcs: Vec::new(),
             edges: Vec::new(),
+            sidecars: Vec::new(),
             shutdown: CancellationToken::new(),
             tasks: JoinSet::new(),
         };
@@ -332,10 +343,12 @@ impl StackBuilder {
         // Validated before anything starts: a bad template is a clear error, not a stack
         // whose edges refuse their routes. (A catalogue alone needs no routes.)
         let routed = self.shards || self.seed || self.edges > 0;
+        let mut sidecars = Vec::new();
         if routed {
             let snapshot = RouteSnapshot::from_toml_str(&self.routes.to_toml())?;
             if self.shards {
-                self.start_shards(stack, &snapshot).await?;
+                sidecars = self.sidecar_addrs(stack, &snapshot);
+                self.start_shards(stack, &snapshot, &sidecars).await?;
             }
         }
         if routed && self.routes_in_place.is_none() {
@@ -365,11 +378,92 @@ impl StackBuilder {
             });
             stack.tcs.push(tcs);
         }
+        for (product, addr) in &sidecars {
+            let part = self.start_sidecar(stack, product, *addr).await?;
+            stack.sidecars.push(part);
+        }
         for i in 0..self.edges {
             let edge = self.start_edge(stack, i, &endpoints).await?;
             stack.edges.push(edge);
         }
         Ok(())
+    }
+
+    /// Where each product's sidecar will listen (chosen before the shards start, which are
+    /// told), for the products that have a service token.
+    fn sidecar_addrs(&self, stack: &Stack, snapshot: &RouteSnapshot) -> Vec<(Product, SocketAddr)> {
+        if !self.sidecars {
+            return Vec::new();
+        }
+        // In the route file's order (jira, then confluence), each once.
+        let mut products: Vec<&Product> = Vec::new();
+        for p in snapshot.products.iter().map(|p| &p.name) {
+            if !products.contains(&p) && snapshot.shards.values().any(|s| s.product == *p) {
+                products.push(p);
+            }
+        }
+        products
+            .into_iter()
+            .filter(|p| stack.product_token(p.as_str()).is_some())
+            .enumerate()
+            .map(|(i, p)| {
+                let addr = match self.ports {
+                    Ports::Contract => loopback(ports::SIDECARS + i as u16),
+                    Ports::Free => loopback(free_port()),
+                };
+                (p.clone(), addr)
+            })
+            .collect()
+    }
+
+    /// Starts `product`'s sidecar on `addr`: its view, every region (the first asked first),
+    /// the catalogue's master key, a cache file.
+    async fn start_sidecar(
+        &self,
+        stack: &mut Stack,
+        product: &Product,
+        addr: SocketAddr,
+    ) -> Result<Part, StackError> {
+        let token = stack
+            .product_token(product.as_str())
+            .ok_or_else(|| StackError::Spec(format!("no service token for {product}")))?
+            .to_owned();
+        let region = self
+            .regions
+            .first()
+            .cloned()
+            .ok_or_else(|| StackError::Spec("a sidecar needs a TCS region".into()))?;
+        let mut cfg =
+            crate::sidecar::SidecarConfig::new(product.as_str(), region, addr, stack.tcs_endpoints(&token));
+        cfg.secrets = Some(match &self.kms {
+            Some(kms) => crate::secrets::KeySettings {
+                kms: Some(kms.clone()),
+                ..Default::default()
+            },
+            None => crate::secrets::KeySettings {
+                master_key: Some(stack.master_key_file()),
+                ..Default::default()
+            },
+        });
+        cfg.cache_file = Some(self.dir.join(format!("sidecar-{product}.cache")));
+        let file = self.dir.join(format!("sidecar-{product}.toml"));
+        write_toml(&file, &cfg)?;
+        let name = format!("sidecar-{product}");
+        match &self.run {
+            Run::InProcess => {
+                let started = crate::sidecar::start(cfg, stack.shutdown.child_token())
+                    .await
+                    .map_err(part(&name))?;
+                Ok(stack.task(name, addr, |_| async move {
+                    started.wait().await;
+                    Ok::<(), String>(())
+                }))
+            }
+            Run::Children(bin) => {
+                let args = ["sidecar", "--config", &path_arg(&file)?];
+                Part::child(Child::start(bin, &name, &args)?)
+            }
+        }
     }
 
     /// The address a role binds itself: the contract's, or port 0 (a child that may be
@@ -382,7 +476,12 @@ impl StackBuilder {
         }
     }
 
-    async fn start_shards(&self, stack: &mut Stack, snapshot: &RouteSnapshot) -> Result<(), StackError> {
+    async fn start_shards(
+        &self,
+        stack: &mut Stack,
+        snapshot: &RouteSnapshot,
+        sidecars: &[(Product, SocketAddr)],
+    ) -> Result<(), StackError> {
         let data = self.dir.join("shards");
         let mut ids: Vec<&ShardId> = snapshot.shards.keys().collect();
         ids.sort();
@@ -404,6 +503,15 @@ impl StackBuilder {
                     // The operator's token moves tenants (`ctl migrate` presents it).
                     mover_token: Some(stack.secrets.operator.clone()),
                     allow_unauthenticated: false,
+                    sidecar: sidecars
+                        .iter()
+                        .find(|(p, _)| *p == shard.product)
+                        .and_then(|(p, addr)| {
+                            Some(crate::demo::SidecarLink {
+                                url: format!("http://{addr}"),
+                                token: stack.product_token(p.as_str())?.to_owned(),
+                            })
+                        }),
                 };
                 let name = format!("{}/{}", cfg.shard, cfg.backend);
                 let part = match &self.run {
@@ -414,23 +522,33 @@ impl StackBuilder {
                     }
                     Run::Children(bin) => {
                         let regions: Vec<String> = cfg.regions.iter().map(ToString::to_string).collect();
-                        let args = [
-                            "demo-shard",
-                            "--shard",
-                            &cfg.shard,
-                            "--backend",
-                            &cfg.backend,
-                            "--listen",
-                            &cfg.listen.to_string(),
-                            "--product",
-                            cfg.product.as_str(),
-                            "--regions",
-                            &regions.join(","),
-                            "--data",
-                            &path_arg(&cfg.data_dir)?,
-                            "--mover-token-file",
-                            &path_arg(&stack.dir.join("operator.token"))?,
+                        let mut args: Vec<String> = vec![
+                            "demo-shard".into(),
+                            "--shard".into(),
+                            cfg.shard.clone(),
+                            "--backend".into(),
+                            cfg.backend.clone(),
+                            "--listen".into(),
+                            cfg.listen.to_string(),
+                            "--product".into(),
+                            cfg.product.to_string(),
+                            "--regions".into(),
+                            regions.join(","),
+                            "--data".into(),
+                            path_arg(&cfg.data_dir)?,
+                            "--mover-token-file".into(),
+                            path_arg(&stack.dir.join("operator.token"))?,
                         ];
+                        if let Some(link) = &cfg.sidecar {
+                            let token_file = stack.dir.join(format!("{}.token", cfg.product));
+                            args.extend([
+                                "--sidecar".into(),
+                                link.url.clone(),
+                                "--sidecar-token-file".into(),
+                                path_arg(&token_file)?,
+                            ]);
+                        }
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
                         Part::child(Child::start(bin, &name, &args)?)?
                     }
                 };
@@ -658,6 +776,8 @@ pub struct Stack {
     pub tcs: Vec<Part>,
     /// The edges.
     pub edges: Vec<EdgePart>,
+    /// The products' sidecars (with [`StackBuilder::sidecars`]).
+    pub sidecars: Vec<Part>,
     shutdown: CancellationToken,
     tasks: JoinSet<Result<(), String>>,
     secrets: Secrets,
@@ -804,6 +924,7 @@ impl Stack {
             import: None,
             catalogue_store: StoreConfig::Sqlite,
             kms: None,
+            sidecars: false,
             fanout: None,
             edit_tcs: None,
             edit_edge: None,
@@ -929,9 +1050,10 @@ impl Stack {
             .edges
             .iter_mut()
             .map(|e| &mut e.part)
+            .chain(&mut self.shards)
+            .chain(&mut self.sidecars)
             .chain(&mut self.tcs)
             .chain(&mut self.catalogue)
-            .chain(&mut self.shards)
         {
             part.terminate();
         }
@@ -1184,7 +1306,12 @@ pub async fn seed(client: &CatalogueClient, routes: &RouteSnapshot, demo: bool) 
             regions: shard.data_regions.clone(),
             // Both backends share the shard's data, so the first one's hooks serve the shard.
             mover: shard.backends.first().map(|a| format!("http://{a}")),
-            database: serde_json::Map::new(),
+            database: [(
+                "db_host".to_owned(),
+                serde_json::Value::from(crate::demo::db_host(shard.id.as_str())),
+            )]
+            .into_iter()
+            .collect(),
         };
         client.put_shard(&doc).await?;
     }
@@ -1231,7 +1358,7 @@ async fn import(client: &CatalogueClient, file: &Path) -> Result<(), StackError>
 /// The demo tenants of the contract.
 pub fn demo_tenants() -> Result<Vec<TenantDoc>, StackError> {
     let tenant = |id: &str, realm: &str, placements: &[(&str, &str)]| -> Result<TenantDoc, StackError> {
-        let placements = placements
+        let placements: std::collections::BTreeMap<Product, Placement> = placements
             .iter()
             .map(|(p, s)| {
                 let placement = Placement {
@@ -1243,12 +1370,30 @@ pub fn demo_tenants() -> Result<Vec<TenantDoc>, StackError> {
             .collect::<Result<_, StackError>>()?;
         let host = crate::tenant::Host::parse(&format!("{id}.example.test"))
             .map_err(|e| StackError::Spec(e.to_string()))?;
+        // Each product's database and its credential, generated here (the catalogue seals it).
+        let products = placements
+            .iter()
+            .map(|(product, placement): (&Product, &Placement)| {
+                let mut config = serde_json::Map::new();
+                config.insert("db".into(), format!("{id}_{product}").into());
+                config.insert(
+                    "db_host".into(),
+                    crate::demo::db_host(placement.shard.as_str()).into(),
+                );
+                let password = crate::feed::Secret::Plain(format!("{:032x}", rand::random::<u128>()));
+                let doc = crate::feed::ProductDoc {
+                    config,
+                    secrets: [("db_password".to_owned(), password)].into_iter().collect(),
+                };
+                (product.clone(), doc)
+            })
+            .collect();
         Ok(TenantDoc {
             id: name(TenantId::new(id))?,
             hosts: vec![host],
             realm: name(Realm::new(realm))?,
             placements,
-            products: Default::default(),
+            products,
             data_key: None,
             version: 0,
         })

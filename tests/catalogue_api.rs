@@ -274,6 +274,25 @@ async fn bulk_import_is_all_or_nothing_and_logs_every_tenant() {
         .await;
     assert_eq!(bad.code, Some(2), "{bad:?}");
     assert!(bad.stderr.contains("line 1"), "{bad:?}");
+
+    // Documents too large for one request body at the full batch size: the batch is cut by
+    // bytes too (about 2.4 MB of documents here, the request body limit being 1 MiB).
+    let big: String = (100..3100)
+        .map(|i| {
+            let mut doc = numbered(i);
+            doc["products"] = json!({"jira": {"config": {"notes": "x".repeat(700)}}});
+            format!("{doc}\n")
+        })
+        .collect();
+    let out = c.ctl(&["tenants", "import", "-"], &big).await;
+    assert!(out.ok(), "{out:?}");
+    let batches = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("imported ") && l.ends_with("/s)"))
+        .count();
+    assert!(batches >= 3, "{}", out.stdout);
+    assert!(out.stdout.contains("imported 3000 tenants in"), "{}", out.stdout);
 }
 
 /// A loopback URL where nothing listens.

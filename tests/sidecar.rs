@@ -90,6 +90,18 @@ fn acme(config_db: &str) -> Value {
     })
 }
 
+/// A tenant without secrets (`plain.example.test`), in both regions.
+async fn put_plain(stack: &Stack) {
+    let doc = json!({"id": "plain", "hosts": ["plain.example.test"], "realm": "us",
+        "placements": {"jira": {"shard": "jira-us-east-1"}}});
+    let (status, stored) = stack.put_tenant(&doc).await;
+    assert!((200..300).contains(&status), "{stored}");
+    let version = stored["version"].as_u64().unwrap();
+    for url in &stack.tcs_urls {
+        stack.wait_in_tcs(url, "plain.example.test", version).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
     let stack = Stack::start().await;
@@ -264,6 +276,7 @@ async fn a_secret_that_does_not_open_is_a_503_never_a_half_record() {
     let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
     assert_eq!(status, 200);
     let version = stored["version"].as_u64().unwrap();
+    put_plain(&stack).await;
     let wrong_key = stack.dir.path().join("other.key");
     tenant_edge::secrets::MasterKey::load_or_create(&wrong_key).unwrap();
     let side = sidecar(&stack, "jira", |cfg| {
@@ -283,14 +296,14 @@ async fn a_secret_that_does_not_open_is_a_503_never_a_half_record() {
     assert_eq!(status, 503, "{body}");
     assert!(!body.contains("acme_jira"), "{body}");
     // A tenant without secrets is answered.
-    let (status, body) = side.get("/v1/views/jira/hosts/globex.example.test").await;
+    let (status, body) = side.get("/v1/views/jira/hosts/plain.example.test").await;
     assert_eq!(status, 200, "{body}");
     // And a batch holding the sealed tenant fails whole.
     let r = side
         .http
         .post(format!("{}/v1/views/jira/hosts", side.url))
         .bearer_auth(&side.token)
-        .json(&json!({"hosts": ["globex.example.test", "acme.example.test"]}))
+        .json(&json!({"hosts": ["plain.example.test", "acme.example.test"]}))
         .send()
         .await
         .unwrap();
@@ -301,7 +314,7 @@ async fn a_secret_that_does_not_open_is_a_503_never_a_half_record() {
     // Without any master key: the same.
     let side = sidecar(&stack, "jira", |cfg| cfg.secrets = None).await;
     assert_eq!(side.get("/v1/views/jira/hosts/acme.example.test").await.0, 503);
-    assert_eq!(side.get("/v1/views/jira/hosts/globex.example.test").await.0, 200);
+    assert_eq!(side.get("/v1/views/jira/hosts/plain.example.test").await.0, 200);
     side.stop().await;
 }
 
@@ -443,6 +456,7 @@ async fn with_kms_unreachable_opened_tenants_keep_answering_and_new_ones_are_503
         ..Default::default()
     })
     .await;
+    put_plain(&stack).await;
     let mut versions = Vec::new();
     for id in ["acme", "umbrella"] {
         let mut doc = acme("acme_jira");
@@ -479,7 +493,7 @@ async fn with_kms_unreachable_opened_tenants_keep_answering_and_new_ones_are_503
     assert_eq!(status, 503, "never opened, and KMS is unreachable: {body}");
     assert!(!body.contains("acme_jira"));
     assert_eq!(
-        side.get("/v1/views/jira/hosts/globex.example.test").await.0,
+        side.get("/v1/views/jira/hosts/plain.example.test").await.0,
         200,
         "no secrets"
     );

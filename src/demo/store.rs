@@ -364,6 +364,7 @@ fn setup(conn: &Connection, regions: usize) -> Result<(), rusqlite::Error> {
         conn.execute_batch(&ITEMS.replace("{db}", s))?;
     }
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(super::jobs::SCHEMA)?;
     // Files of the one-file-per-shard layout kept items beside the fences: they move to the
     // home region once.
     let legacy: bool = conn.query_row(

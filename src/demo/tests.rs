@@ -39,6 +39,7 @@ fn config(
         data_dir: dir.to_path_buf(),
         mover_token: Some(MOVER_TOKEN.into()),
         allow_unauthenticated: false,
+        sidecar: None,
     }
 }
 

@@ -101,6 +101,8 @@ pub struct StackOptions {
     pub fanout: Option<tenant_edge::fanout::aws::SnsConfig>,
     /// The catalogue's master key in KMS (an emulator's) instead of its key file.
     pub kms: Option<tenant_edge::secrets::KmsConfig>,
+    /// A sidecar per product, and the demo shards checking tenants against it.
+    pub sidecars: bool,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -164,6 +166,7 @@ impl Stack {
         if let Some(kms) = options.kms.clone() {
             builder = builder.kms(kms);
         }
+        builder = builder.sidecars(options.sidecars);
         let inner = builder
             .run(Run::Children(bin().into()))
             .certs(certs)
