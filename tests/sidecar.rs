@@ -501,3 +501,159 @@ async fn with_kms_unreachable_opened_tenants_keep_answering_and_new_ones_are_503
     assert!(metric(&metrics, "tenant_edge_secret_opens_total{result=\"failed\"}") >= 1.0);
     side.stop().await;
 }
+
+/// The stack's sidecar of `product`.
+fn sidecar_url(stack: &Stack, product: &str) -> String {
+    let name = format!("sidecar-{product}");
+    stack
+        .inner
+        .sidecars
+        .iter()
+        .find(|p| p.name() == name)
+        .unwrap()
+        .url()
+}
+
+/// The first backend port of `shard`.
+fn backend_port(stack: &Stack, shard: &str) -> u16 {
+    stack.backends.iter().find(|(id, _)| id == shard).unwrap().1[0]
+}
+
+fn served_by(r: &reqwest::Response) -> String {
+    r.headers()["x-served-by"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_shards_find_each_tenants_database_through_their_sidecar() {
+    let stack = Stack::start_with(common::StackOptions {
+        sidecars: true,
+        ..Default::default()
+    })
+    .await;
+    // Through the edge: the shard names acme's jira database, found through its sidecar, and
+    // the credential it got (as a fingerprint).
+    let (status, echo) = stack.get_json("acme.example.test", "/").await;
+    assert_eq!(status, 200, "{echo}");
+    let db = &echo["database"];
+    assert_eq!(db["name"], "acme_jira", "{echo}");
+    assert_eq!(db["host"], "jira-us-east-1.db.internal");
+    let token = stack.product_token("jira").unwrap();
+    let url = format!(
+        "{}/v1/views/jira/hosts/acme.example.test",
+        sidecar_url(&stack, "jira")
+    );
+    let view: Value = stack
+        .http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let password = view["record"]["products"]["jira"]["secrets"]["db_password"]
+        .as_str()
+        .unwrap();
+    assert_eq!(db["credential"], tenant_edge::demo::fingerprint(password));
+    let (status, echo) = stack.get_json("globex.example.test", "/wiki/spaces").await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(
+        echo["database"]["host"], "confluence-eu-west-1.db.internal",
+        "{echo}"
+    );
+
+    // Defence in depth: acme sent straight to a shard that does not hold it is refused with a
+    // 421 naming the version to fetch...
+    let other = backend_port(&stack, "jira-eu-west-1");
+    let direct = |tenant: &'static str, version: &'static str| {
+        stack
+            .http
+            .get(format!("http://127.0.0.1:{other}/"))
+            .header("x-tenant-id", tenant)
+            .header("x-forwarded-host", "acme.example.test")
+            .header("x-tenant-context-version", version)
+            .send()
+    };
+    let r = direct("acme", "1").await.unwrap();
+    assert_eq!(r.status(), 421);
+    let moved: u64 = r.headers()["tenant-moved"].to_str().unwrap().parse().unwrap();
+    assert_eq!(moved, view["record"]["version"].as_u64().unwrap());
+    // ... unless the edge routed by a newer context than the view holds (the sidecar lags).
+    assert_eq!(direct("acme", "1000000").await.unwrap().status(), 200);
+    // A host the view gives to another tenant: refused.
+    assert_eq!(direct("globex", "1").await.unwrap().status(), 503);
+    let no_host = stack
+        .http
+        .get(format!("http://127.0.0.1:{other}/"))
+        .header("x-tenant-id", "acme")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_host.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_carries_the_database_location_and_queued_work_follows_the_tenant() {
+    let stack = Stack::start_with(common::StackOptions {
+        sidecars: true,
+        show_backend_headers: true,
+        ..Default::default()
+    })
+    .await;
+    // A job for acme, queued on its shard and due after the move.
+    let r = stack
+        .http
+        .post(format!("http://127.0.0.1:{}/jobs", stack.edge_http))
+        .header("host", "acme.example.test")
+        .json(&json!({"item": {"from": "a job"}, "delay_ms": 5000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(served_by(&r).starts_with("jira-us-east-1/"), "{}", served_by(&r));
+    let job: Value = r.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let args = [
+        "migrate",
+        "--host",
+        "acme.example.test",
+        "--product",
+        "jira",
+        "--to",
+        "jira-us-west-2",
+        "--drain-ms",
+        "300",
+    ];
+    let ran = common::ctl::ctl(&stack.catalogue_url, Some(stack.operator_token()), &args, "").await;
+    assert!(ran.ok(), "{}", ran.stderr);
+
+    // Served by the target, which finds acme's data on its own database through its sidecar.
+    eventually(Duration::from_secs(10), || async {
+        let r = stack.get("acme.example.test", "/").await;
+        let by = served_by(&r);
+        let echo: Value = r.json().await.ok()?;
+        (by.starts_with("jira-us-west-2/") && echo["database"]["host"] == "jira-us-west-2.db.internal")
+            .then_some(())
+    })
+    .await;
+
+    // The job: re-checked at the source when due, re-routed to the target, run there.
+    let status = eventually(Duration::from_secs(20), || async {
+        let (status, v) = stack.get_json("acme.example.test", &format!("/jobs/{id}")).await;
+        (status == 200 && v["state"] == "ran").then_some(v)
+    })
+    .await;
+    assert_eq!(status["note"], "jira-us-west-2", "{status}");
+    let at_source = rusqlite::Connection::open(stack.dir.path().join("shards/shard-jira-us-east-1.db"))
+        .unwrap()
+        .query_row("SELECT state, note FROM jobs WHERE id = ?1", [&id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .unwrap();
+    assert_eq!(at_source, ("rerouted".to_owned(), "jira-us-west-2".to_owned()));
+    let (status, item) = stack.get_json("acme.example.test", &format!("/items/{id}")).await;
+    assert_eq!(status, 200, "{item}");
+    assert_eq!(item["body"]["from"], "a job");
+}
