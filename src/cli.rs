@@ -46,6 +46,11 @@ pub enum Command {
         /// The edge's TOML config file.
         #[arg(long)]
         config: PathBuf,
+        /// Take the listening sockets over from the edge running with this config: wait on its
+        /// `upgrade_sock` until it is sent SIGQUIT, restore the cache file it writes then, and
+        /// only then accept. The old edge drains and exits.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Runs a sidecar: a product service's tenant-context cache on localhost, with TCS's API
     /// for the service's view and its secrets opened.
@@ -125,7 +130,8 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Proxy { config } => match crate::edge::EdgeConfig::load(&config) {
+        Command::Proxy { config, upgrade } => match crate::edge::EdgeConfig::load(&config) {
+            Ok(cfg) if upgrade => run_role(None, |shutdown| crate::edge::run_upgrade(cfg, shutdown)),
             Ok(cfg) => run_role(None, |shutdown| crate::edge::run(cfg, shutdown)),
             Err(e) => {
                 eprintln!("error: {e}");

@@ -120,6 +120,13 @@ pub struct EdgeConfig {
     /// HTTP/2 limits (`[http2]`).
     #[serde(default)]
     pub http2: Http2Config,
+    /// The Unix socket a binary upgrade hands the listening sockets over on: a new edge started
+    /// with `--upgrade` waits on it, and this one, sent SIGQUIT, writes its cache file and
+    /// passes its listeners there, then drains and exits. Keep it in a directory only the edge's
+    /// user can write. Absent: no upgrades (SIGQUIT is ignored). With it, the admin listener is
+    /// bound with `SO_REUSEPORT`, so old and new serve it side by side during the hand-over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_sock: Option<PathBuf>,
 }
 
 /// `[http2]`: limits of a client's HTTP/2 connection.
@@ -249,6 +256,7 @@ impl EdgeConfig {
             drain_timeout_ms: default_drain_timeout_ms(),
             connections: conns::ConnectionLimits::default(),
             http2: Http2Config::default(),
+            upgrade_sock: None,
         }
     }
 }
@@ -548,9 +556,18 @@ impl Drain {
     }
 }
 
-/// Runs the edge until `shutdown` is cancelled.
+/// Runs the edge until `shutdown` is cancelled (or, after SIGQUIT, until a new edge took its
+/// listeners over and it drained).
 pub async fn run(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), EdgeError> {
     start(cfg, shutdown).await?.wait().await;
+    Ok(())
+}
+
+/// [`run`], taking the listeners over from the running edge (`--upgrade`): it waits on
+/// `upgrade_sock` until the old edge (sent SIGQUIT) passes them, restores the cache file the
+/// old one wrote just before, and only then accepts.
+pub async fn run_upgrade(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<(), EdgeError> {
+    start_with(cfg, shutdown, true).await?.wait().await;
     Ok(())
 }
 
@@ -621,11 +638,33 @@ impl Started {
 
 /// Builds the edge and starts it: returns once the proxy accepts and the admin API serves.
 /// Every listener may be port 0: [`Started`] says where each is.
-pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Started, EdgeError> {
+pub async fn start(cfg: EdgeConfig, shutdown: CancellationToken) -> Result<Started, EdgeError> {
+    start_with(cfg, shutdown, false).await
+}
+
+/// [`start`]; with `take_over`, the listeners come from the running edge (see [`run_upgrade`]).
+pub async fn start_with(
+    mut cfg: EdgeConfig,
+    shutdown: CancellationToken,
+    take_over: bool,
+) -> Result<Started, EdgeError> {
     // A config read from a file was checked by `load`; one built in code (the stack, tests)
     // is held to the same rules here.
     cfg.check()
         .map_err(|problems| EdgeError::Invalid(problems.join("; ")))?;
+    if take_over {
+        let mut problems = Vec::new();
+        if cfg.upgrade_sock.is_none() {
+            problems.push("--upgrade needs upgrade_sock in the config".to_owned());
+        }
+        let ports = [Some(cfg.listen_http), cfg.listen_https, Some(cfg.admin)];
+        if ports.iter().flatten().any(|a| a.port() == 0) {
+            problems.push("--upgrade takes over fixed ports: no listener may be port 0".to_owned());
+        }
+        if !problems.is_empty() {
+            return Err(EdgeError::Invalid(problems.join("; ")));
+        }
+    }
     // pingora binds the proxy listeners on its own thread: a port 0 is picked here first, and
     // held (bound, not listening) until pingora listens on it, so nothing else can take it.
     let held_http = reserve(&mut cfg.listen_http)?;
@@ -633,6 +672,21 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         Some(addr) => reserve(addr)?,
         None => None,
     };
+    let mut server = server::new(&cfg, take_over);
+    if take_over {
+        tracing::info!(
+            sock = %cfg.upgrade_sock.as_deref().unwrap_or(std::path::Path::new("")).display(),
+            "waiting for the running edge's listeners (send it SIGQUIT)"
+        );
+        server = tokio::task::spawn_blocking(move || {
+            // Exits the process when no listener arrives: nothing is served yet.
+            server.bootstrap();
+            server
+        })
+        .await
+        .map_err(|e| EdgeError::Listen(format!("taking the listeners over: {e}")))?;
+        tracing::info!("listeners taken over; restoring the cache before accepting");
+    }
     let metrics = EdgeMetrics::new()?;
     let fds = conns::raise_fd_limit();
     let limits = cfg.connections.within_fds(fds);
@@ -673,13 +727,15 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         resets: cfg.http2.reset_limit(),
         body_timeout: Duration::from_millis(cfg.http1.body_timeout_ms),
     });
-    let admin = tokio::net::TcpListener::bind(cfg.admin)
-        .await
+    let admin = bind_admin(cfg.admin, cfg.upgrade_sock.is_some())
         .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
     let admin_addr = admin
         .local_addr()
         .map_err(|e| EdgeError::Listen(format!("admin {}: {e}", cfg.admin)))?;
-    let server = server::build(&cfg, shared.clone())?;
+    server::add_listeners(&mut server, &cfg, shared.clone(), take_over)?;
+    // SIGQUIT: hand the listeners over to a new edge (`--upgrade`), then drain and exit.
+    let upgrade = CancellationToken::new();
+    spawn_upgrade_signal(&cfg, upgrade.clone(), shutdown.clone());
 
     routes.spawn_watcher(shutdown.clone());
     tokio::spawn(rebuild_on_reload(shared.clone(), shutdown.clone()));
@@ -718,7 +774,14 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
     // Its own token, so a start that fails after this can stop the proxy alone.
     let proxy_stop = shutdown.child_token();
     let drain = Duration::from_millis(cfg.drain_timeout_ms);
-    let proxy = server::start(server, shared.clone(), proxy_stop.clone(), drain);
+    let proxy = server::start(
+        server,
+        shared.clone(),
+        proxy_stop.clone(),
+        upgrade,
+        shutdown.clone(),
+        drain,
+    );
     // pingora binds its listeners on its own thread: the admin listener (and so `/readyz`)
     // answers only once the proxy's accept, so "ready" never means "connection refused".
     let listeners = [(cfg.listen_http, Probe::Connect)]
@@ -766,6 +829,50 @@ pub async fn start(mut cfg: EdgeConfig, shutdown: CancellationToken) -> Result<S
         writer,
         fanout: fanout_task,
     })
+}
+
+/// Binds the admin listener; with `reuse_port` (upgrades configured) an edge taking over binds
+/// it beside the old one, which lets go when it exits.
+fn bind_admin(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
+    if !reuse_port {
+        let std = std::net::TcpListener::bind(addr)?;
+        std.set_nonblocking(true)?;
+        return tokio::net::TcpListener::from_std(std);
+    }
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// On SIGQUIT, starts the hand-over to a new edge (when `upgrade_sock` is configured).
+fn spawn_upgrade_signal(cfg: &EdgeConfig, upgrade: CancellationToken, shutdown: CancellationToken) {
+    let configured = cfg.upgrade_sock.is_some();
+    let mut quit = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGQUIT: no binary upgrades");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = quit.recv() => if got.is_none() { return },
+            }
+            if configured {
+                tracing::info!("SIGQUIT: handing the listeners over to the new edge");
+                upgrade.cancel();
+                return;
+            }
+            tracing::error!("SIGQUIT ignored: no upgrade_sock configured");
+        }
+    });
 }
 
 /// Waits (up to 30 s) until `addr` accepts a connection; whether it did. (pingora binds on its
@@ -920,8 +1027,13 @@ mod server {
     /// token is cancelled, `/readyz` fails and every answer closes its connection, and pingora
     /// is told to stop only when no request is in flight, or when the drain timeout is up. pingora then stops accepting, gives stragglers its grace
     /// second, and stops its runtimes.
+    /// With `upgrade` cancelled instead (SIGQUIT), the cache file is written at once, the
+    /// drain begins (every answer closes its connection, so clients come back through the
+    /// listeners, now shared with the new edge), and pingora passes the listeners to the new
+    /// edge, keeps accepting beside it for a few seconds, then stops.
     struct TokenSignal {
         token: CancellationToken,
+        upgrade: CancellationToken,
         shared: Arc<Shared>,
         timeout: std::time::Duration,
     }
@@ -929,7 +1041,19 @@ mod server {
     #[async_trait]
     impl ShutdownSignalWatch for TokenSignal {
         async fn recv(&self) -> ShutdownSignal {
-            self.token.cancelled().await;
+            tokio::select! {
+                () = self.token.cancelled() => {}
+                () = self.upgrade.cancelled() => {
+                    let written = self.shared.service.write_file_now().await;
+                    self.shared.drain.start();
+                    tracing::info!(
+                        cache_file_written = written,
+                        in_flight = self.shared.drain.in_flight(),
+                        "handing the listeners over; draining"
+                    );
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+            }
             let drain = &self.shared.drain;
             drain.start();
             tracing::info!(in_flight = drain.in_flight(), "draining");
@@ -944,10 +1068,31 @@ mod server {
         }
     }
 
-    /// Builds the server with its listeners; fails early on busy ports or bad TLS files.
-    pub(super) fn build(cfg: &EdgeConfig, shared: Arc<Shared>) -> Result<Server, EdgeError> {
-        let mut server =
-            Server::new_with_opt_and_conf(None, super::server_conf(cfg.threads, cfg.work_stealing));
+    /// The server, before its listeners: with `take_over`, ready to receive them from the
+    /// running edge (`bootstrap`).
+    pub(super) fn new(cfg: &EdgeConfig, take_over: bool) -> Server {
+        let mut conf = super::server_conf(cfg.threads, cfg.work_stealing);
+        if let Some(sock) = &cfg.upgrade_sock {
+            conf.upgrade_sock = sock.to_string_lossy().into_owned();
+            // The operator sends SIGQUIT after starting the new edge: give them time.
+            conf.upgrade_sock_connect_accept_max_retries = Some(30);
+        }
+        let opt = take_over.then(|| pingora::server::configuration::Opt {
+            upgrade: true,
+            ..Default::default()
+        });
+        Server::new_with_opt_and_conf(opt, conf)
+    }
+
+    /// Adds the proxy's listeners; fails early on busy ports (unless they were taken over) or
+    /// bad TLS files.
+    pub(super) fn add_listeners(
+        server: &mut Server,
+        cfg: &EdgeConfig,
+        shared: Arc<Shared>,
+        taken_over: bool,
+    ) -> Result<(), EdgeError> {
+        let check_free = |addr| if taken_over { Ok(()) } else { check_free(addr) };
         // The lean HTTP/1.1 path serves both listeners; the general proxy beside it takes
         // HTTP/2 and the requests the lean path hands over.
         let mut general = pingora::proxy::http_proxy(&server.configuration, EdgeProxy::new(shared.clone()));
@@ -980,7 +1125,7 @@ mod server {
             service.add_tls_with_settings(&addr.to_string(), None, tls);
         }
         server.add_service(service);
-        Ok(server)
+        Ok(())
     }
 
     /// pingora binds inside its own thread and exits the process on failure; check first so a
@@ -992,21 +1137,28 @@ mod server {
     }
 
     /// Runs the server on its own thread until `shutdown`, then drains it (see
-    /// [`TokenSignal`]) for at most `drain`.
+    /// [`TokenSignal`]) for at most `drain`; or until `upgrade`, then hands the listeners over,
+    /// and once it has stopped cancels `edge` (the whole edge's shutdown): the old edge exits.
     pub(super) fn start(
         server: Server,
         shared: Arc<Shared>,
         shutdown: CancellationToken,
+        upgrade: CancellationToken,
+        edge: CancellationToken,
         drain: std::time::Duration,
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             server.run(RunArgs {
                 shutdown_signal: Box::new(TokenSignal {
                     token: shutdown,
+                    upgrade: upgrade.clone(),
                     shared,
                     timeout: drain,
                 }),
-            })
+            });
+            if upgrade.is_cancelled() {
+                edge.cancel();
+            }
         })
     }
 }

@@ -233,6 +233,17 @@ pub async fn write_periodically(
     }
 }
 
+/// Writes the cache to `path` now, whatever the last write held (the hand-over of an
+/// upgrade: the new process reads it before it accepts). Whether it was written.
+pub async fn write_now(
+    cache: &Arc<TenantCache>,
+    stream: &StreamStatus,
+    path: &Path,
+    status: &FileStatus,
+) -> bool {
+    write_once(cache, stream, path, status, None).await.is_some()
+}
+
 /// One write, skipped when the content is what the previous write produced. Returns the
 /// fingerprint of what the file now holds (None: unknown, write next time).
 async fn write_once(

@@ -134,6 +134,15 @@ impl CacheService {
         }
     }
 
+    /// Writes the cache file now (when one is configured): what a new process taking over
+    /// from this one reads. Whether a file was written.
+    pub async fn write_file_now(&self) -> bool {
+        match &self.settings.cache_file {
+            Some(path) => persist::write_now(&self.cache, &self.stream, path, &self.file).await,
+            None => false,
+        }
+    }
+
     /// The settings it was built from.
     pub fn settings(&self) -> &CacheSettings {
         &self.settings

@@ -103,6 +103,8 @@ pub struct StackOptions {
     pub kms: Option<tenant_edge::secrets::KmsConfig>,
     /// A sidecar per product, and the demo shards checking tenants against it.
     pub sidecars: bool,
+    /// Give the edge an `upgrade_sock` (`<dir>/edge-upgrade.sock`), for binary upgrades.
+    pub upgrade_sock: bool,
 }
 
 /// The whole stack, each role its own process (the library's [`tenant_edge::stack::Stack`],
@@ -158,6 +160,7 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let edge_cache_file = dir.path().join("edge-cache.json");
         let cache_file = edge_cache_file.clone();
+        let upgrade_sock = options.upgrade_sock.then(|| dir.path().join("edge-upgrade.sock"));
         let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
         let mut builder = tenant_edge::stack::Stack::builder(dir.path(), routes_template());
         if let Some(fanout) = options.fanout.clone() {
@@ -185,6 +188,7 @@ impl Stack {
                 if i > 0 {
                     return;
                 }
+                cfg.upgrade_sock.clone_from(&upgrade_sock);
                 if let Some(secs) = options.cache_file_interval_secs {
                     cfg.cache_file = Some(cache_file.clone());
                     cfg.cache_file_interval_secs = secs;
