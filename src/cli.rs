@@ -124,7 +124,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Sidecar { config } => match crate::sidecar::SidecarConfig::load(&config) {
-            Ok(cfg) => run_role(None, |shutdown| crate::sidecar::run(cfg, shutdown)),
+            Ok(cfg) => run_role_threads(cfg.threads, |shutdown| crate::sidecar::run(cfg, shutdown)),
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
@@ -225,7 +225,39 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let runtime = match tokio::runtime::Runtime::new() {
+    run_role_on(tokio::runtime::Runtime::new(), grace, role)
+}
+
+/// [`run_role`] on a runtime of `threads` workers: one is a single-threaded runtime, whose
+/// every task runs on the thread that waits for I/O, so an answer wakes no other thread.
+fn run_role_threads<F, Fut, E>(threads: usize, role: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    run_role_on(runtime, None, role)
+}
+
+fn run_role_on<F, Fut, E>(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    grace: Option<std::time::Duration>,
+    role: F,
+) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -58,6 +58,14 @@ pub struct SidecarConfig {
     /// Hedging and region judgement, as the edge's `[lookup]`.
     #[serde(default)]
     pub lookup: LookupConfig,
+    /// Threads serving (`tenant-edge sidecar`): 1, the default, runs everything on one thread,
+    /// which keeps a lookup's wake-ups on it (measured: `bench/README.md`).
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_threads() -> usize {
+    1
 }
 
 fn default_cache_file_interval_secs() -> u64 {
@@ -108,6 +116,7 @@ impl SidecarConfig {
             prewarm: false,
             cache: CacheConfig::default(),
             lookup: LookupConfig::default(),
+            threads: default_threads(),
         }
     }
 
@@ -139,6 +148,9 @@ impl SidecarConfig {
             ));
         }
         problems.extend(crate::context::endpoint_problems(self.region.as_str(), &self.tcs));
+        if !(1..=64).contains(&self.threads) {
+            problems.push(format!("threads {}: 1 to 64", self.threads));
+        }
         if self.cache_file_interval_secs == 0 {
             problems.push("cache_file_interval_secs must be at least 1".into());
         }
