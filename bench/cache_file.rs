@@ -66,6 +66,7 @@ fn record(i: usize) -> IngressRecord {
         realm: or_exit(Realm::new(realm)),
         hosts: vec![or_exit(Host::parse(&format!("tenant-{i:07}.example.test")))],
         placements: placements.into(),
+        rate_limits: Default::default(),
         products: None,
         data_key: None,
     }

@@ -143,6 +143,7 @@ fn tenant(id: &str) -> Res<TenantDoc> {
         realm: Realm::new("us")?,
         placements,
         products: Default::default(),
+        rate_limits: Default::default(),
         data_key: None,
         version: 0,
     })

@@ -162,7 +162,7 @@ fn decision(c: &mut Criterion) {
         b.iter(|| {
             let mut buf = [0u8; MAX_HOST_LEN];
             let view = RequestView::of(black_box(&req));
-            let Ok((_, Decision::Placed(pool, ()))) =
+            let Ok((_, Decision::Placed(pool, _, ()))) =
                 decide(&state, &cache, &view, &req.method, &mut buf, |_| ())
             else {
                 return None;
@@ -188,7 +188,7 @@ fn decision(c: &mut Criterion) {
             };
             let view = h1::view(raw, &head);
             let mut buf = [0u8; MAX_HOST_LEN];
-            let Ok((_, Decision::Placed(pool, ()))) =
+            let Ok((_, Decision::Placed(pool, _, ()))) =
                 decide(&state, &cache, &view, &head.method, &mut buf, |_| ())
             else {
                 return None;

@@ -95,16 +95,31 @@ pub struct Entry {
     pub id_header: http::HeaderValue,
     /// See `id_header`.
     pub version_header: http::HeaderValue,
-    /// The placements as interned numbers (product, shard, frozen), for the request path:
-    /// matched without reading the record's names. `None` past [`FAST_PLACEMENTS`] products.
+    /// The placements as interned numbers (product, shard, frozen) with the tenant's own rate
+    /// limit for the product (0: the route file's), for the request path: matched without
+    /// reading the record's names. `None` past [`FAST_PLACEMENTS`] products.
     fast: Option<FastPlacements>,
+    /// The tenant's key in the edge's limiters: its id hashed once, the same for every version.
+    pub limit_key: u64,
     /// When a request last used it, in ms after `learnt_at` (for the idle sweep).
     last_used_ms: AtomicU64,
 }
 
-/// Up to [`FAST_PLACEMENTS`] placements as (product, shard, frozen) by interned number, and
-/// how many are set.
-type FastPlacements = ([(Sym, Sym, bool); FAST_PLACEMENTS], u8);
+/// Up to [`FAST_PLACEMENTS`] placements as (product, shard, frozen, the tenant's rate limit)
+/// by interned number, and how many are set.
+type FastPlacements = ([(Sym, Sym, bool, u32); FAST_PLACEMENTS], u8);
+
+/// Where an entry places a product: the shard by interned number, whether it is frozen, and
+/// the tenant's own rate limit for the product (0: none of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The shard.
+    pub shard: Sym,
+    /// Writes are paused (a move).
+    pub frozen: bool,
+    /// Requests a second the tenant may send the product; 0: the route file's default.
+    pub rate_limit: u32,
+}
 
 /// Products per tenant whose placements an entry keeps as interned numbers.
 pub const FAST_PLACEMENTS: usize = 4;
@@ -125,16 +140,18 @@ impl Entry {
             .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
         let version_header = http::HeaderValue::from(record.version);
         let fast = (record.placements.len() <= FAST_PLACEMENTS).then(|| {
-            let mut table = [(Sym::NONE, Sym::NONE, false); FAST_PLACEMENTS];
+            let mut table = [(Sym::NONE, Sym::NONE, false, 0); FAST_PLACEMENTS];
             for (slot, (product, p)) in table.iter_mut().zip(record.placements.iter()) {
                 *slot = (
                     Sym::of(product.as_str()),
                     Sym::of(p.shard.as_str()),
                     p.state == crate::tenant::PlacementState::Frozen,
+                    record.rate_limits.get(product).copied().unwrap_or(0),
                 );
             }
             (table, record.placements.len() as u8)
         });
+        let limit_key = limit_key(record.id.as_str());
         Entry {
             record: Arc::new(record),
             learnt_at,
@@ -143,6 +160,7 @@ impl Entry {
             id_header,
             version_header,
             fast,
+            limit_key,
             last_used_ms: AtomicU64::new(0),
         }
     }
@@ -159,20 +177,29 @@ impl Entry {
         }
     }
 
-    /// The shard holding `product` and whether it is frozen, by interned numbers; the record
-    /// is read only for tenants with more products than the entry keeps.
+    /// The shard holding `product`, whether it is frozen and the tenant's own rate limit for
+    /// it, by interned numbers; the record is read only for tenants with more products than
+    /// the entry keeps.
     #[inline]
-    pub fn placement_of(&self, product: Sym, name: &str) -> Option<(Sym, bool)> {
+    pub fn placement_of(&self, product: Sym, name: &str) -> Option<Placed> {
         match &self.fast {
             Some((table, len)) => table[..usize::from(*len)]
                 .iter()
-                .find(|(p, _, _)| *p == product)
-                .map(|&(_, shard, frozen)| (shard, frozen)),
-            None => self.record.placement(name).map(|p| {
-                (
-                    Sym::of(p.shard.as_str()),
-                    p.state == crate::tenant::PlacementState::Frozen,
-                )
+                .find(|(p, ..)| *p == product)
+                .map(|&(_, shard, frozen, rate_limit)| Placed {
+                    shard,
+                    frozen,
+                    rate_limit,
+                }),
+            None => self.record.placement(name).map(|p| Placed {
+                shard: Sym::of(p.shard.as_str()),
+                frozen: p.state == crate::tenant::PlacementState::Frozen,
+                rate_limit: self
+                    .record
+                    .rate_limits
+                    .iter()
+                    .find(|(p, _)| p.as_str() == name)
+                    .map_or(0, |(_, &rps)| rps),
             }),
         }
     }
@@ -181,6 +208,13 @@ impl Entry {
     fn last_used(&self) -> Duration {
         Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed))
     }
+}
+
+/// A tenant's key in the edge's limiters: a fixed hash of its id, so every entry and version of
+/// the tenant counts together.
+fn limit_key(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x7e4a_17c3).hash_one(id)
 }
 
 /// The answer for one host.

@@ -8,6 +8,7 @@
 mod admin;
 pub mod conns;
 pub mod h1;
+pub mod limits;
 mod pool;
 mod proxy;
 mod resets;
@@ -376,6 +377,10 @@ pub struct EdgeState {
     by_sym: Vec<Option<Arc<ShardPool>>>,
     counters: Vec<RequestCounters>,
     latency: Vec<Histogram>,
+    /// The tenants' rates and requests in flight (see [`limits`]).
+    pub(crate) limiter: limits::Limiter,
+    /// Requests refused by a limit, by product and [`limits::Limit`].
+    limited: Vec<[prometheus::IntCounter; 2]>,
 }
 
 impl EdgeState {
@@ -386,7 +391,9 @@ impl EdgeState {
             .values()
             .map(|s| {
                 let backends = s.backends.iter().map(|&addr| registry.get(addr)).collect();
-                (s.id.clone(), Arc::new(ShardPool::new(s.id.clone(), backends)))
+                let mut pool = ShardPool::new(s.id.clone(), backends);
+                pool.tenant_in_flight = s.tenant_in_flight;
+                (s.id.clone(), Arc::new(pool))
             })
             .collect::<HashMap<_, _, _>>();
         let mut by_sym: Vec<Option<Arc<ShardPool>>> = Vec::new();
@@ -414,6 +421,10 @@ impl EdgeState {
             .iter()
             .map(|n| metrics.upstream_latency.with_label_values(&[n]))
             .collect();
+        let limited = names
+            .iter()
+            .map(|n| limits::Limit::NAMES.map(|l| metrics.limited.with_label_values(&[n, l])))
+            .collect();
         EdgeState {
             health: health_settings(&routes),
             routes,
@@ -421,7 +432,15 @@ impl EdgeState {
             by_sym,
             counters,
             latency,
+            limiter: limits::Limiter::default(),
+            limited,
         }
+    }
+
+    /// Counts one request refused by `limit`.
+    pub(crate) fn count_limited(&self, product: usize, limit: limits::Limit) {
+        let i = product.min(self.limited.len() - 1);
+        self.limited[i][limit as usize].inc();
     }
 
     /// The pool of a shard.

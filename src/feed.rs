@@ -36,6 +36,11 @@ pub struct TenantDoc {
     /// sealed with the tenant's data key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub products: BTreeMap<Product, ProductDoc>,
+    /// Product -> the requests per second this tenant may send it through an edge, instead of
+    /// the product's default in the route file (its noisy-neighbour limit). Carried in the
+    /// `ingress` view.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rate_limits: BTreeMap<Product, u32>,
     /// The tenant's data key, wrapped by the catalogue's master key (set by the catalogue when
     /// the tenant has secrets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,6 +91,7 @@ impl TenantDoc {
             realm: self.realm.clone(),
             hosts: self.hosts.clone(),
             placements: (&self.placements).into(),
+            rate_limits: self.rate_limits.clone(),
             products: None,
             data_key: None,
         }

@@ -111,6 +111,9 @@ pub struct EdgeMetrics {
     pub http2_reset_floods: IntCounter,
     /// HTTP/2 requests not proxied because the client had reset the stream already.
     pub http2_reset_unproxied: IntCounter,
+    /// Requests refused by a tenant limit (429), by product and limit (`rate`, `in_flight`):
+    /// per-product totals, so the label set stays bounded however many tenants there are.
+    pub limited: IntCounterVec,
     /// The sidecar's API requests, by endpoint and status code.
     pub sidecar_requests: IntCounterVec,
     /// The sidecar's openings of a tenant's secrets (one per tenant version), by result (`ok`,
@@ -242,6 +245,13 @@ impl EdgeMetrics {
                 "http2_reset_unproxied_total",
                 "HTTP/2 requests not proxied because the client had reset the stream already",
             )?,
+            limited: IntCounterVec::new(
+                Opts::new(
+                    "limited_total",
+                    "Requests refused by a tenant limit, by product and limit",
+                ),
+                &["product", "limit"],
+            )?,
             sidecar_requests: IntCounterVec::new(
                 Opts::new(
                     "sidecar_requests_total",
@@ -288,6 +298,7 @@ impl EdgeMetrics {
         r.register(Box::new(self.connections_refused.clone()))?;
         r.register(Box::new(self.http2_reset_floods.clone()))?;
         r.register(Box::new(self.http2_reset_unproxied.clone()))?;
+        r.register(Box::new(self.limited.clone()))?;
         r.register(Box::new(self.sidecar_requests.clone()))?;
         r.register(Box::new(self.secret_opens.clone()))?;
         Ok(())

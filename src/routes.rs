@@ -88,6 +88,8 @@ pub struct ProductRoute {
     pub index: usize,
     /// Its prefixes, as written.
     pub prefixes: Vec<String>,
+    /// Requests a second each tenant may send it (0: no limit); a tenant's own overrides.
+    pub rate_limit_rps: u32,
     /// The name's interned number, matched against cache entries' placements.
     #[serde(skip)]
     pub sym: crate::tenant::Sym,
@@ -107,6 +109,8 @@ pub struct Shard {
     pub data_regions: Vec<Region>,
     /// Its backends, in file order, without duplicates.
     pub backends: Vec<SocketAddr>,
+    /// Requests one tenant may have in flight on it at once (0: no limit).
+    pub tenant_in_flight: u32,
 }
 
 /// A validated, compiled route snapshot: immutable, cheap to read from every request.

@@ -1394,6 +1394,7 @@ pub fn demo_tenants() -> Result<Vec<TenantDoc>, StackError> {
             realm: name(Realm::new(realm))?,
             placements,
             products,
+            rate_limits: Default::default(),
             data_key: None,
             version: 0,
         })

@@ -404,6 +404,10 @@ pub struct IngressRecord {
     pub hosts: Vec<Host>,
     /// Product -> placement.
     pub placements: Placements,
+    /// Product -> this tenant's request rate limit (per second) at the edge, where it differs
+    /// from the route file's default for the product.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rate_limits: std::collections::BTreeMap<Product, u32>,
     /// In a product's view only (never in `ingress`): the products' config and, when the view
     /// carries them, their secrets, still sealed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

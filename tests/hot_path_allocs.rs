@@ -41,7 +41,7 @@ fn decide_one(
     let mut buf = [0u8; MAX_HOST_LEN];
     let ((_, _, rewritten), decision) = decide(state, cache, &view, &head.method, &mut buf, |_| ()).ok()?;
     assert!(rewritten.is_none());
-    let Decision::Placed(pool, ()) = decision else {
+    let Decision::Placed(pool, _, ()) = decision else {
         return None;
     };
     let (_, backend) = pool.pick(0)?;
@@ -93,5 +93,38 @@ async fn a_cache_hit_decision_allocates_nothing() {
         (used.allocations, used.reallocations),
         (0, 0),
         "2000 decisions allocated: {used:?}"
+    );
+
+    // With every tenant limit on (a rate per product, requests in flight per shard), checked
+    // and admitted on every decision: still nothing allocated.
+    let limited = include_str!("../routes/dev.toml")
+        .replace(
+            "prefixes = [\"/\"]",
+            "prefixes = [\"/\"]\nrate_limit_rps = 1000000",
+        )
+        .replace(
+            "prefixes = [\"/wiki\"]",
+            "prefixes = [\"/wiki\"]\nrate_limit_rps = 1000000",
+        )
+        .replace("backends = [", "tenant_in_flight = 1000\nbackends = [");
+    let routes = RouteSnapshot::from_toml_str(&limited).unwrap();
+    assert_eq!(routes.products[0].rate_limit_rps, 1_000_000);
+    let state = EdgeState::build(
+        Arc::new(routes),
+        &BackendRegistry::default(),
+        &EdgeMetrics::new().unwrap(),
+    );
+    assert!(decide_one(&state, &cache, &jira, &mut drops).is_some());
+    assert!(decide_one(&state, &cache, &wiki, &mut drops).is_some());
+    let region = Region::new(GLOBAL);
+    for _ in 0..1000 {
+        assert!(decide_one(&state, &cache, &jira, &mut drops).is_some());
+        assert!(decide_one(&state, &cache, &wiki, &mut drops).is_some());
+    }
+    let used = region.change();
+    assert_eq!(
+        (used.allocations, used.reallocations),
+        (0, 0),
+        "2000 decisions with limits allocated: {used:?}"
     );
 }

@@ -46,8 +46,21 @@ pub fn tenant_problems(
             Some(shard) => problems.extend(placement_problems(product, shard, realm)),
         }
     }
+    for (product, &rps) in &doc.rate_limits {
+        if !doc.placements.contains_key(product) {
+            problems.push(format!("rate_limits: {product} is not placed for this tenant"));
+        }
+        if !(1..=MAX_RATE_LIMIT).contains(&rps) {
+            problems.push(format!(
+                "rate_limits: {product}: 1 to {MAX_RATE_LIMIT} requests a second"
+            ));
+        }
+    }
     problems
 }
+
+/// The highest per-tenant rate limit a tenant may be given (requests a second).
+pub const MAX_RATE_LIMIT: u32 = 1_000_000;
 
 /// Problems of shard `doc` written at URL id `id`, given every placement now on it.
 pub fn shard_problems(id: &ShardId, doc: &ShardDoc, uses: &[PlacementOf<RealmDoc>]) -> Vec<String> {

@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use self::body::{chunk_head, Buf, ChunkError, ChunkedDecoder, LAST_CHUNK};
 use self::parse::{Framing, Limits, Parsed, Refusal, RequestHead, ResponseHead};
 use self::upstream::Upstream;
+use super::limits::Admission;
 use super::pool::ShardPool;
 use super::proxy::{
     decide, decide_missed, error_json, is_idempotent, reject, relocate, Decision, RequestIds, RequestView,
@@ -273,6 +274,8 @@ struct Exchange {
     answered: Option<Instant>,
     /// The client connection cannot carry another request.
     close: bool,
+    /// Its place among the tenant's requests in flight on the shard (until the exchange ends).
+    admission: Admission,
 }
 
 /// The tenant's `x-tenant-id` and `x-tenant-context-version` values, copied out of its cache
@@ -434,6 +437,7 @@ impl H1App {
             upstream: None,
             answered: None,
             close: head.close || self.shared.drain.draining(),
+            admission: Admission::default(),
         };
         let decided = self.decide(conn.buf.filled(), head, &mut ex).await;
         match decided {
@@ -469,13 +473,15 @@ impl H1App {
         ex.host[..host_len].copy_from_slice(host.as_bytes());
         ex.product = Some(product.index);
         ex.rewritten = rewritten;
-        let (pool, tenant) = match decision {
-            Decision::Placed(pool, tenant) => (pool, tenant),
+        let (pool, admission, tenant) = match decision {
+            Decision::Placed(pool, admission, tenant) => (pool, admission, tenant),
             Decision::Missed => {
-                let (pool, entry) = decide_missed(&state, cache, host, product, &head.method).await?;
-                (pool, TenantLine::of(&entry))
+                let (pool, admission, entry) =
+                    decide_missed(&state, cache, host, product, &head.method).await?;
+                (pool, admission, TenantLine::of(&entry))
             }
         };
+        ex.admission = admission;
         ex.host_len = host_len;
         ex.pool = Some(pool);
         ex.tenant = Some(tenant);
@@ -554,9 +560,10 @@ impl H1App {
         };
         self.count_moved(outcome);
         match relocated {
-            Some((entry, pool)) if replayable => {
+            Some((entry, pool, admission)) if replayable => {
                 ex.tenant = Some(TenantLine::of(&entry));
                 ex.pool = Some(pool);
+                ex.admission = admission;
                 true
             }
             _ => false,

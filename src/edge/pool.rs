@@ -183,6 +183,8 @@ pub struct ShardPool {
     pub shard_header: http::HeaderValue,
     /// Its backends, in route-file order.
     pub backends: Vec<Arc<Backend>>,
+    /// Requests one tenant may have in flight on it (0: no limit).
+    pub tenant_in_flight: u32,
 }
 
 impl ShardPool {
@@ -195,6 +197,7 @@ impl ShardPool {
             shard,
             shard_header,
             backends,
+            tenant_in_flight: 0,
         }
     }
 }

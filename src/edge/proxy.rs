@@ -17,6 +17,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use super::limits::{self, Admission};
 use super::pool::{InFlight, ShardPool};
 use super::{EdgeState, Shared};
 use crate::context::{Entry, Resolved, TenantCache, Unavailable};
@@ -53,6 +54,8 @@ pub struct RequestCtx {
     host: Option<HeaderValue>,
     rewritten_path: Option<String>,
     in_flight: Option<InFlight>,
+    /// The request's place among its tenant's requests in flight on the shard.
+    admission: Option<Admission>,
     tried: u64,
     upstream_started: Option<Instant>,
     /// Replays after a shard said the tenant moved (at most one).
@@ -121,8 +124,9 @@ pub type Targeted<'b, 's> = (&'b str, &'s ProductRoute, Option<String>);
 /// What [`decide`] came to, beyond the target.
 #[derive(Debug)]
 pub enum Decision<T> {
-    /// A cache hit, placed: the shard's pool, and what the caller kept of the entry.
-    Placed(Arc<ShardPool>, T),
+    /// A cache hit, placed and admitted by the tenant's limits: the shard's pool, the
+    /// admission (hold it until the request ends), and what the caller kept of the entry.
+    Placed(Arc<ShardPool>, Admission, T),
     /// Not cached: the caller goes on with [`decide_missed`] (the one step with I/O).
     Missed,
 }
@@ -140,12 +144,12 @@ pub fn decide<'s, 'b, T>(
 ) -> Result<(Targeted<'b, 's>, Decision<T>), Reject> {
     let (host, product, rewritten) = target(state, req, buf)?;
     let placed = cache.with_hit(host, |entry| {
-        place(state, product, entry, method).map(|pool| (pool, keep(entry)))
+        place(state, product, entry, method).map(|(pool, admission)| (pool, admission, keep(entry)))
     });
     let decision = match placed {
         Some(placed) => {
-            let (pool, kept) = placed?;
-            Decision::Placed(pool, kept)
+            let (pool, admission, kept) = placed?;
+            Decision::Placed(pool, admission, kept)
         }
         None => Decision::Missed,
     };
@@ -160,9 +164,10 @@ pub async fn decide_missed(
     host: &str,
     product: &ProductRoute,
     method: &http::Method,
-) -> Result<(Arc<ShardPool>, Arc<Entry>), Reject> {
+) -> Result<(Arc<ShardPool>, Admission, Arc<Entry>), Reject> {
     let entry = found(host, cache.resolve_missed(host).await)?;
-    Ok((place(state, product, &entry, method)?, entry))
+    let (pool, admission) = place(state, product, &entry, method)?;
+    Ok((pool, admission, entry))
 }
 
 /// Steps 1-2 of the request path, without I/O: the normalised host (the request's own bytes when
@@ -187,18 +192,20 @@ pub fn target<'s, 'b>(
 }
 
 /// Step 4, without I/O: the pool of the shard holding `entry`'s `product`, if `method` may go
-/// there now and the shard has a healthy backend.
+/// there now, the shard has a healthy backend and the tenant is within its limits (429 when
+/// not).
 pub fn place(
     state: &EdgeState,
     product: &ProductRoute,
     entry: &Entry,
     method: &http::Method,
-) -> Result<Arc<ShardPool>, Reject> {
+) -> Result<(Arc<ShardPool>, Admission), Reject> {
     // By interned numbers: no name of the tenant's record is read or compared.
-    let (shard, frozen) = entry
+    let placed = entry
         .placement_of(product.sym, product.name.as_str())
         .ok_or(reject(404, "product not provisioned for this tenant"))?;
-    if frozen && !is_safe(method) {
+    let shard = placed.shard;
+    if placed.frozen && !is_safe(method) {
         return Err(Reject {
             status: 503,
             reason: "tenant is being moved; writes are paused",
@@ -214,7 +221,14 @@ pub fn place(
             retry_after: Some(RETRY_AFTER_OUTAGE),
         });
     }
-    Ok(pool.clone())
+    let admission = state
+        .limiter
+        .admit(product, entry, placed, pool)
+        .map_err(|limit| {
+            state.count_limited(product.index, limit);
+            limits::refused(limit)
+        })?;
+    Ok((pool.clone(), admission))
 }
 
 pub(super) const fn reject(status: u16, reason: &'static str) -> Reject {
@@ -303,10 +317,11 @@ impl EdgeProxy {
         )?;
         ctx.product = Some(product.index);
         ctx.rewritten_path = rewritten;
-        let (pool, entry) = match decision {
-            Decision::Placed(pool, entry) => (pool, entry),
+        let (pool, admission, entry) = match decision {
+            Decision::Placed(pool, admission, entry) => (pool, admission, entry),
             Decision::Missed => decide_missed(&state, cache, host, product, &req.method).await?,
         };
+        ctx.admission = Some(admission);
         // The request's own value when it is already normalised (the common case): no copy.
         ctx.host = match req.headers.get(HOST) {
             Some(v) if v.as_bytes() == host.as_bytes() => Some(v.clone()),
@@ -367,10 +382,12 @@ impl EdgeProxy {
             return false;
         };
         let Ok(host) = host.to_str() else { return false };
-        let Some((entry, pool)) = relocate(&self.shared, &state, host, product, &old, version, method).await
+        let Some((entry, pool, admission)) =
+            relocate(&self.shared, &state, host, product, &old, version, method).await
         else {
             return false;
         };
+        ctx.admission = Some(admission);
         ctx.in_flight = None;
         ctx.tried = 0;
         ctx.pool = Some(pool);
@@ -418,14 +435,14 @@ pub(super) async fn relocate(
     old: &ShardPool,
     version: u64,
     method: &http::Method,
-) -> Option<(Arc<Entry>, Arc<ShardPool>)> {
+) -> Option<(Arc<Entry>, Arc<ShardPool>, Admission)> {
     let entry = match shared.cache.refetch(host, version).await {
         Ok(Resolved::Found(entry)) => entry,
         Ok(Resolved::Unknown) | Err(_) => return None,
     };
     let product = state.routes.products.get(product)?;
-    let pool = place(state, product, &entry, method).ok()?;
-    (pool.shard != old.shard).then_some((entry, pool))
+    let (pool, admission) = place(state, product, &entry, method).ok()?;
+    (pool.shard != old.shard).then_some((entry, pool, admission))
 }
 
 /// The entry a resolve found, or what both paths answer instead: 404 for a host no tenant has,

@@ -159,6 +159,12 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
         if p.prefixes.is_empty() {
             problems.push(&at, "no prefixes");
         }
+        if p.rate_limit_rps == Some(0) {
+            problems.push(
+                &at,
+                "rate_limit_rps must be at least 1 (leave it out for no limit)",
+            );
+        }
         for prefix in &p.prefixes {
             if prefix_ok(input, &mut owners, (index, prefix), &at, problems) {
                 prefixes.push((Box::from(prefix.as_str()), index));
@@ -170,6 +176,7 @@ fn products(input: &[ProductToml], problems: &mut Problems) -> (Vec<ProductRoute
                 name,
                 index,
                 prefixes: p.prefixes.clone(),
+                rate_limit_rps: p.rate_limit_rps.unwrap_or(0),
             }),
             Err(e) => problems.push(&at, e),
         }
@@ -223,6 +230,12 @@ fn shards(
         if product.is_some() && !known.contains(s.product.as_str()) {
             problems.push(&at, format_args!("unknown product {:?}", s.product));
         }
+        if s.tenant_in_flight == Some(0) {
+            problems.push(
+                &at,
+                "tenant_in_flight must be at least 1 (leave it out for no limit)",
+            );
+        }
         let region = Region::new(&s.region).map_err(|e| problems.push(&at, e)).ok();
         let id = ShardId::new(&s.id).map_err(|e| problems.push(&at, e)).ok();
         let backends = backends(&s.backends, &at, problems);
@@ -240,6 +253,7 @@ fn shards(
                     region,
                     data_regions,
                     backends,
+                    tenant_in_flight: s.tenant_in_flight.unwrap_or(0),
                 },
             );
         }

@@ -72,6 +72,10 @@ pub struct ProductToml {
     pub name: String,
     /// Path prefixes that select it.
     pub prefixes: Vec<String>,
+    /// Requests a second each tenant may send this product (a tenant's own `rate_limits` in
+    /// the catalogue overrides it); over it, 429. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_rps: Option<u32>,
 }
 
 /// `[[shards]]`.
@@ -89,6 +93,10 @@ pub struct ShardToml {
     pub data_regions: Vec<String>,
     /// Backend addresses (`IP:port`).
     pub backends: Vec<String>,
+    /// Requests one tenant may have in flight on this shard at once, so that no tenant takes
+    /// the shard's whole backend pool; over it, 429. Absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_in_flight: Option<u32>,
 }
 
 impl RoutesFile {

@@ -49,6 +49,7 @@ pub fn put(seq: u64, id: &str, version: u64, hosts: &[&str]) -> Result<Change, S
         realm: Realm::new("us")?,
         placements: Default::default(),
         products: Default::default(),
+        rate_limits: Default::default(),
         data_key: None,
         version,
     };

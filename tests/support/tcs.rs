@@ -255,6 +255,7 @@ impl TappedCatalogue {
             realm: Realm::new("us").unwrap(),
             placements: Default::default(),
             products: Default::default(),
+            rate_limits: Default::default(),
             data_key: None,
             version: 0,
         };

@@ -25,6 +25,7 @@ fn record(id: &str, version: u64, hosts: &[&str]) -> IngressRecord {
         realm: Realm::new("us").unwrap(),
         hosts: hosts.iter().map(|h| Host::parse(h).unwrap()).collect(),
         placements: placements.into(),
+        rate_limits: Default::default(),
         products: None,
         data_key: None,
     }
