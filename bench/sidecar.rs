@@ -2,19 +2,28 @@
 //! 10 000 requests a second, and the memory a cached tenant takes with and without secrets.
 //!
 //! The dev stack's catalogue and two TCS regions run in this process, with 20 000 imported
-//! tenants (half with three secrets in jira, half with none); the sidecar is the release binary,
-//! its own process, reading the `jira` view with the catalogue's key file. The client is four
-//! threads, each with one keep-alive HTTP/1.1 connection, sending at a fixed pace (open loop)
-//! and timing each lookup from the request's write to the answer's last byte.
+//! tenants (half with three secrets in jira, half with none). For the latency, the sidecar is the
+//! release binary, its own process, reading the `jira` view with the catalogue's key file, once
+//! with one thread (the default) and once with two. The client is four threads, each with one
+//! keep-alive HTTP/1.1 connection, sending at a fixed pace (open loop) and timing each lookup
+//! from the request's write to the answer's last byte. For the memory, a sidecar runs in this
+//! process under a counting allocator: the bytes still allocated after every tenant of one half
+//! was looked up once (cached, and with secrets opened), per tenant.
 //!
 //! `cargo bench --bench sidecar` (about a minute). Results: `bench/README.md`.
 
+use std::alloc::System;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+
 use tenant_edge::routes::RoutesFile;
 use tenant_edge::stack::Stack;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -25,9 +34,6 @@ const THREADS: usize = 4;
 struct Sizes {
     tenants: usize,
     secs: u64,
-    /// How long to let the sidecar's allocator return what a phase freed before its resident
-    /// set is read (jemalloc gives dirty pages back after about 10 s).
-    settle: Duration,
 }
 
 fn sizes() -> Sizes {
@@ -35,13 +41,11 @@ fn sizes() -> Sizes {
         Sizes {
             tenants: 20_000,
             secs: 10,
-            settle: Duration::from_secs(15),
         }
     } else {
         Sizes {
             tenants: 200,
             secs: 1,
-            settle: Duration::from_millis(10),
         }
     }
 }
@@ -88,85 +92,116 @@ async fn main() -> Res<()> {
         .start()
         .await?;
     let token = stack.product_token("jira").ok_or("no jira token")?.to_owned();
-    let port = tenant_edge::stack::free_port();
-    let mut cfg = tenant_edge::sidecar::SidecarConfig::new(
-        "jira",
-        tenant_edge::tenant::Region::new("us-east-1")?,
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        stack.tcs_endpoints(&token),
+    let sidecar = |port: u16| {
+        let mut cfg = tenant_edge::sidecar::SidecarConfig::new(
+            "jira",
+            tenant_edge::tenant::Region::new("us-east-1")?,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            stack.tcs_endpoints(&token),
+        );
+        cfg.secrets = Some(tenant_edge::secrets::KeySettings {
+            master_key: Some(stack.master_key_file()),
+            ..Default::default()
+        });
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(cfg)
+    };
+
+    // Memory: a sidecar in this process, its allocations counted.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = tenant_edge::sidecar::start(sidecar(0)?, stop.clone()).await?;
+    let port = started.addr.port();
+    let (tenants, auth) = (sizes.tenants, token.clone());
+    let bytes = tokio::task::spawn_blocking(move || memory(port, &auth, tenants)).await??;
+    stop.cancel();
+    started.wait().await;
+    let half = (sizes.tenants / 2) as f64;
+    println!(
+        "memory per cached tenant: {:.0} B without secrets, {:.0} B with three ({} tenants each, looked up once)",
+        bytes.0 as f64 / half,
+        bytes.1 as f64 / half,
+        sizes.tenants / 2
     );
-    cfg.secrets = Some(tenant_edge::secrets::KeySettings {
-        master_key: Some(stack.master_key_file()),
-        ..Default::default()
-    });
-    let config = dir.path().join("sidecar.toml");
-    std::fs::write(&config, toml::to_string(&cfg)?)?;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
-        .args(["sidecar", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let outcome = tokio::task::spawn_blocking(move || measure(port, &token, &sizes, pid)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    outcome?
+
+    // Latency: the release binary, with one thread, then two.
+    for threads in [1, 2] {
+        let port = tenant_edge::stack::free_port();
+        let mut cfg = sidecar(port)?;
+        cfg.threads = threads;
+        let config = dir.path().join(format!("sidecar-{threads}.toml"));
+        std::fs::write(&config, toml::to_string(&cfg)?)?;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tenant-edge"))
+            .args(["sidecar", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let (auth, tenants) = (token.clone(), sizes.tenants);
+        let secs = sizes.secs;
+        let outcome = tokio::task::spawn_blocking(move || latency(port, &auth, tenants, secs, threads)).await;
+        let _ = child.kill();
+        let _ = child.wait();
+        outcome??;
+    }
+    Ok(())
 }
 
-fn measure(port: u16, token: &str, sizes: &Sizes, pid: u32) -> Res<()> {
+/// Net bytes the sidecar on `port` keeps for looking up every odd tenant (no secrets), then
+/// every even one (three secrets).
+fn memory(port: u16, token: &str, tenants: usize) -> Res<(i128, i128)> {
+    let mut conn = ready(port, token)?;
+    // A first lookup of each kind sets up what every later one shares.
+    conn.lookup(&host(tenants - 1))?;
+    conn.lookup(&host(tenants - 2))?;
+    let net = |r: &Region<System>| {
+        let c = r.change();
+        c.bytes_allocated as i128 - c.bytes_deallocated as i128 + c.bytes_reallocated as i128
+    };
+    let region = Region::new(GLOBAL);
+    for i in (1..tenants - 2).step_by(2) {
+        conn.lookup(&host(i))?;
+    }
+    let plain = net(&region);
+    let region = Region::new(GLOBAL);
+    for i in (0..tenants - 2).step_by(2) {
+        conn.lookup(&host(i))?;
+    }
+    let secret = net(&region);
+    Ok((plain, secret))
+}
+
+/// A connection to the sidecar on `port` once it is ready.
+fn ready(port: u16, token: &str) -> Res<Conn> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut conn = loop {
+    loop {
         if let Ok(mut c) = Conn::open(addr, token) {
             if c.get("/readyz").is_ok_and(|(status, _)| status == 200) {
-                break c;
+                return Ok(c);
             }
         }
         if Instant::now() > deadline {
             return Err("the sidecar did not become ready".into());
         }
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
 
-    // Memory: what caching (and opening) each half of the tenants adds to the resident set.
-    let half = sizes.tenants / 2;
-    std::thread::sleep(sizes.settle);
-    let rss0 = rss_kib(pid);
-    for i in (1..sizes.tenants).step_by(2) {
+fn latency(port: u16, token: &str, tenants: usize, secs: u64, threads: usize) -> Res<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = ready(port, token)?;
+    // Every tenant cached before anything is timed.
+    for i in 0..tenants {
         conn.lookup(&host(i))?;
     }
-    std::thread::sleep(sizes.settle);
-    let rss_plain = rss_kib(pid);
-    for i in (0..sizes.tenants).step_by(2) {
-        conn.lookup(&host(i))?;
-    }
-    std::thread::sleep(sizes.settle);
-    let rss_secret = rss_kib(pid);
-    let per = |from: u64, to: u64| to.saturating_sub(from) as f64 * 1024.0 / half as f64;
-    println!(
-        "memory per cached tenant: {:.0} B without secrets, {:.0} B with three (resident set {} -> {} -> {} KiB, {half} tenants each)",
-        per(rss0, rss_plain),
-        per(rss_plain, rss_secret),
-        rss0,
-        rss_plain,
-        rss_secret
-    );
-
     // Each rate twice: a warm-up of a fifth of the run first, unmeasured.
     for (rate, measured) in [(1_000u64, false), (1_000, true), (10_000, false), (10_000, true)] {
         let per_thread = rate as f64 / THREADS as f64;
         let interval = Duration::from_secs_f64(1.0 / per_thread);
-        let secs = if measured {
-            sizes.secs as f64
-        } else {
-            sizes.secs as f64 / 5.0
-        };
+        let secs = if measured { secs as f64 } else { secs as f64 / 5.0 };
         let n = (per_thread * secs) as usize;
         let started = Instant::now();
-        let threads: Vec<_> = (0..THREADS)
+        let clients: Vec<_> = (0..THREADS)
             .map(|t| {
                 let token = token.to_owned();
-                let tenants = sizes.tenants;
                 std::thread::spawn(move || -> Res<(Vec<Duration>, usize)> {
                     let mut conn = Conn::open(addr, &token)?;
                     let mut latencies = Vec::with_capacity(n);
@@ -195,7 +230,7 @@ fn measure(port: u16, token: &str, sizes: &Sizes, pid: u32) -> Res<()> {
             .collect();
         let mut all = Vec::new();
         let mut errors = 0;
-        for t in threads {
+        for t in clients {
             let (l, e) = t.join().map_err(|_| "client thread panicked")??;
             all.extend(l);
             errors += e;
@@ -207,7 +242,7 @@ fn measure(port: u16, token: &str, sizes: &Sizes, pid: u32) -> Res<()> {
         all.sort();
         let pct = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize];
         println!(
-            "{rate} req/s offered, {:.0} achieved, {} lookups, {errors} errors: p50 {:?} p90 {:?} p99 {:?} p99.9 {:?} max {:?}",
+            "{threads} thread(s), {rate} req/s offered, {:.0} achieved, {} lookups, {errors} errors: p50 {:?} p90 {:?} p99 {:?} p99.9 {:?} max {:?}",
             all.len() as f64 / took.as_secs_f64(),
             all.len(),
             pct(0.5),
@@ -218,17 +253,6 @@ fn measure(port: u16, token: &str, sizes: &Sizes, pid: u32) -> Res<()> {
         );
     }
     Ok(())
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// One keep-alive HTTP/1.1 connection, as lean as a load generator's.
