@@ -6,13 +6,15 @@ SHELL := /bin/bash
 
 ## Installs what a fresh machine lacks (cmake for pingora's zlib-ng, a C compiler, openssl;
 ## curl and python3 drive the HTTP/2 tests; PostgreSQL, whose servers the catalogue's tests
-## start themselves; moto[server] from PyPI, the AWS emulator its tests start).
+## start themselves; Chromium, the headless browser of the status page's test; moto[server]
+## from PyPI, the AWS emulator its tests start).
 deps:
 	@missing=""; \
 	for t in cmake:cmake cc:build-essential openssl:openssl pkg-config:pkg-config curl:curl python3:python3; do \
 	  command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; \
 	done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -103,6 +103,16 @@ pub struct Entry {
     pub limit_key: u64,
     /// When a request last used it, in ms after `learnt_at` (for the idle sweep).
     last_used_ms: AtomicU64,
+    /// Hits sampled, one in [`SAMPLE_EVERY`] per thread, for the hottest tenants of the status
+    /// page: a hit writes the entry this rarely.
+    sampled: AtomicU64,
+}
+
+/// One hit in this many (per thread) is counted on its entry.
+pub const SAMPLE_EVERY: u32 = 64;
+
+thread_local! {
+    static HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Up to [`FAST_PLACEMENTS`] placements as (product, shard, frozen, the tenant's rate limit)
@@ -162,7 +172,20 @@ impl Entry {
             fast,
             limit_key,
             last_used_ms: AtomicU64::new(0),
+            sampled: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one hit in [`SAMPLE_EVERY`] of this thread's.
+    #[inline]
+    fn sample(&self) {
+        HITS.with(|hits| {
+            let n = hits.get().wrapping_add(1);
+            hits.set(n);
+            if n % SAMPLE_EVERY == 0 {
+                self.sampled.fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 
     /// Marks the entry used at `age`. Writes at most once a second (the sweep's idle times need
@@ -344,9 +367,10 @@ impl TenantCache {
     /// miss: then [`Self::resolve`].
     #[inline]
     pub fn with_hit<R>(&self, host: &str, f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
-        let (answer, stale) = self
-            .known
-            .with(host, |entry, age| (f(entry), age >= self.refresh_after))?;
+        let (answer, stale) = self.known.with(host, |entry, age| {
+            entry.sample();
+            (f(entry), age >= self.refresh_after)
+        })?;
         self.metrics.cache_hits.inc();
         if stale {
             self.refresh_in_background(host);
@@ -534,6 +558,51 @@ impl TenantCache {
     /// Whether `host` is remembered as unknown.
     pub fn is_known_unknown(&self, host: &str) -> bool {
         self.negative.contains_key(host)
+    }
+
+    /// The `n` tenants with the most sampled hits (each hit sampled one in [`SAMPLE_EVERY`]),
+    /// summed over their hosts, most first. Walks the cache: for the admin pages, off the
+    /// request path.
+    pub fn hottest(&self, n: usize) -> Vec<(crate::tenant::TenantId, u64)> {
+        let mut by_tenant: HashMap<crate::tenant::TenantId, u64> = HashMap::new();
+        self.known.for_each(|_, entry| {
+            let hits = entry.sampled.load(Ordering::Relaxed);
+            if hits > 0 {
+                *by_tenant.entry(entry.record.id.clone()).or_default() += hits;
+            }
+        });
+        let mut top: Vec<_> = by_tenant.into_iter().collect();
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(n);
+        top
+    }
+
+    /// Sweeps of the cache and the entries they dropped.
+    pub fn sweep_counts(&self) -> (u64, u64) {
+        (
+            self.known.sweeps.load(Ordering::Relaxed),
+            self.known.swept.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Every cached tenant with a frozen placement (a move under way), by id, with the frozen
+    /// products. Walks the cache.
+    pub fn frozen(&self) -> Vec<(crate::tenant::TenantId, Vec<crate::tenant::Product>)> {
+        let mut found: std::collections::BTreeMap<crate::tenant::TenantId, Vec<crate::tenant::Product>> =
+            std::collections::BTreeMap::new();
+        self.known.for_each(|_, entry| {
+            let frozen: Vec<_> = entry
+                .record
+                .placements
+                .iter()
+                .filter(|(_, p)| p.state == crate::tenant::PlacementState::Frozen)
+                .map(|(product, _)| product.clone())
+                .collect();
+            if !frozen.is_empty() {
+                found.insert(entry.record.id.clone(), frozen);
+            }
+        });
+        found.into_iter().collect()
     }
 
     /// Number of cached hosts.

@@ -12,6 +12,7 @@ pub mod limits;
 mod pool;
 mod proxy;
 mod resets;
+mod status;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

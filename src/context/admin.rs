@@ -85,6 +85,11 @@ async fn tenant(State(service): State<Arc<CacheService>>, Path(raw): Path<String
 
 /// Each TCS region as this process sees it: trust, load, and its change stream.
 async fn regions(State(service): State<Arc<CacheService>>) -> Response {
+    Json(regions_json(&service)).into_response()
+}
+
+/// `/admin/regions`: each region's trust, ping and change stream, and the fan-out's state.
+pub fn regions_json(service: &CacheService) -> serde_json::Value {
     let now = now_ms();
     let client = service.cache.client();
     let regions: Vec<serde_json::Value> = client
@@ -119,29 +124,41 @@ async fn regions(State(service): State<Arc<CacheService>>) -> Response {
             "tcs_head": fanout.tcs_head(),
         }),
     };
-    Json(json!({
+    json!({
         "view": &*client.view,
         "applied_seq": service.stream.applied(),
         "fanout": fanout,
         "hedges": hedges,
         "hedges_refused_by_budget": hedges_refused,
         "regions": regions,
-    }))
-    .into_response()
+    })
 }
 
 /// What the cache holds and what the cache file did. Counting distinct tenants walks the
 /// cache, so this costs more than the other admin answers on a large cache.
 async fn cache(State(service): State<Arc<CacheService>>) -> Response {
+    Json(cache_json(&service).await).into_response()
+}
+
+/// `/admin/cache`: what the cache holds, how often it hits, its sweeps, what the cache file did.
+pub async fn cache_json(service: &Arc<CacheService>) -> serde_json::Value {
     let walk = service.clone();
     let tenants = tokio::task::spawn_blocking(move || walk.cache.records().len())
         .await
         .unwrap_or(0);
-    Json(json!({
+    let m = &service.metrics;
+    let (hits, misses) = (m.cache_hits.get(), m.cache_misses.get());
+    let (sweeps, swept) = service.cache.sweep_counts();
+    json!({
         "cached_hosts": service.cache.len(),
         "cached_tenants": tenants,
+        "hits": hits,
+        "misses": misses,
+        "negative_hits": m.negative_hits.get(),
+        "hit_ratio": if hits + misses == 0 { None } else { Some(hits as f64 / (hits + misses) as f64) },
+        "sweeps": sweeps,
+        "swept": swept,
         "applied_seq": service.stream.applied(),
         "file": service.file.report(),
-    }))
-    .into_response()
+    })
 }

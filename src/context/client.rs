@@ -201,6 +201,8 @@ pub(crate) struct Region {
     pub(crate) window_not_found: AtomicU64,
     /// Lookups skipped because the region was at its in-flight limit.
     pub(crate) shed: AtomicU64,
+    /// How long its last health ping took, in microseconds (0: none answered yet).
+    ping_us: AtomicU64,
     batcher: Batcher,
 }
 
@@ -400,6 +402,7 @@ impl TcsClient {
                     window_lookups: AtomicU64::new(0),
                     window_not_found: AtomicU64::new(0),
                     shed: AtomicU64::new(0),
+                    ping_us: AtomicU64::new(0),
                     batcher,
                 })
             })
@@ -581,11 +584,18 @@ impl TcsClient {
     /// Whether `region` answers its health check.
     pub(crate) async fn ping(&self, region: &Region) -> bool {
         let url = format!("{}/healthz", region.base);
-        self.http
+        let started = std::time::Instant::now();
+        let up = self
+            .http
             .get(url)
             .send()
             .await
-            .is_ok_and(|r| r.status().is_success())
+            .is_ok_and(|r| r.status().is_success());
+        if up {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            region.ping_us.store(us.max(1), Ordering::Relaxed);
+        }
+        up
     }
 
     /// Each region's trust and counters, for `/admin/regions`.
@@ -598,6 +608,10 @@ impl TcsClient {
                     "trust": r.trust(),
                     "in_flight": r.in_flight(),
                     "shed": r.shed.load(Ordering::Relaxed),
+                    "ping_ms": match r.ping_us.load(Ordering::Relaxed) {
+                        0 => serde_json::Value::Null,
+                        us => serde_json::json!(us as f64 / 1000.0),
+                    },
                 })
             })
             .collect()

@@ -8,7 +8,7 @@
 //! the map outgrows it, off the request path: approximate LRU, like Redis's, which is what a
 //! routing table of tenants needs (a tenant idle for an hour is cheap to fetch again).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ pub(super) struct Known {
     low_water: usize,
     ttl: Option<Duration>,
     sweeping: AtomicBool,
+    /// Sweeps run, and entries they dropped (expired or idlest), for `/admin/cache`.
+    pub(super) sweeps: AtomicU64,
+    pub(super) swept: AtomicU64,
 }
 
 /// What a versioned write did.
@@ -57,6 +60,8 @@ impl Known {
             low_water: max - max / SWEEP_SHARE,
             ttl: (config.ttl_secs > 0).then(|| Duration::from_secs(config.ttl_secs)),
             sweeping: AtomicBool::new(false),
+            sweeps: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
         }
     }
 
@@ -203,6 +208,8 @@ impl Known {
                     .remove_if(*host, |_, held| Arc::ptr_eq(held, entry), &guard);
             }
         }
+        self.sweeps.fetch_add(1, Ordering::Relaxed);
+        self.swept.fetch_add((expired + excess) as u64, Ordering::Relaxed);
         tracing::debug!(
             expired,
             evicted = excess,

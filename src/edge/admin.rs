@@ -26,6 +26,7 @@ pub(super) async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(super::status::page))
         .route("/admin/routes", get(routes))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -65,6 +66,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn routes(State(shared): State<Arc<Shared>>) -> Response {
+    Json(routes_json(&shared)).into_response()
+}
+
+/// `/admin/routes`: the route snapshot and each shard's backends.
+pub(super) fn routes_json(shared: &Shared) -> serde_json::Value {
     let state = shared.state.load_full();
     let pools: serde_json::Map<String, serde_json::Value> = state
         .pools()
@@ -78,10 +84,9 @@ async fn routes(State(shared): State<Arc<Shared>>) -> Response {
             (p.shard.to_string(), json!(backends))
         })
         .collect();
-    Json(json!({
+    json!({
         "version": state.routes.version,
         "routes": state.routes.to_json(),
         "backends": pools,
-    }))
-    .into_response()
+    })
 }
