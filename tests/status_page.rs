@@ -3,7 +3,12 @@
 //! shows the regions, the hottest tenants and a tenant being moved, and a screenshot is kept in
 //! the test's target directory as an artefact.
 
-#![expect(clippy::unwrap_used, reason = "test helpers fail the test by unwrapping")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
 
 mod common;
 
