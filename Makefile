@@ -36,10 +36,26 @@ run: build
 test: deps
 	$(CARGO) test --all-targets
 
-## The differential framing test (the lean HTTP/1.1 parser against hyper's) with many more
-## inputs than `make test` gives it: FUZZ_CASES (default 2 000 000, about a minute).
+## Fuzzing: the cargo-fuzz targets of every parser that takes untrusted input (fuzz/: host and
+## path normalisation, the route file, the cache file, the TCS change stream, tenant documents,
+## the HTTP/1.1 head), each for FUZZ_SECS (default 60) from the committed seed corpus
+## (fuzz/corpus/; new inputs go to target/fuzz-corpus/), then the differential framing test
+## (the lean HTTP/1.1 parser against hyper's) with FUZZ_CASES inputs (default 2 000 000).
+## Needs the nightly toolchain and cargo-fuzz (installed when missing). A crash stops it, its
+## input in fuzz/artifacts/.
+FUZZ_SECS ?= 60
 FUZZ_CASES ?= 2000000
+FUZZ_TARGETS = host_path route_file cache_file change_stream tenant_doc http1_head
 fuzz: deps
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t; \
+	  echo "fuzzing $$t for $(FUZZ_SECS) s"; \
+	  $(CARGO) +nightly fuzz run $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECS) -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|SUMMARY' ; \
+	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \
+	done
 	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test h1_differential framing_agrees -- --nocapture
 
 ## fmt + clippy with warnings denied.

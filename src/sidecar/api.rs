@@ -261,7 +261,7 @@ async fn placement(
     s.check_view(&view)?;
     let id = TenantId::new(&raw_id)?;
     let product = Product::new(&raw_product)?;
-    if let Some(host) = s.opener.host_of(&id) {
+    if let Some(host) = s.opener.host_of(&id).await {
         if let Ok(entry) = s.resolve(&host).await {
             let record = &entry.record;
             if record.id == id {

@@ -54,6 +54,10 @@ pub enum OpenError {
 
 /// One tenant version's answer: its record as JSON, secrets in plaintext.
 pub struct Opened {
+    /// The tenant version it renders.
+    pub version: u64,
+    /// A host of the tenant: how a placement asked by tenant id finds the cache entry.
+    pub host: Host,
     /// The record rendered.
     pub json: Bytes,
     /// Secrets opened in it.
@@ -63,6 +67,7 @@ pub struct Opened {
 impl std::fmt::Debug for Opened {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Opened")
+            .field("version", &self.version)
             .field("bytes", &self.json.len())
             .field("secrets", &self.secrets)
             .finish()
@@ -72,13 +77,13 @@ impl std::fmt::Debug for Opened {
 /// Opens records, once per tenant version.
 pub struct Opener {
     keys: Option<Arc<MasterKeys>>,
-    /// By `tenant\0version`.
+    /// The latest version opened of each tenant, by tenant id.
     answers: Cache<String, Arc<Opened>, Hasher>,
-    /// Unwrapped data keys, by `tenant\0wrapped key`.
-    data_keys: Cache<String, Arc<DataKey>, Hasher>,
-    failures: Cache<String, OpenError, Hasher>,
-    /// A host of each tenant opened, by tenant id: how a placement by id finds the cache entry.
-    hosts: moka::sync::Cache<String, Host, Hasher>,
+    /// Unwrapped data keys, by a hash of tenant, master key and wrapped key (a collision could
+    /// only make a secret fail to open: AES-GCM checks the key).
+    data_keys: Cache<u64, Arc<DataKey>, Hasher>,
+    /// Versions that did not open lately, by tenant id.
+    failures: Cache<String, (u64, OpenError), Hasher>,
     metrics: EdgeMetrics,
 }
 
@@ -99,46 +104,44 @@ impl Opener {
                 .max_capacity(10_000)
                 .time_to_live(FAILURE_MEMORY)
                 .build_with_hasher(Hasher::default()),
-            hosts: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .time_to_idle(ANSWER_IDLE)
-                .build_with_hasher(Hasher::default()),
             metrics,
         }
     }
 
     /// A host of tenant `id`, if this sidecar answered for it lately.
-    pub fn host_of(&self, id: &TenantId) -> Option<Host> {
-        self.hosts.get(id.as_str())
+    pub async fn host_of(&self, id: &TenantId) -> Option<Host> {
+        self.answers.get(id.as_str()).await.map(|o| o.host.clone())
     }
 
-    /// The answer for `record`: opened now if this version never was.
+    /// The answer for `record`: opened now if this version never was. (Two first asks of one
+    /// version at once may both open it; the data key, the dear part with KMS, is unwrapped
+    /// once.)
     pub async fn open(&self, record: &Arc<IngressRecord>) -> Result<Arc<Opened>, OpenError> {
-        let key = format!("{}\0{}", record.id.as_str(), record.version);
-        if let Some(opened) = self.answers.get(&key).await {
-            return Ok(opened);
+        let id = record.id.as_str();
+        if let Some(opened) = self.answers.get(id).await {
+            if opened.version == record.version {
+                return Ok(opened);
+            }
         }
-        if let Some(failed) = self.failures.get(&key).await {
-            return Err(failed);
+        if let Some((version, failed)) = self.failures.get(id).await {
+            if version == record.version {
+                return Err(failed);
+            }
         }
-        let outcome = self
-            .answers
-            .try_get_with_by_ref(&key, async {
-                if let Some(host) = record.hosts.first() {
-                    self.hosts.insert(record.id.as_str().to_owned(), host.clone());
-                }
-                let opened = self.open_now(record).await;
-                let result = if opened.is_ok() { "ok" } else { "failed" };
-                self.metrics.secret_opens.with_label_values(&[result]).inc();
-                opened.map(Arc::new)
-            })
-            .await;
-        match outcome {
-            Ok(opened) => Ok(opened),
+        let opened = self.open_now(record).await;
+        let result = if opened.is_ok() { "ok" } else { "failed" };
+        self.metrics.secret_opens.with_label_values(&[result]).inc();
+        match opened {
+            Ok(opened) => {
+                let opened = Arc::new(opened);
+                self.answers.insert(id.to_owned(), opened.clone()).await;
+                Ok(opened)
+            }
             Err(e) => {
-                let e = OpenError::clone(&e);
                 tracing::warn!(error = %e, "a tenant's secrets did not open; it answers 503");
-                self.failures.insert(key, e.clone()).await;
+                self.failures
+                    .insert(id.to_owned(), (record.version, e.clone()))
+                    .await;
                 Err(e)
             }
         }
@@ -181,7 +184,13 @@ impl Opener {
             tenant: tenant.to_owned(),
             reason: format!("rendering: {e}"),
         })?;
+        let host = record.hosts.first().cloned().ok_or_else(|| OpenError::Secret {
+            tenant: tenant.to_owned(),
+            reason: "a record without a host".into(),
+        })?;
         Ok(Opened {
+            version: record.version,
+            host,
             json: Bytes::from(json),
             secrets: sealed,
         })
@@ -198,7 +207,14 @@ impl Opener {
             .data_key
             .as_deref()
             .ok_or_else(|| OpenError::NoDataKey(tenant.to_owned()))?;
-        let key = format!("{tenant}\0{}\0{}", wrapped.key_id, wrapped.wrapped);
+        let key = {
+            use std::hash::BuildHasher;
+            foldhash::quality::FixedState::with_seed(0x5eed_da7a).hash_one((
+                tenant,
+                &wrapped.key_id,
+                &wrapped.wrapped,
+            ))
+        };
         self.data_keys
             .try_get_with(key, async move {
                 match tokio::time::timeout(UNWRAP_LIMIT, keys.unwrap_key(tenant, wrapped)).await {
