@@ -12,7 +12,12 @@ use crate::tenant::{Host, Product, Realm, ShardId, TenantId};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::storage(e)
+        match e.sqlite_error_code() {
+            // The disk is full (or the database file may grow no more): nothing was written,
+            // the transaction rolled back; a retry once space is freed goes through (503).
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Unavailable(format!("disk full: {e}")),
+            _ => StoreError::storage(e),
+        }
     }
 }
 
