@@ -263,13 +263,7 @@ async fn write_loop(catalogue: CatalogueClient, load: Arc<Load>) {
     while !load.stop.load(Ordering::SeqCst) {
         n += 1;
         let id = format!("chaos-{n}");
-        let doc: TenantDoc = match serde_json::from_value(serde_json::json!({
-            "id": id, "hosts": [format!("{id}.example.test")], "realm": "us",
-            "placements": {"jira": {"shard": "jira-us-east-1"}}
-        })) {
-            Ok(doc) => doc,
-            Err(_) => return,
-        };
+        let Some(doc) = tenant(&id, None) else { return };
         match catalogue.put_tenant(&doc, None).await {
             Ok(written) => {
                 if let Ok(mut acked) = load.acked.lock() {
@@ -375,12 +369,7 @@ async fn healthy(
             .await
             .is_ok_and(|r| r.status() == 200);
         if written.is_none() {
-            let doc: Option<TenantDoc> = serde_json::from_value(serde_json::json!({
-                "id": probe, "hosts": [format!("{probe}.example.test")], "realm": "us",
-                "placements": {"jira": {"shard": "jira-us-east-1"}}
-            }))
-            .ok();
-            if let Some(doc) = doc {
+            if let Some(doc) = tenant(&probe, None) {
                 written = catalogue.put_tenant(&doc, None).await.ok().map(|d| d.version);
             }
         }
@@ -443,13 +432,10 @@ async fn full_write(catalogue: &CatalogueClient) -> (bool, String) {
     let mut seen = Vec::new();
     for i in 0..20 {
         let id = format!("full-{i}-{}", rand::random::<u16>());
-        let doc: Option<TenantDoc> = serde_json::from_value(serde_json::json!({
-            "id": id, "hosts": [format!("{id}.example.test")], "realm": "us",
-            "placements": {"jira": {"shard": "jira-us-east-1"}},
-            "products": {"jira": {"config": {"padding": "x".repeat(2000)}}}
-        }))
-        .ok();
-        let Some(doc) = doc else { continue };
+        let padding = serde_json::json!({"jira": {"config": {"padding": "x".repeat(2000)}}});
+        let Some(doc) = tenant(&id, Some(padding)) else {
+            continue;
+        };
         match catalogue.put_tenant(&doc, None).await {
             Ok(_) => seen.push("201".to_owned()),
             Err(e) => {
@@ -462,6 +448,18 @@ async fn full_write(catalogue: &CatalogueClient) -> (bool, String) {
         }
     }
     (false, seen.join(" "))
+}
+
+/// A tenant `id` on jira-us-east-1, with `products` when given.
+fn tenant(id: &str, products: Option<serde_json::Value>) -> Option<TenantDoc> {
+    let mut doc = serde_json::json!({
+        "id": id, "hosts": [format!("{id}.example.test")], "realm": "us",
+        "placements": {"jira": {"shard": "jira-us-east-1"}}
+    });
+    if let Some(p) = products {
+        doc["products"] = p;
+    }
+    serde_json::from_value(doc).ok()
 }
 
 fn print_table(outcomes: &[Outcome]) {

@@ -255,25 +255,9 @@ async fn rotation_rewraps_data_keys_and_leaves_secrets_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_kms_master_key_writing_a_secret_needs_kms() {
-    use tenant_edge::catalogue::KmsConfig;
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let mut moto = tenant_edge::stack::moto::MotoServer::start().unwrap();
-    let sdk = tenant_edge::aws::sdk_config("us-east-1", Some(&moto.endpoint())).await;
-    let key = aws_sdk_kms::Client::new(&sdk)
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let (mut moto, kms) = common::kms_key().await;
+    let key = kms.key_id.clone();
     let dir = tempfile::tempdir().unwrap();
-    let kms = KmsConfig {
-        key_id: key.clone(),
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint()),
-    };
     let (url, stop, serving) = catalogue(dir.path(), None, Vec::new(), Some(kms)).await;
     let (status, stored) = put(&url, &acme_with_secrets(&json!(SECRET))).await;
     assert_eq!(status, 201, "{stored}");

@@ -434,23 +434,8 @@ async fn an_emptied_region_is_distrusted_and_a_slow_one_is_hedged_around() {
 /// plaintext; one never opened answers 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_kms_unreachable_opened_tenants_keep_answering_and_new_ones_are_503() {
-    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-    let mut moto = tenant_edge::stack::moto::MotoServer::start().unwrap();
-    let sdk = tenant_edge::aws::sdk_config("us-east-1", Some(&moto.endpoint())).await;
-    let key_id = aws_sdk_kms::Client::new(&sdk)
-        .create_key()
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    let kms = tenant_edge::secrets::KmsConfig {
-        key_id: key_id.clone(),
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint()),
-    };
+    let (mut moto, kms) = common::kms_key().await;
+    let key_id = kms.key_id.clone();
     let stack = Stack::start_with(common::StackOptions {
         kms: Some(kms.clone()),
         ..Default::default()

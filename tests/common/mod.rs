@@ -35,6 +35,33 @@ pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// The AWS emulator with a new KMS key in `us-east-1`: the emulator (stop it to make KMS
+/// unreachable) and the key as the catalogue's or a sidecar's master key. Sets the credentials
+/// the SDK's chain signs with (the emulator takes any).
+pub async fn kms_key() -> (
+    tenant_edge::stack::moto::MotoServer,
+    tenant_edge::secrets::KmsConfig,
+) {
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let moto = tenant_edge::stack::moto::MotoServer::start().unwrap();
+    let sdk = tenant_edge::aws::sdk_config("us-east-1", Some(&moto.endpoint())).await;
+    let key_id = aws_sdk_kms::Client::new(&sdk)
+        .create_key()
+        .send()
+        .await
+        .unwrap()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let kms = tenant_edge::secrets::KmsConfig {
+        key_id,
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
+    };
+    (moto, kms)
+}
+
 /// Sets (`Some`) or clears (`None`) injected faults on a TCS.
 pub async fn tcs_faults(stack: &Stack, tcs_url: &str, faults: Option<serde_json::Value>) {
     let url = format!("{tcs_url}/admin/faults");
