@@ -53,7 +53,7 @@ fuzz: deps
 	  mkdir -p target/fuzz-corpus/$$t; \
 	  echo "fuzzing $$t for $(FUZZ_SECS) s"; \
 	  $(CARGO) +nightly fuzz run $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
-	    -max_total_time=$(FUZZ_SECS) -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|SUMMARY' ; \
+	    -max_total_time=$(FUZZ_SECS) -print_final_stats=1 2>&1 | grep -E '^(Done [0-9]+ runs|stat::number_of_executed_units|==[0-9]+== ?ERROR|SUMMARY|thread .* panicked)' ; \
 	  test "$${PIPESTATUS[0]}" -eq 0 || exit 1; \
 	done
 	FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --test h1_differential framing_agrees -- --nocapture
