@@ -197,6 +197,35 @@ fn decision(c: &mut Criterion) {
             Some(backend.addr)
         })
     });
+    // The same with every tenant limit on (a rate per product, requests in flight per shard;
+    // high enough never to refuse): what checking and admitting cost.
+    let limited = text
+        .replace(
+            "prefixes = [\"/\"]",
+            "prefixes = [\"/\"]\nrate_limit_rps = 1000000000",
+        )
+        .replace("backends = [", "tenant_in_flight = 1000000\nbackends = [");
+    let Ok(routes) = RouteSnapshot::from_toml_str(&limited) else {
+        return;
+    };
+    let Ok(metrics) = EdgeMetrics::new() else { return };
+    let state = EdgeState::build(Arc::new(routes), &BackendRegistry::default(), &metrics);
+    c.bench_function("lean_request_decision_limited", |b| {
+        b.iter(|| {
+            let Ok(Parsed::Complete(head)) = parse::request(black_box(raw), limits, &mut drops) else {
+                return None;
+            };
+            let view = h1::view(raw, &head);
+            let mut buf = [0u8; MAX_HOST_LEN];
+            let Ok((_, Decision::Placed(pool, _, ()))) =
+                decide(&state, &cache, &view, &head.method, &mut buf, |_| ())
+            else {
+                return None;
+            };
+            let (_, backend) = pool.pick(0)?;
+            Some(backend.addr)
+        })
+    });
 }
 
 /// Runs `work` for each host on its own thread at once; the wall time of the pair.
