@@ -286,6 +286,23 @@ async fn bulk_import_is_all_or_nothing_and_logs_every_tenant() {
         .collect();
     let out = c.ctl(&["tenants", "import", "-"], &big).await;
     assert!(out.ok(), "{out:?}");
+    // Documents that grow when written out (the placement's state, the version): the budget
+    // counts what is sent, not the lines read.
+    let grow: String = (5000..11000)
+        .map(|i| {
+            let mut doc = numbered(i);
+            doc["products"] =
+                json!({"jira": {"config": {"db": format!("t{i}_jira"), "db_host": "db-7.jira.internal"}}});
+            format!("{doc}\n")
+        })
+        .collect();
+    let grown = c.ctl(&["tenants", "import", "-"], &grow).await;
+    assert!(grown.ok(), "{grown:?}");
+    assert!(
+        grown.stdout.contains("imported 6000 tenants in"),
+        "{}",
+        grown.stdout
+    );
     let batches = out
         .stdout
         .lines()

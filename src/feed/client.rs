@@ -152,13 +152,15 @@ impl CatalogueClient {
                 continue;
             }
             let doc = serde_json::from_str::<TenantDoc>(&line).map_err(|e| bad(e.to_string()))?;
-            // A document alone over the budget still goes, alone: the catalogue says why not.
-            if !docs.is_empty() && bytes + line.len() > IMPORT_BATCH_BYTES {
+            // Counted as it will be sent (defaults written out make a document longer than its
+            // line). A document alone over the budget still goes, alone: the catalogue says why.
+            let size = serde_json::to_vec(&doc).map_err(|e| bad(e.to_string()))?.len() + 1;
+            if !docs.is_empty() && bytes + size > IMPORT_BATCH_BYTES {
                 written += self.put_tenants(&docs).await?.written;
                 (docs, bytes) = (Vec::with_capacity(batch), 0);
                 progress(written);
             }
-            bytes += line.len() + 1;
+            bytes += size;
             docs.push(doc);
             if docs.len() == batch {
                 written += self.put_tenants(&docs).await?.written;
