@@ -182,20 +182,7 @@ fn decision(c: &mut Criterion) {
     };
     let mut drops = Vec::with_capacity(8);
     c.bench_function("lean_request_decision", |b| {
-        b.iter(|| {
-            let Ok(Parsed::Complete(head)) = parse::request(black_box(raw), limits, &mut drops) else {
-                return None;
-            };
-            let view = h1::view(raw, &head);
-            let mut buf = [0u8; MAX_HOST_LEN];
-            let Ok((_, Decision::Placed(pool, _, ()))) =
-                decide(&state, &cache, &view, &head.method, &mut buf, |_| ())
-            else {
-                return None;
-            };
-            let (_, backend) = pool.pick(0)?;
-            Some(backend.addr)
-        })
+        b.iter(|| lean(&state, &cache, black_box(raw), limits, &mut drops))
     });
     // The same with every tenant limit on (a rate per product, requests in flight per shard;
     // high enough never to refuse): what checking and admitting cost.
@@ -211,21 +198,29 @@ fn decision(c: &mut Criterion) {
     let Ok(metrics) = EdgeMetrics::new() else { return };
     let state = EdgeState::build(Arc::new(routes), &BackendRegistry::default(), &metrics);
     c.bench_function("lean_request_decision_limited", |b| {
-        b.iter(|| {
-            let Ok(Parsed::Complete(head)) = parse::request(black_box(raw), limits, &mut drops) else {
-                return None;
-            };
-            let view = h1::view(raw, &head);
-            let mut buf = [0u8; MAX_HOST_LEN];
-            let Ok((_, Decision::Placed(pool, _, ()))) =
-                decide(&state, &cache, &view, &head.method, &mut buf, |_| ())
-            else {
-                return None;
-            };
-            let (_, backend) = pool.pick(0)?;
-            Some(backend.addr)
-        })
+        b.iter(|| lean(&state, &cache, black_box(raw), limits, &mut drops))
     });
+}
+
+/// The lean HTTP/1.1 path's decision: a raw head parsed strictly, to a backend.
+fn lean(
+    state: &EdgeState,
+    cache: &TenantCache,
+    raw: &[u8],
+    limits: Limits,
+    drops: &mut Vec<std::ops::Range<usize>>,
+) -> Option<std::net::SocketAddr> {
+    let Ok(Parsed::Complete(head)) = parse::request(raw, limits, drops) else {
+        return None;
+    };
+    let view = h1::view(raw, &head);
+    let mut buf = [0u8; MAX_HOST_LEN];
+    let Ok((_, Decision::Placed(pool, _, ()))) = decide(state, cache, &view, &head.method, &mut buf, |_| ())
+    else {
+        return None;
+    };
+    let (_, backend) = pool.pick(0)?;
+    Some(backend.addr)
 }
 
 /// Runs `work` for each host on its own thread at once; the wall time of the pair.

@@ -48,6 +48,22 @@ fn decide_one(
     Some(backend.addr.port())
 }
 
+/// A thousand decisions of each request, counted: what they allocated.
+fn thousand_pairs(
+    state: &EdgeState,
+    cache: &TenantCache,
+    requests: [&[u8]; 2],
+    drops: &mut Vec<std::ops::Range<usize>>,
+) -> stats_alloc::Stats {
+    let region = Region::new(GLOBAL);
+    for _ in 0..1000 {
+        for raw in requests {
+            assert!(decide_one(state, cache, raw, drops).is_some());
+        }
+    }
+    region.change()
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_cache_hit_decision_allocates_nothing() {
     let routes = RouteSnapshot::from_toml_str(include_str!("../routes/dev.toml")).unwrap();
@@ -83,12 +99,7 @@ async fn a_cache_hit_decision_allocates_nothing() {
         Some(9106 | 9107)
     ));
 
-    let region = Region::new(GLOBAL);
-    for _ in 0..1000 {
-        assert!(decide_one(&state, &cache, &jira, &mut drops).is_some());
-        assert!(decide_one(&state, &cache, &wiki, &mut drops).is_some());
-    }
-    let used = region.change();
+    let used = thousand_pairs(&state, &cache, [&jira, &wiki], &mut drops);
     assert_eq!(
         (used.allocations, used.reallocations),
         (0, 0),
@@ -116,12 +127,7 @@ async fn a_cache_hit_decision_allocates_nothing() {
     );
     assert!(decide_one(&state, &cache, &jira, &mut drops).is_some());
     assert!(decide_one(&state, &cache, &wiki, &mut drops).is_some());
-    let region = Region::new(GLOBAL);
-    for _ in 0..1000 {
-        assert!(decide_one(&state, &cache, &jira, &mut drops).is_some());
-        assert!(decide_one(&state, &cache, &wiki, &mut drops).is_some());
-    }
-    let used = region.change();
+    let used = thousand_pairs(&state, &cache, [&jira, &wiki], &mut drops);
     assert_eq!(
         (used.allocations, used.reallocations),
         (0, 0),

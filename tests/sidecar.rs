@@ -201,15 +201,7 @@ async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let mut seen = String::new();
-    while !seen.contains("acme_jira") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    common::read_stream_until(&mut stream, "acme_jira").await;
     drop(stream);
     assert_eq!(side.get("/v1/views/jira/changes?after=x").await.0, 400);
 

@@ -105,15 +105,7 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200);
-    let mut seen = String::new();
-    while !seen.contains("acme_jira") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = common::read_stream_until(&mut stream, "acme_jira").await;
     assert!(!seen.contains(SECRET));
     drop(stream);
     let batch = stack

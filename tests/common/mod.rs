@@ -62,6 +62,21 @@ pub async fn kms_key() -> (
     (moto, kms)
 }
 
+/// Reads a change stream's body until it holds `needle` (at most 10 s between chunks); what it
+/// read.
+pub async fn read_stream_until(stream: &mut reqwest::Response, needle: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
 /// Sets (`Some`) or clears (`None`) injected faults on a TCS.
 pub async fn tcs_faults(stack: &Stack, tcs_url: &str, faults: Option<serde_json::Value>) {
     let url = format!("{tcs_url}/admin/faults");
