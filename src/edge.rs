@@ -378,8 +378,9 @@ pub struct EdgeState {
     by_sym: Vec<Option<Arc<ShardPool>>>,
     counters: Vec<RequestCounters>,
     latency: Vec<Histogram>,
-    /// The tenants' rates and requests in flight (see [`limits`]).
-    pub(crate) limiter: limits::Limiter,
+    /// The tenants' rates and requests in flight (see [`limits`]), carried from snapshot to
+    /// snapshot.
+    pub(crate) limiter: Arc<limits::Limiter>,
     /// Requests refused by a limit, by product and [`limits::Limit`].
     limited: Vec<[prometheus::IntCounter; 2]>,
 }
@@ -433,9 +434,16 @@ impl EdgeState {
             by_sym,
             counters,
             latency,
-            limiter: limits::Limiter::default(),
+            limiter: Arc::default(),
             limited,
         }
+    }
+
+    /// Takes over what must survive a reload from the snapshot it replaces: the limits'
+    /// estimators (a tenant's window and its requests in flight go on counting).
+    pub fn carry_over(mut self, previous: &EdgeState) -> Self {
+        self.limiter = previous.limiter.clone();
+        self
     }
 
     /// Counts one request refused by `limit`.
@@ -978,7 +986,8 @@ async fn rebuild_on_reload(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let routes = updates.borrow_and_update().clone();
         let version = routes.version.clone();
-        let state = EdgeState::build(routes, &shared.registry, &shared.metrics);
+        let state =
+            EdgeState::build(routes, &shared.registry, &shared.metrics).carry_over(&shared.state.load());
         shared.state.store(Arc::new(state));
         tracing::info!(version, "route snapshot applied");
     }
