@@ -105,7 +105,6 @@ pub(super) fn refused(limit: Limit) -> Reject {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests")]
 
     use std::sync::Arc;
 
