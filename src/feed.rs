@@ -62,6 +62,68 @@ pub struct ProductDoc {
     pub secrets: BTreeMap<String, Secret>,
 }
 
+/// A view's products in a record (product -> [`ProductDoc`]), kept as their compact JSON.
+///
+/// A record is cached by the million (TCS's views, a sidecar's cache) and read rarely: only the
+/// sidecar opens it, once per tenant version. As parsed maps, one product with a two-field
+/// config cost about 2 KB (a `BTreeMap` of one or two entries still allocates a whole node);
+/// as its text, the bytes of the text. Built from parsed, checked documents (deserializing
+/// goes through the typed map, so what is held is always well-formed), parsed back with
+/// [`ViewProducts::parse`], written out as it is.
+#[derive(Clone)]
+pub struct ViewProducts(Box<serde_json::value::RawValue>);
+
+impl ViewProducts {
+    /// The text of `products`.
+    pub fn new(products: &BTreeMap<Product, ProductDoc>) -> Self {
+        // Maps of strings and JSON values always render.
+        match serde_json::value::to_raw_value(products) {
+            Ok(raw) => ViewProducts(raw),
+            Err(e) => unreachable!("a product map did not render: {e}"),
+        }
+    }
+
+    /// The products, parsed.
+    pub fn parse(&self) -> Result<BTreeMap<Product, ProductDoc>, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for ViewProducts {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl Eq for ViewProducts {}
+
+// The text may hold opened secrets (a sidecar's answer): never in a log line.
+impl std::fmt::Debug for ViewProducts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ViewProducts({} bytes)", self.0.get().len())
+    }
+}
+
+impl Serialize for ViewProducts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ViewProducts {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Through the typed map, whatever the deserializer (a tagged frame buffers its content),
+        // so only well-formed products are held.
+        let products = BTreeMap::<Product, ProductDoc>::deserialize(deserializer)?;
+        Ok(ViewProducts::new(&products))
+    }
+}
+
 /// A secret as written (plaintext) or as stored (sealed with the tenant's data key).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -118,7 +180,7 @@ impl TenantDoc {
             })
             .collect();
         let has_secrets = chosen.values().any(|d| !d.secrets.is_empty());
-        record.products = Some(Box::new(chosen));
+        record.products = Some(Box::new(ViewProducts::new(&chosen)));
         if has_secrets {
             record.data_key = self.data_key.clone().map(Box::new);
         }

@@ -409,9 +409,10 @@ pub struct IngressRecord {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub rate_limits: std::collections::BTreeMap<Product, u32>,
     /// In a product's view only (never in `ingress`): the products' config and, when the view
-    /// carries them, their secrets, still sealed.
+    /// carries them, their secrets, still sealed. Kept as JSON text: parsed only when read.
+    /// Boxed twice so that a record of the `ingress` view pays one thin pointer for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub products: Option<Box<std::collections::BTreeMap<Product, crate::feed::ProductDoc>>>,
+    pub products: Option<Box<crate::feed::ViewProducts>>,
     /// In a product's view carrying secrets: the tenant's wrapped data key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<Box<crate::secrets::WrappedKey>>,

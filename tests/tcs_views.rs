@@ -161,7 +161,7 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
     else {
         panic!("acme not found in the jira view");
     };
-    let products = entry.record.products.as_deref().unwrap();
+    let products = entry.record.products.as_deref().unwrap().parse().unwrap();
     assert_eq!(products.len(), 1, "jira's view carries jira only");
     let status = std::sync::Arc::new(tenant_edge::context::StreamStatus::new(&client));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -181,7 +181,9 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
             .record
             .products
             .as_deref()?
-            .values()
+            .parse()
+            .ok()?
+            .into_values()
             .next()?
             .config
             .get("db")?

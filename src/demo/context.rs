@@ -138,7 +138,11 @@ impl Sidecar {
         if !placed_here && newer_or_same {
             return Err(Failure::Moved(record.version));
         }
-        let doc = record.products.as_ref().and_then(|p| p.get(&self.product));
+        let products = match record.products.as_deref().map(|p| p.parse()).transpose() {
+            Ok(products) => products.unwrap_or_default(),
+            Err(e) => return Err(Failure::Unavailable(format!("sidecar answer's products: {e}"))),
+        };
+        let doc = products.get(&self.product);
         let text = |key: &str| {
             doc.and_then(|d| d.config.get(key))
                 .and_then(|v| v.as_str())

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 
 use crate::context::Hasher;
-use crate::feed::Secret;
+use crate::feed::{Secret, ViewProducts};
 use crate::metrics::EdgeMetrics;
 use crate::secrets::{secret_context, DataKey, MasterKeys, SecretError};
 use crate::tenant::{Host, IngressRecord, TenantId};
@@ -150,24 +150,23 @@ impl Opener {
     /// Opens every secret of `record` and renders it, or fails whole.
     async fn open_now(&self, record: &IngressRecord) -> Result<Opened, OpenError> {
         let tenant = record.id.as_str();
-        let sealed = record
-            .products
-            .as_deref()
-            .into_iter()
+        let secret_error = |reason: String| OpenError::Secret {
+            tenant: tenant.to_owned(),
+            reason,
+        };
+        let mut products = match record.products.as_deref() {
+            Some(text) => Some(text.parse().map_err(|e| secret_error(format!("products: {e}")))?),
+            None => None,
+        };
+        let sealed = products
+            .iter()
             .flat_map(|products| products.values())
             .flat_map(|doc| doc.secrets.values())
             .filter(|s| matches!(s, Secret::Sealed(_)))
             .count();
-        let mut open = record.clone();
-        // The wrapped key is of no use to a caller: it gets the secrets themselves.
-        open.data_key = None;
         if sealed > 0 {
             let data_key = self.data_key(record).await?;
-            let secret_error = |reason: String| OpenError::Secret {
-                tenant: tenant.to_owned(),
-                reason,
-            };
-            for (product, doc) in open.products.as_deref_mut().into_iter().flatten() {
+            for (product, doc) in products.iter_mut().flatten() {
                 for (name, secret) in &mut doc.secrets {
                     let Secret::Sealed(s) = secret else { continue };
                     let context = secret_context(tenant, product.as_str(), name);
@@ -180,6 +179,12 @@ impl Opener {
                 }
             }
         }
+        let open = IngressRecord {
+            products: products.map(|p| Box::new(ViewProducts::new(&p))),
+            // The wrapped key is of no use to a caller: it gets the secrets themselves.
+            data_key: None,
+            ..record.clone()
+        };
         let json = serde_json::to_vec(&open).map_err(|e| OpenError::Secret {
             tenant: tenant.to_owned(),
             reason: format!("rendering: {e}"),
