@@ -723,6 +723,33 @@ mod tests {
     }
 
     #[test]
+    fn a_views_products_are_held_as_checked_text() {
+        // Inside a tagged event (its content buffered first), with spaces to drop.
+        let json = r#"{"type":"upsert","seq":3,"prev":1,"record":{"id":"acme","version":2,"realm":"us",
+            "hosts":["acme.example.test"],"placements":{"jira":{"shard":"jira-1"}},
+            "products":{ "jira" : {"config": {"db": "acme_jira"}, "secrets": {"pw": "hunter2"}}}}}"#;
+        let ViewEvent::Upsert { record, .. } = serde_json::from_str(json).unwrap() else {
+            panic!("not an upsert");
+        };
+        let products = record.products.as_deref().unwrap();
+        assert_eq!(
+            products.as_str(),
+            r#"{"jira":{"config":{"db":"acme_jira"},"secrets":{"pw":"hunter2"}}}"#
+        );
+        let parsed = products.parse().unwrap();
+        assert_eq!(parsed[&Product::new("jira").unwrap()].config["db"], "acme_jira");
+        assert_eq!(&ViewProducts::new(&parsed), products);
+        // Written out as held, and never in a debug line.
+        let out = serde_json::to_string(&record).unwrap();
+        assert!(out.contains(products.as_str()), "{out}");
+        assert!(!format!("{record:?}").contains("hunter2"));
+        // What would not be a product map is refused on the way in.
+        for bad in [r#"{"jira":{"configs":{}}}"#, r#"{"Not A Product":{}}"#, r#"[1]"#] {
+            assert!(serde_json::from_str::<ViewProducts>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn change_round_trips() {
         let json = r#"{"seq":7,"kind":"tenant","id":"acme","version":2,"doc":null}"#;
         let change: Change = serde_json::from_str(json).unwrap();
