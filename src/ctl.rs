@@ -85,7 +85,11 @@ pub enum CtlCommand {
     },
     /// Re-wraps every tenant's data key still wrapped by a previous master key with the
     /// current one (the catalogue started with `--previous-master-key`); no secret rewritten.
-    RotateKeys,
+    RotateKeys {
+        /// Tenants per request (the catalogue's default when left out; at most 10 000).
+        #[arg(long)]
+        page: Option<usize>,
+    },
     /// Prints the change log.
     Changes {
         /// Print changes after this sequence number.
@@ -303,13 +307,7 @@ impl CtlArgs {
                 let page = client.changes(after, limit, None).await?;
                 Ok(output::changes(&page.changes))
             }
-            CtlCommand::RotateKeys => {
-                let r = client.rotate_keys().await?;
-                Ok(format!(
-                    "re-wrapped {} data keys with {} ({} left: run it again)\n",
-                    r.rewrapped, r.key_id, r.left
-                ))
-            }
+            CtlCommand::RotateKeys { page } => rotate_keys(&client, page).await,
         }
     }
 }
@@ -407,6 +405,36 @@ async fn migrations(client: &CatalogueClient, cmd: MigrationCmd) -> Result<Strin
         MigrationCmd::List { tenant } => output::migrations(&client.list_migrations(tenant.as_ref()).await?),
         MigrationCmd::Get { id } => pretty(&client.get_migration(&id).await?),
     })
+}
+
+/// `ctl rotate-keys`: the rotation page by page, one progress line per page.
+async fn rotate_keys(client: &CatalogueClient, page: Option<usize>) -> Result<String, CtlError> {
+    let (mut rewrapped, mut left, mut pages) = (0, 0, 0);
+    let mut after: Option<crate::tenant::TenantId> = None;
+    loop {
+        let r = client.rotate_keys(after.as_ref(), page).await?;
+        rewrapped += r.rewrapped;
+        left += r.left;
+        pages += 1;
+        match r.next {
+            Some(next) => {
+                println!("re-wrapped {rewrapped} data keys so far (through tenant {next})");
+                after = Some(next);
+            }
+            None => {
+                let pages = if pages == 1 {
+                    "1 page".to_owned()
+                } else {
+                    format!("{pages} pages")
+                };
+                let done = format!("re-wrapped {rewrapped} data keys with {} ({pages})", r.key_id);
+                return Ok(match left {
+                    0 => format!("{done}\n"),
+                    _ => format!("{done}; {left} tenants were written meanwhile: run it again\n"),
+                });
+            }
+        }
+    }
 }
 
 /// `ctl tenants import`: streams FILE's lines in batches, one progress line per batch.

@@ -430,7 +430,17 @@ pub struct Rotated {
     pub left: usize,
     /// The current master key's id.
     pub key_id: String,
+    /// The last tenant of this page when more may follow: the next page starts after it.
+    /// `None`: the rotation has been through every tenant.
+    #[serde(default)]
+    pub next: Option<TenantId>,
 }
+
+/// The most tenants one page covers (`GET /v1/tenants?limit=`, `POST /v1/keys/rotate?limit=`).
+pub const MAX_PAGE: usize = 10_000;
+
+/// How many tenants a page of the key rotation covers when the request does not say.
+pub const ROTATE_PAGE: usize = 1_000;
 
 /// The longest lease the catalogue grants.
 pub const MAX_LEASE_MS: u64 = 10 * 60 * 1000;

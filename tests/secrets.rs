@@ -208,6 +208,14 @@ async fn rotation_rewraps_data_keys_and_leaves_secrets_alone() {
     let (url, stop, serving) = catalogue(dir.path(), Some(old.clone()), Vec::new(), None).await;
     let (status, before) = put(&url, &acme_with_secrets(&json!(SECRET))).await;
     assert_eq!(status, 201, "{before}");
+    // Four more, so that the rotation goes page by page.
+    for i in 1..=4 {
+        let mut doc = acme_with_secrets(&json!(format!("{SECRET}-{i}")));
+        doc["id"] = json!(format!("t{i}"));
+        doc["hosts"] = json!([format!("t{i}.example.test")]);
+        let (status, body) = put(&url, &doc).await;
+        assert_eq!(status, 201, "{body}");
+    }
     stop.cancel();
     serving.await.unwrap();
 
@@ -216,14 +224,37 @@ async fn rotation_rewraps_data_keys_and_leaves_secrets_alone() {
     let head = get(&url, "/v1/changes?after=0&limit=1").await["head"]
         .as_u64()
         .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("{url}/v1/keys/rotate"))
+    let http = reqwest::Client::new();
+    // Pages are bounded and named exactly.
+    for bad in ["limit=0", "limit=10001", "page=2", "after=Not%20An%20Id"] {
+        let r = http
+            .post(format!("{url}/v1/keys/rotate?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = http
+        .get(format!("{url}/v1/tenants?host=acme.example.test&limit=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a host names one tenant: no page of it");
+    // One page of two: acme and t1, and where the next page starts.
+    let r = http
+        .post(format!("{url}/v1/keys/rotate?limit=2"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let rotated: Value = r.json().await.unwrap();
-    assert_eq!(rotated["rewrapped"], 1, "{rotated}");
+    assert_eq!(rotated["rewrapped"], 2, "{rotated}");
+    assert_eq!(rotated["next"], "t1", "{rotated}");
+    let t2 = get(&url, "/v1/tenants/t2").await;
+    assert_eq!(
+        t2["data_key"]["key_id"], before["data_key"]["key_id"],
+        "t2 is on the next page"
+    );
     let after = get(&url, "/v1/tenants/acme").await;
     assert_ne!(after["data_key"]["key_id"], before["data_key"]["key_id"]);
     assert_eq!(after["data_key"]["key_id"], rotated["key_id"]);
@@ -231,10 +262,29 @@ async fn rotation_rewraps_data_keys_and_leaves_secrets_alone() {
     let page = get(&url, &format!("/v1/changes?after={head}")).await;
     assert_eq!(
         page["changes"].as_array().unwrap().len(),
-        1,
-        "the rotation is a change: {page}"
+        2,
+        "each key re-wrapped is a change: {page}"
     );
-    // Again, through the operator's CLI: nothing left to move.
+    // The rest through the operator's CLI, two a page from the start: a progress line a page.
+    let rest = common::ctl::ctl(
+        &url,
+        Some("unused-on-an-open-catalogue"),
+        &["rotate-keys", "--page", "2"],
+        "",
+    )
+    .await;
+    assert!(rest.ok(), "{}", rest.stderr);
+    assert!(
+        rest.stdout.contains("through tenant t3") && rest.stdout.contains("re-wrapped 3 data keys with"),
+        "{}",
+        rest.stdout
+    );
+    assert!(rest.stdout.contains("(3 pages)"), "{}", rest.stdout);
+    for id in ["t2", "t3", "t4"] {
+        let doc = get(&url, &format!("/v1/tenants/{id}")).await;
+        assert_eq!(doc["data_key"]["key_id"], rotated["key_id"], "{id}");
+    }
+    // Again: nothing left to move.
     let again = common::ctl::ctl(&url, Some("unused-on-an-open-catalogue"), &["rotate-keys"], "").await;
     assert!(again.ok(), "{}", again.stderr);
     assert!(

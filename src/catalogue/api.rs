@@ -257,15 +257,61 @@ async fn delete_tenant(
 #[serde(deny_unknown_fields)]
 struct TenantsQuery {
     host: Option<Host>,
+    after: Option<TenantId>,
+    limit: Option<usize>,
 }
 
-/// `GET /v1/tenants`: every tenant, or with `?host=H` the one owning H (or none).
+/// A page of tenants by id: those after `after` (from the first without it), at most `limit`.
+/// (Its fields are repeated in each query rather than flattened: a flattened struct would take
+/// every value of a query string as text, and would let unknown keys through.)
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    after: Option<TenantId>,
+    limit: Option<usize>,
+}
+
+impl PageQuery {
+    /// The page's size: `limit`, 1 to [`crate::feed::MAX_PAGE`], else `default`.
+    fn limit(&self, default: usize) -> Result<usize, Failure> {
+        match self.limit {
+            None => Ok(default),
+            Some(n) if (1..=crate::feed::MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(Failure::Http(
+                StatusCode::BAD_REQUEST,
+                format!("limit {n}: a page holds 1 to {} tenants", crate::feed::MAX_PAGE),
+            )),
+        }
+    }
+
+    fn is_given(&self) -> bool {
+        self.after.is_some() || self.limit.is_some()
+    }
+}
+
+/// `GET /v1/tenants`: every tenant, or a page of them by id (`?after=ID&limit=N`, at most
+/// [`crate::feed::MAX_PAGE`]; the next page starts after the last id of a full one), or with
+/// `?host=H` the one owning H (or none).
 async fn list_tenants(
     State(s): State<AppState>,
     Params(q): Params<TenantsQuery>,
 ) -> Result<Json<Vec<TenantDoc>>, Failure> {
+    let page = PageQuery {
+        after: q.after,
+        limit: q.limit,
+    };
     Ok(Json(match q.host {
+        Some(_) if page.is_given() => {
+            return Err(Failure::Http(
+                StatusCode::BAD_REQUEST,
+                "host names one tenant: it takes no after or limit".into(),
+            ))
+        }
         Some(host) => s.store.tenant_by_host(&host).await?.into_iter().collect(),
+        None if page.is_given() => {
+            let limit = page.limit(crate::feed::MAX_PAGE)?;
+            s.store.list_tenants_page(page.after.as_ref(), limit).await?
+        }
         None => s.store.list_tenants().await?,
     }))
 }
@@ -308,21 +354,25 @@ async fn put_realm(
     Ok(written(s.store.put_realm(name, doc).await?).into_response())
 }
 
-/// `POST /v1/keys/rotate` (admin): every tenant's data key wrapped by a previous master key
-/// is wrapped again by the current one, a change per tenant, no secret rewritten.
-async fn rotate_keys(State(s): State<AppState>) -> Answer {
+/// `POST /v1/keys/rotate` (admin): over one page of tenants by id (`?after=ID&limit=N`,
+/// [`crate::feed::ROTATE_PAGE`] by default), every data key wrapped by a previous master key is
+/// wrapped again by the current one, a change per tenant, no secret rewritten. The answer's
+/// `next` says where the next page starts; `null` once every tenant has been seen.
+async fn rotate_keys(State(s): State<AppState>, Params(page): Params<PageQuery>) -> Answer {
     let Some(master) = s.master.as_deref() else {
         return Err(Failure::Http(
             StatusCode::CONFLICT,
             "this catalogue has no master key".into(),
         ));
     };
-    let (rewrapped, left) = seal::rotate(&*s.store, master).await?;
-    tracing::info!(rewrapped, left, key = %master.current().id(), "data keys re-wrapped");
+    let limit = page.limit(crate::feed::ROTATE_PAGE)?;
+    let (rewrapped, left, next) = seal::rotate(&*s.store, master, page.after.as_ref(), limit).await?;
+    tracing::info!(rewrapped, left, key = %master.current().id(), next = next.as_ref().map(TenantId::as_str), "data keys re-wrapped");
     Ok(Json(crate::feed::Rotated {
         rewrapped,
         left,
         key_id: master.current().id().to_owned(),
+        next,
     })
     .into_response())
 }

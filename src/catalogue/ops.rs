@@ -40,6 +40,8 @@ pub(crate) trait Rows {
     async fn tenant_by_host(&self, host: &Host) -> Result<Option<TenantDoc>, StoreError>;
     /// Every live tenant, by id.
     async fn tenants(&self) -> Result<Vec<TenantDoc>, StoreError>;
+    /// At most `limit` live tenants with ids after `after` (from the first with `""`), by id.
+    async fn tenants_page(&self, after: &str, limit: usize) -> Result<Vec<TenantDoc>, StoreError>;
     /// The tenant other than `except` that owns `host`, if any.
     async fn host_owner(&self, host: &Host, except: &TenantId) -> Result<Option<TenantId>, StoreError>;
     /// Writes `doc` as the live tenant (its version included) and replaces its host and

@@ -217,6 +217,15 @@ impl Store for PgStore {
         read!(self, |r| r.tenants())
     }
 
+    async fn list_tenants_page(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantDoc>, StoreError> {
+        let after = after.map_or("", TenantId::as_str);
+        read!(self, |r| r.tenants_page(after, limit))
+    }
+
     async fn put_shard(&self, id: ShardId, doc: ShardDoc) -> Result<Written<ShardDoc>, StoreError> {
         write!(self, |r| ops::registry::put_shard(r, &id, doc))
     }

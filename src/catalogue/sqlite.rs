@@ -126,6 +126,15 @@ impl Store for SqliteStore {
         self.read(|r| now(r.tenants())).await
     }
 
+    async fn list_tenants_page(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantDoc>, StoreError> {
+        let after = after.map(|a| a.as_str().to_owned()).unwrap_or_default();
+        self.read(move |r| now(r.tenants_page(&after, limit))).await
+    }
+
     async fn put_shard(&self, id: ShardId, doc: ShardDoc) -> Result<Written<ShardDoc>, StoreError> {
         self.write(move |r| now(ops::registry::put_shard(r, &id, doc)))
             .await

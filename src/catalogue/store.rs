@@ -94,6 +94,13 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_tenant(&self, id: &TenantId, if_match: Option<u64>) -> Result<u64, StoreError>;
     /// Every live tenant, ordered by id.
     async fn list_tenants(&self) -> Result<Vec<TenantDoc>, StoreError>;
+    /// At most `limit` live tenants, ordered by id, from the first after `after` (from the
+    /// first of all without it): one page of [`Store::list_tenants`].
+    async fn list_tenants_page(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantDoc>, StoreError>;
 
     /// Creates or replaces shard `id`; tenants placed on it must stay valid.
     async fn put_shard(&self, id: ShardId, doc: ShardDoc) -> Result<Written<ShardDoc>, StoreError>;

@@ -196,7 +196,33 @@ impl CatalogueClient {
 
     /// Every tenant.
     pub async fn list_tenants(&self) -> Result<Vec<TenantDoc>, ClientError> {
-        self.json(self.request(Method::GET, "/v1/tenants")).await
+        // Page by page, so neither side holds a million documents in one answer.
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .tenants_page(all.last().map(|d: &TenantDoc| &d.id), super::MAX_PAGE)
+                .await?;
+            let full = page.len() == super::MAX_PAGE;
+            all.extend(page);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// At most `limit` tenants by id, from the first after `after`.
+    pub async fn tenants_page(
+        &self,
+        after: Option<&TenantId>,
+        limit: usize,
+    ) -> Result<Vec<TenantDoc>, ClientError> {
+        let mut req = self
+            .request(Method::GET, "/v1/tenants")
+            .query(&[("limit", limit.to_string())]);
+        if let Some(after) = after {
+            req = req.query(&[("after", after.as_str())]);
+        }
+        self.json(req).await
     }
 
     /// The tenant owning `host`, if any.
@@ -298,9 +324,22 @@ impl CatalogueClient {
         self.json(self.request(Method::GET, "/v1/realms")).await
     }
 
-    /// Re-wraps every data key still wrapped by a previous master key (admin).
-    pub async fn rotate_keys(&self) -> Result<super::Rotated, ClientError> {
-        self.json(self.request(Method::POST, "/v1/keys/rotate")).await
+    /// Over one page of tenants (after `after`; `limit` of them, or the catalogue's default),
+    /// re-wraps every data key still wrapped by a previous master key (admin). The answer's
+    /// `next` is where the following page starts.
+    pub async fn rotate_keys(
+        &self,
+        after: Option<&TenantId>,
+        limit: Option<usize>,
+    ) -> Result<super::Rotated, ClientError> {
+        let mut req = self.request(Method::POST, "/v1/keys/rotate");
+        if let Some(after) = after {
+            req = req.query(&[("after", after.as_str())]);
+        }
+        if let Some(limit) = limit {
+            req = req.query(&[("limit", limit.to_string())]);
+        }
+        self.json(req).await
     }
 
     /// Takes or renews lease `name` for `holder` for `ttl_ms` (0 gives it up); answers who

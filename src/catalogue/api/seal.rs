@@ -119,13 +119,23 @@ async fn wrap(master: &MasterKeys, id: &TenantId, key: &DataKey) -> Result<Wrapp
         })
 }
 
-/// Re-wraps every data key not wrapped by the current master key, one tenant write each
-/// (compare-and-set on its version, so a concurrent write is never lost; such a tenant is left
-/// for the next run), its sealed secrets untouched. Returns (re-wrapped, left).
-pub(super) async fn rotate(store: &dyn Store, master: &MasterKeys) -> Result<(usize, usize), StoreError> {
+/// Over one page of tenants (`limit` of them after `after`), re-wraps every data key not
+/// wrapped by the current master key, one tenant write each (compare-and-set on its version, so
+/// a concurrent write is never lost; such a tenant is left for the next run), its sealed
+/// secrets untouched. Returns (re-wrapped, left, where the next page starts if one may follow).
+pub(super) async fn rotate(
+    store: &dyn Store,
+    master: &MasterKeys,
+    after: Option<&TenantId>,
+    limit: usize,
+) -> Result<(usize, usize, Option<TenantId>), StoreError> {
     let mut done = 0;
     let mut left = 0;
-    for mut doc in store.list_tenants().await? {
+    let page = store.list_tenants_page(after, limit).await?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|d| d.id.clone()))
+        .flatten();
+    for mut doc in page {
         let Some(w) = doc.data_key.clone() else { continue };
         if w.key_id == master.current().id() {
             continue;
@@ -143,5 +153,5 @@ pub(super) async fn rotate(store: &dyn Store, master: &MasterKeys) -> Result<(us
             Err(e) => return Err(e),
         }
     }
-    Ok((done, left))
+    Ok((done, left, next))
 }

@@ -152,6 +152,15 @@ impl<C: GenericClient> Rows for Pg<'_, C> {
             .await
     }
 
+    async fn tenants_page(&self, after: &str, limit: usize) -> Result<Vec<TenantDoc>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.docs(
+            "SELECT doc FROM tenants WHERE NOT deleted AND id > $1 ORDER BY id LIMIT $2",
+            &[&after, &limit],
+        )
+        .await
+    }
+
     async fn host_owner(&self, host: &Host, except: &TenantId) -> Result<Option<TenantId>, StoreError> {
         match self
             .opt(

@@ -157,6 +157,17 @@ impl Rows for Sql<'_> {
         self.docs("SELECT doc FROM tenants WHERE deleted = 0 ORDER BY id", None)
     }
 
+    async fn tenants_page(&self, after: &str, limit: usize) -> Result<Vec<TenantDoc>, StoreError> {
+        let mut stmt = self
+            .0
+            .prepare_cached("SELECT doc FROM tenants WHERE deleted = 0 AND id > ?1 ORDER BY id LIMIT ?2")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let docs = stmt
+            .query_map(params![after, limit], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        docs.iter().map(|json| decode(json)).collect()
+    }
+
     async fn host_owner(&self, host: &Host, except: &TenantId) -> Result<Option<TenantId>, StoreError> {
         let owner: Option<String> = self
             .0
