@@ -194,3 +194,60 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
     stop.cancel();
     follow.await.unwrap();
 }
+
+/// TCS stops on SIGTERM while its readers hold their connections: a cache's HTTP/2 lookup
+/// connection (idle after a fill), its change stream being followed, and another reader's stream
+/// nobody reads. The streams end at shutdown and the idle connection is told to go (GOAWAY);
+/// `terminate` fails the test if the process takes more than 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcs_stops_while_readers_hold_connections() {
+    let mut stack = Stack::start().await;
+    let jira = stack.product_token("jira").unwrap().to_owned();
+    let endpoints = [tenant_edge::context::TcsEndpoint {
+        region: "us-east-1".into(),
+        url: stack.tcs_urls[0].clone(),
+        token: jira.clone(),
+    }];
+    let lookup_config = tenant_edge::context::LookupConfig::default();
+    let client = std::sync::Arc::new(
+        tenant_edge::context::TcsClient::for_view(&endpoints, "us-east-1", lookup_config, "jira").unwrap(),
+    );
+    let metrics = tenant_edge::metrics::EdgeMetrics::new().unwrap();
+    let cache = std::sync::Arc::new(tenant_edge::context::TenantCache::new(
+        &tenant_edge::context::CacheConfig::default(),
+        client.clone(),
+        metrics.clone(),
+    ));
+    assert!(matches!(
+        cache.resolve("acme.example.test").await.unwrap(),
+        tenant_edge::context::Resolved::Found(_)
+    ));
+    let status = std::sync::Arc::new(tenant_edge::context::StreamStatus::new(&client));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follow = tokio::spawn(tenant_edge::context::follow(
+        cache.clone(),
+        status.clone(),
+        metrics,
+        stop.clone(),
+    ));
+    let unread = stack
+        .http
+        .get(format!("{}/v1/views/jira/changes?after=0", stack.tcs_urls[0]))
+        .bearer_auth(&jira)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unread.status(), 200);
+    eventually(Duration::from_secs(10), || async {
+        status.any_live().then_some(())
+    })
+    .await;
+
+    assert!(
+        stack.tcs[0].terminate(),
+        "TCS stops on SIGTERM with its readers connected"
+    );
+    stop.cancel();
+    follow.await.unwrap();
+    drop(unread);
+}
