@@ -8,9 +8,52 @@ mod common;
 
 use common::{eventually, Stack, EDGE_TOKEN};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
+use tenant_edge::context::{CacheConfig, LookupConfig, StreamStatus, TcsClient, TcsEndpoint, TenantCache};
+use tenant_edge::metrics::EdgeMetrics;
+use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "view-secret-4b7e21";
+
+/// The jira view's tenants in a cache of the edge's machinery, reading TCS in us-east-1.
+struct JiraCache {
+    cache: Arc<TenantCache>,
+    client: Arc<TcsClient>,
+    metrics: EdgeMetrics,
+}
+
+impl JiraCache {
+    fn new(stack: &Stack, token: &str) -> Self {
+        let endpoints = [TcsEndpoint {
+            region: "us-east-1".into(),
+            url: stack.tcs_urls[0].clone(),
+            token: token.to_owned(),
+        }];
+        let client = TcsClient::for_view(&endpoints, "us-east-1", LookupConfig::default(), "jira");
+        let client = Arc::new(client.unwrap());
+        let metrics = EdgeMetrics::new().unwrap();
+        let cache = TenantCache::new(&CacheConfig::default(), client.clone(), metrics.clone());
+        JiraCache {
+            cache: Arc::new(cache),
+            client,
+            metrics,
+        }
+    }
+
+    /// Follows the view's change stream until the token is cancelled.
+    fn follow(&self) -> (Arc<StreamStatus>, CancellationToken, tokio::task::JoinHandle<()>) {
+        let status = Arc::new(StreamStatus::new(&self.client));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(tenant_edge::context::follow(
+            self.cache.clone(),
+            status.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        ));
+        (status, stop, task)
+    }
+}
 
 async fn call(stack: &Stack, path: &str, token: Option<&str>) -> (u16, String) {
     let mut req = stack.http.get(format!("{}{path}", stack.tcs_urls[0]));
@@ -142,35 +185,15 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
 
     // The edge's cache machinery reads a product's view as it reads ingress: a miss fills
     // from the view with the product's config, the change stream pushes the next version.
-    let endpoints = [tenant_edge::context::TcsEndpoint {
-        region: "us-east-1".into(),
-        url: stack.tcs_urls[0].clone(),
-        token: jira.clone(),
-    }];
-    let lookup_config = tenant_edge::context::LookupConfig::default();
-    let client =
-        tenant_edge::context::TcsClient::for_view(&endpoints, "us-east-1", lookup_config, "jira").unwrap();
-    let client = std::sync::Arc::new(client);
-    let metrics = tenant_edge::metrics::EdgeMetrics::new().unwrap();
-    let cache = std::sync::Arc::new(tenant_edge::context::TenantCache::new(
-        &tenant_edge::context::CacheConfig::default(),
-        client.clone(),
-        metrics.clone(),
-    ));
+    let jira_view = JiraCache::new(&stack, &jira);
+    let cache = jira_view.cache.clone();
     let tenant_edge::context::Resolved::Found(entry) = cache.resolve("acme.example.test").await.unwrap()
     else {
         panic!("acme not found in the jira view");
     };
     let products = entry.record.products.as_deref().unwrap().parse().unwrap();
     assert_eq!(products.len(), 1, "jira's view carries jira only");
-    let status = std::sync::Arc::new(tenant_edge::context::StreamStatus::new(&client));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let follow = tokio::spawn(tenant_edge::context::follow(
-        cache.clone(),
-        status.clone(),
-        metrics,
-        stop.clone(),
-    ));
+    let (_, stop, follow) = jira_view.follow();
     let mut next = doc.clone();
     next["products"]["jira"]["config"]["db"] = json!("acme_jira_2");
     let (status_code, _) = stack.put_tenant(&next).await;
@@ -203,33 +226,12 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
 async fn tcs_stops_while_readers_hold_connections() {
     let mut stack = Stack::start().await;
     let jira = stack.product_token("jira").unwrap().to_owned();
-    let endpoints = [tenant_edge::context::TcsEndpoint {
-        region: "us-east-1".into(),
-        url: stack.tcs_urls[0].clone(),
-        token: jira.clone(),
-    }];
-    let lookup_config = tenant_edge::context::LookupConfig::default();
-    let client = std::sync::Arc::new(
-        tenant_edge::context::TcsClient::for_view(&endpoints, "us-east-1", lookup_config, "jira").unwrap(),
-    );
-    let metrics = tenant_edge::metrics::EdgeMetrics::new().unwrap();
-    let cache = std::sync::Arc::new(tenant_edge::context::TenantCache::new(
-        &tenant_edge::context::CacheConfig::default(),
-        client.clone(),
-        metrics.clone(),
-    ));
+    let jira_view = JiraCache::new(&stack, &jira);
     assert!(matches!(
-        cache.resolve("acme.example.test").await.unwrap(),
+        jira_view.cache.resolve("acme.example.test").await.unwrap(),
         tenant_edge::context::Resolved::Found(_)
     ));
-    let status = std::sync::Arc::new(tenant_edge::context::StreamStatus::new(&client));
-    let stop = tokio_util::sync::CancellationToken::new();
-    let follow = tokio::spawn(tenant_edge::context::follow(
-        cache.clone(),
-        status.clone(),
-        metrics,
-        stop.clone(),
-    ));
+    let (status, stop, follow) = jira_view.follow();
     let unread = stack
         .http
         .get(format!("{}/v1/views/jira/changes?after=0", stack.tcs_urls[0]))
