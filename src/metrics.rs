@@ -135,7 +135,14 @@ impl RequestCounters {
 impl EdgeMetrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("tenant_edge".into()), None)?;
+        Self::labelled(None)
+    }
+
+    /// [`EdgeMetrics::new`] with `label` (name, value) on every series: one set per view in a
+    /// sidecar serving several ([`EdgeMetrics::render_all`] writes them out together).
+    pub fn labelled(label: Option<(&str, &str)>) -> Result<Self, prometheus::Error> {
+        let labels = label.map(|(k, v)| std::iter::once((k.to_owned(), v.to_owned())).collect());
+        let registry = Registry::new_custom(Some("tenant_edge".into()), labels)?;
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
@@ -319,11 +326,26 @@ impl EdgeMetrics {
 
     /// Every metric in the Prometheus text format.
     pub fn render(&self) -> String {
-        Self::sync_counter(&self.cache_hits_export, self.cache_hits.get());
+        Self::render_all(&[self])
+    }
+
+    /// The metrics of several sets (each [`EdgeMetrics::labelled`] apart) as one exposition:
+    /// each family once, with every set's series in it.
+    pub fn render_all(sets: &[&EdgeMetrics]) -> String {
+        let mut families: Vec<prometheus::proto::MetricFamily> = Vec::new();
+        for m in sets {
+            Self::sync_counter(&m.cache_hits_export, m.cache_hits.get());
+            for mut family in m.registry.gather() {
+                match families.iter_mut().find(|f| f.name() == family.name()) {
+                    Some(known) => known.mut_metric().extend(family.take_metric()),
+                    None => families.push(family),
+                }
+            }
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format except on invalid metric names,
         // which are all static here.
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::warn!(error = %e, "encoding metrics");
         }
         String::from_utf8(buf).unwrap_or_default()

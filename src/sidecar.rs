@@ -33,7 +33,13 @@ use crate::tenant::Region;
 #[serde(deny_unknown_fields)]
 pub struct SidecarConfig {
     /// The view it serves (a product's, such as `jira`); its `[[tcs]]` tokens must read it.
-    pub view: String,
+    /// Either this or `views`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<String>,
+    /// The views it serves, for a service reading several (its tokens must read every one):
+    /// each has a cache of its own, as if each had a sidecar. Either this or `view`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<String>,
     /// The region it runs in, one of the `[[tcs]]` regions; its TCS is asked first.
     pub region: Region,
     /// Where it listens: loopback only (its answers carry secrets in plaintext).
@@ -43,7 +49,8 @@ pub struct SidecarConfig {
     /// The master keys that open the view's secrets; absent, a tenant with secrets answers 503.
     #[serde(default)]
     pub secrets: Option<KeySettings>,
-    /// Its cache file (ciphertext only), as the edge's `cache_file`.
+    /// Its cache file (ciphertext only), as the edge's `cache_file`; with several views, one
+    /// file per view, named after it (`sidecar.cache` -> `sidecar.jira.cache`).
     #[serde(default)]
     pub cache_file: Option<PathBuf>,
     /// Seconds between writes of `cache_file`.
@@ -106,7 +113,8 @@ impl SidecarConfig {
     /// A config with every optional setting at its default.
     pub fn new(view: &str, region: Region, listen: SocketAddr, tcs: Vec<TcsEndpoint>) -> Self {
         SidecarConfig {
-            view: view.to_owned(),
+            view: Some(view.to_owned()),
+            views: Vec::new(),
             region,
             listen,
             tcs,
@@ -135,11 +143,22 @@ impl SidecarConfig {
     /// Every problem of the config, at once.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if let Err(e) = crate::tenant::Product::new(&self.view) {
-            problems.push(format!("view {:?}: {e}", self.view));
+        match (&self.view, self.views.is_empty()) {
+            (Some(_), false) => problems.push("view and views: give one of them".into()),
+            (None, true) => problems.push("no view: give view (or views) to serve".into()),
+            _ => {}
         }
-        if self.view == crate::tcs::INGRESS {
-            problems.push("view \"ingress\" is the edge's; a sidecar serves a product's view".into());
+        let served = self.served();
+        for (i, view) in served.iter().enumerate() {
+            if let Err(e) = crate::tenant::Product::new(view) {
+                problems.push(format!("view {view:?}: {e}"));
+            }
+            if view == crate::tcs::INGRESS {
+                problems.push("view \"ingress\" is the edge's; a sidecar serves a product's view".into());
+            }
+            if served[..i].contains(view) {
+                problems.push(format!("view {view:?} named twice"));
+            }
         }
         if !self.listen.ip().is_loopback() {
             problems.push(format!(
@@ -164,14 +183,36 @@ impl SidecarConfig {
         }
     }
 
-    fn cache_settings(&self) -> CacheSettings {
+    /// The views served, in the order given.
+    pub fn served(&self) -> Vec<String> {
+        self.view.iter().chain(&self.views).cloned().collect()
+    }
+
+    /// The cache file of `view`: `cache_file` itself with one view, else named after the view.
+    fn cache_file_of(&self, view: &str) -> Option<PathBuf> {
+        let file = self.cache_file.as_ref()?;
+        if self.served().len() == 1 {
+            return Some(file.clone());
+        }
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = match file.extension() {
+            Some(ext) => format!("{stem}.{view}.{}", ext.to_string_lossy()),
+            None => format!("{stem}.{view}"),
+        };
+        Some(file.with_file_name(name))
+    }
+
+    fn cache_settings(&self, view: &str) -> CacheSettings {
         CacheSettings {
-            view: self.view.clone(),
+            view: view.to_owned(),
             region: self.region.to_string(),
             tcs: self.tcs.clone(),
             lookup: self.lookup.clone(),
             cache: self.cache.clone(),
-            cache_file: self.cache_file.clone(),
+            cache_file: self.cache_file_of(view),
             cache_file_interval: Duration::from_secs(self.cache_file_interval_secs),
             prewarm: self.prewarm,
         }
@@ -183,26 +224,31 @@ impl SidecarConfig {
 pub struct Started {
     /// Where it listens (the port picked, for a port 0).
     pub addr: SocketAddr,
-    /// Its cache machinery.
+    /// The cache machinery of its (first) view.
     pub service: Arc<CacheService>,
+    /// Every view's, by name, in the config's order.
+    pub services: Vec<(String, Arc<CacheService>)>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<()>,
-    writer: Option<tokio::task::JoinHandle<()>>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Started {
-    /// Resolves once `/readyz` would answer 200: a tenant is cached or a change stream is live.
+    /// Resolves once `/readyz` would answer 200: every view has a tenant cached or a live
+    /// change stream.
     pub async fn ready(&self) {
-        self.service.wait_ready().await;
+        for (_, service) in &self.services {
+            service.wait_ready().await;
+        }
     }
 
-    /// Waits for `shutdown`, then for the server and the cache file's last write.
+    /// Waits for `shutdown`, then for the server and the cache files' last writes.
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
         if self.server.await.is_err() {
             tracing::warn!("sidecar server did not stop cleanly");
         }
-        if let Some(writer) = self.writer {
+        for writer in self.writers {
             if writer.await.is_err() {
                 tracing::warn!("cache file writer did not stop cleanly");
             }
@@ -222,10 +268,11 @@ pub async fn start(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<St
         path: PathBuf::new(),
         reason: problems.join("; "),
     })?;
+    let served = cfg.served();
     let keys = match &cfg.secrets {
-        Some(settings) => Some(settings.load().await?),
+        Some(settings) => Some(Arc::new(settings.load().await?)),
         None => {
-            tracing::warn!(view = %cfg.view, "no [secrets] master key: a tenant with secrets answers 503");
+            tracing::warn!(views = ?served, "no [secrets] master key: a tenant with secrets answers 503");
             None
         }
     };
@@ -239,16 +286,28 @@ pub async fn start(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<St
         addr: cfg.listen,
         source,
     })?;
-    let metrics = EdgeMetrics::new()?;
-    let service = Arc::new(CacheService::build(cfg.cache_settings(), metrics.clone()).await?);
-    let writer = service.spawn_upkeep(&shutdown);
-    service.spawn_follow(&shutdown);
-    let opener = open::Opener::new(keys, cfg.cache.max_entries, metrics);
+    let mut views = Vec::with_capacity(served.len());
+    let mut writers = Vec::new();
+    for view in &served {
+        // One view: the metrics as the edge's; several: each set labelled with its view.
+        let label = (served.len() > 1).then_some(("view", view.as_str()));
+        let metrics = EdgeMetrics::labelled(label)?;
+        let service = Arc::new(CacheService::build(cfg.cache_settings(view), metrics.clone()).await?);
+        writers.extend(service.spawn_upkeep(&shutdown));
+        service.spawn_follow(&shutdown);
+        views.push(api::View {
+            name: view.clone(),
+            service,
+            opener: Arc::new(open::Opener::new(keys.clone(), cfg.cache.max_entries, metrics)),
+        });
+    }
+    let services: Vec<(String, Arc<CacheService>)> = views
+        .iter()
+        .map(|v| (v.name.clone(), v.service.clone()))
+        .collect();
     let app = api::router(api::Sidecar {
-        view: cfg.view.clone(),
+        views,
         tokens: cfg.tcs.iter().map(|t| t.token.clone()).collect(),
-        service: service.clone(),
-        opener: Arc::new(opener),
         shutdown: shutdown.clone(),
     });
     let stop = shutdown.clone();
@@ -264,14 +323,18 @@ pub async fn start(cfg: SidecarConfig, shutdown: CancellationToken) -> Result<St
         target: crate::stack::LISTENING,
         region = %cfg.region,
         "sidecar {} listening on {addr}",
-        cfg.view
+        served.join(",")
     );
+    let Some(service) = services.first().map(|(_, s)| s.clone()) else {
+        unreachable!("a checked config serves a view");
+    };
     Ok(Started {
         addr,
         service,
+        services,
         shutdown,
         server,
-        writer,
+        writers,
     })
 }
 

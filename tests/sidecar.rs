@@ -19,12 +19,26 @@ const SECRET: &str = "sidecar-secret-93f1c2";
 /// A sidecar of `view` for the stack, with the catalogue's key file, as edited.
 async fn sidecar(stack: &Stack, view: &str, edit: impl FnOnce(&mut SidecarConfig)) -> Sidecar {
     let token = stack.product_token(view).unwrap().to_owned();
+    sidecar_of(stack, &[view], token, edit).await
+}
+
+/// A sidecar of `views` for the service holding `token`.
+async fn sidecar_of(
+    stack: &Stack,
+    views: &[&str],
+    token: String,
+    edit: impl FnOnce(&mut SidecarConfig),
+) -> Sidecar {
     let mut cfg = SidecarConfig::new(
-        view,
+        views[0],
         tenant_edge::tenant::Region::new("us-east-1").unwrap(),
         "127.0.0.1:0".parse().unwrap(),
         stack.inner.tcs_endpoints(&token),
     );
+    if views.len() > 1 {
+        cfg.view = None;
+        cfg.views = views.iter().map(|v| (*v).to_owned()).collect();
+    }
     cfg.secrets = Some(KeySettings {
         master_key: Some(stack.inner.master_key_file()),
         ..KeySettings::default()
@@ -115,10 +129,13 @@ async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
     })
     .await;
 
-    // A lookup: the jira view's record, its secret in plaintext, nothing of confluence.
+    // A lookup: the jira view's record, its secret in plaintext, nothing of confluence; with
+    // the sequence the sidecar is current to (0 until its change stream has applied a change,
+    // which may come after the first fill on a busy machine).
     let (status, answer) = eventually(Duration::from_secs(10), || async {
         let (status, v) = side.lookup("acme.example.test").await;
-        (status == 200 && v["record"]["version"].as_u64() == Some(version)).then_some((status, v))
+        let current = v["record"]["version"].as_u64() == Some(version) && v["seq"].as_u64() > Some(0);
+        (status == 200 && current).then_some((status, v))
     })
     .await;
     assert_eq!(status, 200);
@@ -131,7 +148,6 @@ async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
     assert!(record["products"].get("confluence").is_none(), "{answer}");
     assert!(record.get("data_key").is_none(), "{answer}");
     assert_eq!(record["placements"]["jira"]["shard"], "jira-us-east-1");
-    assert!(answer["seq"].as_u64().unwrap() > 0);
     // Its other host: the same tenant, opened once.
     let (status, alias) = side.lookup("acme-alias.example.test").await;
     assert_eq!(status, 200);
@@ -260,6 +276,97 @@ async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
         "{kept}"
     );
     assert!(!kept.contains(SECRET));
+}
+
+/// A service reading two views runs one sidecar for both: each view its own cache, answers
+/// and cache file, one `/readyz`, one `/metrics` with each view's series labelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sidecar_serves_every_view_of_its_service() {
+    let stack = Stack::start().await;
+    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
+    assert_eq!(status, 200, "{stored}");
+    let version = stored["version"].as_u64().unwrap();
+    let cache_file = stack.dir.path().join("support.cache");
+    let side = sidecar_of(
+        &stack,
+        &["jira", "confluence"],
+        common::SUPPORT_TOKEN.to_owned(),
+        |cfg| cfg.cache_file = Some(cache_file.clone()),
+    )
+    .await;
+    side.started.ready().await;
+
+    // Each view answers with its own product, its secret opened, nothing of the other.
+    for (view, db, secret) in [
+        ("jira", "acme_jira", SECRET),
+        ("confluence", "acme_wiki", "confluence-only-secret"),
+    ] {
+        let path = format!("/v1/views/{view}/hosts/acme.example.test");
+        let record: Value = eventually(Duration::from_secs(10), || async {
+            let (status, body) = side.get(&path).await;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (status == 200 && v["record"]["version"].as_u64() == Some(version)).then(|| v["record"].clone())
+        })
+        .await;
+        let products = record["products"].as_object().unwrap();
+        assert_eq!(products.keys().collect::<Vec<_>>(), [view], "{record}");
+        assert_eq!(products[view]["config"]["db"], db);
+        assert_eq!(products[view]["secrets"]["db_password"], secret);
+    }
+    // A view it does not serve: 403, naming those it does; a product's own token: 401.
+    let (status, body) = side.get("/v1/views/ingress/hosts/acme.example.test").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("jira") && body.contains("confluence"), "{body}");
+    let jira = stack.product_token("jira").unwrap();
+    let (status, _) = side
+        .get_as("/v1/views/jira/hosts/acme.example.test", Some(jira))
+        .await;
+    assert_eq!(status, 401);
+
+    // One readiness for both; one exposition, each family once, each view's series labelled.
+    let (status, ready) = side.get_as("/readyz", None).await;
+    assert_eq!(status, 200, "{ready}");
+    let ready: Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["views"]["jira"]["ready"], true, "{ready}");
+    assert_eq!(ready["views"]["confluence"]["ready"], true, "{ready}");
+    let (_, text) = side.get_as("/metrics", None).await;
+    let families = text
+        .lines()
+        .filter(|l| l.starts_with("# TYPE tenant_edge_sidecar_requests_total "))
+        .count();
+    assert_eq!(families, 1, "{text}");
+    for view in ["jira", "confluence"] {
+        let served = text.lines().any(|l| {
+            l.starts_with("tenant_edge_sidecar_requests_total{")
+                && l.contains("endpoint=\"lookup\"")
+                && l.contains(&format!("view=\"{view}\""))
+        });
+        assert!(served, "no lookup counted for {view}: {text}");
+    }
+    // The admin endpoints: the first view's where the edge has them, each view's by name.
+    for path in [
+        "/admin/cache",
+        "/admin/views/jira/cache",
+        "/admin/views/confluence/cache",
+    ] {
+        assert_eq!(side.get(path).await.0, 200, "{path}");
+    }
+    let (status, cached) = side
+        .get("/admin/views/confluence/tenants/acme.example.test")
+        .await;
+    assert_eq!(status, 200, "{cached}");
+    assert!(
+        cached.contains("acme_wiki") && !cached.contains("acme_jira"),
+        "{cached}"
+    );
+
+    // At shutdown, a cache file per view, each holding its own view's tenants only.
+    side.stop().await;
+    let jira_file = std::fs::read_to_string(stack.dir.path().join("support.jira.cache")).unwrap();
+    let wiki_file = std::fs::read_to_string(stack.dir.path().join("support.confluence.cache")).unwrap();
+    assert!(jira_file.contains("acme_jira") && !jira_file.contains("acme_wiki"));
+    assert!(wiki_file.contains("acme_wiki") && !wiki_file.contains("acme_jira"));
+    assert!(!cache_file.exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

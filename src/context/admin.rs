@@ -19,29 +19,73 @@ use crate::tenant::Host;
 
 /// `/admin/tenants/{host}`, `/admin/regions` and `/admin/cache` on `service`.
 pub fn router(service: Arc<CacheService>) -> Router {
+    router_at("/admin", service)
+}
+
+/// [`router`]'s endpoints under `prefix` (`{prefix}/tenants/{host}`, `{prefix}/regions`,
+/// `{prefix}/cache`): a sidecar serving several views has a set per view.
+pub fn router_at(prefix: &str, service: Arc<CacheService>) -> Router {
     Router::new()
-        .route("/admin/tenants/{host}", get(tenant))
-        .route("/admin/regions", get(regions))
-        .route("/admin/cache", get(cache))
+        .route(&format!("{prefix}/tenants/{{host}}"), get(tenant))
+        .route(&format!("{prefix}/regions"), get(regions))
+        .route(&format!("{prefix}/cache"), get(cache))
         .with_state(service)
+}
+
+/// What `/readyz` says of one cache: whether it is ready (it knows a tenant or hears TCS),
+/// and its body.
+fn ready_state(service: &CacheService) -> (bool, serde_json::Value) {
+    let knows = !service.cache.is_empty();
+    let live = service.stream.any_live();
+    let body =
+        json!({ "ready": knows || live, "cached_tenants": service.cache.len(), "tcs_stream_live": live });
+    (knows || live, body)
 }
 
 /// `/readyz`'s answer: 200 when [`CacheService::ready`], else 503, with what it knows.
 pub fn readiness(service: &CacheService) -> Response {
-    let knows = !service.cache.is_empty();
-    let live = service.stream.any_live();
-    let body = Json(
-        json!({ "ready": knows || live, "cached_tenants": service.cache.len(), "tcs_stream_live": live }),
-    );
-    if knows || live {
-        body.into_response()
+    let (ready, body) = ready_state(service);
+    ready_answer(ready, body)
+}
+
+/// `/readyz` of several caches (a sidecar's views, by name): ready when every one is, with
+/// each one's state under `views`.
+pub fn readiness_of(services: &[(&str, &CacheService)]) -> Response {
+    let mut ready = true;
+    let mut views = serde_json::Map::new();
+    for (name, service) in services {
+        let (one, body) = ready_state(service);
+        ready &= one;
+        views.insert((*name).to_owned(), body);
+    }
+    ready_answer(ready, json!({ "ready": ready, "views": views }))
+}
+
+fn ready_answer(ready: bool, body: serde_json::Value) -> Response {
+    if ready {
+        Json(body).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 
 /// `/metrics`: the gauges read at scrape time brought up to date, then every metric.
 pub fn metrics(service: &CacheService) -> Response {
+    metrics_of(&[service])
+}
+
+/// `/metrics` of several caches, each with its own (labelled) metrics, as one exposition.
+pub fn metrics_of(services: &[&CacheService]) -> Response {
+    for service in services {
+        refresh_gauges(service);
+    }
+    let sets: Vec<&crate::metrics::EdgeMetrics> = services.iter().map(|s| &s.metrics).collect();
+    let text = crate::metrics::EdgeMetrics::render_all(&sets);
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The gauges read at scrape time.
+fn refresh_gauges(service: &CacheService) {
     let m = &service.metrics;
     let now = now_ms();
     for region in &service.stream.regions {
@@ -53,7 +97,6 @@ pub fn metrics(service: &CacheService) -> Response {
         };
         m.stream_staleness.with_label_values(&[&region.name]).set(age);
     }
-    ([("content-type", "text/plain; version=0.0.4")], m.render()).into_response()
 }
 
 async fn tenant(State(service): State<Arc<CacheService>>, Path(raw): Path<String>) -> Response {

@@ -1,6 +1,6 @@
-//! The sidecar's HTTP API: TCS's paths for its one view, answered from the tenant cache with
-//! the secrets opened; `/healthz`, `/readyz` and `/metrics` open to anyone on the machine, the
-//! rest for callers holding the service's TCS token.
+//! The sidecar's HTTP API: TCS's paths for the views it serves, answered from each view's
+//! tenant cache with the secrets opened; `/healthz`, `/readyz` and `/metrics` open to anyone on
+//! the machine, the rest for callers holding the service's TCS token.
 
 use std::sync::Arc;
 
@@ -23,14 +23,19 @@ use crate::tenant::{Host, HostError, NameError, Product, TenantId};
 
 /// What the handlers share.
 pub(super) struct Sidecar {
-    /// The one view served.
-    pub view: String,
+    /// The views served, the first one's admin endpoints at `/admin/*`.
+    pub views: Vec<View>,
     /// The tokens a caller may present: the service's own, one per region.
     pub tokens: Vec<String>,
-    pub service: Arc<CacheService>,
-    pub opener: Arc<Opener>,
     /// Ends passed-through change streams at shutdown.
     pub shutdown: CancellationToken,
+}
+
+/// One view served: its cache and the answers opened from it.
+pub(super) struct View {
+    pub name: String,
+    pub service: Arc<CacheService>,
+    pub opener: Arc<Opener>,
 }
 
 /// Why a request failed; one JSON shape ([`ApiError`]) for all.
@@ -38,7 +43,7 @@ pub(super) struct Sidecar {
 enum Failure {
     #[error("missing or unknown bearer token")]
     Unauthorized,
-    #[error("this sidecar serves view {ours:?}, not {asked:?}")]
+    #[error("this sidecar serves {ours}, not view {asked:?}")]
     OtherView { ours: String, asked: String },
     #[error("bad host {0:?}: {1}")]
     BadHost(String, HostError),
@@ -90,6 +95,18 @@ impl IntoResponse for Failure {
 /// The sidecar's router.
 pub(super) fn router(sidecar: Sidecar) -> Router {
     let sidecar = Arc::new(sidecar);
+    // The first view's admin endpoints where the edge has them; with several views, every
+    // view's under `/admin/views/{view}/` too.
+    let mut admin = Router::new();
+    if let Some(first) = sidecar.views.first() {
+        admin = admin.merge(context::admin::router(first.service.clone()));
+    }
+    if sidecar.views.len() > 1 {
+        for v in &sidecar.views {
+            let prefix = format!("/admin/views/{}", v.name);
+            admin = admin.merge(context::admin::router_at(&prefix, v.service.clone()));
+        }
+    }
     let guarded = Router::new()
         .route("/v1/views/{view}/hosts/{host}", get(lookup))
         .route("/v1/views/{view}/hosts", post(lookup_many))
@@ -100,7 +117,7 @@ pub(super) fn router(sidecar: Sidecar) -> Router {
         .route("/v1/views/{view}/snapshot", get(snapshot))
         .route("/v1/views/{view}/changes", get(changes))
         .with_state(sidecar.clone())
-        .merge(context::admin::router(sidecar.service.clone()))
+        .merge(admin)
         .layer(middleware::from_fn_with_state(sidecar.clone(), authenticate));
     let open = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -144,8 +161,18 @@ async fn count(State(s): State<Arc<Sidecar>>, req: Request, next: Next) -> Respo
         Some(_) => "health",
         None => "other",
     };
+    // Counted with the view asked for when it is served, else with the first.
+    let view = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/views/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|asked| s.views.iter().find(|v| v.name == asked))
+        .or(s.views.first())
+        .map(|v| v.service.clone());
     let resp = next.run(req).await;
-    s.service
+    let Some(service) = view else { return resp };
+    service
         .metrics
         .sidecar_requests
         .with_label_values(&[endpoint, resp.status().as_str()])
@@ -154,17 +181,19 @@ async fn count(State(s): State<Arc<Sidecar>>, req: Request, next: Next) -> Respo
 }
 
 impl Sidecar {
-    fn check_view(&self, asked: &str) -> Result<(), Failure> {
-        if asked == self.view {
-            Ok(())
-        } else {
-            Err(Failure::OtherView {
-                ours: self.view.clone(),
+    /// The view `asked` for, if served (403 when not).
+    fn view(&self, asked: &str) -> Result<&View, Failure> {
+        self.views.iter().find(|v| v.name == asked).ok_or_else(|| {
+            let names: Vec<String> = self.views.iter().map(|v| format!("{:?}", v.name)).collect();
+            Failure::OtherView {
+                ours: format!("view {}", names.join(", ")),
                 asked: asked.to_owned(),
-            })
-        }
+            }
+        })
     }
+}
 
+impl View {
     /// The cached entry of `host` (a hit, or one coalesced fill).
     async fn resolve(&self, host: &Host) -> Result<Arc<Entry>, Failure> {
         match self.service.cache.resolve(host.as_str()).await {
@@ -203,11 +232,11 @@ async fn lookup(
     State(s): State<Arc<Sidecar>>,
     Path((view, raw_host)): Path<(String, String)>,
 ) -> Result<Response, Failure> {
-    s.check_view(&view)?;
+    let v = s.view(&view)?;
     let host = Host::parse(&raw_host).map_err(|e| Failure::BadHost(raw_host.clone(), e))?;
-    let opened = s.answer(&host).await?;
+    let opened = v.answer(&host).await?;
     let mut body = Vec::with_capacity(opened.json.len() + 32);
-    lookup_body(s.seq(), &opened, &mut body);
+    lookup_body(v.seq(), &opened, &mut body);
     Ok(json(body))
 }
 
@@ -218,7 +247,7 @@ async fn lookup_many(
     Path(view): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Failure> {
-    s.check_view(&view)?;
+    let v = s.view(&view)?;
     let batch: HostBatch = serde_json::from_slice(&body).map_err(|e| Failure::BadBody(e.to_string()))?;
     if batch.hosts.len() > MAX_HOST_BATCH {
         return Err(Failure::BadBody(format!(
@@ -230,14 +259,14 @@ async fn lookup_many(
         let Ok(host) = Host::parse(raw) else {
             return Ok(None);
         };
-        match s.answer(&host).await {
+        match v.answer(&host).await {
             Ok(opened) => Ok(Some(opened)),
             Err(Failure::UnknownHost(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }))
     .await;
-    let seq = s.seq();
+    let seq = v.seq();
     let mut out = b"{\"results\":[".to_vec();
     for (i, answer) in answers.into_iter().enumerate() {
         if i > 0 {
@@ -258,11 +287,11 @@ async fn placement(
     State(s): State<Arc<Sidecar>>,
     Path((view, raw_id, raw_product)): Path<(String, String, String)>,
 ) -> Result<Response, Failure> {
-    s.check_view(&view)?;
+    let v = s.view(&view)?;
     let id = TenantId::new(&raw_id)?;
     let product = Product::new(&raw_product)?;
-    if let Some(host) = s.opener.host_of(&id).await {
-        if let Ok(entry) = s.resolve(&host).await {
+    if let Some(host) = v.opener.host_of(&id).await {
+        if let Ok(entry) = v.resolve(&host).await {
             let record = &entry.record;
             if record.id == id {
                 let p = record
@@ -274,7 +303,7 @@ async fn placement(
                     shard: p.shard.clone(),
                     state: p.state,
                     version: record.version,
-                    seq: s.seq(),
+                    seq: v.seq(),
                 };
                 let body = serde_json::to_vec(&answer).map_err(|e| Failure::Unavailable(e.to_string()))?;
                 return Ok(json(body));
@@ -282,7 +311,7 @@ async fn placement(
         }
     }
     let rest = format!("/tenants/{id}/placements/{product}");
-    let resp = forward(&s, &rest, false).await?;
+    let resp = forward(&s, v, &rest, false).await?;
     if resp.status() == StatusCode::NOT_FOUND {
         return Err(Failure::UnknownPlacement(id, product));
     }
@@ -290,8 +319,8 @@ async fn placement(
 }
 
 async fn snapshot(State(s): State<Arc<Sidecar>>, Path(view): Path<String>) -> Result<Response, Failure> {
-    s.check_view(&view)?;
-    forward(&s, "/snapshot", true).await
+    let v = s.view(&view)?;
+    forward(&s, v, "/snapshot", true).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,15 +334,15 @@ async fn changes(
     Path(view): Path<String>,
     query: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Response, Failure> {
-    s.check_view(&view)?;
+    let v = s.view(&view)?;
     let Query(q) = query.map_err(|e| Failure::BadQuery(e.body_text()))?;
-    forward(&s, &format!("/changes?after={}", q.after), true).await
+    forward(&s, v, &format!("/changes?after={}", q.after), true).await
 }
 
 /// TCS's answer to `GET /v1/views/{view}{rest}`, streamed through (a change stream until
 /// this sidecar shuts down).
-async fn forward(s: &Sidecar, rest: &str, long_lived: bool) -> Result<Response, Failure> {
-    let resp = s
+async fn forward(s: &Sidecar, v: &View, rest: &str, long_lived: bool) -> Result<Response, Failure> {
+    let resp = v
         .service
         .cache
         .client()
@@ -336,9 +365,17 @@ async fn forward(s: &Sidecar, rest: &str, long_lived: bool) -> Result<Response, 
 }
 
 async fn readyz(State(s): State<Arc<Sidecar>>) -> Response {
-    context::admin::readiness(&s.service)
+    match s.views.as_slice() {
+        [one] => context::admin::readiness(&one.service),
+        views => {
+            let named: Vec<(&str, &CacheService)> =
+                views.iter().map(|v| (v.name.as_str(), &*v.service)).collect();
+            context::admin::readiness_of(&named)
+        }
+    }
 }
 
 async fn metrics(State(s): State<Arc<Sidecar>>) -> Response {
-    context::admin::metrics(&s.service)
+    let services: Vec<&CacheService> = s.views.iter().map(|v| &*v.service).collect();
+    context::admin::metrics_of(&services)
 }

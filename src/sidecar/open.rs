@@ -90,9 +90,9 @@ pub struct Opener {
 impl Opener {
     /// An opener with `keys` (None: records with secrets answer 503), holding up to
     /// `capacity` answers and as many data keys.
-    pub fn new(keys: Option<MasterKeys>, capacity: u64, metrics: EdgeMetrics) -> Self {
+    pub fn new(keys: Option<Arc<MasterKeys>>, capacity: u64, metrics: EdgeMetrics) -> Self {
         Opener {
-            keys: keys.map(Arc::new),
+            keys,
             answers: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(ANSWER_IDLE)

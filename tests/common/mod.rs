@@ -25,6 +25,8 @@ use tenant_edge::stack::{Part, Run};
 use tenant_edge::tcs::ConsumerConfig;
 
 pub const EDGE_TOKEN: &str = "test-edge-token";
+/// The token of a service reading two views (`jira` and `confluence`) from TCS.
+pub const SUPPORT_TOKEN: &str = "test-support-token";
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -217,6 +219,11 @@ impl Stack {
             .certs(certs)
             .edge_token(EDGE_TOKEN)
             .consumer(ConsumerConfig::new("billing", "billing-token", &[]))
+            .consumer(ConsumerConfig::new(
+                "support",
+                SUPPORT_TOKEN,
+                &["jira", "confluence"],
+            ))
             .edges(1 + options.more_edges)
             .catalogue_store(options.catalogue_store.clone().unwrap_or_default())
             .tcs(|_, cfg| cfg.allow_faults = true)
