@@ -167,12 +167,11 @@ async fn count(State(s): State<Arc<Sidecar>>, req: Request, next: Next) -> Respo
         .path()
         .strip_prefix("/v1/views/")
         .and_then(|rest| rest.split('/').next())
-        .and_then(|asked| s.views.iter().find(|v| v.name == asked))
-        .or(s.views.first())
-        .map(|v| v.service.clone());
+        .and_then(|asked| s.views.iter().position(|v| v.name == asked))
+        .unwrap_or(0);
     let resp = next.run(req).await;
-    let Some(service) = view else { return resp };
-    service
+    let Some(v) = s.views.get(view) else { return resp };
+    v.service
         .metrics
         .sidecar_requests
         .with_label_values(&[endpoint, resp.status().as_str()])
