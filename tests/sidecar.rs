@@ -104,6 +104,13 @@ fn acme(config_db: &str) -> Value {
     })
 }
 
+/// Writes [`acme`] with jira's database `acme_jira`; its stored version.
+async fn put_acme(stack: &Stack) -> u64 {
+    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
+    assert_eq!(status, 200, "{stored}");
+    stored["version"].as_u64().unwrap()
+}
+
 /// A tenant without secrets (`plain.example.test`), in both regions.
 async fn put_plain(stack: &Stack) {
     let doc = json!({"id": "plain", "hosts": ["plain.example.test"], "realm": "us",
@@ -119,9 +126,7 @@ async fn put_plain(stack: &Stack) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
     let stack = Stack::start().await;
-    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
-    assert_eq!(status, 200, "{stored}");
-    let version = stored["version"].as_u64().unwrap();
+    let version = put_acme(&stack).await;
     let cache_file = stack.dir.path().join("sidecar-jira.cache");
     let side = sidecar(&stack, "jira", |cfg| {
         cfg.cache_file = Some(cache_file.clone());
@@ -283,9 +288,7 @@ async fn answers_with_the_secrets_opened_and_the_api_of_tcs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sidecar_serves_every_view_of_its_service() {
     let stack = Stack::start().await;
-    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
-    assert_eq!(status, 200, "{stored}");
-    let version = stored["version"].as_u64().unwrap();
+    let version = put_acme(&stack).await;
     let cache_file = stack.dir.path().join("support.cache");
     let side = sidecar_of(
         &stack,
@@ -372,9 +375,7 @@ async fn one_sidecar_serves_every_view_of_its_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_that_does_not_open_is_a_503_never_a_half_record() {
     let stack = Stack::start().await;
-    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
-    assert_eq!(status, 200);
-    let version = stored["version"].as_u64().unwrap();
+    let version = put_acme(&stack).await;
     put_plain(&stack).await;
     let wrong_key = stack.dir.path().join("other.key");
     tenant_edge::secrets::MasterKey::load_or_create(&wrong_key).unwrap();
@@ -447,9 +448,7 @@ async fn a_config_is_checked_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_region_failing_known_tenants_keep_answering() {
     let stack = Stack::start().await;
-    let (status, stored) = stack.put_tenant(&acme("acme_jira")).await;
-    assert_eq!(status, 200);
-    let version = stored["version"].as_u64().unwrap();
+    let version = put_acme(&stack).await;
     stack
         .wait_in_tcs(&stack.tcs_urls[0], "acme.example.test", version)
         .await;

@@ -55,6 +55,19 @@ impl JiraCache {
     }
 }
 
+/// The jira view's change stream from the start, opened (200) with `token`.
+async fn jira_changes(stack: &Stack, token: &str) -> reqwest::Response {
+    let stream = stack
+        .http
+        .get(format!("{}/v1/views/jira/changes?after=0", stack.tcs_urls[0]))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    stream
+}
+
 async fn call(stack: &Stack, path: &str, token: Option<&str>) -> (u16, String) {
     let mut req = stack.http.get(format!("{}{path}", stack.tcs_urls[0]));
     if let Some(t) = token {
@@ -140,14 +153,7 @@ async fn each_product_reads_its_own_view_and_nothing_else() {
     let (status, snapshot) = call(&stack, "/v1/views/jira/snapshot", Some(&jira)).await;
     assert_eq!(status, 200);
     assert!(snapshot.contains("acme_jira") && !snapshot.contains(SECRET));
-    let mut stream = stack
-        .http
-        .get(format!("{}/v1/views/jira/changes?after=0", stack.tcs_urls[0]))
-        .bearer_auth(&jira)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
+    let mut stream = jira_changes(&stack, &jira).await;
     let seen = common::read_stream_until(&mut stream, "acme_jira").await;
     assert!(!seen.contains(SECRET));
     drop(stream);
@@ -232,14 +238,7 @@ async fn tcs_stops_while_readers_hold_connections() {
         tenant_edge::context::Resolved::Found(_)
     ));
     let (status, stop, follow) = jira_view.follow();
-    let unread = stack
-        .http
-        .get(format!("{}/v1/views/jira/changes?after=0", stack.tcs_urls[0]))
-        .bearer_auth(&jira)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unread.status(), 200);
+    let unread = jira_changes(&stack, &jira).await;
     eventually(Duration::from_secs(10), || async {
         status.any_live().then_some(())
     })
