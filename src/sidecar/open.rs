@@ -19,7 +19,7 @@ use moka::future::Cache;
 use crate::context::Hasher;
 use crate::feed::{Secret, ViewProducts};
 use crate::metrics::EdgeMetrics;
-use crate::secrets::{secret_context, DataKey, MasterKeys, SecretError};
+use crate::secrets::{secret_context, DataKeyBytes, MasterKeys, SecretError};
 use crate::tenant::{Host, IngressRecord, TenantId};
 
 /// How long an opened answer no one asks for stays in memory.
@@ -80,8 +80,8 @@ pub struct Opener {
     /// The latest version opened of each tenant, by tenant id.
     answers: Cache<String, Arc<Opened>, Hasher>,
     /// Unwrapped data keys, by a hash of tenant, master key and wrapped key (a collision could
-    /// only make a secret fail to open: AES-GCM checks the key).
-    data_keys: Cache<u64, Arc<DataKey>, Hasher>,
+    /// only make a secret fail to open: AES-GCM checks the key), as their bytes.
+    data_keys: Cache<u64, Arc<DataKeyBytes>, Hasher>,
     /// Versions that did not open lately, by tenant id.
     failures: Cache<String, (u64, OpenError), Hasher>,
     metrics: EdgeMetrics,
@@ -165,7 +165,13 @@ impl Opener {
             .filter(|s| matches!(s, Secret::Sealed(_)))
             .count();
         if sealed > 0 {
-            let data_key = self.data_key(record).await?;
+            // Kept as bytes (48 of them with the Arc, where the expanded key takes ~600),
+            // expanded for this one opening.
+            let data_key = self
+                .data_key(record)
+                .await?
+                .key()
+                .map_err(|e| secret_error(format!("data key: {e}")))?;
             for (product, doc) in products.iter_mut().flatten() {
                 for (name, secret) in &mut doc.secrets {
                     let Secret::Sealed(s) = secret else { continue };
@@ -202,7 +208,7 @@ impl Opener {
     }
 
     /// The tenant's data key, unwrapped once per wrapped key.
-    async fn data_key(&self, record: &IngressRecord) -> Result<Arc<DataKey>, OpenError> {
+    async fn data_key(&self, record: &IngressRecord) -> Result<Arc<DataKeyBytes>, OpenError> {
         let tenant = record.id.as_str();
         let keys = self
             .keys
@@ -223,7 +229,7 @@ impl Opener {
         self.data_keys
             .try_get_with(key, async move {
                 match tokio::time::timeout(UNWRAP_LIMIT, keys.unwrap_key(tenant, wrapped)).await {
-                    Ok(Ok(key)) => Ok(Arc::new(key)),
+                    Ok(Ok(key)) => Ok(Arc::new(key.bytes())),
                     Ok(Err(e)) => Err(unwrap_error(tenant, &e)),
                     Err(_) => Err(OpenError::Timeout(tenant.to_owned())),
                 }
